@@ -1,0 +1,268 @@
+//! Wire types shared by the kernel probes (`monitor-ebpf`) and the daemon.
+//!
+//! Every type here crosses the kernel/user boundary byte for byte, so each is
+//! `#[repr(C)]`, `Copy`, made of fixed-width integers with explicit padding,
+//! and has its size asserted. Nothing else in the workspace defines a layout
+//! that the kernel side also knows.
+#![no_std]
+
+pub mod syscalls;
+
+/// Names of the maps both sides refer to.
+pub mod maps {
+    /// The one ring buffer every event goes through.
+    pub const EVENTS: &str = "EVENTS";
+    /// tgid -> [`crate::WatchEntry`]: the in-kernel watched set.
+    pub const WATCHED: &str = "WATCHED";
+    /// comm (16 bytes, NUL padded) -> 1: processes to watch from the moment they exec.
+    pub const WATCH_COMMS: &str = "WATCH_COMMS";
+    /// One [`crate::KernelConfig`] at index 0.
+    pub const CONFIG: &str = "CONFIG";
+    /// Per-CPU event counters, indexed by [`crate::counter`] slots.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// pid_tgid -> [`crate::PendingSyscall`]: arguments kept from sys_enter for sys_exit.
+    pub const PENDING: &str = "PENDING";
+}
+
+/// What a record in the ring buffer is. The numbers are part of the wire
+/// format: gapped per family so families can grow, never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A process exec'd ([`TaskEvent`]; `pid` is the tid that called exec).
+    Exec = 1,
+    /// A watched process created a thread or a child process ([`TaskEvent`]).
+    TaskNew = 2,
+    /// A thread of a watched process exited ([`TaskEvent`]).
+    TaskExit = 3,
+    /// A thread of a watched process changed its name ([`TaskEvent`]).
+    TaskRename = 4,
+    /// A syscall created one or two fds ([`FdEvent`]).
+    FdOpen = 10,
+    /// close(fd) was entered ([`FdEvent`], `fd`).
+    FdClose = 11,
+    /// close_range(first, last) without CLOSE_RANGE_CLOEXEC ([`FdEvent`], `fd`..=`fd2`).
+    FdCloseRange = 12,
+    /// An fd-creating syscall failed with EMFILE or ENFILE ([`FdEvent`], `detail` = errno).
+    FdFailed = 13,
+    /// recvmsg returned ancillary data, possibly SCM_RIGHTS fds ([`RecvFdsEvent`]).
+    FdReceived = 14,
+}
+
+impl EventKind {
+    /// Every kind, for exhaustive iteration (counters, tests).
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Exec,
+        EventKind::TaskNew,
+        EventKind::TaskExit,
+        EventKind::TaskRename,
+        EventKind::FdOpen,
+        EventKind::FdClose,
+        EventKind::FdCloseRange,
+        EventKind::FdFailed,
+        EventKind::FdReceived,
+    ];
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+
+    fn try_from(raw: u32) -> Result<Self, u32> {
+        EventKind::ALL
+            .iter()
+            .copied()
+            .find(|kind| *kind as u32 == raw)
+            .ok_or(raw)
+    }
+}
+
+/// First bytes of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] number.
+    pub kind: u32,
+    /// Syscall number (x86_64) the event comes from, or [`NO_SYSCALL`].
+    pub syscall: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`), comparable with /proc start times.
+    pub ts_ns: u64,
+}
+
+/// [`EventHeader::syscall`] for events that do not come from a syscall.
+pub const NO_SYSCALL: u32 = u32::MAX;
+/// An absent fd in [`FdEvent`] fields.
+pub const NO_FD: u32 = u32::MAX;
+
+/// fd creation and release.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdEvent {
+    pub header: EventHeader,
+    /// The fd created or closed (first of a range or pair).
+    pub fd: u32,
+    /// Second fd of a pipe/socketpair, last fd of a close_range, else [`NO_FD`].
+    pub fd2: u32,
+    /// The fd this one duplicates (dup*, F_DUPFD), else [`NO_FD`].
+    pub source_fd: u32,
+    /// socket()/socketpair(): [`socket_detail`]; bpf(): the command; FdFailed: errno; else 0.
+    pub detail: u32,
+}
+
+/// Packs socket(domain, type, protocol) into [`FdEvent::detail`]: domain in
+/// bits 0..8, the type without SOCK_NONBLOCK/SOCK_CLOEXEC in 8..16, protocol in 16..32.
+pub const fn socket_detail(domain: u64, sock_type: u64, protocol: u64) -> u32 {
+    ((domain & 0xff) | ((sock_type & 0xf) << 8) | ((protocol & 0xffff) << 16)) as u32
+}
+
+/// Unpacks [`socket_detail`] into (domain, type, protocol).
+pub const fn socket_detail_parts(detail: u32) -> (u32, u32, u32) {
+    (detail & 0xff, (detail >> 8) & 0xff, detail >> 16)
+}
+
+/// Thread and process lifecycle.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub header: EventHeader,
+    /// TaskNew: the new task's id. TaskExit/TaskRename: the task. Exec: the tid that exec'd.
+    pub pid: u32,
+    /// [`task_flags`] bits.
+    pub flags: u32,
+    /// Task name after the event, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// Bits of [`TaskEvent::flags`].
+pub mod task_flags {
+    /// TaskNew: the new task is a thread of the same process.
+    pub const THREAD: u32 = 1 << 0;
+    /// TaskExit: the last thread of the process exited.
+    pub const GROUP_DEAD: u32 = 1 << 1;
+    /// Exec: the process was watched before this exec.
+    pub const WAS_WATCHED: u32 = 1 << 2;
+    /// Exec: the kernel watches the process now (comm matched, or pinned by pid).
+    pub const WATCHED_NOW: u32 = 1 << 3;
+    /// TaskExit: the kernel could not tell whether the process is gone (no group_dead field).
+    pub const GROUP_DEAD_UNKNOWN: u32 = 1 << 4;
+}
+
+/// How many bytes of recvmsg ancillary data a [`RecvFdsEvent`] carries.
+pub const CMSG_CAPTURE: usize = 256;
+
+/// Ancillary data returned by recvmsg to a watched process, copied raw;
+/// user space parses the cmsg headers (SCM_RIGHTS) where it is safe to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvFdsEvent {
+    pub header: EventHeader,
+    /// Bytes of control data the kernel returned (msg_controllen after the call).
+    pub control_len: u32,
+    /// Bytes copied into `control` (at most [`CMSG_CAPTURE`]).
+    pub captured: u32,
+    pub control: [u8; CMSG_CAPTURE],
+}
+
+/// Value of the WATCHED map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchEntry {
+    /// [`watch_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Bits of [`WatchEntry::flags`].
+pub mod watch_flags {
+    /// Chosen by user space or by a comm match: stays watched across exec if it still matches.
+    pub const MATCHED: u32 = 1 << 0;
+    /// Watched because its parent is: dropped in the kernel when it execs something else.
+    pub const INHERITED: u32 = 1 << 1;
+    /// Asked for by pid: watched whatever it execs.
+    pub const PINNED: u32 = 1 << 2;
+}
+
+/// Runtime configuration of the probes (CONFIG map, index 0); user space may
+/// rewrite it at any time (config reload).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// [`config_flags`] bits.
+    pub flags: u32,
+    /// Wake the reader once this many bytes wait in the ring buffer; below
+    /// it events are submitted without a wakeup and the reader's timer drains them.
+    pub wakeup_bytes: u32,
+}
+
+/// Field offsets of the non-syscall tracepoints, read by user space from
+/// tracefs format files and set once per load (a global of the eBPF object:
+/// the kernel's layout is not baked in, platform.md).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub newtask_pid: u16,
+    pub newtask_comm: u16,
+    pub newtask_clone_flags: u16,
+    pub exit_pid: u16,
+    /// 0 when the kernel's sched_process_exit has no `group_dead` field.
+    pub exit_group_dead: u16,
+    pub rename_pid: u16,
+    pub rename_newcomm: u16,
+    pub exec_old_pid: u16,
+}
+
+impl TaskOffsets {
+    /// The name of the global in the eBPF object.
+    pub const GLOBAL: &str = "TASK_OFFSETS";
+}
+
+/// Bits of [`KernelConfig::flags`].
+pub mod config_flags {
+    /// Ship every exec (needed to match command lines in user space).
+    pub const SHIP_ALL_EXECS: u32 = 1 << 0;
+}
+
+/// Arguments kept from a sys_enter until the matching sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingSyscall {
+    pub syscall: u32,
+    pub _pad: u32,
+    pub args: [u64; 4],
+}
+
+/// Slots of the COUNTERS per-CPU array.
+pub mod counter {
+    /// Records of kind K that found the ring buffer full are counted at `LOST_BASE + K`.
+    pub const LOST_BASE: u32 = 0;
+    /// Syscall exits whose sys_enter arguments were missing (PENDING full or evicted).
+    pub const PENDING_MISSED: u32 = 64;
+    /// Forced wakeups issued because `wakeup_bytes` were waiting.
+    pub const WAKEUPS: u32 = 65;
+    /// Number of slots.
+    pub const SLOTS: u32 = 66;
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
+const _: () = assert!(core::mem::size_of::<FdEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<TaskEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<RecvFdsEvent>() == 32 + CMSG_CAPTURE);
+const _: () = assert!(core::mem::size_of::<WatchEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<PendingSyscall>() == 40);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is #[repr(C)], Copy, built only of integers and
+    // integer arrays with explicit padding, so every bit pattern is valid.
+    unsafe impl aya::Pod for WatchEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PendingSyscall {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TaskOffsets {}
+}

@@ -1,0 +1,95 @@
+//! Building and submitting ring-buffer records.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    maps::ring_buf::RingBufEntry,
+};
+use monitor_common::{EventHeader, EventKind, FdEvent, NO_FD, counter};
+
+use crate::maps::{EVENTS, config, count};
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// The current task as (tgid, tid).
+#[inline(always)]
+pub fn current() -> (u32, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+#[inline(always)]
+pub fn header(kind: EventKind, syscall: u32) -> EventHeader {
+    let (tgid, tid) = current();
+    EventHeader {
+        kind: kind as u32,
+        syscall,
+        tgid,
+        tid,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+    }
+}
+
+/// Reserves a record, counting it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn reserve<T: 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count(counter::LOST_BASE + kind as u32);
+    }
+    entry
+}
+
+/// Submits without waking the reader unless enough data waits: the reader
+/// drains on a short timer, so one wakeup serves a whole batch.
+#[inline(always)]
+pub fn submit<T>(entry: RingBufEntry<T>) {
+    let wakeup_bytes = config().wakeup_bytes as u64;
+    let flags = if wakeup_bytes == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= wakeup_bytes {
+        count(counter::WAKEUPS);
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
+}
+
+/// Submits and wakes the reader now: for the rare events user space must
+/// act on quickly (an exec to match, a child to start tracking).
+#[inline(always)]
+pub fn submit_now<T>(entry: RingBufEntry<T>) {
+    entry.submit(BPF_RB_FORCE_WAKEUP);
+}
+
+/// Ships one [`FdEvent`].
+#[inline(always)]
+pub fn fd_event(kind: EventKind, syscall: u32, fd: u32, fd2: u32, source_fd: u32, detail: u32) {
+    if let Some(mut entry) = reserve::<FdEvent>(kind) {
+        entry.write(FdEvent {
+            header: header(kind, syscall),
+            fd,
+            fd2,
+            source_fd,
+            detail,
+        });
+        submit(entry);
+    }
+}
+
+const EMFILE: i64 = 24;
+const ENFILE: i64 = 23;
+
+/// Ships the outcome of an fd-creating syscall: the new fd, or EMFILE/ENFILE.
+/// Other failures create nothing and are not shipped.
+#[inline(always)]
+pub fn fd_result(syscall: u32, ret: i64, fd2: u32, source_fd: u32, detail: u32) {
+    if ret >= 0 {
+        fd_event(EventKind::FdOpen, syscall, ret as u32, fd2, source_fd, detail);
+    } else if ret == -EMFILE || ret == -ENFILE {
+        fd_event(EventKind::FdFailed, syscall, NO_FD, NO_FD, NO_FD, (-ret) as u32);
+    }
+}

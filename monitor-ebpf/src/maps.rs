@@ -1,0 +1,73 @@
+//! Maps and per-load globals. Names are shared with user space through
+//! `monitor_common::maps`; sizes here are defaults user space may override.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use monitor_common::{KernelConfig, PendingSyscall, TaskOffsets, WatchEntry, counter};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+#[map]
+pub static WATCHED: HashMap<u32, WatchEntry> = HashMap::with_max_entries(4096, 0);
+
+#[map]
+pub static WATCH_COMMS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(64, 0);
+
+#[map]
+pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
+
+/// A plain preallocated hash (cheaper than LRU on this hot path); a thread
+/// that dies between sys_enter and sys_exit has its entry removed at exit.
+#[map]
+pub static PENDING: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(16384, 0);
+
+/// Set by user space from tracefs format files before load.
+#[unsafe(no_mangle)]
+pub static TASK_OFFSETS: TaskOffsets = TaskOffsets {
+    newtask_pid: 8,
+    newtask_comm: 12,
+    newtask_clone_flags: 32,
+    exit_pid: 24,
+    exit_group_dead: 0,
+    rename_pid: 8,
+    rename_newcomm: 28,
+    exec_old_pid: 16,
+};
+
+#[inline(always)]
+pub fn task_offsets() -> TaskOffsets {
+    // SAFETY: reading a global the loader may have rewritten; volatile so the
+    // compiler does not fold the default values above into the code.
+    unsafe { core::ptr::read_volatile(&TASK_OFFSETS) }
+}
+
+#[inline(always)]
+pub fn config() -> KernelConfig {
+    match CONFIG.get(0) {
+        Some(config) => *config,
+        None => KernelConfig::default(),
+    }
+}
+
+#[inline(always)]
+pub fn watch_entry(tgid: u32) -> Option<WatchEntry> {
+    // SAFETY: the value is copied out at once; a concurrent delete can at
+    // worst make us read a stale entry, which the caller tolerates.
+    unsafe { WATCHED.get(tgid) }.copied()
+}
+
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a live, aligned per-CPU u64. Tracepoint programs run with
+        // preemption off and the kernel does not nest them on one CPU
+        // (bpf_prog_active), so a plain increment cannot race.
+        unsafe { *value += 1 }
+    }
+}

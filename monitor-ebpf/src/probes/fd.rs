@@ -1,0 +1,268 @@
+//! fd lifecycle from syscall tracepoints.
+//!
+//! - `fd_exit` serves every syscall whose return value is the new fd.
+//! - `args_enter_N`/`args_exit` serve the syscalls that need their arguments at
+//!   exit (fds written to user memory, dup sources, fcntl/bpf commands,
+//!   recvmsg ancillary data).
+//! - `close_enter`/`close_range_enter` record releases at sys_enter, before
+//!   the fd number can be reused by another thread, so the ring buffer order
+//!   is the order in which fd numbers change hands.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use monitor_common::{
+    CMSG_CAPTURE, EventKind, NO_FD, PendingSyscall, RecvFdsEvent, counter, socket_detail, syscalls as nr,
+};
+
+use crate::{
+    emit::{current, fd_event, fd_result, header, reserve, submit},
+    maps::{PENDING, count, watch_entry},
+};
+
+/// Syscall tracepoint layout (platform.md): `__syscall_nr` at 8, arguments
+/// as 8-byte slots from 16; sys_exit has `ret` at 16.
+const SYSCALL_NR: usize = 8;
+const ARGS: usize = 16;
+const RET: usize = 16;
+const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+
+/// Reads a field of the tracepoint record with a plain load: the verifier
+/// allows direct context access at constant offsets within the record, and it
+/// is several times cheaper than `read_at` (a bpf_probe_read_kernel call).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: `offset` is a constant inside the syscall record
+    // (platform.md layout), aligned for T; the verifier checks both.
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+#[inline(always)]
+fn syscall_nr(ctx: &TracePointContext) -> u32 {
+    field::<i32>(ctx, SYSCALL_NR) as u32
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, index: usize) -> u64 {
+    field::<u64>(ctx, ARGS + index * 8)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    field::<i64>(ctx, RET)
+}
+
+fn is_watched_current() -> bool {
+    watch_entry(current().0).is_some()
+}
+
+/// sys_exit of syscalls that return the new fd.
+#[tracepoint]
+pub fn fd_exit(ctx: TracePointContext) -> u32 {
+    if !is_watched_current() {
+        return 0;
+    }
+    fd_result(syscall_nr(&ctx), ret(&ctx), NO_FD, NO_FD, 0);
+    0
+}
+
+/// Whether the sys_exit will need these arguments; skipping the rest keeps
+/// frequent non-creating calls (fcntl F_GETFL, bpf map lookups) off the map.
+#[inline(always)]
+fn wants_args(syscall: u32, args: &[u64; 4]) -> bool {
+    match syscall {
+        nr::FCNTL => args[1] == nr::F_DUPFD || args[1] == nr::F_DUPFD_CLOEXEC,
+        nr::BPF => {
+            let mut i = 0;
+            while i < nr::BPF_FD_COMMANDS.len() {
+                if nr::BPF_FD_COMMANDS[i] == args[0] {
+                    return true;
+                }
+                i += 1;
+            }
+            false
+        }
+        // signalfd with an existing fd updates it instead of creating one.
+        nr::SIGNALFD | nr::SIGNALFD4 => args[0] as i32 == -1,
+        // dup2(fd, fd) creates nothing.
+        nr::DUP2 | nr::DUP3 => args[0] != args[1],
+        _ => true,
+    }
+}
+
+/// Keeps the first `N` arguments of a syscall listed in
+/// `syscalls::NEEDS_ARGS` for its sys_exit.
+#[inline(always)]
+fn keep_args<const N: usize>(ctx: &TracePointContext) -> u32 {
+    if !is_watched_current() {
+        return 0;
+    }
+    let syscall = syscall_nr(ctx);
+    let mut args = [0u64; 4];
+    let mut i = 0;
+    while i < N {
+        args[i] = arg(ctx, i);
+        i += 1;
+    }
+    if !wants_args(syscall, &args) {
+        return 0;
+    }
+    let pending = PendingSyscall {
+        syscall,
+        _pad: 0,
+        args,
+    };
+    if PENDING.insert(bpf_get_current_pid_tgid(), pending, 0).is_err() {
+        count(counter::PENDING_MISSED);
+    }
+    0
+}
+
+/// sys_enter of `syscalls::NEEDS_ARGS` entries reading one argument.
+#[tracepoint]
+pub fn args_enter_1(ctx: TracePointContext) -> u32 {
+    keep_args::<1>(&ctx)
+}
+
+#[tracepoint]
+pub fn args_enter_2(ctx: TracePointContext) -> u32 {
+    keep_args::<2>(&ctx)
+}
+
+#[tracepoint]
+pub fn args_enter_3(ctx: TracePointContext) -> u32 {
+    keep_args::<3>(&ctx)
+}
+
+#[tracepoint]
+pub fn args_enter_4(ctx: TracePointContext) -> u32 {
+    keep_args::<4>(&ctx)
+}
+
+/// sys_exit of the syscalls listed in `syscalls::NEEDS_ARGS`.
+#[tracepoint]
+pub fn args_exit(ctx: TracePointContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING.get(key) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING.remove(key);
+    let ret = ret(&ctx);
+    let args = pending.args;
+    match pending.syscall {
+        nr::SOCKET => fd_result(
+            nr::SOCKET,
+            ret,
+            NO_FD,
+            NO_FD,
+            socket_detail(args[0], args[1], args[2]),
+        ),
+        nr::SOCKETPAIR => fd_pair(
+            nr::SOCKETPAIR,
+            ret,
+            args[3],
+            socket_detail(args[0], args[1], args[2]),
+        ),
+        nr::PIPE | nr::PIPE2 => fd_pair(pending.syscall, ret, args[0], 0),
+        nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => {
+            fd_result(pending.syscall, ret, NO_FD, args[0] as u32, 0)
+        }
+        nr::BPF => fd_result(nr::BPF, ret, NO_FD, NO_FD, args[0] as u32),
+        nr::RECVMSG => {
+            if ret >= 0 {
+                received_control(args[1]);
+            }
+        }
+        syscall => fd_result(syscall, ret, NO_FD, NO_FD, 0),
+    }
+    0
+}
+
+/// pipe/pipe2/socketpair write their two fds to user memory.
+#[inline(always)]
+fn fd_pair(syscall: u32, ret: i64, user_fds: u64, detail: u32) {
+    if ret != 0 {
+        fd_result(syscall, ret, NO_FD, NO_FD, detail);
+        return;
+    }
+    // SAFETY: the kernel just wrote two ints there; a fault makes the read fail.
+    match unsafe { bpf_probe_read_user(user_fds as *const [i32; 2]) } {
+        Ok([a, b]) => fd_event(EventKind::FdOpen, syscall, a as u32, b as u32, NO_FD, detail),
+        // The fds exist but we cannot name them: reconciliation will.
+        Err(_) => count(counter::PENDING_MISSED),
+    }
+}
+
+/// Offsets in `struct user_msghdr` (x86_64).
+const MSG_CONTROL: u64 = 32;
+const MSG_CONTROLLEN: u64 = 40;
+
+/// Copies recvmsg's ancillary data for user space to parse (SCM_RIGHTS).
+#[inline(always)]
+fn received_control(msghdr: u64) {
+    // SAFETY: user memory the kernel just used; a fault makes the read fail.
+    let (control, len) = unsafe {
+        (
+            bpf_probe_read_user((msghdr + MSG_CONTROL) as *const u64),
+            bpf_probe_read_user((msghdr + MSG_CONTROLLEN) as *const u64),
+        )
+    };
+    let (Ok(control), Ok(len)) = (control, len) else {
+        return;
+    };
+    if control == 0 || len == 0 {
+        return;
+    }
+    let Some(mut entry) = reserve::<RecvFdsEvent>(EventKind::FdReceived) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let captured = (len as usize).min(CMSG_CAPTURE);
+    // SAFETY: `event` points at a reserved record of the right size; the
+    // slice below is bounded by CMSG_CAPTURE for the verifier.
+    unsafe {
+        (*event).header = header(EventKind::FdReceived, nr::RECVMSG);
+        (*event).control_len = len as u32;
+        (*event).captured = captured as u32;
+        let buf = &mut (*event).control;
+        if bpf_probe_read_user_buf(control as *const u8, &mut buf[..captured]).is_err() {
+            (*event).captured = 0;
+        }
+    }
+    submit(entry);
+}
+
+/// sys_enter_close: the release is recorded before the fd number is free.
+#[tracepoint]
+pub fn close_enter(ctx: TracePointContext) -> u32 {
+    if !is_watched_current() {
+        return 0;
+    }
+    fd_event(
+        EventKind::FdClose,
+        nr::CLOSE,
+        arg(&ctx, 0) as u32,
+        NO_FD,
+        NO_FD,
+        0,
+    );
+    0
+}
+
+/// sys_enter_close_range: a range release (CLOSE_RANGE_CLOEXEC closes nothing now).
+#[tracepoint]
+pub fn close_range_enter(ctx: TracePointContext) -> u32 {
+    if !is_watched_current() {
+        return 0;
+    }
+    if arg(&ctx, 2) & CLOSE_RANGE_CLOEXEC != 0 {
+        return 0;
+    }
+    let (first, last) = (arg(&ctx, 0) as u32, arg(&ctx, 1) as u32);
+    fd_event(EventKind::FdCloseRange, nr::CLOSE_RANGE, first, last, NO_FD, 0);
+    0
+}

@@ -1,0 +1,171 @@
+//! Process and thread lifecycle: exec (discovery), new tasks, exits, renames.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_comm, macros::tracepoint, maps::ring_buf::RingBufEntry,
+    programs::TracePointContext,
+};
+use monitor_common::{EventKind, NO_SYSCALL, TaskEvent, WatchEntry, config_flags, task_flags, watch_flags};
+
+use crate::{
+    emit::{current, header, reserve, submit, submit_now},
+    maps::{PENDING, WATCH_COMMS, WATCHED, config, task_offsets, watch_entry},
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+fn ship(kind: EventKind, pid: u32, flags: u32, comm: [u8; 16]) {
+    let entry: Option<RingBufEntry<TaskEvent>> = reserve(kind);
+    if let Some(mut entry) = entry {
+        entry.write(TaskEvent {
+            header: header(kind, NO_SYSCALL),
+            pid,
+            flags,
+            comm,
+        });
+        // Exec decisions and new processes are waited for by user space.
+        let urgent =
+            kind == EventKind::Exec || (kind == EventKind::TaskNew && flags & task_flags::THREAD == 0);
+        if urgent { submit_now(entry) } else { submit(entry) }
+    }
+}
+
+fn read_comm(ctx: &TracePointContext, offset: u16) -> [u8; 16] {
+    // SAFETY: the offset comes from the tracepoint's format file.
+    unsafe { ctx.read_at::<[u8; 16]>(offset as usize) }.unwrap_or([0; 16])
+}
+
+/// sched/sched_process_exec: watches processes whose new comm matches, drops
+/// inherited children that exec something else, and ships the exec when user
+/// space wants it (command-line matching) or the process is or was watched.
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let before = watch_entry(tgid);
+    let before_flags = before.map_or(0, |entry| entry.flags);
+    let comm_matches = WATCH_COMMS.get_ptr(comm).is_some();
+
+    let now_watched = if before_flags & (watch_flags::PINNED | watch_flags::MATCHED) != 0 {
+        // User space decides for processes it chose (it has the command line).
+        true
+    } else if comm_matches {
+        let entry = WatchEntry {
+            flags: watch_flags::MATCHED,
+            _pad: 0,
+        };
+        WATCHED.insert(tgid, entry, 0).is_ok()
+    } else {
+        if before.is_some() {
+            let _ = WATCHED.remove(tgid);
+        }
+        false
+    };
+
+    let ship_all = config().flags & config_flags::SHIP_ALL_EXECS != 0;
+    if ship_all || before.is_some() || now_watched {
+        let mut flags = 0;
+        if before.is_some() {
+            flags |= task_flags::WAS_WATCHED;
+        }
+        if now_watched {
+            flags |= task_flags::WATCHED_NOW;
+        }
+        // SAFETY: offset from the format file.
+        let old_pid: u32 =
+            unsafe { ctx.read_at::<i32>(task_offsets().exec_old_pid as usize) }.unwrap_or(tid as i32) as u32;
+        ship(EventKind::Exec, old_pid, flags, comm);
+    }
+    0
+}
+
+/// task/task_newtask (runs in the parent): threads and child processes of
+/// watched processes. Children inherit the watch until they exec.
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let (tgid, _) = current();
+    if watch_entry(tgid).is_none() {
+        return 0;
+    }
+    let offsets = task_offsets();
+    // SAFETY: offsets from the format file.
+    let (pid, clone_flags) = unsafe {
+        (
+            ctx.read_at::<i32>(offsets.newtask_pid as usize),
+            ctx.read_at::<u64>(offsets.newtask_clone_flags as usize),
+        )
+    };
+    let (Ok(pid), Ok(clone_flags)) = (pid, clone_flags) else {
+        return 0;
+    };
+    let pid = pid as u32;
+    let is_thread = clone_flags & CLONE_THREAD != 0;
+    if !is_thread {
+        let entry = WatchEntry {
+            flags: watch_flags::INHERITED,
+            _pad: 0,
+        };
+        let _ = WATCHED.insert(pid, entry, 0);
+    }
+    let flags = if is_thread { task_flags::THREAD } else { 0 };
+    ship(
+        EventKind::TaskNew,
+        pid,
+        flags,
+        read_comm(&ctx, offsets.newtask_comm),
+    );
+    0
+}
+
+/// sched/sched_process_exit: a thread of a watched process exits; the last
+/// one takes the process out of the watched set.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    if watch_entry(tgid).is_none() {
+        return 0;
+    }
+    // A thread killed inside a hooked syscall never reaches its sys_exit.
+    let _ = PENDING.remove(((tgid as u64) << 32) | tid as u64);
+    let offsets = task_offsets();
+    let flags = if offsets.exit_group_dead == 0 {
+        if tid == tgid {
+            task_flags::GROUP_DEAD_UNKNOWN
+        } else {
+            0
+        }
+    } else {
+        // SAFETY: offset from the format file.
+        match unsafe { ctx.read_at::<u8>(offsets.exit_group_dead as usize) } {
+            Ok(0) => 0,
+            Ok(_) => task_flags::GROUP_DEAD,
+            Err(_) => task_flags::GROUP_DEAD_UNKNOWN,
+        }
+    };
+    if flags & task_flags::GROUP_DEAD != 0 {
+        let _ = WATCHED.remove(tgid);
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ship(EventKind::TaskExit, tid, flags, comm);
+    0
+}
+
+/// task/task_rename: a thread of a watched process set its name.
+#[tracepoint]
+pub fn task_rename(ctx: TracePointContext) -> u32 {
+    let (tgid, _) = current();
+    if watch_entry(tgid).is_none() {
+        return 0;
+    }
+    let offsets = task_offsets();
+    // SAFETY: offset from the format file.
+    let Ok(pid) = (unsafe { ctx.read_at::<i32>(offsets.rename_pid as usize) }) else {
+        return 0;
+    };
+    ship(
+        EventKind::TaskRename,
+        pid as u32,
+        0,
+        read_comm(&ctx, offsets.rename_newcomm),
+    );
+    0
+}

@@ -1,0 +1,102 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DEFAULT_CONTROL_SOCKET, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leakmon",
+    version,
+    about = "eBPF resource-leak monitor for nova-compute: fds, sockets and threads, with their births"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (root): load the probes, watch matching processes.
+    Run(RunArgs),
+    /// Show a process's open fds, sockets and threads (birth records when the daemon runs).
+    Snapshot(SnapshotArgs),
+    /// Show the daemon's ledger for a watched process, as the daemon holds it.
+    Ledger(LedgerArgs),
+    /// Show what the daemon watches, which hooks are attached, and its counters.
+    Status(StatusArgs),
+    /// Benchmark floor: attach a do-nothing program to leakmon's tracepoints until SIGTERM.
+    #[command(hide = true)]
+    BenchFloor {
+        /// Raw sys_enter/sys_exit instead of the per-syscall tracepoints.
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file [default: /etc/leakmon/leakmon.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Watch processes whose comm or argv[0]/argv[1] basename is NAME (repeatable).
+    /// Any match flag replaces the configured discovery rules.
+    #[arg(long, value_name = "NAME")]
+    pub match_comm: Vec<String>,
+    /// Watch processes whose command line matches REGEX (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub match_cmdline: Vec<String>,
+    /// Watch this pid whatever it runs (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Control socket path [default: from the config, else /run/leakmon/leakmon.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Log line format on stderr [default: from the config, else text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Ring buffer size in bytes (power of two) [default: from the config, else 8 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub ring_buffer_bytes: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "target")]
+pub struct Target {
+    /// The process to show.
+    #[arg(long, value_name = "PID", group = "target")]
+    pub pid: Option<u32>,
+    /// Every process whose comm or argv[0]/argv[1] basename is NAME.
+    #[arg(long, value_name = "NAME", group = "target")]
+    pub match_comm: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// JSON instead of a table (an object for --pid, an array for --match-comm).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[arg(long, value_name = "PID")]
+    pub pid: u32,
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}

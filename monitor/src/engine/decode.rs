@@ -1,0 +1,219 @@
+//! Ring-buffer record -> event. Pure: no I/O, no state; every malformed
+//! record is an error the caller counts, never a panic.
+
+use std::mem::size_of;
+
+use monitor_common::{CMSG_CAPTURE, EventHeader, EventKind, FdEvent, RecvFdsEvent, TaskEvent};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {got} bytes is shorter than an event header")]
+    NoHeader { got: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind:?} record truncated: {got} of {need} bytes")]
+    Truncated {
+        kind: EventKind,
+        got: usize,
+        need: usize,
+    },
+    #[error("recvmsg record claims {captured} captured bytes, at most {CMSG_CAPTURE} fit")]
+    BadCapture { captured: u32 },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    Task(EventKind, TaskEvent),
+    Fd(EventKind, FdEvent),
+    /// Header, the kernel's msg_controllen, and the bytes captured of it.
+    Received(EventHeader, u32, &'a [u8]),
+}
+
+/// Little helper reading native-endian integers at fixed offsets of a
+/// record whose length has already been checked.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_ne_bytes(self.0[at..at + 4].try_into().expect("length checked"))
+    }
+    fn u64(&self, at: usize) -> u64 {
+        u64::from_ne_bytes(self.0[at..at + 8].try_into().expect("length checked"))
+    }
+    fn comm(&self, at: usize) -> [u8; 16] {
+        self.0[at..at + 16].try_into().expect("length checked")
+    }
+    fn header(&self) -> EventHeader {
+        EventHeader {
+            kind: self.u32(0),
+            syscall: self.u32(4),
+            tgid: self.u32(8),
+            tid: self.u32(12),
+            ts_ns: self.u64(16),
+        }
+    }
+}
+
+const HEADER: usize = size_of::<EventHeader>();
+
+pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
+    if record.len() < HEADER {
+        return Err(DecodeError::NoHeader { got: record.len() });
+    }
+    let fields = Fields(record);
+    let kind = EventKind::try_from(fields.u32(0)).map_err(DecodeError::UnknownKind)?;
+    let need = match kind {
+        EventKind::Exec | EventKind::TaskNew | EventKind::TaskExit | EventKind::TaskRename => {
+            size_of::<TaskEvent>()
+        }
+        EventKind::FdOpen | EventKind::FdClose | EventKind::FdCloseRange | EventKind::FdFailed => {
+            size_of::<FdEvent>()
+        }
+        EventKind::FdReceived => size_of::<RecvFdsEvent>(),
+    };
+    if record.len() < need {
+        return Err(DecodeError::Truncated {
+            kind,
+            got: record.len(),
+            need,
+        });
+    }
+    let header = fields.header();
+    Ok(match kind {
+        EventKind::Exec | EventKind::TaskNew | EventKind::TaskExit | EventKind::TaskRename => Event::Task(
+            kind,
+            TaskEvent {
+                header,
+                pid: fields.u32(HEADER),
+                flags: fields.u32(HEADER + 4),
+                comm: fields.comm(HEADER + 8),
+            },
+        ),
+        EventKind::FdOpen | EventKind::FdClose | EventKind::FdCloseRange | EventKind::FdFailed => Event::Fd(
+            kind,
+            FdEvent {
+                header,
+                fd: fields.u32(HEADER),
+                fd2: fields.u32(HEADER + 4),
+                source_fd: fields.u32(HEADER + 8),
+                detail: fields.u32(HEADER + 12),
+            },
+        ),
+        EventKind::FdReceived => {
+            let control_len = fields.u32(HEADER);
+            let captured = fields.u32(HEADER + 4);
+            if captured as usize > CMSG_CAPTURE {
+                return Err(DecodeError::BadCapture { captured });
+            }
+            let start = HEADER + 8;
+            Event::Received(header, control_len, &record[start..start + captured as usize])
+        }
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use monitor_common::NO_FD;
+
+    use super::*;
+
+    /// Serialises a wire struct the way the kernel lays it out.
+    pub(crate) fn bytes_of_fd(event: &FdEvent) -> Vec<u8> {
+        let h = &event.header;
+        let mut out = Vec::new();
+        for v in [h.kind, h.syscall, h.tgid, h.tid] {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+        out.extend_from_slice(&h.ts_ns.to_ne_bytes());
+        for v in [event.fd, event.fd2, event.source_fd, event.detail] {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+        out
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            syscall: 257,
+            tgid: 10,
+            tid: 11,
+            ts_ns: 12345,
+        }
+    }
+
+    #[test]
+    fn decodes_an_fd_event_field_by_field() {
+        let event = FdEvent {
+            header: header(EventKind::FdOpen),
+            fd: 7,
+            fd2: NO_FD,
+            source_fd: 3,
+            detail: 99,
+        };
+        let bytes = bytes_of_fd(&event);
+        assert_eq!(decode(&bytes), Ok(Event::Fd(EventKind::FdOpen, event)));
+    }
+
+    #[test]
+    fn truncated_records_are_errors() {
+        let bytes = bytes_of_fd(&FdEvent {
+            header: header(EventKind::FdClose),
+            ..Default::default()
+        });
+        assert_eq!(decode(&bytes[..10]), Err(DecodeError::NoHeader { got: 10 }));
+        assert_eq!(
+            decode(&bytes[..30]),
+            Err(DecodeError::Truncated {
+                kind: EventKind::FdClose,
+                got: 30,
+                need: 40
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_are_errors_not_transmutes() {
+        let mut bytes = bytes_of_fd(&FdEvent::default());
+        bytes[..4].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(77)));
+        bytes[..4].copy_from_slice(&0u32.to_ne_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(0)));
+    }
+
+    #[test]
+    fn task_events_carry_comm() {
+        let mut bytes = bytes_of_fd(&FdEvent {
+            header: header(EventKind::TaskNew),
+            fd: 4242,
+            fd2: 1,
+            ..Default::default()
+        });
+        bytes.truncate(HEADER + 8);
+        bytes.extend_from_slice(b"nova-compute\0\0\0\0");
+        let Ok(Event::Task(EventKind::TaskNew, task)) = decode(&bytes) else {
+            panic!("not a task event");
+        };
+        assert_eq!((task.pid, task.flags), (4242, 1));
+        assert_eq!(&task.comm[..12], b"nova-compute");
+    }
+
+    #[test]
+    fn received_control_is_bounded_by_what_was_captured() {
+        let mut bytes = bytes_of_fd(&FdEvent {
+            header: header(EventKind::FdReceived),
+            ..Default::default()
+        });
+        bytes.truncate(HEADER);
+        bytes.extend_from_slice(&24u32.to_ne_bytes());
+        bytes.extend_from_slice(&20u32.to_ne_bytes());
+        bytes.resize(HEADER + 8 + CMSG_CAPTURE, 0xab);
+        let Ok(Event::Received(_, 24, control)) = decode(&bytes) else {
+            panic!("not a received event");
+        };
+        assert_eq!(control.len(), 20);
+
+        bytes[HEADER + 4..HEADER + 8].copy_from_slice(&1000u32.to_ne_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::BadCapture { captured: 1000 }));
+    }
+}

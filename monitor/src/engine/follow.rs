@@ -1,0 +1,208 @@
+//! The engine's I/O: discovery, exec decisions, reconciliation and kind
+//! resolution, all reading /proc.
+
+use std::collections::HashSet;
+
+use aya::maps::{MapData, RingBuf};
+use monitor_common::{task_flags, watch_flags};
+use tracing::{debug, info, warn};
+
+use super::Engine;
+use crate::{
+    ledger::{Comm, FollowUp, Origin, Process, Scan, WatchReason},
+    proc::{self, FdDir, ProcError, ProcessInfo},
+    time,
+};
+
+/// What /proc shows of a process, and its fd directory to name kinds with.
+type ScanResult = Result<(Scan, FdDir), ProcError>;
+
+fn scan(pid: u32) -> ScanResult {
+    let mut dir = FdDir::open(pid)?;
+    let (fds, problems) = dir.links();
+    for problem in problems {
+        debug!(pid, %problem, "unreadable fd entry");
+    }
+    let threads = proc::list_threads(pid)?;
+    Ok((Scan { fds, threads }, dir))
+}
+
+impl Engine {
+    pub(super) fn follow_up(&mut self, follow_up: FollowUp) {
+        match follow_up {
+            FollowUp::None => {}
+            FollowUp::Exec {
+                pid,
+                old_tid,
+                flags,
+                comm,
+            } => self.on_exec(pid, old_tid, flags, comm),
+            FollowUp::MaybeGone(pid) => {
+                if proc::process_info(pid).is_err() {
+                    self.stop_watching(pid, "exited");
+                }
+            }
+            FollowUp::Reconcile(pid) => {
+                self.reconcile_soon.insert(pid);
+            }
+        }
+    }
+
+    /// Finds matching processes not yet watched (at start, then periodically
+    /// in case an exec was not seen).
+    pub(super) fn discover_all(&mut self, ring: &mut RingBuf<MapData>) {
+        self.drain(ring);
+        for pid in proc::all_pids() {
+            if self.ledger.processes.contains_key(&pid) {
+                continue;
+            }
+            let Ok(info) = proc::process_info(pid) else {
+                continue;
+            };
+            if let Some(reason) = self.matcher.matches(&info) {
+                self.start_watching(info, reason);
+            }
+        }
+        for pid in self.matcher.pids() {
+            if !self.ledger.processes.contains_key(&pid) {
+                warn!(pid, "no process with this pid: it is not watched");
+            }
+        }
+    }
+
+    fn start_watching(&mut self, info: ProcessInfo, reason: WatchReason) {
+        let pid = info.pid;
+        let flags = if reason == WatchReason::Pid {
+            watch_flags::PINNED
+        } else {
+            watch_flags::MATCHED
+        };
+        // Into the kernel first, then /proc: whatever happens after the scan
+        // arrives as events, and replaying them on top of the scan converges.
+        if let Err(e) = self.probes.watch(pid, flags) {
+            self.counters.watch_map_full += 1;
+            warn!(pid, error = %e, "not watched in the kernel; only reconciliation will track it");
+        }
+        let now = time::boot_ns();
+        let process = Process::new(
+            pid,
+            info.comm.clone(),
+            info.cmdline.clone(),
+            info.start_ns,
+            reason.clone(),
+            now,
+        );
+        self.ledger.watch(process);
+        match scan(pid) {
+            Ok((scan, dir)) => {
+                self.ledger
+                    .apply_scan(pid, &scan, Origin::BeforeStart, now, |fd, target| {
+                        dir.resolve_kind(fd, target)
+                    });
+                info!(pid, comm = %info.comm, ?reason, fds = scan.fds.len(), threads = scan.threads.len(), "watching");
+            }
+            Err(e) => {
+                warn!(pid, error = %e, "process vanished while being discovered");
+                self.stop_watching(pid, "vanished");
+            }
+        }
+    }
+
+    fn stop_watching(&mut self, pid: u32, why: &str) {
+        self.probes.unwatch(pid);
+        if let Some(process) = self.ledger.forget(pid) {
+            info!(pid, comm = %process.comm, why, "no longer watched");
+        }
+    }
+
+    fn on_exec(&mut self, pid: u32, old_tid: u32, flags: u32, comm: Comm) {
+        let info = match proc::process_info(pid) {
+            Ok(info) => info,
+            Err(_) => {
+                // Gone already (a short-lived exec): nothing to track.
+                self.stop_watching(pid, "exited right after exec");
+                return;
+            }
+        };
+        let known = self.ledger.processes.get(&pid).map(|p| p.reason.clone());
+        let reason = match known {
+            Some(WatchReason::Pid) => Some(WatchReason::Pid),
+            _ => self.matcher.matches(&info),
+        };
+        match (known, reason) {
+            (Some(_), Some(reason)) => {
+                if flags & task_flags::WATCHED_NOW == 0
+                    && let Err(e) = self.probes.watch(pid, watch_flags::MATCHED)
+                {
+                    warn!(pid, error = %e, "could not keep watching after exec");
+                }
+                let open: HashSet<u32> = match proc::list_fds(pid) {
+                    Ok((fds, _)) => fds.iter().map(|l| l.fd).collect(),
+                    Err(_) => return self.stop_watching(pid, "exited after exec"),
+                };
+                self.ledger.exec_happened(pid, old_tid, comm, info.cmdline, &open);
+                if let Some(process) = self.ledger.processes.get_mut(&pid) {
+                    process.reason = reason;
+                }
+            }
+            (Some(_), None) => self.stop_watching(pid, "exec'd something that does not match"),
+            (None, Some(reason)) => self.start_watching(info, reason),
+            (None, None) => {
+                if flags & task_flags::WATCHED_NOW != 0 {
+                    self.probes.unwatch(pid);
+                }
+            }
+        }
+    }
+
+    pub(super) fn reconcile_all(&mut self, ring: &mut RingBuf<MapData>) {
+        let pids: Vec<u32> = self.ledger.processes.keys().copied().collect();
+        self.reconcile(ring, &pids);
+    }
+
+    /// Scans /proc for `pids` and repairs the ledger. Events that arrive
+    /// while the scans run are applied first and win over the scan.
+    pub(super) fn reconcile(&mut self, ring: &mut RingBuf<MapData>, pids: &[u32]) {
+        self.drain(ring);
+        for pid in pids {
+            self.ledger.begin_scan(*pid);
+        }
+        let scans: Vec<(u32, ScanResult)> = pids.iter().map(|pid| (*pid, scan(*pid))).collect();
+        self.drain(ring);
+        let now = time::boot_ns();
+        for (pid, scan) in scans {
+            match scan {
+                Ok((scan, dir)) => {
+                    let fixes = self
+                        .ledger
+                        .apply_scan(pid, &scan, Origin::Reconciled, now, |fd, target| {
+                            dir.resolve_kind(fd, target)
+                        });
+                    if fixes != Default::default() {
+                        info!(pid, ?fixes, "reconciliation repaired the ledger");
+                    }
+                }
+                Err(ProcError::NoSuchProcess(_)) => self.stop_watching(pid, "exited"),
+                Err(e) => warn!(pid, error = %e, "cannot reconcile"),
+            }
+        }
+    }
+
+    /// Names the kind of fds the syscall could not (open: file or dir?
+    /// accept: which protocol?) from /proc.
+    pub(super) fn resolve_provisional(&mut self) {
+        let pids: Vec<u32> = self.ledger.processes.keys().copied().collect();
+        for pid in pids {
+            let provisional = self.ledger.provisional_fds(pid);
+            if provisional.is_empty() {
+                continue;
+            }
+            let Ok(dir) = FdDir::open(pid) else { continue };
+            for fd in provisional {
+                if let Some(target) = dir.link(fd) {
+                    self.ledger.resolve_kind(pid, fd, dir.resolve_kind(fd, &target));
+                }
+            }
+        }
+    }
+}

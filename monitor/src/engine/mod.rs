@@ -1,0 +1,206 @@
+//! The daemon's core: one task owns the ring buffer reader, the ledger and
+//! the probes' maps, so events are applied in ring-buffer order without locks
+//! or a second queue (the ring buffer is the bounded queue, and the kernel
+//! counts what does not fit in it).
+
+pub mod cmsg;
+pub mod decode;
+mod follow;
+mod status;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use monitor_common::{KernelConfig, config_flags};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    time::{MissedTickBehavior, interval},
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    control::{self, protocol::Request, server::Incoming},
+    discovery::Matcher,
+    ledger::{FollowUp, Ledger},
+    probes::{Probes, Settings},
+    time,
+};
+
+/// Counters of the user-space pipeline.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EngineCounters {
+    pub records: u64,
+    pub decode_errors: u64,
+    pub drains: u64,
+    pub reconcile_after_loss: u64,
+    pub watch_map_full: u64,
+}
+
+pub struct Engine {
+    pub ledger: Ledger,
+    probes: Probes,
+    matcher: Matcher,
+    config: Config,
+    pub counters: EngineCounters,
+    started_ns: u64,
+    lost_seen: u64,
+    /// Processes to reconcile at the next housekeeping tick.
+    reconcile_soon: std::collections::HashSet<u32>,
+}
+
+pub fn kernel_config(config: &Config, matcher: &Matcher) -> KernelConfig {
+    KernelConfig {
+        flags: if matcher.needs_every_exec() {
+            config_flags::SHIP_ALL_EXECS
+        } else {
+            0
+        },
+        wakeup_bytes: config.probes.wakeup_bytes,
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let matcher = Matcher::new(&config.discovery).context("discovery rules")?;
+    let settings = Settings {
+        ring_buffer_bytes: config.probes.ring_buffer_bytes,
+        kernel: kernel_config(&config, &matcher),
+    };
+    let (mut probes, ring) = Probes::load(&settings)?;
+    let attached = probes.hooks.iter().filter(|h| h.attached).count();
+    info!(attached, total = probes.hooks.len(), "probes loaded");
+    probes.set_comms(&matcher.kernel_comms())?;
+
+    let mut engine = Engine {
+        ledger: Ledger::default(),
+        probes,
+        matcher,
+        config: config.clone(),
+        counters: EngineCounters::default(),
+        started_ns: time::boot_ns(),
+        lost_seen: 0,
+        reconcile_soon: Default::default(),
+    };
+    // SAFETY: the AsyncFd owns the RingBuf, which owns the map fd, so the fd
+    // stays open for as long as it is registered.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .context("polling the ring buffer")?;
+    engine.discover_all(ring.get_mut());
+
+    let (requests, mut incoming) = mpsc::channel::<Incoming>(64);
+    let socket_path = config.daemon.control_socket.clone();
+    let _server = control::server::spawn(&socket_path, requests)?;
+    info!(socket = %socket_path.display(), watched = engine.ledger.processes.len(), "leakmon running");
+
+    let mut drain_tick = interval(Duration::from_millis(config.probes.drain_interval_ms));
+    let mut housekeeping = interval(Duration::from_secs(1));
+    let mut reconcile_tick = interval(Duration::from_secs(config.probes.reconcile_interval_s));
+    for tick in [&mut drain_tick, &mut housekeeping, &mut reconcile_tick] {
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    }
+    reconcile_tick.reset();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                engine.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => engine.drain(ring.get_mut()),
+            _ = housekeeping.tick() => engine.housekeeping(ring.get_mut()),
+            _ = reconcile_tick.tick() => {
+                engine.discover_all(ring.get_mut());
+                engine.reconcile_all(ring.get_mut());
+            }
+            Some(incoming) = incoming.recv() => {
+                let response = engine.handle(ring.get_mut(), incoming.request);
+                let _ = incoming.reply.send(response);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("stopping: detaching probes");
+    control::server::remove_socket(&socket_path);
+    Ok(())
+}
+
+impl Engine {
+    /// Applies every record waiting in the ring buffer.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        self.counters.drains += 1;
+        let mut follow_ups = Vec::new();
+        while let Some(record) = ring.next() {
+            self.counters.records += 1;
+            match decode::decode(&record) {
+                Ok(event) => match self.ledger.apply(&event) {
+                    FollowUp::None => {}
+                    other => follow_ups.push(other),
+                },
+                Err(e) => {
+                    self.counters.decode_errors += 1;
+                    if self.counters.decode_errors <= 10 {
+                        warn!(error = %e, "dropped a malformed ring-buffer record");
+                    }
+                }
+            }
+            // Exec decisions read /proc: take them in order, before later
+            // events of the same process are applied.
+            if !follow_ups.is_empty() {
+                drop(record);
+                for follow_up in follow_ups.drain(..) {
+                    self.follow_up(follow_up);
+                }
+            }
+        }
+    }
+
+    /// Once a second: notice lost events, name provisional fds, and confirm exits.
+    fn housekeeping(&mut self, ring: &mut RingBuf<MapData>) {
+        self.drain(ring);
+        let lost = self.probes.counters().lost_total;
+        if lost > self.lost_seen {
+            warn!(
+                lost = lost - self.lost_seen,
+                "ring buffer was full: events lost; reconciling every watched process with /proc"
+            );
+            self.lost_seen = lost;
+            self.counters.reconcile_after_loss += 1;
+            self.reconcile_all(ring);
+        } else if !self.reconcile_soon.is_empty() {
+            let pids: Vec<u32> = self.reconcile_soon.drain().collect();
+            self.reconcile(ring, &pids);
+        }
+        self.resolve_provisional();
+    }
+
+    fn handle(&mut self, ring: &mut RingBuf<MapData>, request: Request) -> control::protocol::Response {
+        use control::protocol::Response;
+        self.drain(ring);
+        match request {
+            Request::Sync => Response::ok(serde_json::json!({ "records": self.counters.records })),
+            Request::Status => Response::data(&self.status()),
+            Request::Ledger { pid } => {
+                self.resolve_provisional();
+                match self.ledger.processes.get(&pid) {
+                    Some(process) => {
+                        Response::data(&crate::ledger::view::ProcessView::of(process, time::boot_ns()))
+                    }
+                    None => Response::error(format!("pid {pid} is not watched by this daemon")),
+                }
+            }
+            Request::Reconcile => {
+                let before = self.ledger.counters.clone();
+                self.reconcile_all(ring);
+                Response::data(&status::fixes_since(&before, &self.ledger.counters))
+            }
+        }
+    }
+}

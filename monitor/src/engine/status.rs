@@ -1,0 +1,84 @@
+//! `leakmon status`: what the daemon watches, which hooks it has, and every
+//! counter of loss and repair.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, EngineCounters};
+use crate::{
+    ledger::{LedgerCounters, WatchReason},
+    probes::{HookStatus, KernelCounters},
+    time,
+};
+
+#[derive(Serialize)]
+pub struct StatusView<'a> {
+    pub version: &'static str,
+    pub daemon_pid: u32,
+    pub started: String,
+    pub uptime_s: f64,
+    pub tracefs_mounted_by_daemon: bool,
+    pub hooks_attached: usize,
+    pub hooks_total: usize,
+    pub hooks: &'a [HookStatus],
+    pub processes: Vec<ProcessSummary>,
+    pub ledger: &'a LedgerCounters,
+    pub kernel: KernelCounters,
+    pub engine: &'a EngineCounters,
+    pub probes: &'a crate::config::Probes,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub comm: String,
+    pub reason: WatchReason,
+    pub fds: usize,
+    pub threads: usize,
+    pub watched_since: String,
+}
+
+impl Engine {
+    pub(super) fn status(&self) -> StatusView<'_> {
+        let now = time::boot_ns();
+        let mut processes: Vec<ProcessSummary> = self
+            .ledger
+            .processes
+            .values()
+            .map(|p| ProcessSummary {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                reason: p.reason.clone(),
+                fds: p.fds.len(),
+                threads: p.threads.len(),
+                watched_since: time::rfc3339_of_boot(p.watched_since_ns),
+            })
+            .collect();
+        processes.sort_by_key(|p| p.pid);
+        StatusView {
+            version: env!("CARGO_PKG_VERSION"),
+            daemon_pid: std::process::id(),
+            started: time::rfc3339_of_boot(self.started_ns),
+            uptime_s: time::age_s(self.started_ns, now),
+            tracefs_mounted_by_daemon: self.probes.tracefs_mounted_by_us,
+            hooks_attached: self.probes.hooks.iter().filter(|h| h.attached).count(),
+            hooks_total: self.probes.hooks.len(),
+            hooks: &self.probes.hooks,
+            processes,
+            ledger: &self.ledger.counters,
+            kernel: self.probes.counters(),
+            engine: &self.counters,
+            probes: &self.config.probes,
+        }
+    }
+}
+
+/// What a reconciliation run repaired, as the difference of two counter sets.
+pub fn fixes_since(before: &LedgerCounters, after: &LedgerCounters) -> serde_json::Value {
+    serde_json::json!({
+        "fds_added": after.reconcile_fds_added - before.reconcile_fds_added,
+        "fds_removed": after.reconcile_fds_removed - before.reconcile_fds_removed,
+        "kinds_fixed": after.reconcile_kinds_fixed - before.reconcile_kinds_fixed,
+        "threads_added": after.reconcile_threads_added - before.reconcile_threads_added,
+        "threads_removed": after.reconcile_threads_removed - before.reconcile_threads_removed,
+    })
+}

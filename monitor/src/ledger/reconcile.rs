@@ -1,0 +1,145 @@
+//! Repairing the ledger from /proc: after lost events, after exec, and
+//! periodically, so that it never drifts from what the kernel holds.
+
+use std::collections::HashSet;
+
+use monitor_common::{NO_FD, NO_SYSCALL};
+use serde::Serialize;
+
+use super::{Birth, FdEntry, Ledger, Origin, ThreadEntry, Touched, comm_from};
+use crate::{
+    fdkind::{self, FdKind},
+    proc::{FdLink, ThreadInfo},
+};
+
+/// What /proc showed for one process.
+#[derive(Clone, Debug, Default)]
+pub struct Scan {
+    pub fds: Vec<FdLink>,
+    pub threads: Vec<ThreadInfo>,
+}
+
+/// What applying a scan changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ScanFixes {
+    pub fds_added: u64,
+    pub fds_removed: u64,
+    pub kinds_fixed: u64,
+    pub threads_added: u64,
+    pub threads_removed: u64,
+}
+
+impl Ledger {
+    /// Call before reading /proc for `pid`: from now until [`Ledger::apply_scan`]
+    /// the ledger remembers which fds and threads events changed.
+    pub fn begin_scan(&mut self, pid: u32) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            process.touched = Some(Touched::default());
+        }
+    }
+
+    /// Makes the ledger agree with `scan`, except for what events changed
+    /// while it was taken (those events are newer than the scan).
+    ///
+    /// `origin` is what an fd or thread found only in /proc is marked as:
+    /// `BeforeStart`/`Inherited` on first sight of a process, `Reconciled`
+    /// (and counted as a fix) afterwards. `resolve` names an fd's kind from
+    /// its link target.
+    pub fn apply_scan(
+        &mut self,
+        pid: u32,
+        scan: &Scan,
+        origin: Origin,
+        now_ns: u64,
+        mut resolve: impl FnMut(u32, &str) -> FdKind,
+    ) -> ScanFixes {
+        let mut fixes = ScanFixes::default();
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return fixes;
+        };
+        let touched = process.touched.take().unwrap_or_default();
+        let found = Birth {
+            ts_ns: now_ns,
+            tid: 0,
+            thread: [0; 16],
+            syscall: NO_SYSCALL,
+            origin,
+        };
+
+        let mut in_proc = HashSet::with_capacity(scan.fds.len());
+        for link in &scan.fds {
+            in_proc.insert(link.fd);
+            if touched.fds.contains(&link.fd) {
+                continue;
+            }
+            match process.fds.get_mut(&link.fd) {
+                None => {
+                    process.fds.insert(
+                        link.fd,
+                        FdEntry {
+                            kind: resolve(link.fd, &link.target),
+                            provisional: false,
+                            birth: found,
+                            source_fd: NO_FD,
+                        },
+                    );
+                    fixes.fds_added += 1;
+                }
+                Some(entry) if entry.provisional => {
+                    entry.kind = resolve(link.fd, &link.target);
+                    entry.provisional = false;
+                }
+                Some(entry) if !fdkind::consistent_with_target(entry.kind, &link.target) => {
+                    // Released and reused unseen: the birth on record is not this object's.
+                    *entry = FdEntry {
+                        kind: resolve(link.fd, &link.target),
+                        provisional: false,
+                        birth: found,
+                        source_fd: NO_FD,
+                    };
+                    fixes.kinds_fixed += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        let before = process.fds.len();
+        process
+            .fds
+            .retain(|fd, _| in_proc.contains(fd) || touched.fds.contains(fd));
+        fixes.fds_removed = (before - process.fds.len()) as u64;
+
+        let mut live = HashSet::with_capacity(scan.threads.len());
+        for thread in &scan.threads {
+            live.insert(thread.tid);
+            if touched.threads.contains(&thread.tid) || process.threads.contains_key(&thread.tid) {
+                continue;
+            }
+            process.threads.insert(
+                thread.tid,
+                ThreadEntry {
+                    name: comm_from(&thread.name),
+                    start_ns: thread.start_ns,
+                    creator: None,
+                    origin,
+                },
+            );
+            fixes.threads_added += 1;
+        }
+        let before = process.threads.len();
+        process
+            .threads
+            .retain(|tid, _| live.contains(tid) || touched.threads.contains(tid));
+        fixes.threads_removed = (before - process.threads.len()) as u64;
+
+        if origin == Origin::Reconciled {
+            let c = &mut self.counters;
+            c.reconcile_runs += 1;
+            c.reconcile_fds_added += fixes.fds_added;
+            c.reconcile_fds_removed += fixes.fds_removed;
+            c.reconcile_kinds_fixed += fixes.kinds_fixed;
+            c.reconcile_threads_added += fixes.threads_added;
+            c.reconcile_threads_removed += fixes.threads_removed;
+        }
+        fixes
+    }
+}

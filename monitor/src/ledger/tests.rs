@@ -1,0 +1,329 @@
+//! The ledger on synthetic event timelines.
+
+use std::collections::HashSet;
+
+use monitor_common::{
+    EventHeader, EventKind, FdEvent, NO_FD, TaskEvent, socket_detail, syscalls as nr, task_flags,
+};
+
+use super::*;
+use crate::ledger::reconcile::ScanFixes;
+use crate::{
+    engine::decode::Event,
+    fdkind::FdKind,
+    proc::{FdLink, ThreadInfo},
+};
+
+const PID: u32 = 100;
+
+fn ledger_with_process() -> Ledger {
+    let mut ledger = Ledger::default();
+    let mut process = Process::new(PID, "nova-compute".into(), vec![], 1, WatchReason::Pid, 1);
+    process.threads.insert(
+        PID,
+        ThreadEntry {
+            name: comm_from("nova-compute"),
+            start_ns: 1,
+            creator: None,
+            origin: Origin::BeforeStart,
+        },
+    );
+    ledger.watch(process);
+    ledger
+}
+
+fn header(kind: EventKind, syscall: u32, tid: u32, ts_ns: u64) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        syscall,
+        tgid: PID,
+        tid,
+        ts_ns,
+    }
+}
+
+fn fd_event(kind: EventKind, syscall: u32, fd: u32, fd2: u32, source_fd: u32, detail: u32) -> FdEvent {
+    FdEvent {
+        header: header(kind, syscall, PID, 10),
+        fd,
+        fd2,
+        source_fd,
+        detail,
+    }
+}
+
+fn open(ledger: &mut Ledger, syscall: u32, fd: u32) {
+    let event = fd_event(EventKind::FdOpen, syscall, fd, NO_FD, NO_FD, 0);
+    assert_eq!(ledger.apply(&Event::Fd(EventKind::FdOpen, event)), FollowUp::None);
+}
+
+fn close(ledger: &mut Ledger, fd: u32) {
+    let event = fd_event(EventKind::FdClose, nr::CLOSE, fd, NO_FD, NO_FD, 0);
+    ledger.apply(&Event::Fd(EventKind::FdClose, event));
+}
+
+fn task(ledger: &mut Ledger, kind: EventKind, pid: u32, flags: u32, tid: u32) -> FollowUp {
+    let event = TaskEvent {
+        header: header(kind, monitor_common::NO_SYSCALL, tid, 20),
+        pid,
+        flags,
+        comm: comm_from("worker"),
+    };
+    ledger.apply(&Event::Task(kind, event))
+}
+
+fn fds(ledger: &Ledger) -> Vec<u32> {
+    let mut fds: Vec<u32> = ledger.processes[&PID].fds.keys().copied().collect();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn opens_and_closes_keep_birth_records() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5);
+    let socket = fd_event(
+        EventKind::FdOpen,
+        nr::SOCKET,
+        6,
+        NO_FD,
+        NO_FD,
+        socket_detail(2, 1, 0),
+    );
+    ledger.apply(&Event::Fd(EventKind::FdOpen, socket));
+    close(&mut ledger, 5);
+    close(&mut ledger, 42);
+
+    let entry = ledger.processes[&PID].fds[&6];
+    assert_eq!((entry.kind, entry.provisional), (FdKind::SocketTcp, false));
+    assert_eq!(
+        (entry.birth.tid, entry.birth.syscall, entry.birth.origin),
+        (PID, nr::SOCKET, Origin::Syscall)
+    );
+    assert_eq!(fds(&ledger), [6]);
+    let c = &ledger.counters;
+    assert_eq!((c.fds_opened, c.fds_closed, c.unknown_closes), (2, 1, 1));
+}
+
+#[test]
+fn pairs_dups_and_ranges() {
+    let mut ledger = ledger_with_process();
+    let pipe = fd_event(EventKind::FdOpen, nr::PIPE2, 3, 4, NO_FD, 0);
+    ledger.apply(&Event::Fd(EventKind::FdOpen, pipe));
+    open(&mut ledger, nr::EVENTFD2, 7);
+    // dup2(3, 7): 7 is replaced by a copy of the pipe's read end.
+    let dup2 = fd_event(EventKind::FdOpen, nr::DUP2, 7, NO_FD, 3, 0);
+    ledger.apply(&Event::Fd(EventKind::FdOpen, dup2));
+    let entry = ledger.processes[&PID].fds[&7];
+    assert_eq!((entry.kind, entry.source_fd), (FdKind::Pipe, 3));
+    assert_eq!(ledger.counters.replaced_by_dup, 1);
+    assert_eq!(ledger.counters.missed_releases, 0);
+
+    open(&mut ledger, nr::OPENAT, 10);
+    let range = fd_event(EventKind::FdCloseRange, nr::CLOSE_RANGE, 4, 9, NO_FD, 0);
+    ledger.apply(&Event::Fd(EventKind::FdCloseRange, range));
+    assert_eq!(fds(&ledger), [3, 10]);
+}
+
+#[test]
+fn an_open_over_a_live_fd_counts_a_missed_release() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5);
+    open(&mut ledger, nr::OPENAT, 5);
+    assert_eq!(ledger.counters.missed_releases, 1);
+}
+
+#[test]
+fn threads_come_and_go_and_the_last_exit_forgets_the_process() {
+    let mut ledger = ledger_with_process();
+    task(&mut ledger, EventKind::TaskNew, 101, task_flags::THREAD, PID);
+    let thread = ledger.processes[&PID].threads[&101];
+    assert_eq!((thread.creator, thread.start_ns), (Some(PID), 20));
+    // A birth on the new thread carries its name.
+    let mut event = fd_event(EventKind::FdOpen, nr::OPENAT, 5, NO_FD, NO_FD, 0);
+    event.header.tid = 101;
+    ledger.apply(&Event::Fd(EventKind::FdOpen, event));
+    assert_eq!(comm_str(&ledger.processes[&PID].fds[&5].birth.thread), "worker");
+
+    task(&mut ledger, EventKind::TaskExit, 101, 0, 101);
+    assert!(!ledger.processes[&PID].threads.contains_key(&101));
+    assert_eq!(
+        task(&mut ledger, EventKind::TaskExit, PID, task_flags::GROUP_DEAD, PID),
+        FollowUp::None
+    );
+    assert!(ledger.processes.is_empty());
+    assert_eq!(ledger.counters.processes_forgotten, 1);
+}
+
+#[test]
+fn a_forked_child_inherits_the_parents_fds() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5);
+    task(&mut ledger, EventKind::TaskNew, 200, 0, PID);
+    let child = &ledger.processes[&200];
+    assert_eq!(child.reason, WatchReason::Parent(PID));
+    assert_eq!(child.fds[&5].birth.origin, Origin::Inherited);
+    assert_eq!(child.threads.len(), 1);
+}
+
+#[test]
+fn exec_keeps_only_the_fds_still_open_and_one_thread() {
+    let mut ledger = ledger_with_process();
+    task(&mut ledger, EventKind::TaskNew, 101, task_flags::THREAD, PID);
+    open(&mut ledger, nr::OPENAT, 5);
+    open(&mut ledger, nr::OPENAT, 6);
+    let follow = task(&mut ledger, EventKind::Exec, 101, task_flags::WAS_WATCHED, PID);
+    assert!(matches!(
+        follow,
+        FollowUp::Exec {
+            pid: PID,
+            old_tid: 101,
+            ..
+        }
+    ));
+    ledger.exec_happened(PID, 101, comm_from("nova-compute"), vec![], &HashSet::from([6]));
+    let process = &ledger.processes[&PID];
+    assert_eq!(fds(&ledger), [6]);
+    assert_eq!(process.threads.keys().copied().collect::<Vec<_>>(), [PID]);
+    assert_eq!(ledger.counters.exec_cloexec_closed, 1);
+}
+
+#[test]
+fn received_rights_become_fds_and_a_cut_capture_asks_for_reconcile() {
+    let mut ledger = ledger_with_process();
+    let mut control = Vec::new();
+    control.extend_from_slice(&24usize.to_ne_bytes());
+    control.extend_from_slice(&1i32.to_ne_bytes());
+    control.extend_from_slice(&1i32.to_ne_bytes());
+    control.extend_from_slice(&8u32.to_ne_bytes());
+    control.extend_from_slice(&9u32.to_ne_bytes());
+    let h = header(EventKind::FdReceived, nr::RECVMSG, PID, 30);
+    assert_eq!(ledger.apply(&Event::Received(h, 24, &control)), FollowUp::None);
+    assert_eq!(fds(&ledger), [8, 9]);
+    assert_eq!(ledger.processes[&PID].fds[&8].birth.origin, Origin::ScmRights);
+    assert!(ledger.processes[&PID].fds[&8].provisional);
+    assert_eq!(
+        ledger.apply(&Event::Received(h, 64, &control)),
+        FollowUp::Reconcile(PID)
+    );
+}
+
+#[test]
+fn failures_are_kept_bounded_and_counted() {
+    let mut ledger = ledger_with_process();
+    for _ in 0..(FAILURES_KEPT + 5) {
+        let event = fd_event(EventKind::FdFailed, nr::OPENAT, NO_FD, NO_FD, NO_FD, 24);
+        ledger.apply(&Event::Fd(EventKind::FdFailed, event));
+    }
+    let process = &ledger.processes[&PID];
+    assert_eq!(process.failures.len(), FAILURES_KEPT);
+    assert_eq!(process.failures_total, FAILURES_KEPT as u64 + 5);
+}
+
+#[test]
+fn events_of_unknown_processes_are_counted_not_applied() {
+    let mut ledger = Ledger::default();
+    open(&mut ledger, nr::OPENAT, 5);
+    assert_eq!(ledger.counters.events_unowned, 1);
+}
+
+fn link(fd: u32, target: &str) -> FdLink {
+    FdLink {
+        fd,
+        target: target.into(),
+    }
+}
+
+fn thread(tid: u32) -> ThreadInfo {
+    ThreadInfo {
+        tid,
+        name: "t".into(),
+        state: 'S',
+        start_ns: 5,
+    }
+}
+
+#[test]
+fn reconciliation_repairs_both_ways_and_counts() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5); // closed unseen
+    open(&mut ledger, nr::SOCKET, 6); // kind still a guess? no: socket is sure
+    ledger.begin_scan(PID);
+    let scan = Scan {
+        fds: vec![link(6, "socket:[1]"), link(7, "pipe:[2]")],
+        threads: vec![thread(PID), thread(300)],
+    };
+    let fixes = ledger.apply_scan(PID, &scan, Origin::Reconciled, 50, |_, _| FdKind::Pipe);
+    assert_eq!(
+        fixes,
+        ScanFixes {
+            fds_added: 1,
+            fds_removed: 1,
+            kinds_fixed: 0,
+            threads_added: 1,
+            threads_removed: 0
+        }
+    );
+    assert_eq!(fds(&ledger), [6, 7]);
+    assert_eq!(ledger.processes[&PID].fds[&7].birth.origin, Origin::Reconciled);
+    assert_eq!(ledger.counters.reconcile_fds_added, 1);
+    assert_eq!(ledger.counters.reconcile_threads_added, 1);
+}
+
+#[test]
+fn reconciliation_leaves_alone_what_changed_during_the_scan() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5);
+    ledger.begin_scan(PID);
+    // The scan saw fd 5 and fd 8; meanwhile 5 was closed and 9 opened.
+    let scan = Scan {
+        fds: vec![link(5, "/etc/hosts"), link(8, "/etc/passwd")],
+        threads: vec![thread(PID)],
+    };
+    close(&mut ledger, 5);
+    open(&mut ledger, nr::OPENAT, 9);
+    let fixes = ledger.apply_scan(PID, &scan, Origin::Reconciled, 50, |_, _| FdKind::File);
+    assert_eq!(fds(&ledger), [8, 9]);
+    assert_eq!((fixes.fds_added, fixes.fds_removed), (1, 0));
+}
+
+#[test]
+fn reconciliation_replaces_an_entry_whose_number_was_reused_unseen() {
+    let mut ledger = ledger_with_process();
+    let socket = fd_event(
+        EventKind::FdOpen,
+        nr::SOCKET,
+        6,
+        NO_FD,
+        NO_FD,
+        socket_detail(1, 1, 0),
+    );
+    ledger.apply(&Event::Fd(EventKind::FdOpen, socket));
+    ledger.begin_scan(PID);
+    let scan = Scan {
+        fds: vec![link(6, "/var/log/nova.log")],
+        threads: vec![thread(PID)],
+    };
+    let fixes = ledger.apply_scan(PID, &scan, Origin::Reconciled, 50, |_, _| FdKind::File);
+    assert_eq!(fixes.kinds_fixed, 1);
+    let entry = ledger.processes[&PID].fds[&6];
+    assert_eq!(
+        (entry.kind, entry.birth.origin),
+        (FdKind::File, Origin::Reconciled)
+    );
+}
+
+#[test]
+fn first_sight_is_not_counted_as_a_fix() {
+    let mut ledger = ledger_with_process();
+    let scan = Scan {
+        fds: vec![link(0, "/dev/null")],
+        threads: vec![thread(PID)],
+    };
+    ledger.apply_scan(PID, &scan, Origin::BeforeStart, 50, |_, _| FdKind::File);
+    assert_eq!(ledger.counters.reconcile_fds_added, 0);
+    // A creation event later upgrades the unseen entry silently.
+    open(&mut ledger, nr::OPENAT, 0);
+    assert_eq!(ledger.counters.missed_releases, 0);
+    assert_eq!(ledger.processes[&PID].fds[&0].birth.origin, Origin::Syscall);
+}

@@ -1,0 +1,219 @@
+//! What the ledger keeps per watched process.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fdkind::FdKind;
+
+/// A task name as the kernel stores it: 16 bytes, NUL padded.
+pub type Comm = [u8; 16];
+
+pub fn comm_str(comm: &Comm) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+pub fn comm_from(name: &str) -> Comm {
+    let mut comm = [0u8; 16];
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(15);
+    comm[..n].copy_from_slice(&bytes[..n]);
+    comm
+}
+
+/// How the ledger learned that an fd or thread exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Seen being created by a hooked syscall (or clone for threads).
+    Syscall,
+    /// Already there when the daemon started watching the process.
+    BeforeStart,
+    /// Copied from the parent at fork, or kept across exec.
+    Inherited,
+    /// Received from another process over a unix socket (SCM_RIGHTS).
+    ScmRights,
+    /// Found in /proc by reconciliation: its creation was not seen.
+    Reconciled,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Syscall => "syscall",
+            Origin::BeforeStart => "before_start",
+            Origin::Inherited => "inherited",
+            Origin::ScmRights => "scm_rights",
+            Origin::Reconciled => "reconciled",
+        }
+    }
+
+    /// Entries whose birth was not seen may be replaced by a creation event
+    /// for the same number without that counting as a missed release.
+    pub fn is_unseen(self) -> bool {
+        matches!(self, Origin::BeforeStart | Origin::Reconciled)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Birth {
+    /// CLOCK_BOOTTIME ns.
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub thread: Comm,
+    /// Syscall number, or `monitor_common::NO_SYSCALL`.
+    pub syscall: u32,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdEntry {
+    pub kind: FdKind,
+    /// The kind is a guess from the syscall until /proc confirms it.
+    pub provisional: bool,
+    pub birth: Birth,
+    /// The fd it duplicates, or `monitor_common::NO_FD`.
+    pub source_fd: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadEntry {
+    pub name: Comm,
+    pub start_ns: u64,
+    /// The thread that created it, when seen.
+    pub creator: Option<u32>,
+    pub origin: Origin,
+}
+
+/// Why a process is watched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "by", content = "value")]
+pub enum WatchReason {
+    /// comm or argv[0]/argv[1] basename equals this name.
+    Name(String),
+    /// The command line matches this regex.
+    Cmdline(String),
+    /// Asked for by pid.
+    Pid,
+    /// A forked child of a watched process that has not exec'd.
+    Parent(u32),
+}
+
+/// An fd-creating syscall that failed with EMFILE or ENFILE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedSyscall {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub syscall: u32,
+    pub errno: u32,
+}
+
+/// How many recent failures a process keeps (the total is counted apart).
+pub const FAILURES_KEPT: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+    pub cmdline: Vec<String>,
+    pub start_ns: u64,
+    pub reason: WatchReason,
+    pub watched_since_ns: u64,
+    pub fds: HashMap<u32, FdEntry>,
+    pub threads: HashMap<u32, ThreadEntry>,
+    pub failures: VecDeque<FailedSyscall>,
+    pub failures_total: u64,
+    /// What events changed while a reconciliation scan was in flight.
+    pub touched: Option<Touched>,
+}
+
+/// fds and threads that events changed during a /proc scan: the scan's view
+/// of them may be older than the ledger's, so reconciliation leaves them be.
+#[derive(Clone, Debug, Default)]
+pub struct Touched {
+    pub fds: HashSet<u32>,
+    pub threads: HashSet<u32>,
+}
+
+impl Process {
+    pub fn new(
+        pid: u32,
+        comm: String,
+        cmdline: Vec<String>,
+        start_ns: u64,
+        reason: WatchReason,
+        now_ns: u64,
+    ) -> Self {
+        Process {
+            pid,
+            comm,
+            cmdline,
+            start_ns,
+            reason,
+            watched_since_ns: now_ns,
+            fds: HashMap::new(),
+            threads: HashMap::new(),
+            failures: VecDeque::new(),
+            failures_total: 0,
+            touched: None,
+        }
+    }
+
+    pub fn touch(&mut self, fd: u32) {
+        if let Some(touched) = &mut self.touched {
+            touched.fds.insert(fd);
+        }
+    }
+
+    pub fn touch_thread(&mut self, tid: u32) {
+        if let Some(touched) = &mut self.touched {
+            touched.threads.insert(tid);
+        }
+    }
+
+    pub fn thread_name(&self, tid: u32) -> Comm {
+        self.threads
+            .get(&tid)
+            .map_or_else(|| comm_from(&self.comm), |t| t.name)
+    }
+
+    /// Open fds per kind.
+    pub fn counts(&self) -> std::collections::BTreeMap<FdKind, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for entry in self.fds.values() {
+            *counts.entry(entry.kind).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// What the ledger has had to do, for status and metrics. Every count of a
+/// fix is a place where a hook missed something.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerCounters {
+    pub events: u64,
+    pub fds_opened: u64,
+    pub fds_closed: u64,
+    /// A creation event for an fd the ledger held open: its release was not seen.
+    pub missed_releases: u64,
+    /// dup2/dup3 onto an open fd (an implicit close).
+    pub replaced_by_dup: u64,
+    /// close() of an fd the ledger did not hold (EBADF, or already repaired).
+    pub unknown_closes: u64,
+    pub fds_received: u64,
+    pub exec_cloexec_closed: u64,
+    pub reconcile_runs: u64,
+    pub reconcile_fds_added: u64,
+    pub reconcile_fds_removed: u64,
+    pub reconcile_kinds_fixed: u64,
+    pub reconcile_threads_added: u64,
+    pub reconcile_threads_removed: u64,
+    pub threads_started: u64,
+    pub threads_exited: u64,
+    pub processes_watched: u64,
+    pub processes_forgotten: u64,
+    pub failed_syscalls: u64,
+    /// Events for a process user space does not track (raced with an unwatch).
+    pub events_unowned: u64,
+}

@@ -1,0 +1,161 @@
+//! The ledger as JSON: what the daemon answers on its control socket and
+//! what `leakmon snapshot` merges into its /proc view.
+
+use std::collections::BTreeMap;
+
+use monitor_common::{NO_FD, NO_SYSCALL, syscalls};
+use serde::{Deserialize, Serialize};
+
+use super::{Birth, FailedSyscall, FdEntry, Origin, Process, ThreadEntry, WatchReason, comm_str};
+use crate::{fdkind::FdKind, time};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BirthView {
+    /// RFC 3339. For `before_start`/`reconciled` origins: when leakmon first saw it.
+    pub time: String,
+    pub age_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    pub origin: Origin,
+}
+
+impl BirthView {
+    pub fn of(birth: &Birth, now_ns: u64) -> Self {
+        let seen = birth.tid != 0;
+        BirthView {
+            time: time::rfc3339_of_boot(birth.ts_ns),
+            age_s: time::age_s(birth.ts_ns, now_ns),
+            tid: seen.then_some(birth.tid),
+            thread: seen.then(|| comm_str(&birth.thread)),
+            syscall: (birth.syscall != NO_SYSCALL).then(|| syscall_name(birth.syscall)),
+            origin: birth.origin,
+        }
+    }
+}
+
+pub fn syscall_name(nr: u32) -> String {
+    syscalls::name(nr).map_or_else(|| format!("syscall_{nr}"), str::to_string)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FdView {
+    pub fd: u32,
+    pub kind: FdKind,
+    /// The kind is the syscall's guess; /proc has not confirmed it yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
+    pub birth: BirthView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dup_of: Option<u32>,
+}
+
+impl FdView {
+    pub fn of(fd: u32, entry: &FdEntry, now_ns: u64) -> Self {
+        FdView {
+            fd,
+            kind: entry.kind,
+            provisional: entry.provisional,
+            birth: BirthView::of(&entry.birth, now_ns),
+            dup_of: (entry.source_fd != NO_FD).then_some(entry.source_fd),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThreadView {
+    pub tid: u32,
+    pub name: String,
+    pub start: String,
+    pub age_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creator_tid: Option<u32>,
+    pub origin: Origin,
+}
+
+impl ThreadView {
+    pub fn of(tid: u32, thread: &ThreadEntry, now_ns: u64) -> Self {
+        ThreadView {
+            tid,
+            name: comm_str(&thread.name),
+            start: time::rfc3339_of_boot(thread.start_ns),
+            age_s: time::age_s(thread.start_ns, now_ns),
+            creator_tid: thread.creator,
+            origin: thread.origin,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailureView {
+    pub time: String,
+    pub tid: u32,
+    pub syscall: String,
+    /// "EMFILE" or "ENFILE".
+    pub error: String,
+}
+
+impl FailureView {
+    pub fn of(failure: &FailedSyscall) -> Self {
+        FailureView {
+            time: time::rfc3339_of_boot(failure.ts_ns),
+            tid: failure.tid,
+            syscall: syscall_name(failure.syscall),
+            error: match failure.errno {
+                24 => "EMFILE".to_string(),
+                23 => "ENFILE".to_string(),
+                n => format!("errno {n}"),
+            },
+        }
+    }
+}
+
+/// One watched process as the daemon's ledger has it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessView {
+    pub pid: u32,
+    pub comm: String,
+    pub cmdline: Vec<String>,
+    /// When the process started (from /proc, or the fork event).
+    pub started: String,
+    pub watched_since: String,
+    pub reason: WatchReason,
+    pub fds: Vec<FdView>,
+    pub threads: Vec<ThreadView>,
+    pub counts: BTreeMap<FdKind, usize>,
+    pub failures: Vec<FailureView>,
+    pub failures_total: u64,
+}
+
+impl ProcessView {
+    pub fn of(process: &Process, now_ns: u64) -> Self {
+        let mut fds: Vec<FdView> = process
+            .fds
+            .iter()
+            .map(|(fd, entry)| FdView::of(*fd, entry, now_ns))
+            .collect();
+        fds.sort_by_key(|f| f.fd);
+        let mut threads: Vec<ThreadView> = process
+            .threads
+            .iter()
+            .map(|(tid, t)| ThreadView::of(*tid, t, now_ns))
+            .collect();
+        threads.sort_by_key(|t| t.tid);
+        ProcessView {
+            pid: process.pid,
+            comm: process.comm.clone(),
+            cmdline: process.cmdline.clone(),
+            started: time::rfc3339_of_boot(process.start_ns),
+            watched_since: time::rfc3339_of_boot(process.watched_since_ns),
+            reason: process.reason.clone(),
+            fds,
+            threads,
+            counts: process.counts(),
+            failures: process.failures.iter().map(FailureView::of).collect(),
+            failures_total: process.failures_total,
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! leakmon: an eBPF resource-leak monitor for nova-compute.
+
+mod cli;
+mod config;
+mod control;
+mod discovery;
+mod engine;
+mod fdkind;
+mod ledger;
+mod probes;
+mod proc;
+mod procnet;
+mod snapshot;
+mod sockdiag;
+mod status_cmd;
+mod time;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use crate::{
+    cli::{Cli, Command, RunArgs},
+    config::{Config, LogFormat},
+    control::{client, protocol::Request},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("leakmon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Snapshot(args) => {
+            let pids = match (args.target.pid, &args.target.match_comm) {
+                (Some(pid), _) => vec![pid],
+                (None, Some(name)) => snapshot::pids_named(name),
+                (None, None) => unreachable!("clap requires a target"),
+            };
+            if pids.is_empty() {
+                anyhow::bail!(
+                    "no process matches {}",
+                    args.target.match_comm.unwrap_or_default()
+                );
+            }
+            let mut snapshots = Vec::new();
+            for pid in &pids {
+                snapshots.push(snapshot::take(*pid, &args.control_socket)?);
+            }
+            if args.json && args.target.pid.is_some() {
+                println!("{}", serde_json::to_string_pretty(&snapshots[0])?);
+            } else if args.json {
+                println!("{}", serde_json::to_string_pretty(&snapshots)?);
+            } else {
+                let tables: Vec<String> = snapshots.iter().map(snapshot::render_table).collect();
+                print!("{}", tables.join("\n"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ledger(args) => {
+            let data = client::request(&args.control_socket, &Request::Ledger { pid: args.pid })?;
+            println!("{}", serde_json::to_string_pretty(&data)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchFloor { raw } => {
+            let _probes = probes::load_floor(raw)?;
+            let signals = nix::sys::signal::SigSet::from_iter([
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::Signal::SIGINT,
+            ]);
+            signals.thread_block()?;
+            eprintln!("floor attached; waiting for SIGTERM");
+            signals.wait()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            let data = client::request(&args.control_socket, &Request::Status)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                print!("{}", status_cmd::render(&data));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if !args.match_comm.is_empty() || !args.match_cmdline.is_empty() || !args.pid.is_empty() {
+        config.discovery.names = args.match_comm;
+        config.discovery.cmdline_regex = args.match_cmdline;
+        config.discovery.pids = args.pid;
+    }
+    if let Some(path) = args.control_socket {
+        config.daemon.control_socket = path;
+    }
+    if let Some(format) = args.log_format {
+        config.daemon.log_format = format;
+    }
+    if let Some(bytes) = args.ring_buffer_bytes {
+        config.probes.ring_buffer_bytes = bytes;
+    }
+    config.validate()?;
+    init_logging(config.daemon.log_format);
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("the daemon loads eBPF programs: run it as root");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(engine::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,122 @@
+//! Which program goes on which tracepoint, and what is lost without it.
+//! Nothing here is fatal: a hook that cannot attach is reported (log, status,
+//! metrics) and reconciliation with /proc covers what it would have seen.
+
+use monitor_common::syscalls;
+use serde::Serialize;
+
+#[derive(Clone, Debug)]
+pub struct Hook {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub event: String,
+    /// Without it leakmon loses a capability (not just precision).
+    pub essential: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub program: &'static str,
+    pub tracepoint: String,
+    pub essential: bool,
+    pub attached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn hook(program: &'static str, category: &'static str, event: impl Into<String>, essential: bool) -> Hook {
+    Hook {
+        program,
+        category,
+        event: event.into(),
+        essential,
+    }
+}
+
+/// The whole table.
+pub fn all() -> Vec<Hook> {
+    let mut hooks = vec![
+        hook("sched_process_exec", "sched", "sched_process_exec", true),
+        hook("task_newtask", "task", "task_newtask", true),
+        hook("sched_process_exit", "sched", "sched_process_exit", true),
+        hook("task_rename", "task", "task_rename", false),
+        hook("close_enter", "syscalls", "sys_enter_close", true),
+        hook("close_range_enter", "syscalls", "sys_enter_close_range", false),
+    ];
+    for (_, name) in syscalls::RETURNS_FD {
+        hooks.push(hook("fd_exit", "syscalls", format!("sys_exit_{name}"), true));
+    }
+    for (_, name) in syscalls::RETURNS_FD_OPTIONAL {
+        hooks.push(hook("fd_exit", "syscalls", format!("sys_exit_{name}"), false));
+    }
+    for (_, name, args) in syscalls::NEEDS_ARGS {
+        let enter = ["args_enter_1", "args_enter_2", "args_enter_3", "args_enter_4"][args - 1];
+        hooks.push(hook(enter, "syscalls", format!("sys_enter_{name}"), true));
+        hooks.push(hook("args_exit", "syscalls", format!("sys_exit_{name}"), true));
+    }
+    hooks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fd_syscall_of_the_brief_is_hooked() {
+        let events: Vec<String> = all().into_iter().map(|h| h.event).collect();
+        for name in [
+            "open",
+            "openat",
+            "openat2",
+            "creat",
+            "open_by_handle_at",
+            "socket",
+            "socketpair",
+            "accept",
+            "accept4",
+            "dup",
+            "dup2",
+            "dup3",
+            "fcntl",
+            "pipe",
+            "pipe2",
+            "eventfd",
+            "eventfd2",
+            "epoll_create",
+            "epoll_create1",
+            "timerfd_create",
+            "signalfd",
+            "signalfd4",
+            "inotify_init",
+            "inotify_init1",
+            "fanotify_init",
+            "memfd_create",
+            "pidfd_open",
+            "pidfd_getfd",
+            "userfaultfd",
+            "perf_event_open",
+            "io_uring_setup",
+            "bpf",
+            "recvmsg",
+        ] {
+            assert!(
+                events.contains(&format!("sys_exit_{name}")),
+                "{name} is not hooked"
+            );
+        }
+        assert!(events.contains(&"sys_enter_close".to_string()));
+        assert!(events.contains(&"sys_enter_close_range".to_string()));
+    }
+
+    #[test]
+    fn no_tracepoint_is_hooked_twice() {
+        let mut events: Vec<String> = all()
+            .into_iter()
+            .map(|h| format!("{}/{}", h.category, h.event))
+            .collect();
+        let n = events.len();
+        events.sort();
+        events.dedup();
+        assert_eq!(events.len(), n);
+    }
+}

@@ -1,0 +1,230 @@
+//! Loading the kernel probes and talking to their maps.
+
+pub mod hooks;
+pub mod tracefs;
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use monitor_common::{EventKind, KernelConfig, TaskOffsets, WatchEntry, counter, maps};
+use serde::Serialize;
+use tracing::{debug, error, warn};
+
+pub use hooks::HookStatus;
+
+use crate::ledger::Comm;
+
+/// The compiled probes (empty when built with AYA_BUILD_SKIP=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakmon-probes"));
+
+/// Load-time settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub ring_buffer_bytes: u32,
+    pub kernel: KernelConfig,
+}
+
+/// Counters the probes keep in the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelCounters {
+    /// Records that found the ring buffer full, by event kind.
+    pub lost: std::collections::BTreeMap<String, u64>,
+    pub lost_total: u64,
+    pub pending_missed: u64,
+    pub wakeups: u64,
+}
+
+pub struct Probes {
+    /// Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    watched: HashMap<MapData, u32, WatchEntry>,
+    comms: HashMap<MapData, Comm, u32>,
+    /// Held open for the programs' sake (a closed map fd fails their load).
+    _config: Array<MapData, KernelConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    pub hooks: Vec<HookStatus>,
+    pub tracefs_mounted_by_us: bool,
+}
+
+impl Probes {
+    /// Loads the object, sets offsets and config, and attaches every hook
+    /// the kernel has. Returns the probes and the ring buffer to read.
+    pub fn load(settings: &Settings) -> anyhow::Result<(Probes, RingBuf<MapData>)> {
+        if OBJECT.is_empty() {
+            bail!(
+                "this leakmon binary was built without its kernel probes (AYA_BUILD_SKIP); \
+                 build it with nightly rust-src and bpf-linker installed (`cargo xtask setup`)"
+            );
+        }
+        let tracefs_mounted_by_us = tracefs::ensure_mounted().context("tracefs is needed for tracepoints")?;
+        let offsets = tracefs::task_offsets().context("reading task tracepoint formats")?;
+        if offsets.exit_group_dead == 0 {
+            warn!("sched_process_exit has no group_dead field: process exits are confirmed through /proc");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::EVENTS, settings.ring_buffer_bytes)
+            .override_global(TaskOffsets::GLOBAL, &offsets, true)
+            .load(OBJECT)
+            .context("loading the eBPF object (is this root with CAP_BPF and CAP_PERFMON?)")?;
+
+        // Every map handle stays open as long as the programs: programs are
+        // loaded below, and a closed map fd would fail their load.
+        let mut config: Array<MapData, KernelConfig> = take(&mut ebpf, maps::CONFIG)?;
+        config
+            .set(0, settings.kernel, 0)
+            .context("writing the probe configuration")?;
+        let hooks = attach_all(&mut ebpf);
+        let ring = take(&mut ebpf, maps::EVENTS)?;
+        let probes = Probes {
+            watched: take(&mut ebpf, maps::WATCHED)?,
+            comms: take(&mut ebpf, maps::WATCH_COMMS)?,
+            counters: take(&mut ebpf, maps::COUNTERS)?,
+            _config: config,
+            _ebpf: ebpf,
+            hooks,
+            tracefs_mounted_by_us,
+        };
+        Ok((probes, ring))
+    }
+
+    pub fn watch(&mut self, pid: u32, flags: u32) -> anyhow::Result<()> {
+        self.watched
+            .insert(pid, WatchEntry { flags, _pad: 0 }, 0)
+            .with_context(|| format!("adding pid {pid} to the in-kernel watched set (full?)"))
+    }
+
+    pub fn unwatch(&mut self, pid: u32) {
+        // Absent already (the kernel drops exited and re-exec'd children itself).
+        let _ = self.watched.remove(&pid);
+    }
+
+    pub fn set_comms(&mut self, comms: &[Comm]) -> anyhow::Result<()> {
+        let old: Vec<Comm> = self.comms.keys().filter_map(Result::ok).collect();
+        for comm in old {
+            let _ = self.comms.remove(&comm);
+        }
+        for comm in comms {
+            self.comms.insert(*comm, 1, 0).context("setting watched names")?;
+        }
+        Ok(())
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let read = |slot: u32| -> u64 {
+            self.counters
+                .get(&slot, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        let mut counters = KernelCounters::default();
+        for kind in EventKind::ALL {
+            let lost = read(counter::LOST_BASE + kind as u32);
+            if lost > 0 {
+                counters.lost.insert(format!("{kind:?}"), lost);
+            }
+            counters.lost_total += lost;
+        }
+        counters.pending_missed = read(counter::PENDING_MISSED);
+        counters.wakeups = read(counter::WAKEUPS);
+        counters
+    }
+}
+
+/// Attaches the do-nothing program to every tracepoint leakmon hooks (the
+/// benchmarks' floor). The returned object must be kept alive.
+pub fn load_floor(raw: bool) -> anyhow::Result<Ebpf> {
+    if OBJECT.is_empty() {
+        bail!("this leakmon binary was built without its kernel probes");
+    }
+    tracefs::ensure_mounted()?;
+    let offsets = tracefs::task_offsets()?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(TaskOffsets::GLOBAL, &offsets, true)
+        .load(OBJECT)?;
+    if raw {
+        let program: &mut aya::programs::RawTracePoint = ebpf
+            .program_mut("noop_raw")
+            .context("no noop_raw program")?
+            .try_into()?;
+        program.load()?;
+        program.attach("sys_enter")?;
+        program.attach("sys_exit")?;
+        return Ok(ebpf);
+    }
+    let program: &mut TracePoint = ebpf.program_mut("noop").context("no noop program")?.try_into()?;
+    program.load()?;
+    for hook in hooks::all() {
+        if tracefs::event_exists(hook.category, &hook.event) {
+            program.attach(hook.category, &hook.event)?;
+        }
+    }
+    Ok(ebpf)
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn attach_all(ebpf: &mut Ebpf) -> Vec<HookStatus> {
+    let mut statuses = Vec::new();
+    // program -> Ok, or why the verifier refused it (reported on each of its hooks).
+    let mut loaded: std::collections::HashMap<&'static str, Result<(), String>> = Default::default();
+    for hook in hooks::all() {
+        let tracepoint = format!("{}/{}", hook.category, hook.event);
+        let result = attach_one(ebpf, &hook, &mut loaded);
+        match &result {
+            Ok(()) => debug!(program = hook.program, %tracepoint, "attached"),
+            Err(e) if hook.essential => {
+                error!(program = hook.program, %tracepoint, error = %e, "hook not attached; reconciliation with /proc will cover it")
+            }
+            Err(e) => {
+                warn!(program = hook.program, %tracepoint, error = %e, "optional hook not attached")
+            }
+        }
+        statuses.push(HookStatus {
+            program: hook.program,
+            tracepoint,
+            essential: hook.essential,
+            attached: result.is_ok(),
+            error: result.err().map(|e| format!("{e:#}")),
+        });
+    }
+    statuses
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    hook: &hooks::Hook,
+    loaded: &mut std::collections::HashMap<&'static str, Result<(), String>>,
+) -> anyhow::Result<()> {
+    if !tracefs::event_exists(hook.category, &hook.event) {
+        bail!("this kernel has no tracepoint {}/{}", hook.category, hook.event);
+    }
+    let program: &mut TracePoint = ebpf
+        .program_mut(hook.program)
+        .with_context(|| format!("no program {} in the object", hook.program))?
+        .try_into()?;
+    let load = loaded.entry(hook.program).or_insert_with(|| {
+        program.load().map_err(|e| {
+            format!(
+                "the verifier refused {}: {:#}",
+                hook.program,
+                anyhow::Error::from(e)
+            )
+        })
+    });
+    if let Err(e) = load {
+        bail!("{e}");
+    }
+    program.attach(hook.category, &hook.event)?;
+    Ok(())
+}

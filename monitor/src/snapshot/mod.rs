@@ -1,0 +1,266 @@
+//! `leakmon snapshot`: a process's open resources from /proc and sock_diag,
+//! with birth records from the daemon's ledger when a daemon runs.
+
+mod render;
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+pub use render::render_table;
+
+use crate::{
+    control::{client, protocol::Request},
+    fdkind::FdKind,
+    ledger::view::{BirthView, ProcessView},
+    proc::{self, ProcError},
+    sockdiag::{SocketInfo, SocketTable},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub pid: u32,
+    pub comm: String,
+    pub cmdline: Vec<String>,
+    pub limits: Limits,
+    pub counts: BTreeMap<FdKind, usize>,
+    pub fds: Vec<FdSnapshot>,
+    pub threads: Vec<ThreadSnapshot>,
+    /// Whether birth records come from a running daemon.
+    pub daemon: bool,
+    /// Why there are no birth records, when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_note: Option<String>,
+    /// Entries that could not be read (the rest of the snapshot is complete).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    /// RLIMIT_NOFILE soft limit; null when unlimited.
+    pub nofile_soft: Option<u64>,
+    pub nofile_hard: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FdSnapshot {
+    pub fd: u32,
+    pub kind: FdKind,
+    /// Path, `pipe:[inode]`, `anon_inode:[...]`, or for sockets the
+    /// addresses and state (`127.0.0.1:40112 -> 127.0.0.1:6385 CLOSE_WAIT`).
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth: Option<BirthView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThreadSnapshot {
+    pub tid: u32,
+    pub name: String,
+    pub state: char,
+    pub start: String,
+    pub age_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator_tid: Option<u32>,
+}
+
+/// Takes a snapshot of `pid`. Fails only when the process cannot be read at all.
+pub fn take(pid: u32, control_socket: &Path) -> Result<Snapshot, ProcError> {
+    let info = proc::process_info(pid)?;
+    let mut dir = proc::FdDir::open(pid)?;
+    let (links, mut problems) = dir.links();
+    let (nofile_soft, nofile_hard) = proc::nofile_limits(pid).unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        (None, None)
+    });
+
+    let sockets = socket_table(pid, &links, &mut problems);
+    let mut fds: Vec<FdSnapshot> = links
+        .iter()
+        .map(|link| describe_fd(&dir, link.fd, &link.target, &sockets))
+        .collect();
+
+    let threads = match proc::list_threads(pid) {
+        Ok(threads) => threads,
+        Err(e) => {
+            problems.push(e.to_string());
+            Vec::new()
+        }
+    };
+    let now = crate::time::boot_ns();
+    let mut threads: Vec<ThreadSnapshot> = threads
+        .into_iter()
+        .map(|t| ThreadSnapshot {
+            tid: t.tid,
+            name: t.name,
+            state: t.state,
+            start: crate::time::rfc3339_of_boot(t.start_ns),
+            age_s: crate::time::age_s(t.start_ns, now),
+            creator_tid: None,
+        })
+        .collect();
+
+    let (daemon, daemon_note) = match client::request(control_socket, &Request::Ledger { pid }) {
+        Ok(data) => match serde_json::from_value::<ProcessView>(data) {
+            Ok(view) => {
+                merge_births(&mut fds, &mut threads, &view);
+                (true, None)
+            }
+            Err(e) => (false, Some(format!("unexpected answer from the daemon: {e}"))),
+        },
+        Err(e) => (false, Some(format!("no birth records: {e}"))),
+    };
+
+    let mut counts = BTreeMap::new();
+    for fd in &fds {
+        *counts.entry(fd.kind).or_default() += 1;
+    }
+    Ok(Snapshot {
+        pid,
+        comm: info.comm,
+        cmdline: info.cmdline,
+        limits: Limits {
+            nofile_soft,
+            nofile_hard,
+        },
+        counts,
+        fds,
+        threads,
+        daemon,
+        daemon_note,
+        problems,
+    })
+}
+
+/// sock_diag for the daemon's network namespace, /proc/PID/net for sockets
+/// it does not know (the process lives in another namespace).
+fn socket_table(pid: u32, links: &[proc::FdLink], problems: &mut Vec<String>) -> SocketTable {
+    let inodes: Vec<u64> = links
+        .iter()
+        .filter(|l| l.target.starts_with("socket:["))
+        .filter_map(|l| proc::link_inode(&l.target))
+        .collect();
+    if inodes.is_empty() {
+        return SocketTable::default();
+    }
+    let mut table = SocketTable::dump().unwrap_or_else(|e| {
+        problems.push(format!("sock_diag: {e}; using /proc/{pid}/net"));
+        SocketTable::default()
+    });
+    if inodes.iter().any(|i| !table.by_inode.contains_key(i)) {
+        for (inode, info) in SocketTable::from_proc_net(pid).by_inode {
+            table.by_inode.entry(inode).or_insert(info);
+        }
+    }
+    table
+}
+
+fn describe_fd(dir: &proc::FdDir, fd: u32, target: &str, sockets: &SocketTable) -> FdSnapshot {
+    let socket = proc::link_inode(target)
+        .filter(|_| target.starts_with("socket:["))
+        .and_then(|inode| sockets.by_inode.get(&inode))
+        .cloned();
+    let kind = match &socket {
+        Some(s) => match s.protocol {
+            crate::sockdiag::Protocol::Tcp => FdKind::SocketTcp,
+            crate::sockdiag::Protocol::Udp => FdKind::SocketUdp,
+            crate::sockdiag::Protocol::Unix => FdKind::SocketUnix,
+        },
+        None => dir.resolve_kind(fd, target),
+    };
+    let target = match &socket {
+        Some(s) if s.protocol == crate::sockdiag::Protocol::Unix => {
+            let name = if s.local.is_empty() { "(unnamed)" } else { &s.local };
+            format!("unix {} {name} {}", s.unix_type.as_deref().unwrap_or(""), s.state)
+        }
+        Some(s) => format!("{} -> {} {}", s.local, s.remote, s.state),
+        None => target.to_string(),
+    };
+    FdSnapshot {
+        fd,
+        kind,
+        target,
+        socket,
+        birth: None,
+    }
+}
+
+/// Adds the daemon's birth records where its entry is the same object as
+/// /proc shows (the fd number may have been reused since).
+fn merge_births(fds: &mut [FdSnapshot], threads: &mut [ThreadSnapshot], view: &ProcessView) {
+    let births: BTreeMap<u32, _> = view.fds.iter().map(|f| (f.fd, f)).collect();
+    for fd in fds.iter_mut() {
+        if let Some(entry) = births.get(&fd.fd)
+            && same_object(entry.kind, entry.provisional, fd.kind)
+        {
+            fd.birth = Some(entry.birth.clone());
+        }
+    }
+    let starts: BTreeMap<u32, _> = view.threads.iter().map(|t| (t.tid, t)).collect();
+    for thread in threads.iter_mut() {
+        if let Some(known) = starts.get(&thread.tid) {
+            thread.creator_tid = known.creator_tid;
+        }
+    }
+}
+
+/// Whether the ledger's entry can describe the object /proc shows now.
+fn same_object(ledger: FdKind, provisional: bool, proc: FdKind) -> bool {
+    provisional || ledger == proc || ledger == FdKind::Other || (ledger.is_socket() && proc.is_socket())
+}
+
+/// pids whose comm or argv[0]/argv[1] basename is `name`.
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let discovery = crate::config::Discovery {
+        names: vec![name.to_string()],
+        cmdline_regex: vec![],
+        pids: vec![],
+    };
+    let matcher = crate::discovery::Matcher::new(&discovery).expect("no regex");
+    let mut pids: Vec<u32> = proc::all_pids()
+        .into_iter()
+        .filter(|pid| proc::process_info(*pid).is_ok_and(|info| matcher.matches(&info).is_some()))
+        .collect();
+    pids.sort();
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::TcpListener, os::fd::AsRawFd};
+
+    use super::*;
+
+    #[test]
+    fn snapshot_of_self_without_daemon() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let snapshot = take(std::process::id(), Path::new("/nonexistent/leakmon.sock")).unwrap();
+        assert!(!snapshot.daemon);
+        assert!(
+            snapshot
+                .daemon_note
+                .as_deref()
+                .unwrap()
+                .contains("no leakmon daemon")
+        );
+        let fd = snapshot
+            .fds
+            .iter()
+            .find(|f| f.fd == listener.as_raw_fd() as u32)
+            .unwrap();
+        assert_eq!(fd.kind, FdKind::SocketTcp);
+        assert!(fd.target.ends_with("LISTEN"), "{}", fd.target);
+        assert!(snapshot.limits.nofile_soft.is_some());
+        assert_eq!(snapshot.counts.values().sum::<usize>(), snapshot.fds.len());
+        assert!(!snapshot.threads.is_empty());
+    }
+
+    #[test]
+    fn unknown_pid_is_an_error() {
+        let err = take(1 << 23, Path::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("no process with pid"), "{err}");
+    }
+}

@@ -1,0 +1,160 @@
+//! The snapshot as an aligned table, most interesting rows first.
+
+use std::fmt::Write as _;
+
+use super::{FdSnapshot, Snapshot};
+use crate::{fdkind::FdKind, time::short_age};
+
+/// Rows that point at trouble sort first: abandoned TCP sockets, then other
+/// connected sockets, other sockets, then everything else; older first.
+fn interest(fd: &FdSnapshot) -> u8 {
+    match (&fd.socket, fd.kind) {
+        (Some(s), FdKind::SocketTcp) if s.state == "CLOSE_WAIT" => 0,
+        (Some(s), FdKind::SocketTcp) if s.state != "LISTEN" => 1,
+        (_, kind) if kind.is_socket() => 2,
+        _ => 3,
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn render_table(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "PID {}  {}  {}",
+        snapshot.pid,
+        snapshot.comm,
+        snapshot.cmdline.join(" ")
+    );
+    let open = snapshot.fds.len();
+    let limit = match snapshot.limits.nofile_soft {
+        Some(soft) if soft > 0 => format!(
+            "limit {soft} soft / {} hard, {:.0}% used",
+            snapshot
+                .limits
+                .nofile_hard
+                .map_or("unlimited".to_string(), |h| h.to_string()),
+            open as f64 * 100.0 / soft as f64
+        ),
+        _ => "no soft limit".to_string(),
+    };
+    let _ = writeln!(out, "fds {open} ({limit})   threads {}", snapshot.threads.len());
+    let mut counts: Vec<(FdKind, usize)> = snapshot.counts.iter().map(|(k, n)| (*k, *n)).collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let by_kind: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let _ = writeln!(out, "by kind: {}", by_kind.join(", "));
+    match &snapshot.daemon_note {
+        Some(note) => {
+            let _ = writeln!(out, "({note})");
+        }
+        None => {
+            let _ = writeln!(out, "(birth records from the leakmon daemon)");
+        }
+    }
+    for problem in &snapshot.problems {
+        let _ = writeln!(out, "warning: {problem}");
+    }
+
+    let mut fds: Vec<&FdSnapshot> = snapshot.fds.iter().collect();
+    fds.sort_by(|a, b| {
+        let age = |f: &FdSnapshot| f.birth.as_ref().map_or(0.0, |b| b.age_s);
+        interest(a)
+            .cmp(&interest(b))
+            .then(age(b).total_cmp(&age(a)))
+            .then(a.fd.cmp(&b.fd))
+    });
+    let mut rows = vec![vec![
+        "FD".into(),
+        "KIND".into(),
+        "AGE".into(),
+        "BORN".into(),
+        "TARGET".into(),
+    ]];
+    for fd in fds {
+        let (age, born) = match &fd.birth {
+            Some(b) => (
+                short_age(b.age_s),
+                match (b.tid, &b.syscall) {
+                    (Some(tid), Some(syscall)) => {
+                        format!("{syscall} by {tid} {}", b.thread.as_deref().unwrap_or(""))
+                    }
+                    _ => b.origin.name().to_string(),
+                },
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        rows.push(vec![
+            fd.fd.to_string(),
+            fd.kind.to_string(),
+            age,
+            born,
+            fd.target.clone(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&table(&rows));
+
+    let mut rows = vec![vec![
+        "TID".into(),
+        "NAME".into(),
+        "STATE".into(),
+        "AGE".into(),
+        "CREATED BY".into(),
+    ]];
+    for t in &snapshot.threads {
+        rows.push(vec![
+            t.tid.to_string(),
+            t.name.clone(),
+            t.state.to_string(),
+            short_age(t.age_s),
+            t.creator_tid.map_or("-".into(), |c| c.to_string()),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&table(&rows));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align_and_the_last_is_free() {
+        let rows = vec![
+            vec!["FD".to_string(), "KIND".to_string(), "TARGET".to_string()],
+            vec![
+                "12345".to_string(),
+                "file".to_string(),
+                "/a long path".to_string(),
+            ],
+        ];
+        assert_eq!(table(&rows), "FD     KIND  TARGET\n12345  file  /a long path\n");
+    }
+}

@@ -1,0 +1,56 @@
+//! `leakmon status` as text.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+pub fn render(status: &Value) -> String {
+    let mut out = String::new();
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let _ = writeln!(
+        out,
+        "leakmon {} (pid {}) up {}s since {}",
+        s(&status["version"]),
+        status["daemon_pid"],
+        status["uptime_s"],
+        s(&status["started"])
+    );
+    let _ = writeln!(
+        out,
+        "hooks: {} of {} attached",
+        status["hooks_attached"], status["hooks_total"]
+    );
+    for hook in status["hooks"].as_array().into_iter().flatten() {
+        if hook["attached"] != Value::Bool(true) {
+            let _ = writeln!(
+                out,
+                "  missing {} ({}): {}",
+                s(&hook["tracepoint"]),
+                s(&hook["program"]),
+                s(&hook["error"])
+            );
+        }
+    }
+    let processes = status["processes"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "watched processes: {}", processes.len());
+    for p in &processes {
+        let _ = writeln!(
+            out,
+            "  {:>7}  {:<16} fds {:<6} threads {:<4} since {}",
+            p["pid"],
+            s(&p["comm"]),
+            p["fds"],
+            p["threads"],
+            s(&p["watched_since"])
+        );
+    }
+    for section in ["kernel", "engine", "ledger"] {
+        let _ = writeln!(out, "{section}:");
+        if let Some(map) = status[section].as_object() {
+            for (key, value) in map {
+                let _ = writeln!(out, "  {key}: {value}");
+            }
+        }
+    }
+    out
+}

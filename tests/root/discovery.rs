@@ -1,0 +1,138 @@
+//! Which processes are watched: found at exec by comm or by command line,
+//! their forked children, and not the children that exec something else.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tests::{daemon::Daemon, require_root, scratch_dir};
+
+#[test]
+fn interpreter_form_is_found_by_argv_and_forked_children_follow() {
+    if !require_root("interpreter_form_is_found_by_argv_and_forked_children_follow") {
+        return;
+    }
+    let dir = scratch_dir("argv");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lmw-argv.py"]);
+    // `python3 /path/lmw-argv.py`: comm is python3, argv[1]'s basename matches.
+    let script = dir.join("lmw-argv.py");
+    std::fs::write(
+        &script,
+        r#"import os, subprocess, sys, time
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+f = open("/etc/hostname")
+child = subprocess.Popen(["sleep", "60"])
+forked = os.fork()
+if forked == 0:
+    time.sleep(60)
+    os._exit(0)
+print(f.fileno(), child.pid, forked, flush=True)
+sys.stdin.readline()
+"#,
+    )
+    .unwrap();
+    let mut python = std::process::Command::new("python3")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufRead::lines(std::io::BufReader::new(python.stdout.take().unwrap()));
+    let pid: u32 = out.next().unwrap().unwrap().trim().parse().unwrap();
+    daemon.await_status(
+        "the interpreter process to be watched",
+        Duration::from_secs(10),
+        |s| s["processes"].as_array().unwrap().iter().any(|p| p["pid"] == pid),
+    );
+    let ledger = daemon.ledger(pid);
+    assert_eq!(ledger["reason"], json!({"by": "name", "value": "lmw-argv.py"}));
+
+    let mut stdin = python.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+    let line = out.next().unwrap().unwrap();
+    let nums: Vec<u32> = line.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    let (fd, exec_child, fork_child) = (nums[0], nums[1], nums[2]);
+    daemon.sync();
+    let ledger = daemon.ledger(pid);
+    let file = ledger["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fd"] == fd)
+        .unwrap();
+    assert_eq!(file["birth"]["syscall"], "openat");
+    assert_eq!(file["birth"]["origin"], "syscall");
+
+    let err = daemon.try_ledger(exec_child).unwrap_err();
+    assert!(
+        err.contains("not watched"),
+        "a child that exec'd sleep is not the watched program: {err}"
+    );
+    let child = daemon.ledger(fork_child);
+    assert_eq!(child["reason"], json!({"by": "parent", "value": pid}));
+    assert!(
+        child["fds"].as_array().unwrap().iter().any(|f| f["fd"] == fd),
+        "inherits the parent's fds"
+    );
+
+    // Killing the forked child forgets it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fork_child as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    daemon.await_status("the forked child to be forgotten", Duration::from_secs(10), |s| {
+        !s["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == fork_child)
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(exec_child as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    std::io::Write::write_all(&mut stdin, b"done\n").unwrap();
+    python.wait().unwrap();
+}
+
+#[test]
+fn a_pid_that_does_not_exist_is_reported_and_the_daemon_runs_on() {
+    if !require_root("a_pid_that_does_not_exist_is_reported_and_the_daemon_runs_on") {
+        return;
+    }
+    let dir = scratch_dir("nopid");
+    let daemon = Daemon::start(&dir, &["--pid", "4194300"]);
+    assert!(daemon.status()["processes"].as_array().unwrap().is_empty());
+    assert!(
+        daemon.log_text().contains("no process with this pid"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn the_control_socket_refuses_non_root_clients() {
+    if !require_root("the_control_socket_refuses_non_root_clients") {
+        return;
+    }
+    let dir = scratch_dir("nonroot");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lmw-nobody"]);
+    // The directory must be traversable for the refusal to come from the socket itself.
+    let traversable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&dir, traversable).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tests::binary("leakmon", "LEAKMON_BIN"))
+        .args(["status", "--control-socket"])
+        .arg(&daemon.socket)
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("root-only"), "{stderr}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&daemon.socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -1,0 +1,216 @@
+//! The daemon's ledger against /proc, lsof and the workload's own account.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use tests::{daemon::Daemon, require_root, scratch_dir, truth, watched_workload, workload::Workload};
+
+fn fds_of(ledger: &Value) -> BTreeMap<u32, Value> {
+    ledger["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|f| (f["fd"].as_u64().unwrap() as u32, f.clone()))
+        .collect()
+}
+
+fn threads_of(ledger: &Value) -> BTreeMap<u32, Value> {
+    ledger["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| (t["tid"].as_u64().unwrap() as u32, t.clone()))
+        .collect()
+}
+
+/// The ledger holds exactly the fds /proc holds, each with lsof's kind.
+fn assert_ledger_is_proc(daemon: &Daemon, pid: u32) -> BTreeMap<u32, Value> {
+    daemon.sync();
+    let ledger = daemon.ledger(pid);
+    let fds = fds_of(&ledger);
+    let proc: BTreeSet<u32> = truth::proc_fds(pid).keys().copied().collect();
+    let held: BTreeSet<u32> = fds.keys().copied().collect();
+    assert_eq!(
+        held,
+        proc,
+        "ledger vs /proc: only in ledger {:?}, only in /proc {:?}",
+        held.difference(&proc).collect::<Vec<_>>(),
+        proc.difference(&held).collect::<Vec<_>>()
+    );
+    let lsof = truth::lsof_kinds(pid);
+    for (fd, entry) in &fds {
+        assert_eq!(
+            entry["kind"],
+            lsof[fd].as_str(),
+            "fd {fd}: ledger {entry} vs lsof {}",
+            lsof[fd]
+        );
+    }
+    fds
+}
+
+#[test]
+fn ledger_matches_proc_fd_by_fd_with_births() {
+    if !require_root("ledger_matches_proc_fd_by_fd_with_births") {
+        return;
+    }
+    let dir = scratch_dir("kinds");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lmw-kinds"]);
+    let status = daemon.status();
+    let missing: Vec<&serde_json::Value> = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["attached"] != true)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "this kernel has every hook leakmon uses: {missing:#?}"
+    );
+    // Started after the daemon: found at exec.
+    let mut workload = Workload::spawn(&dir, "lmw-kinds", &["kinds"]);
+    let ready = workload.expect("ready");
+    let pid = workload.pid;
+    let fds = assert_ledger_is_proc(&daemon, pid);
+
+    for expect in ready["fds"].as_array().unwrap() {
+        let fd = expect["fd"].as_u64().unwrap() as u32;
+        let entry = &fds[&fd];
+        let birth = &entry["birth"];
+        if expect["kind"] == "inherited" {
+            assert_eq!(birth["origin"], "before_start", "fd {fd}: {entry}");
+            continue;
+        }
+        assert_eq!(entry["kind"], expect["kind"], "fd {fd}: {entry} vs {expect}");
+        assert_eq!(
+            birth["syscall"], expect["syscall"],
+            "fd {fd}: {entry} vs {expect}"
+        );
+        assert_eq!(birth["tid"], expect["tid"], "fd {fd}: {entry} vs {expect}");
+        let origin = if expect["syscall"] == "recvmsg" {
+            "scm_rights"
+        } else {
+            "syscall"
+        };
+        assert_eq!(birth["origin"], origin, "fd {fd}: {entry}");
+    }
+    // fds made on the named thread carry its name.
+    let maker = ready["fdmaker_tid"].as_u64().unwrap();
+    let by_maker: Vec<&Value> = fds.values().filter(|f| f["birth"]["tid"] == maker).collect();
+    assert_eq!(by_maker.len(), 2);
+    assert!(
+        by_maker.iter().all(|f| f["birth"]["thread"] == "fdmaker"),
+        "{by_maker:?}"
+    );
+    // dup sources are kept.
+    assert!(
+        fds.values()
+            .any(|f| f["birth"]["syscall"] == "dup2" && f["dup_of"].is_u64())
+    );
+
+    let ledger = daemon.ledger(pid);
+    let threads = threads_of(&ledger);
+    let proc_threads = truth::proc_threads(pid);
+    assert_eq!(
+        threads.keys().collect::<Vec<_>>(),
+        proc_threads.keys().collect::<Vec<_>>()
+    );
+    for (i, tid) in ready["leaked_tids"].as_array().unwrap().iter().enumerate() {
+        let thread = &threads[&(tid.as_u64().unwrap() as u32)];
+        assert_eq!(thread["name"], format!("leaker-{i}"));
+        assert_eq!(thread["origin"], "syscall");
+        assert_eq!(thread["creator_tid"], pid);
+    }
+
+    let counters = &daemon.status()["ledger"];
+    for key in [
+        "missed_releases",
+        "reconcile_fds_added",
+        "reconcile_fds_removed",
+        "reconcile_kinds_fixed",
+    ] {
+        assert_eq!(counters[key], 0, "{key}: {counters}");
+    }
+    assert!(counters["replaced_by_dup"].as_u64().unwrap() >= 1, "{counters}");
+
+    workload.exit();
+    daemon.sync();
+    let gone = daemon.try_ledger(pid).unwrap_err();
+    assert!(gone.contains("not watched"), "{gone}");
+    assert!(daemon.status()["processes"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn exec_drops_close_on_exec_fds() {
+    if !require_root("exec_drops_close_on_exec_fds") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("exec", "lmw-exec", &["kinds"]);
+    let before = assert_ledger_is_proc(&daemon, workload.pid);
+    assert!(
+        before.contains_key(&200) && before.contains_key(&300),
+        "dup3 O_CLOEXEC to 200, F_DUPFD to 300"
+    );
+    workload.send("exec");
+    workload.expect("execed");
+    let after = assert_ledger_is_proc(&daemon, workload.pid);
+    assert!(!after.contains_key(&200), "fd 200 was O_CLOEXEC");
+    assert!(after.contains_key(&300), "fd 300 was not");
+    assert_eq!(
+        after[&300]["birth"]["syscall"], "fcntl",
+        "kept fds keep their birth"
+    );
+    let ledger = daemon.ledger(workload.pid);
+    assert_eq!(
+        ledger["threads"].as_array().unwrap().len(),
+        1,
+        "exec leaves one thread"
+    );
+    assert!(daemon.status()["ledger"]["exec_cloexec_closed"].as_u64().unwrap() > 10);
+    workload.exit();
+}
+
+#[test]
+fn emfile_is_recorded_with_syscall_and_thread() {
+    if !require_root("emfile_is_recorded_with_syscall_and_thread") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("emfile", "lmw-emfile", &["kinds"]);
+    workload.send("emfile");
+    let report = workload.expect("emfile");
+    assert_eq!(report["errno"], libc::EMFILE);
+    daemon.sync();
+    let ledger = daemon.ledger(workload.pid);
+    let failures = ledger["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["error"], "EMFILE");
+    assert_eq!(failures[0]["syscall"], "openat");
+    assert_eq!(failures[0]["tid"], report["tid"]);
+    assert_ledger_is_proc(&daemon, workload.pid);
+    workload.exit();
+}
+
+#[test]
+fn an_fd_no_hook_sees_is_repaired_by_reconciliation() {
+    if !require_root("an_fd_no_hook_sees_is_repaired_by_reconciliation") {
+        return;
+    }
+    // The watch is in place (the exec event is applied) before the fd is made.
+    let (daemon, mut workload, _) = watched_workload("unhooked", "lmw-unhooked", &["kinds"]);
+    workload.send("unhooked");
+    let fd = workload.expect("unhooked")["fd"].as_u64().unwrap() as u32;
+    daemon.sync();
+    let held = fds_of(&daemon.ledger(workload.pid));
+    assert!(
+        !held.contains_key(&fd),
+        "recvmmsg is not hooked, yet the ledger has fd {fd}: {:?}",
+        held.get(&fd)
+    );
+
+    let fixes = daemon.request(serde_json::json!({"request": "reconcile"}));
+    assert_eq!(fixes["fds_added"], 1, "{fixes}");
+    let fds = assert_ledger_is_proc(&daemon, workload.pid);
+    assert_eq!(fds[&fd]["birth"]["origin"], "reconciled");
+    assert_eq!(daemon.status()["ledger"]["reconcile_fds_added"], 1);
+    workload.exit();
+}

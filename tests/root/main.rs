@@ -1,0 +1,8 @@
+//! Root integration tests: the real probes on this kernel, real processes.
+//! One test binary (like aya's integration tests); each test starts its own
+//! daemon watching its own workload name, so tests can run side by side.
+
+mod discovery;
+mod ledger;
+mod overflow;
+mod snapshot;

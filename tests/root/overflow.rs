@@ -1,0 +1,63 @@
+//! A ring buffer far too small: every loss is counted and reconciliation
+//! brings the ledger back to /proc by itself.
+
+use std::time::Duration;
+
+use tests::{daemon::Daemon, require_root, scratch_dir, truth, workload::Workload};
+
+#[test]
+fn forced_overflow_is_counted_and_repaired() {
+    if !require_root("forced_overflow_is_counted_and_repaired") {
+        return;
+    }
+    let dir = scratch_dir("overflow");
+    let config = dir.join("leakmon.toml");
+    std::fs::write(
+        &config,
+        "[probes]\nring_buffer_bytes = 4096\nwakeup_bytes = 4095\ndrain_interval_ms = 10000\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        &dir,
+        &["--config", config.to_str().unwrap(), "--match-comm", "lmw-flood"],
+    );
+    let mut workload = Workload::spawn(&dir, "lmw-flood", &["flood", "10000"]);
+    workload.expect("started");
+    daemon.sync();
+    workload.send("go");
+    workload.expect("ready");
+
+    let status = daemon.await_status(
+        "a loss to be noticed and reconciled",
+        Duration::from_secs(20),
+        |s| {
+            s["kernel"]["lost_total"].as_u64().unwrap_or(0) > 0
+                && s["engine"]["reconcile_after_loss"].as_u64().unwrap_or(0) >= 1
+        },
+    );
+    let lost = status["kernel"]["lost_total"].as_u64().unwrap();
+    // 30k records through 4 KiB (~85 records) with a reader that wakes only when it is full.
+    assert!(lost > 10_000, "lost only {lost}");
+
+    daemon.sync();
+    let ledger = daemon.ledger(workload.pid);
+    let held: Vec<u64> = ledger["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["fd"].as_u64().unwrap())
+        .collect();
+    let proc: Vec<u64> = truth::proc_fds(workload.pid)
+        .keys()
+        .map(|fd| *fd as u64)
+        .collect();
+    assert_eq!(held, proc, "the ledger equals /proc after the repair");
+    let eventfds = ledger["counts"]["eventfd"].as_u64().unwrap();
+    assert_eq!(eventfds, 10_000);
+    let counters = &daemon.status()["ledger"];
+    assert!(
+        counters["reconcile_fds_added"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
+    workload.send("exit");
+}

@@ -1,0 +1,158 @@
+//! The workload the root tests watch. Modes:
+//!   kinds           every fd kind, closes, dups, SCM_RIGHTS, threads (see kinds.rs)
+//!   bulk F P T C U  F files, P pipes, T TCP pairs, C CLOSE_WAIT sockets, U unix pairs
+//!   flood N        after a `go` line: N eventfds at once plus N open/close pairs
+//!   loop KIND N    after a `go` line: N iterations of a syscall loop, ns per op
+//!   leak           a file, a CLOSE_WAIT socket each second, a stuck thread every fifth
+//! It prints one JSON line per event on stdout and then obeys commands on
+//! stdin: `exec`, `emfile`, `unhooked`, `exit`.
+
+mod bulk;
+mod kinds;
+mod loops;
+mod raw;
+
+use std::{
+    io::{BufRead, Write},
+    os::{fd::IntoRawFd, unix::process::CommandExt},
+};
+
+use serde_json::json;
+
+fn say(value: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Obeys commands until `exit` or end of input.
+fn serve(commands: &mut impl Iterator<Item = String>) {
+    for command in commands {
+        match command.trim() {
+            "exit" => std::process::exit(0),
+            // Re-exec through argv[0] (the test's symlink) to keep the comm.
+            "exec" => {
+                let argv0 = std::env::args().next().unwrap();
+                let err = std::process::Command::new(&argv0).arg("after-exec").exec();
+                panic!("exec {argv0}: {err}");
+            }
+            "emfile" => emfile(),
+            "unhooked" => unhooked(),
+            other => panic!("unknown command {other:?}"),
+        }
+    }
+}
+
+/// Lowers RLIMIT_NOFILE to just above what is open and opens until EMFILE.
+fn emfile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, open_now + 3, hard).unwrap();
+    let mut opened = Vec::new();
+    let errno = loop {
+        match nix::fcntl::open(
+            "/etc/hostname",
+            nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(fd) => opened.push(fd),
+            Err(e) => break e,
+        }
+    };
+    let failed_tid = raw::gettid();
+    drop(opened);
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    say(json!({"event": "emfile", "errno": errno as i32, "tid": failed_tid}));
+}
+
+/// An fd the hooks cannot see: received by recvmmsg(2), which is not hooked.
+fn unhooked() {
+    use nix::sys::socket::{
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+    };
+    let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::empty()).unwrap();
+    let fds = [0];
+    let iov = [std::io::IoSlice::new(b"x")];
+    sendmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&a),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed mmsghdr is valid; its pointers are set to live buffers below.
+    let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+    msg.msg_hdr.msg_iov = &mut iov;
+    msg.msg_hdr.msg_iovlen = 1;
+    msg.msg_hdr.msg_control = control.as_mut_ptr().cast();
+    msg.msg_hdr.msg_controllen = size_of_val(&control);
+    // SAFETY: `msg` points at `iov` and `control`, both alive for the call.
+    let n = unsafe {
+        libc::recvmmsg(
+            std::os::fd::AsRawFd::as_raw_fd(&b),
+            &mut msg,
+            1,
+            0,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(n, 1, "recvmmsg: {}", std::io::Error::last_os_error());
+    // cmsghdr: len (8), level (4), type (4), then the fd.
+    let fd = (control[2] & 0xffff_ffff) as i32;
+    let (a, b) = (a.into_raw_fd(), b.into_raw_fd());
+    say(json!({"event": "unhooked", "fd": fd, "pair": [a, b]}));
+}
+
+/// Thousands of fds need more than the usual soft limit of 1024.
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let stdin = std::io::stdin();
+    let mut commands = stdin.lock().lines().map_while(Result::ok);
+    let number = |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    match args.get(1).map(String::as_str) {
+        Some("kinds") => kinds::run(&mut commands),
+        Some("after-exec") => {
+            say(json!({"event": "execed", "pid": std::process::id()}));
+            serve(&mut commands);
+        }
+        Some("bulk") => {
+            raise_nofile();
+            bulk::run(
+                number(2, 0),
+                number(3, 0),
+                number(4, 0),
+                number(5, 0),
+                number(6, 0),
+            );
+            serve(&mut commands);
+        }
+        Some("flood") => {
+            raise_nofile();
+            // Flood only once the test knows the daemon watches us.
+            say(json!({"event": "started", "pid": std::process::id()}));
+            commands.next();
+            bulk::flood(number(2, 10_000));
+            serve(&mut commands);
+        }
+        Some("loop") => {
+            let kind = args.get(2).map(String::as_str).unwrap_or("open");
+            loops::bench(kind, number(3, 100_000) as u64, &mut commands);
+        }
+        Some("leak") => loops::leak(),
+        other => panic!("unknown mode {other:?}"),
+    }
+}

@@ -1,0 +1,156 @@
+//! A `leakmon run` under test.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with `args` (plus a private control socket) and
+    /// waits until it answers on its socket.
+    pub fn start(dir: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_bin(&crate::binary("leakmon", "LEAKMON_BIN"), dir, args)
+    }
+
+    /// As [`Daemon::start`], with a given leakmon binary (benchmarks use release builds).
+    pub fn start_bin(bin: &Path, dir: &Path, args: &[&str]) -> Daemon {
+        let socket = dir.join("leakmon.sock");
+        let log = dir.join("daemon.log");
+        let child = Command::new(bin)
+            .arg("run")
+            .args(args)
+            .arg("--control-socket")
+            .arg(&socket)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("daemon log"))
+            .spawn()
+            .expect("spawn leakmon run");
+        let mut daemon = Daemon { child, socket, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = daemon.child.try_wait().expect("wait") {
+                panic!(
+                    "daemon exited with {status} before answering:\n{}",
+                    daemon.log_text()
+                );
+            }
+            if daemon.socket.exists() && daemon.try_request(&json!({"request": "sync"})).is_ok() {
+                return daemon;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not answer within 30 s:\n{}", daemon.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn try_request(&self, request: &Value) -> Result<Value, String> {
+        let stream = UnixStream::connect(&self.socket).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut line = serde_json::to_vec(request).unwrap();
+        line.push(b'\n');
+        (&stream).write_all(&line).map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut answer)
+            .map_err(|e| e.to_string())?;
+        let answer: Value = serde_json::from_str(&answer).map_err(|e| format!("{e}: {answer}"))?;
+        if answer["ok"] == Value::Bool(true) {
+            Ok(answer["data"].clone())
+        } else {
+            Err(answer["error"].as_str().unwrap_or("?").to_string())
+        }
+    }
+
+    pub fn request(&self, request: Value) -> Value {
+        self.try_request(&request)
+            .unwrap_or_else(|e| panic!("request {request} failed: {e}\n{}", self.log_text()))
+    }
+
+    /// Applies every event already in the ring buffer.
+    pub fn sync(&self) {
+        self.request(json!({"request": "sync"}));
+    }
+
+    pub fn ledger(&self, pid: u32) -> Value {
+        self.request(json!({"request": "ledger", "pid": pid}))
+    }
+
+    pub fn try_ledger(&self, pid: u32) -> Result<Value, String> {
+        self.try_request(&json!({"request": "ledger", "pid": pid}))
+    }
+
+    pub fn status(&self) -> Value {
+        self.request(json!({"request": "status"}))
+    }
+
+    /// Polls `check` on the daemon's status until it holds (an awaited
+    /// condition with a deadline, not a sleep).
+    pub fn await_status(&self, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status: {status:#}\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}

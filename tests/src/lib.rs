@@ -1,0 +1,99 @@
+//! Helpers for leakmon's integration tests: a daemon under test, workloads
+//! with a line protocol, and ground truth read straight from /proc.
+
+pub mod daemon;
+pub mod truth;
+pub mod workload;
+
+use std::path::PathBuf;
+
+/// Root tests call this first. Without root they print why they skip; with
+/// LEAKMON_REQUIRE_ROOT=1 (set by `cargo xtask test`, i.e. in CI) a skip is a failure.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("LEAKMON_REQUIRE_ROOT").is_none(),
+        "{test}: needs root, and LEAKMON_REQUIRE_ROOT forbids skipping"
+    );
+    eprintln!("skipping {test}: needs root (load eBPF programs, read other processes' /proc)");
+    false
+}
+
+/// The workspace's target directory for the profile the tests were built with.
+pub fn target_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir).join(profile());
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join(profile())
+}
+
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// A binary of the workspace: `LEAKMON_BIN`-style override, else target/<profile>/<name>.
+pub fn binary(name: &str, env_override: &str) -> PathBuf {
+    let path = std::env::var_os(env_override)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join(name));
+    assert!(
+        path.exists(),
+        "{} not found: build it first (`cargo build -p monitor -p tests --bins`, which `cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// `leakmon snapshot --json --pid PID` with the given daemon socket.
+pub fn snapshot_json(leakmon: &std::path::Path, pid: u32, socket: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(leakmon)
+        .args([
+            "snapshot",
+            "--json",
+            "--pid",
+            &pid.to_string(),
+            "--control-socket",
+        ])
+        .arg(socket)
+        .output()
+        .expect("run leakmon snapshot");
+    assert!(
+        out.status.success(),
+        "snapshot failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("snapshot JSON")
+}
+
+/// The common start of a root test: a daemon watching processes named
+/// `comm`, and the workload run under that name with `args`, ready and
+/// already applied by the daemon.
+pub fn watched_workload(
+    test: &str,
+    comm: &str,
+    args: &[&str],
+) -> (daemon::Daemon, workload::Workload, serde_json::Value) {
+    let dir = scratch_dir(test);
+    let daemon = daemon::Daemon::start(&dir, &["--match-comm", comm]);
+    let mut workload = workload::Workload::spawn(&dir, comm, args);
+    let ready = workload.expect("ready");
+    daemon.sync();
+    (daemon, workload, ready)
+}
+
+/// A fresh directory under /tmp for one test.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("leakmon-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}

@@ -1,0 +1,101 @@
+//! Spawning the test workload under a chosen process name.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+pub struct Workload {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    pub pid: u32,
+}
+
+impl Workload {
+    /// Runs `leakmon-workload ARGS` through a symlink named `comm` in `dir`,
+    /// so that its comm (and argv[0] basename) is `comm`.
+    pub fn spawn(dir: &Path, comm: &str, args: &[&str]) -> Workload {
+        Workload::spawn_bin(
+            &crate::binary("leakmon-workload", "LEAKMON_WORKLOAD_BIN"),
+            dir,
+            comm,
+            args,
+        )
+    }
+
+    /// As [`Workload::spawn`], with a given workload binary.
+    pub fn spawn_bin(bin: &Path, dir: &Path, comm: &str, args: &[&str]) -> Workload {
+        let link = dir.join(comm);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(bin, &link).unwrap();
+        let mut child = Command::new(&link)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn workload");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take().unwrap();
+        let pid = child.id();
+        Workload {
+            child,
+            stdin,
+            lines,
+            pid,
+        }
+    }
+
+    /// Waits for the next JSON line whose "event" is `event`.
+    pub fn expect(&mut self, event: &str) -> Value {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("workload {} did not say {event:?}", self.pid));
+            let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if value["event"] == event {
+                return value;
+            }
+        }
+    }
+
+    pub fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Reaps the workload after it exits on its own.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// Tells the workload to exit and reaps it.
+    pub fn exit(mut self) {
+        self.send("exit");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "workload exited with {status}");
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

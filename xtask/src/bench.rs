@@ -1,0 +1,315 @@
+//! `cargo xtask bench`: side-by-side measurements in one run, written to
+//! docs/benchmarks.md. Every number is a ratio against a baseline measured
+//! in the same run, interleaved, because these machines are noisy.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use tests::{daemon::Daemon, workload::Workload};
+
+use crate::util::{cargo, exec, root_dir, step};
+
+pub struct Bins {
+    pub leakmon: PathBuf,
+    pub workload: PathBuf,
+}
+
+impl Bins {
+    pub fn release() -> Bins {
+        let dir = root_dir().join("target").join("release");
+        Bins {
+            leakmon: dir.join("leakmon"),
+            workload: dir.join("leakmon-workload"),
+        }
+    }
+}
+
+/// What runs beside the loop under measurement.
+#[derive(Clone, Copy, PartialEq)]
+enum Setting {
+    NoDaemon,
+    /// A do-nothing program on every tracepoint leakmon uses.
+    Floor,
+    /// A do-nothing program on raw sys_enter/sys_exit (the alternative design's floor).
+    RawFloor,
+    /// leakmon running, watching some other process.
+    Unwatched,
+    /// leakmon running and watching the loop.
+    Watched,
+}
+
+impl Setting {
+    const ALL: [Setting; 5] = [
+        Setting::NoDaemon,
+        Setting::RawFloor,
+        Setting::Floor,
+        Setting::Unwatched,
+        Setting::Watched,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Setting::NoDaemon => "no daemon",
+            Setting::Floor => "floor (no-op programs, same hooks)",
+            Setting::RawFloor => "raw floor (no-op on raw sys_enter/sys_exit)",
+            Setting::Unwatched => "leakmon, loop not watched",
+            Setting::Watched => "leakmon, loop watched",
+        }
+    }
+}
+
+/// Something running beside the loop: the daemon or the floor process.
+enum Beside {
+    Nothing,
+    Floor(std::process::Child),
+    Daemon(Daemon),
+}
+
+impl Beside {
+    fn start(setting: Setting, bins: &Bins, dir: &Path) -> anyhow::Result<Beside> {
+        Ok(match setting {
+            Setting::NoDaemon => Beside::Nothing,
+            Setting::Floor | Setting::RawFloor => {
+                let mut child = Command::new(&bins.leakmon)
+                    .arg("bench-floor")
+                    .args((setting == Setting::RawFloor).then_some("--raw"))
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("starting the floor")?;
+                // It says so once attached.
+                let mut line = String::new();
+                std::io::BufRead::read_line(
+                    &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+                    &mut line,
+                )?;
+                Beside::Floor(child)
+            }
+            Setting::Unwatched => Beside::Daemon(Daemon::start_bin(
+                &bins.leakmon,
+                dir,
+                &["--match-comm", "lmw-nobody"],
+            )),
+            Setting::Watched => Beside::Daemon(Daemon::start_bin(
+                &bins.leakmon,
+                dir,
+                &["--match-comm", "lmw-bench"],
+            )),
+        })
+    }
+
+    fn stop(self) {
+        match self {
+            Beside::Nothing => {}
+            Beside::Floor(mut child) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let _ = child.wait();
+            }
+            Beside::Daemon(daemon) => {
+                daemon.stop();
+            }
+        }
+    }
+}
+
+/// Runs one loop and returns ns per operation.
+fn run_loop(bins: &Bins, dir: &Path, beside: &Beside, kind: &str, ops: u64) -> f64 {
+    let mut workload = Workload::spawn_bin(
+        &bins.workload,
+        dir,
+        "lmw-bench",
+        &["loop", kind, &ops.to_string()],
+    );
+    workload.expect("started");
+    if let Beside::Daemon(daemon) = beside {
+        daemon.sync();
+    }
+    workload.send("go");
+    let done = workload.expect("done");
+    workload.wait();
+    done["ns_per_op"].as_f64().unwrap()
+}
+
+pub struct Stats {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+pub fn stats(samples: &[f64]) -> Stats {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Stats {
+        min: sorted[0],
+        median: sorted[sorted.len() / 2],
+        max: sorted[sorted.len() - 1],
+    }
+}
+
+const LOOPS: [(&str, &str); 7] = [
+    ("open", "open+close /dev/null"),
+    ("socket", "socket+close (TCP)"),
+    ("pipe2", "pipe2+close+close"),
+    ("dup", "dup+close"),
+    ("eventfd", "eventfd+close"),
+    ("epoll", "epoll_create1+close"),
+    ("thread", "thread create+join"),
+];
+
+fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut String) -> anyhow::Result<()> {
+    // samples[setting][loop] = ns/op of each run
+    let mut samples = vec![vec![Vec::new(); LOOPS.len() + 1]; Setting::ALL.len()];
+    for run in 0..runs {
+        for (s, setting) in Setting::ALL.iter().enumerate() {
+            println!("    run {}/{runs}: {}", run + 1, setting.label());
+            let beside = Beside::start(*setting, bins, dir)?;
+            for (l, (kind, _)) in LOOPS.iter().enumerate() {
+                let ops = if *kind == "thread" { ops / 20 } else { ops };
+                samples[s][l].push(run_loop(bins, dir, &beside, kind, ops));
+            }
+            samples[s][LOOPS.len()].push(run_loop(bins, dir, &beside, "getppid", ops * 5));
+            beside.stop();
+        }
+    }
+    writeln!(out, "## fd and thread loops\n")?;
+    writeln!(
+        out,
+        "ns per operation, median of {runs} interleaved runs (min–max), and the ratio of medians to the \
+         no-daemon baseline. *Floor* is a do-nothing eBPF program on exactly the tracepoints leakmon uses; \
+         *raw floor* a do-nothing program on `raw_syscalls` sys_enter/sys_exit, the other possible design.\n"
+    )?;
+    writeln!(
+        out,
+        "| loop | no daemon | raw floor | floor | not watched | watched | raw floor ratio | floor ratio | not watched ratio | watched ratio |"
+    )?;
+    writeln!(out, "|{}", " --- |".repeat(2 * Setting::ALL.len()))?;
+    let names: Vec<&str> = LOOPS
+        .iter()
+        .map(|(_, n)| *n)
+        .chain(["getppid (unrelated syscall)"])
+        .collect();
+    for (l, name) in names.iter().enumerate() {
+        let st: Vec<Stats> = (0..Setting::ALL.len()).map(|s| stats(&samples[s][l])).collect();
+        let cell = |s: &Stats| format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max);
+        let ratio = |s: &Stats| format!("{:+.1} %", (s.median / st[0].median - 1.0) * 100.0);
+        let cells: Vec<String> = st.iter().map(cell).collect();
+        let ratios: Vec<String> = st[1..].iter().map(ratio).collect();
+        writeln!(out, "| {name} | {} | {} |", cells.join(" | "), ratios.join(" | "))?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+fn time_command(cmd: &mut Command) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed");
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn snapshot_vs_lsof(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow::Result<()> {
+    let mut workload = Workload::spawn_bin(
+        &bins.workload,
+        dir,
+        "lmw-bulk",
+        &["bulk", "5000", "1500", "500", "0", "500"],
+    );
+    let pid = workload.expect("ready")["pid"].as_u64().unwrap().to_string();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let (mut ours, mut lsof) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        ours.push(time_command(Command::new(&bins.leakmon).args([
+            "snapshot",
+            "--json",
+            "--pid",
+            &pid,
+            "--control-socket",
+            "/nonexistent",
+        ]))?);
+        lsof.push(time_command(
+            Command::new("lsof").args(["-nP", "-w", "-p", &pid]),
+        )?);
+    }
+    workload.send("exit");
+    let (ours, lsof) = (stats(&ours), stats(&lsof));
+    writeln!(out, "## Snapshot of a {fds}-fd process\n")?;
+    writeln!(
+        out,
+        "Wall time of the whole command, median of {runs} (min–max), 1000 TCP sockets and 1000 unix sockets among them.\n"
+    )?;
+    writeln!(out, "| command | ms |")?;
+    writeln!(out, "| --- | --- |")?;
+    writeln!(
+        out,
+        "| `leakmon snapshot --json --pid P` | {:.1} ({:.1}–{:.1}) |",
+        ours.median, ours.min, ours.max
+    )?;
+    writeln!(
+        out,
+        "| `lsof -nP -p P` | {:.1} ({:.1}–{:.1}) |",
+        lsof.median, lsof.min, lsof.max
+    )?;
+    writeln!(
+        out,
+        "\nleakmon is **{:.1}×** faster than lsof (target ≥ 10×).\n",
+        lsof.median / ours.median
+    )?;
+    Ok(())
+}
+
+fn machine() -> String {
+    let kernel = crate::util::output("uname", &["-r"]).unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']))
+        })
+        .unwrap_or("unknown CPU");
+    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    format!("Linux {}, {model}, {cores} cores", kernel.trim())
+}
+
+pub fn run(runs: usize, ops: u64) -> anyhow::Result<()> {
+    crate::setup::run_all()?;
+    anyhow::ensure!(
+        crate::util::is_root(),
+        "benchmarks load eBPF programs: run as root"
+    );
+    step("release build");
+    exec(cargo().args(["build", "--release", "--bins"]))?;
+    let bins = Bins::release();
+    let dir = std::env::temp_dir().join(format!("leakmon-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+
+    let mut out = String::new();
+    writeln!(out, "# Benchmarks\n")?;
+    writeln!(
+        out,
+        "Reproduce with `cargo xtask bench` (as root; `--runs N --ops N` to change the sample)."
+    )?;
+    writeln!(
+        out,
+        "Machine: {}. Written by the last run of that command.\n",
+        machine()
+    )?;
+    step(&format!("fd and thread loops: {runs} runs × 4 settings"));
+    syscall_loops(&bins, &dir, runs, ops, &mut out)?;
+    step("snapshot of a 10k-fd process vs lsof");
+    snapshot_vs_lsof(&bins, &dir, runs, &mut out)?;
+    out.push_str(include_str!("bench_notes.md"));
+
+    let path = root_dir().join("docs").join("benchmarks.md");
+    std::fs::write(&path, &out)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("\n{out}\nwritten to {}", path.display());
+    Ok(())
+}

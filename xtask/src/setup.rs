@@ -1,0 +1,93 @@
+//! `cargo xtask setup`: everything a fresh machine lacks, installed once.
+//! Each step checks before it acts, so running it again costs seconds.
+
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use crate::util::{exec, is_root, output, step};
+
+/// bpf-linker 0.10.4 loads nightly's own libLLVM (platform.md): newer ones want a system LLVM.
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// Debian packages the tests and benchmarks use.
+pub const PACKAGES: &[&str] = &["lsof", "iproute2", "bpftool", "procps"];
+
+pub fn run_all() -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    packages(PACKAGES)
+}
+
+pub fn run() -> anyhow::Result<()> {
+    run_all()?;
+    println!("\nsetup complete");
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    step("nightly rust-src (the eBPF crate builds core from source)");
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("    already installed");
+        return Ok(());
+    }
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    step(&format!("bpf-linker {BPF_LINKER_VERSION}"));
+    let version = output("bpf-linker", &["--version"]).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        println!("    already installed ({})", version.trim());
+        return Ok(());
+    }
+    println!("    installing with cargo (about a minute on 2 cores)...");
+    exec(Command::new("cargo").args([
+        "+nightly",
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+    ]))
+    .context("installing bpf-linker")
+}
+
+/// Installs the missing ones among `wanted` with apt-get (root only).
+pub fn packages(wanted: &[&str]) -> anyhow::Result<()> {
+    step(&format!("Debian packages: {}", wanted.join(" ")));
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        println!("    already installed");
+        return Ok(());
+    }
+    if !is_root() {
+        println!(
+            "    not root: cannot install {}; tests that need them will say so",
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    println!("    installing {}", missing.join(" "));
+    exec(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}

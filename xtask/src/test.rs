@@ -1,0 +1,52 @@
+//! `cargo xtask test`: the whole suite, as CI runs it.
+
+use std::process::Command;
+
+use crate::util::{cargo, exec, is_root, step};
+
+pub fn run_suite(filter: Option<&str>) -> anyhow::Result<()> {
+    step("format");
+    exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("clippy (user-space crates)");
+    exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    step("clippy (eBPF crate, nightly, bpfel-unknown-none)");
+    exec(Command::new("rustup").args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "-p",
+        "monitor-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("build (daemon, CLI, workloads)");
+    exec(cargo().args(["build", "--bins"]))?;
+    step(if is_root() {
+        "tests: unit and root integration (LEAKMON_REQUIRE_ROOT=1: no root test may skip)"
+    } else {
+        "tests: unit; root integration tests will print why they skip (not root)"
+    });
+    let mut test = cargo();
+    test.args(["test"]);
+    if let Some(filter) = filter {
+        test.arg(filter);
+    }
+    if is_root() {
+        test.env("LEAKMON_REQUIRE_ROOT", "1");
+    }
+    exec(&mut test)
+}
+
+pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
+    crate::setup::run_all()?;
+    run_suite(filter)?;
+    println!("\nall tests passed");
+    Ok(())
+}
