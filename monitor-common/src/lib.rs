@@ -6,7 +6,10 @@
 //! that the kernel side also knows.
 #![no_std]
 
+mod sock;
 pub mod syscalls;
+
+pub use sock::*;
 
 /// Names of the maps both sides refer to.
 pub mod maps {
@@ -22,6 +25,11 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// pid_tgid -> [`crate::PendingSyscall`]: arguments kept from sys_enter for sys_exit.
     pub const PENDING: &str = "PENDING";
+    /// struct sock address -> [`crate::SockOwner`]: sockets of watched processes.
+    pub const SOCKS: &str = "SOCKS";
+    /// [`crate::Tuple`] -> [`crate::SockOwner`]: sockets user space found in /proc
+    /// whose struct sock the kernel has not seen yet (opened before the daemon).
+    pub const TUPLES: &str = "TUPLES";
 }
 
 /// What a record in the ring buffer is. The numbers are part of the wire
@@ -47,11 +55,17 @@ pub enum EventKind {
     FdFailed = 13,
     /// recvmsg returned ancillary data, possibly SCM_RIGHTS fds ([`RecvFdsEvent`]).
     FdReceived = 14,
+    /// A watched TCP socket changed state ([`SockEvent`]).
+    SockState = 20,
+    /// The kernel reported an error on a watched socket ([`SockEvent`], `error`).
+    SockError = 21,
+    /// connect() returned ([`ConnectEvent`]).
+    Connect = 22,
 }
 
 impl EventKind {
     /// Every kind, for exhaustive iteration (counters, tests).
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Exec,
         EventKind::TaskNew,
         EventKind::TaskExit,
@@ -61,6 +75,9 @@ impl EventKind {
         EventKind::FdCloseRange,
         EventKind::FdFailed,
         EventKind::FdReceived,
+        EventKind::SockState,
+        EventKind::SockError,
+        EventKind::Connect,
     ];
 }
 
@@ -106,8 +123,12 @@ pub struct FdEvent {
     pub fd2: u32,
     /// The fd this one duplicates (dup*, F_DUPFD), else [`NO_FD`].
     pub source_fd: u32,
-    /// socket()/socketpair(): [`socket_detail`]; bpf(): the command; FdFailed: errno; else 0.
+    /// socket()/socketpair(): [`socket_detail`]; accept(): the socket's TCP
+    /// state when accept returned; bpf(): the command; FdFailed: errno; else 0.
     pub detail: u32,
+    /// Inode of a socket from socket()/accept() when the kernel walk could
+    /// read it (the key /proc and sock_diag also use), else 0.
+    pub inode: u64,
 }
 
 /// Packs socket(domain, type, protocol) into [`FdEvent::detail`]: domain in
@@ -221,6 +242,9 @@ impl TaskOffsets {
 pub mod config_flags {
     /// Ship every exec (needed to match command lines in user space).
     pub const SHIP_ALL_EXECS: u32 = 1 << 0;
+    /// User space put connections in TUPLES: state changes of sockets the
+    /// probes do not know must be looked up by address.
+    pub const TUPLES_SEEDED: u32 = 1 << 1;
 }
 
 /// Arguments kept from a sys_enter until the matching sys_exit.
@@ -229,6 +253,8 @@ pub mod config_flags {
 pub struct PendingSyscall {
     pub syscall: u32,
     pub _pad: u32,
+    /// When sys_enter ran (CLOCK_BOOTTIME ns): syscall durations, e.g. connect.
+    pub enter_ns: u64,
     pub args: [u64; 4],
 }
 
@@ -245,13 +271,13 @@ pub mod counter {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
-const _: () = assert!(core::mem::size_of::<FdEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<FdEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<TaskEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<RecvFdsEvent>() == 32 + CMSG_CAPTURE);
 const _: () = assert!(core::mem::size_of::<WatchEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<PendingSyscall>() == 40);
+const _: () = assert!(core::mem::size_of::<PendingSyscall>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {

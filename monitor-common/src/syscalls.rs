@@ -107,7 +107,7 @@ pub const RETURNS_FD: [(u32, &str); 24] = [
 /// with how many arguments the sys_enter program reads: a program reading
 /// the record directly may not read past the record of the syscall it is
 /// attached to, so there is one program per argument count.
-pub const NEEDS_ARGS: [(u32, &str, usize); 12] = [
+pub const NEEDS_ARGS: [(u32, &str, usize); 13] = [
     (SOCKET, "socket", 3),
     (SOCKETPAIR, "socketpair", 4),
     (PIPE, "pipe", 1),
@@ -120,6 +120,8 @@ pub const NEEDS_ARGS: [(u32, &str, usize); 12] = [
     (SIGNALFD, "signalfd", 1),
     (SIGNALFD4, "signalfd4", 1),
     (RECVMSG, "recvmsg", 2),
+    // connect(fd, addr, addrlen): the outcome, the duration and the endpoint.
+    (CONNECT, "connect", 3),
 ];
 
 /// Fd-creating syscalls that are hooked when the kernel has them, but whose
@@ -151,7 +153,6 @@ pub fn name(nr: u32) -> Option<&'static str> {
         CLOSE_RANGE => Some("close_range"),
         EXECVE => Some("execve"),
         EXECVEAT => Some("execveat"),
-        CONNECT => Some("connect"),
         _ => None,
     }
 }

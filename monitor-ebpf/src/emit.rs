@@ -65,16 +65,35 @@ pub fn submit_now<T>(entry: RingBufEntry<T>) {
     entry.submit(BPF_RB_FORCE_WAKEUP);
 }
 
+/// What an [`FdEvent`] says besides its header and main fd.
+#[derive(Clone, Copy)]
+pub struct FdExtra {
+    pub fd2: u32,
+    pub source_fd: u32,
+    pub detail: u32,
+    pub inode: u64,
+}
+
+impl FdExtra {
+    pub const NONE: FdExtra = FdExtra {
+        fd2: NO_FD,
+        source_fd: NO_FD,
+        detail: 0,
+        inode: 0,
+    };
+}
+
 /// Ships one [`FdEvent`].
 #[inline(always)]
-pub fn fd_event(kind: EventKind, syscall: u32, fd: u32, fd2: u32, source_fd: u32, detail: u32) {
+pub fn fd_event(kind: EventKind, syscall: u32, fd: u32, extra: FdExtra) {
     if let Some(mut entry) = reserve::<FdEvent>(kind) {
         entry.write(FdEvent {
             header: header(kind, syscall),
             fd,
-            fd2,
-            source_fd,
-            detail,
+            fd2: extra.fd2,
+            source_fd: extra.source_fd,
+            detail: extra.detail,
+            inode: extra.inode,
         });
         submit(entry);
     }
@@ -86,10 +105,14 @@ const ENFILE: i64 = 23;
 /// Ships the outcome of an fd-creating syscall: the new fd, or EMFILE/ENFILE.
 /// Other failures create nothing and are not shipped.
 #[inline(always)]
-pub fn fd_result(syscall: u32, ret: i64, fd2: u32, source_fd: u32, detail: u32) {
+pub fn fd_result(syscall: u32, ret: i64, extra: FdExtra) {
     if ret >= 0 {
-        fd_event(EventKind::FdOpen, syscall, ret as u32, fd2, source_fd, detail);
+        fd_event(EventKind::FdOpen, syscall, ret as u32, extra);
     } else if ret == -EMFILE || ret == -ENFILE {
-        fd_event(EventKind::FdFailed, syscall, NO_FD, NO_FD, NO_FD, (-ret) as u32);
+        let failure = FdExtra {
+            detail: (-ret) as u32,
+            ..FdExtra::NONE
+        };
+        fd_event(EventKind::FdFailed, syscall, NO_FD, failure);
     }
 }

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use monitor_common::{KernelConfig, PendingSyscall, TaskOffsets, WatchEntry, counter};
+use monitor_common::{
+    KernelConfig, PendingSyscall, SockOffsets, SockOwner, TaskOffsets, Tuple, WatchEntry, counter,
+};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
@@ -26,6 +28,40 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::S
 /// that dies between sys_enter and sys_exit has its entry removed at exit.
 #[map]
 pub static PENDING: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static TUPLES: HashMap<Tuple, SockOwner> = HashMap::with_max_entries(16384, 0);
+
+/// From the kernel's BTF, set by user space before load (all zero: unknown).
+#[unsafe(no_mangle)]
+pub static SOCK_OFFSETS: SockOffsets = SockOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    file_f_inode: 0,
+    inode_i_ino: 0,
+    socket_sk: 0,
+    sock_family: 0,
+    sock_state: 0,
+    sock_protocol: 0,
+    sock_err: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+};
+
+#[inline(always)]
+pub fn sock_offsets() -> SockOffsets {
+    // SAFETY: as for task_offsets.
+    unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
+}
 
 /// Set by user space from tracefs format files before load.
 #[unsafe(no_mangle)]

@@ -82,6 +82,9 @@ pub struct SnapshotArgs {
     pub json: bool,
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
+    /// Configuration file, for endpoint labels [default: /etc/leakmon/leakmon.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! name the key; nothing silently falls back to a default.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
 };
@@ -36,6 +37,9 @@ pub struct Config {
     pub discovery: Discovery,
     pub daemon: Daemon,
     pub probes: Probes,
+    /// `"host:port" = "label"` (host an IP address or `*`), on top of the
+    /// default labels by port (ironic-api 6385, keystone 5000/35357, ...).
+    pub endpoints: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -184,6 +188,7 @@ impl Config {
         if p.reconcile_interval_s == 0 {
             return Err(invalid("probes.reconcile_interval_s", "must be at least 1"));
         }
+        crate::labels::Labels::new(&self.endpoints).map_err(|e| invalid("endpoints", e))?;
         if self.daemon.control_socket.as_os_str().is_empty() {
             return Err(invalid("daemon.control_socket", "must not be empty"));
         }
@@ -216,12 +221,16 @@ mod tests {
             wakeup_bytes = 0
             drain_interval_ms = 10
             reconcile_interval_s = 5
+            [endpoints]
+            "192.0.2.10:6385" = "ironic-api"
+            "*:8774" = "nova-api"
             "#,
         )
         .unwrap();
         assert_eq!(config.discovery.pids, [42]);
         assert_eq!(config.daemon.log_format, LogFormat::Json);
         assert_eq!(config.probes.ring_buffer_bytes, 65536);
+        assert_eq!(config.endpoints["*:8774"], "nova-api");
     }
 
     fn error_of(text: &str) -> String {
@@ -253,6 +262,7 @@ mod tests {
             ("[discovery]\npids = [0]\n", "discovery.pids"),
             ("[daemon]\nlog_format = \"xml\"\n", "log_format"),
             ("[probes]\nring_buffer_bytes = \"big\"\n", "ring_buffer_bytes"),
+            ("[endpoints]\n\"ironic:6385\" = \"x\"\n", "endpoints"),
         ];
         for (text, key) in cases {
             let err = error_of(text);

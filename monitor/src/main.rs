@@ -6,6 +6,7 @@ mod control;
 mod discovery;
 mod engine;
 mod fdkind;
+mod labels;
 mod ledger;
 mod probes;
 mod proc;
@@ -52,9 +53,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     args.target.match_comm.unwrap_or_default()
                 );
             }
+            let config = Config::load(args.config.as_deref())?;
+            let labels = labels::Labels::new(&config.endpoints).map_err(anyhow::Error::msg)?;
             let mut snapshots = Vec::new();
             for pid in &pids {
-                snapshots.push(snapshot::take(*pid, &args.control_socket)?);
+                snapshots.push(snapshot::take(*pid, &args.control_socket, &labels)?);
             }
             if args.json && args.target.pid.is_some() {
                 println!("{}", serde_json::to_string_pretty(&snapshots[0])?);

@@ -50,6 +50,14 @@ pub fn tcp_state_name(state: u8) -> &'static str {
     }
 }
 
+/// TCP_LISTEN.
+pub const TCP_LISTEN: u8 = 10;
+
+/// The state number of a [`tcp_state_name`].
+pub fn tcp_state_number(name: &str) -> Option<u8> {
+    (1..=12).find(|n| tcp_state_name(*n) == name)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {

@@ -6,3 +6,4 @@ mod discovery;
 mod ledger;
 mod overflow;
 mod snapshot;
+mod sockets;

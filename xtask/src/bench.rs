@@ -153,7 +153,7 @@ pub fn stats(samples: &[f64]) -> Stats {
     }
 }
 
-const LOOPS: [(&str, &str); 7] = [
+const LOOPS: [(&str, &str); 8] = [
     ("open", "open+close /dev/null"),
     ("socket", "socket+close (TCP)"),
     ("pipe2", "pipe2+close+close"),
@@ -161,9 +161,13 @@ const LOOPS: [(&str, &str); 7] = [
     ("eventfd", "eventfd+close"),
     ("epoll", "epoll_create1+close"),
     ("thread", "thread create+join"),
+    ("tcp", "loopback TCP connect+close (server in another process)"),
 ];
 
 fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut String) -> anyhow::Result<()> {
+    // The TCP loop's server: its own process, never watched.
+    let mut server = Workload::spawn_bin(&bins.workload, dir, "lmw-tcpsrv", &["tcp-server"]);
+    let tcp = format!("tcp:{}", server.expect("ready")["port"]);
     // samples[setting][loop] = ns/op of each run
     let mut samples = vec![vec![Vec::new(); LOOPS.len() + 1]; Setting::ALL.len()];
     for run in 0..runs {
@@ -171,7 +175,11 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
             println!("    run {}/{runs}: {}", run + 1, setting.label());
             let beside = Beside::start(*setting, bins, dir)?;
             for (l, (kind, _)) in LOOPS.iter().enumerate() {
-                let ops = if *kind == "thread" { ops / 20 } else { ops };
+                let (kind, ops) = match *kind {
+                    "thread" => (*kind, ops / 20),
+                    "tcp" => (tcp.as_str(), ops / 10),
+                    _ => (*kind, ops),
+                };
                 samples[s][l].push(run_loop(bins, dir, &beside, kind, ops));
             }
             samples[s][LOOPS.len()].push(run_loop(bins, dir, &beside, "getppid", ops * 5));
@@ -214,52 +222,85 @@ fn time_command(cmd: &mut Command) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
-fn snapshot_vs_lsof(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow::Result<()> {
-    let mut workload = Workload::spawn_bin(
-        &bins.workload,
-        dir,
-        "lmw-bulk",
-        &["bulk", "5000", "1500", "500", "0", "500"],
-    );
-    let pid = workload.expect("ready")["pid"].as_u64().unwrap().to_string();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    let (mut ours, mut lsof) = (Vec::new(), Vec::new());
+/// Times `leakmon snapshot --json --pid PID` and `other` side by side,
+/// interleaved, `runs` times each.
+fn snapshot_against(bins: &Bins, pid: &str, other: &[&str], runs: usize) -> anyhow::Result<(Stats, Stats)> {
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        ours.push(time_command(Command::new(&bins.leakmon).args([
+        let snapshot = [
             "snapshot",
             "--json",
             "--pid",
-            &pid,
+            pid,
             "--control-socket",
             "/nonexistent",
-        ]))?);
-        lsof.push(time_command(
-            Command::new("lsof").args(["-nP", "-w", "-p", &pid]),
-        )?);
+        ];
+        ours.push(time_command(Command::new(&bins.leakmon).args(snapshot))?);
+        theirs.push(time_command(Command::new(other[0]).args(&other[1..]))?);
     }
+    Ok((stats(&ours), stats(&theirs)))
+}
+
+fn ms(s: &Stats) -> String {
+    format!("{:.1} ({:.1}–{:.1})", s.median, s.min, s.max)
+}
+
+fn snapshot_vs_lsof(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow::Result<()> {
+    let args = ["bulk", "5000", "1500", "500", "0", "500"];
+    let mut workload = Workload::spawn_bin(&bins.workload, dir, "lmw-bulk", &args);
+    let pid = workload.expect("ready")["pid"].as_u64().unwrap().to_string();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let (ours, lsof) = snapshot_against(bins, &pid, &["lsof", "-nP", "-w", "-p", &pid], runs)?;
     workload.send("exit");
-    let (ours, lsof) = (stats(&ours), stats(&lsof));
     writeln!(out, "## Snapshot of a {fds}-fd process\n")?;
     writeln!(
         out,
-        "Wall time of the whole command, median of {runs} (min–max), 1000 TCP sockets and 1000 unix sockets among them.\n"
+        "Wall time of the whole command, median of {runs} (min–max), 1000 TCP sockets and 1000 unix sockets \
+         among them.\n"
     )?;
-    writeln!(out, "| command | ms |")?;
-    writeln!(out, "| --- | --- |")?;
+    writeln!(out, "| command | ms |\n| --- | --- |")?;
+    writeln!(out, "| `leakmon snapshot --json --pid P` | {} |", ms(&ours))?;
+    writeln!(out, "| `lsof -nP -p P` | {} |", ms(&lsof))?;
+    let speedup = lsof.median / ours.median;
     writeln!(
         out,
-        "| `leakmon snapshot --json --pid P` | {:.1} ({:.1}–{:.1}) |",
-        ours.median, ours.min, ours.max
+        "\nleakmon is **{speedup:.1}×** faster than lsof (target ≥ 10×).\n"
+    )?;
+    Ok(())
+}
+
+fn sockets_vs_ss(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow::Result<()> {
+    let mut workload = Workload::spawn_bin(
+        &bins.workload,
+        dir,
+        "lmw-socks",
+        &["bulk", "0", "0", "5000", "0", "0"],
+    );
+    let pid = workload.expect("ready")["pid"].as_u64().unwrap().to_string();
+    let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(Result::ok)
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
+        .count();
+    let (ours, ss) = snapshot_against(bins, &pid, &["ss", "-tanp"], runs)?;
+    workload.send("exit");
+    let per = |s: &Stats| s.median * 1000.0 / sockets as f64;
+    writeln!(out, "## Socket snapshot: {sockets} TCP sockets in one process\n")?;
+    writeln!(
+        out,
+        "Wall time of the whole command, median of {runs} (min–max), and per socket.\n"
+    )?;
+    writeln!(out, "| command | ms | µs per socket |\n| --- | --- | --- |")?;
+    writeln!(
+        out,
+        "| `leakmon snapshot --json --pid P` (fds, kinds, states, endpoints) | {} | {:.2} |",
+        ms(&ours),
+        per(&ours)
     )?;
     writeln!(
         out,
-        "| `lsof -nP -p P` | {:.1} ({:.1}–{:.1}) |",
-        lsof.median, lsof.min, lsof.max
-    )?;
-    writeln!(
-        out,
-        "\nleakmon is **{:.1}×** faster than lsof (target ≥ 10×).\n",
-        lsof.median / ours.median
+        "| `ss -tanp` (every TCP socket on the host, with owners) | {} | {:.2} |\n",
+        ms(&ss),
+        per(&ss)
     )?;
     Ok(())
 }
@@ -305,6 +346,8 @@ pub fn run(runs: usize, ops: u64) -> anyhow::Result<()> {
     syscall_loops(&bins, &dir, runs, ops, &mut out)?;
     step("snapshot of a 10k-fd process vs lsof");
     snapshot_vs_lsof(&bins, &dir, runs, &mut out)?;
+    step("socket snapshot of 10k TCP sockets vs ss -tanp");
+    sockets_vs_ss(&bins, &dir, runs, &mut out)?;
     out.push_str(include_str!("bench_notes.md"));
 
     let path = root_dir().join("docs").join("benchmarks.md");

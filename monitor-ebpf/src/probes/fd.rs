@@ -10,16 +10,19 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use monitor_common::{
-    CMSG_CAPTURE, EventKind, NO_FD, PendingSyscall, RecvFdsEvent, counter, socket_detail, syscalls as nr,
+    CMSG_CAPTURE, EventKind, PendingSyscall, RecvFdsEvent, counter, socket_detail, syscalls as nr,
 };
 
+use super::{fdtable, sock};
 use crate::{
-    emit::{current, fd_event, fd_result, header, reserve, submit},
+    emit::{FdExtra, current, fd_event, fd_result, header, reserve, submit},
     maps::{PENDING, count, watch_entry},
 };
 
@@ -62,10 +65,20 @@ fn is_watched_current() -> bool {
 /// sys_exit of syscalls that return the new fd.
 #[tracepoint]
 pub fn fd_exit(ctx: TracePointContext) -> u32 {
-    if !is_watched_current() {
+    let (tgid, _) = current();
+    if watch_entry(tgid).is_none() {
         return 0;
     }
-    fd_result(syscall_nr(&ctx), ret(&ctx), NO_FD, NO_FD, 0);
+    let (syscall, ret) = (syscall_nr(&ctx), ret(&ctx));
+    let mut extra = FdExtra::NONE;
+    if ret >= 0 && (syscall == nr::ACCEPT || syscall == nr::ACCEPT4) {
+        // Accepted sockets changed state in softirq before accept()
+        // returned, unattributed: their state at this point rides along.
+        let (inode, state) = fdtable::remember(tgid, ret as u32);
+        extra.inode = inode;
+        extra.detail = state as u32;
+    }
+    fd_result(syscall, ret, extra);
     0
 }
 
@@ -113,6 +126,8 @@ fn keep_args<const N: usize>(ctx: &TracePointContext) -> u32 {
     let pending = PendingSyscall {
         syscall,
         _pad: 0,
+        // SAFETY: helper without preconditions.
+        enter_ns: unsafe { bpf_ktime_get_boot_ns() },
         args,
     };
     if PENDING.insert(bpf_get_current_pid_tgid(), pending, 0).is_err() {
@@ -153,14 +168,26 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
     let _ = PENDING.remove(key);
     let ret = ret(&ctx);
     let args = pending.args;
+    let tgid = (key >> 32) as u32;
+    let plain = FdExtra::NONE;
     match pending.syscall {
-        nr::SOCKET => fd_result(
-            nr::SOCKET,
-            ret,
-            NO_FD,
-            NO_FD,
-            socket_detail(args[0], args[1], args[2]),
-        ),
+        nr::SOCKET => {
+            let inode = if ret >= 0 {
+                fdtable::remember(tgid, ret as u32).0
+            } else {
+                0
+            };
+            let detail = socket_detail(args[0], args[1], args[2]);
+            fd_result(
+                nr::SOCKET,
+                ret,
+                FdExtra {
+                    detail,
+                    inode,
+                    ..plain
+                },
+            );
+        }
         nr::SOCKETPAIR => fd_pair(
             nr::SOCKETPAIR,
             ret,
@@ -168,16 +195,29 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
             socket_detail(args[0], args[1], args[2]),
         ),
         nr::PIPE | nr::PIPE2 => fd_pair(pending.syscall, ret, args[0], 0),
-        nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => {
-            fd_result(pending.syscall, ret, NO_FD, args[0] as u32, 0)
-        }
-        nr::BPF => fd_result(nr::BPF, ret, NO_FD, NO_FD, args[0] as u32),
+        nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => fd_result(
+            pending.syscall,
+            ret,
+            FdExtra {
+                source_fd: args[0] as u32,
+                ..plain
+            },
+        ),
+        nr::BPF => fd_result(
+            nr::BPF,
+            ret,
+            FdExtra {
+                detail: args[0] as u32,
+                ..plain
+            },
+        ),
         nr::RECVMSG => {
             if ret >= 0 {
                 received_control(args[1]);
             }
         }
-        syscall => fd_result(syscall, ret, NO_FD, NO_FD, 0),
+        nr::CONNECT => sock::connect_done(&pending, ret),
+        syscall => fd_result(syscall, ret, plain),
     }
     0
 }
@@ -185,13 +225,25 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
 /// pipe/pipe2/socketpair write their two fds to user memory.
 #[inline(always)]
 fn fd_pair(syscall: u32, ret: i64, user_fds: u64, detail: u32) {
+    let extra = FdExtra {
+        detail,
+        ..FdExtra::NONE
+    };
     if ret != 0 {
-        fd_result(syscall, ret, NO_FD, NO_FD, detail);
+        fd_result(syscall, ret, extra);
         return;
     }
     // SAFETY: the kernel just wrote two ints there; a fault makes the read fail.
     match unsafe { bpf_probe_read_user(user_fds as *const [i32; 2]) } {
-        Ok([a, b]) => fd_event(EventKind::FdOpen, syscall, a as u32, b as u32, NO_FD, detail),
+        Ok([a, b]) => fd_event(
+            EventKind::FdOpen,
+            syscall,
+            a as u32,
+            FdExtra {
+                fd2: b as u32,
+                ..extra
+            },
+        ),
         // The fds exist but we cannot name them: reconciliation will.
         Err(_) => count(counter::PENDING_MISSED),
     }
@@ -242,14 +294,7 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
     if !is_watched_current() {
         return 0;
     }
-    fd_event(
-        EventKind::FdClose,
-        nr::CLOSE,
-        arg(&ctx, 0) as u32,
-        NO_FD,
-        NO_FD,
-        0,
-    );
+    fd_event(EventKind::FdClose, nr::CLOSE, arg(&ctx, 0) as u32, FdExtra::NONE);
     0
 }
 
@@ -263,6 +308,14 @@ pub fn close_range_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (first, last) = (arg(&ctx, 0) as u32, arg(&ctx, 1) as u32);
-    fd_event(EventKind::FdCloseRange, nr::CLOSE_RANGE, first, last, NO_FD, 0);
+    fd_event(
+        EventKind::FdCloseRange,
+        nr::CLOSE_RANGE,
+        first,
+        FdExtra {
+            fd2: last,
+            ..FdExtra::NONE
+        },
+    );
     0
 }

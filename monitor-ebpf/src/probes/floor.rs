@@ -14,3 +14,19 @@ pub fn noop(_ctx: TracePointContext) -> u32 {
 pub fn noop_raw(_ctx: aya_ebpf::programs::RawTracePointContext) -> i32 {
     0
 }
+
+/// The floor on the socket BTF tracepoints (one program per tracepoint).
+#[aya_ebpf::macros::btf_tracepoint(function = "inet_sock_set_state")]
+pub fn noop_sock_set_state(_ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+    0
+}
+
+#[aya_ebpf::macros::btf_tracepoint(function = "inet_sk_error_report")]
+pub fn noop_sock_error_report(_ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+    0
+}
+
+#[aya_ebpf::macros::btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn noop_sock_destroy(_ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+    0
+}

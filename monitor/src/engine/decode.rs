@@ -3,7 +3,9 @@
 
 use std::mem::size_of;
 
-use monitor_common::{CMSG_CAPTURE, EventHeader, EventKind, FdEvent, RecvFdsEvent, TaskEvent};
+use monitor_common::{
+    CMSG_CAPTURE, ConnectEvent, EventHeader, EventKind, FdEvent, RecvFdsEvent, SockEvent, TaskEvent, Tuple,
+};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub enum Event<'a> {
     Fd(EventKind, FdEvent),
     /// Header, the kernel's msg_controllen, and the bytes captured of it.
     Received(EventHeader, u32, &'a [u8]),
+    Sock(EventKind, SockEvent),
+    Connect(ConnectEvent),
 }
 
 /// Little helper reading native-endian integers at fixed offsets of a
@@ -43,6 +47,19 @@ impl Fields<'_> {
     }
     fn comm(&self, at: usize) -> [u8; 16] {
         self.0[at..at + 16].try_into().expect("length checked")
+    }
+    fn u16(&self, at: usize) -> u16 {
+        u16::from_ne_bytes(self.0[at..at + 2].try_into().expect("length checked"))
+    }
+    fn tuple(&self, at: usize) -> Tuple {
+        Tuple {
+            family: self.u16(at),
+            sport: self.u16(at + 2),
+            dport: self.u16(at + 4),
+            _pad: 0,
+            saddr: self.comm(at + 8),
+            daddr: self.comm(at + 24),
+        }
     }
     fn header(&self) -> EventHeader {
         EventHeader {
@@ -71,6 +88,8 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             size_of::<FdEvent>()
         }
         EventKind::FdReceived => size_of::<RecvFdsEvent>(),
+        EventKind::SockState | EventKind::SockError => size_of::<SockEvent>(),
+        EventKind::Connect => size_of::<ConnectEvent>(),
     };
     if record.len() < need {
         return Err(DecodeError::Truncated {
@@ -98,8 +117,33 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 fd2: fields.u32(HEADER + 4),
                 source_fd: fields.u32(HEADER + 8),
                 detail: fields.u32(HEADER + 12),
+                inode: fields.u64(HEADER + 16),
             },
         ),
+        EventKind::SockState | EventKind::SockError => Event::Sock(
+            kind,
+            SockEvent {
+                header,
+                inode: fields.u64(HEADER),
+                skaddr: fields.u64(HEADER + 8),
+                fd: fields.u32(HEADER + 16),
+                error: fields.u32(HEADER + 20) as i32,
+                oldstate: record[HEADER + 24],
+                newstate: record[HEADER + 25],
+                _pad: [0; 6],
+                tuple: fields.tuple(HEADER + 32),
+            },
+        ),
+        EventKind::Connect => Event::Connect(ConnectEvent {
+            header,
+            enter_ns: fields.u64(HEADER),
+            fd: fields.u32(HEADER + 8),
+            ret: fields.u32(HEADER + 12) as i32,
+            family: fields.u16(HEADER + 16),
+            port: fields.u16(HEADER + 18),
+            _pad: 0,
+            addr: fields.comm(HEADER + 24),
+        }),
         EventKind::FdReceived => {
             let control_len = fields.u32(HEADER);
             let captured = fields.u32(HEADER + 4);
@@ -129,6 +173,7 @@ pub(crate) mod tests {
         for v in [event.fd, event.fd2, event.source_fd, event.detail] {
             out.extend_from_slice(&v.to_ne_bytes());
         }
+        out.extend_from_slice(&event.inode.to_ne_bytes());
         out
     }
 
@@ -150,6 +195,7 @@ pub(crate) mod tests {
             fd2: NO_FD,
             source_fd: 3,
             detail: 99,
+            inode: 1 << 40,
         };
         let bytes = bytes_of_fd(&event);
         assert_eq!(decode(&bytes), Ok(Event::Fd(EventKind::FdOpen, event)));
@@ -167,7 +213,7 @@ pub(crate) mod tests {
             Err(DecodeError::Truncated {
                 kind: EventKind::FdClose,
                 got: 30,
-                need: 40
+                need: 48
             })
         );
     }
@@ -196,6 +242,60 @@ pub(crate) mod tests {
         };
         assert_eq!((task.pid, task.flags), (4242, 1));
         assert_eq!(&task.comm[..12], b"nova-compute");
+    }
+
+    #[test]
+    fn socket_events_decode_field_by_field() {
+        let tuple = Tuple {
+            family: 2,
+            sport: 40000,
+            dport: 6385,
+            _pad: 0,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let mut bytes = bytes_of_fd(&FdEvent {
+            header: header(EventKind::SockState),
+            ..Default::default()
+        });
+        bytes.truncate(HEADER);
+        bytes.extend_from_slice(&77u64.to_ne_bytes()); // inode
+        bytes.extend_from_slice(&0xffff_8880_0000_1000u64.to_ne_bytes()); // skaddr
+        bytes.extend_from_slice(&9u32.to_ne_bytes()); // fd
+        bytes.extend_from_slice(&(-111i32).to_ne_bytes()); // error
+        bytes.extend_from_slice(&[1, 8, 0, 0, 0, 0, 0, 0]); // ESTABLISHED -> CLOSE_WAIT
+        for v in [tuple.family, tuple.sport, tuple.dport, 0] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        bytes.extend_from_slice(&tuple.saddr);
+        bytes.extend_from_slice(&tuple.daddr);
+        let Ok(Event::Sock(EventKind::SockState, sock)) = decode(&bytes) else {
+            panic!("not a socket event: {:?}", decode(&bytes));
+        };
+        assert_eq!((sock.inode, sock.fd, sock.error), (77, 9, -111));
+        assert_eq!((sock.oldstate, sock.newstate), (1, 8));
+        assert_eq!(sock.tuple, tuple);
+        assert!(matches!(decode(&bytes[..60]), Err(DecodeError::Truncated { .. })));
+
+        let mut bytes = bytes_of_fd(&FdEvent {
+            header: header(EventKind::Connect),
+            ..Default::default()
+        });
+        bytes.truncate(HEADER);
+        bytes.extend_from_slice(&5u64.to_ne_bytes());
+        bytes.extend_from_slice(&4u32.to_ne_bytes());
+        bytes.extend_from_slice(&(-115i32).to_ne_bytes());
+        bytes.extend_from_slice(&2u16.to_ne_bytes());
+        bytes.extend_from_slice(&6385u16.to_ne_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&tuple.daddr);
+        let Ok(Event::Connect(connect)) = decode(&bytes) else {
+            panic!("not a connect event");
+        };
+        assert_eq!(
+            (connect.enter_ns, connect.fd, connect.ret, connect.port),
+            (5, 4, -115, 6385)
+        );
     }
 
     #[test]

@@ -4,13 +4,14 @@
 use std::collections::HashSet;
 
 use aya::maps::{MapData, RingBuf};
-use monitor_common::{task_flags, watch_flags};
+use monitor_common::{SockOwner, task_flags, watch_flags};
 use tracing::{debug, info, warn};
 
 use super::Engine;
 use crate::{
     ledger::{Comm, FollowUp, Origin, Process, Scan, WatchReason},
     proc::{self, FdDir, ProcError, ProcessInfo},
+    sockdiag::SocketTable,
     time,
 };
 
@@ -186,6 +187,34 @@ impl Engine {
                 Err(e) => warn!(pid, error = %e, "cannot reconcile"),
             }
         }
+        self.reconcile_sockets();
+    }
+
+    /// Brings socket states in line with sock_diag, tells the probes about
+    /// connections they have not seen created (so their next state change is
+    /// caught), and drops kernel socket entries no watched fd holds.
+    pub(super) fn reconcile_sockets(&mut self) {
+        let table = match SocketTable::dump() {
+            Ok(table) => table,
+            Err(e) => {
+                warn!(error = %e, "sock_diag dump failed: socket states not reconciled");
+                return;
+            }
+        };
+        let (fixes, unseen) = self.ledger.apply_sock_diag(&table, time::boot_ns());
+        if fixes.states_fixed > 0 {
+            info!(?fixes, "sock_diag corrected socket states");
+        }
+        for (inode, tuple) in unseen {
+            if let Some((tgid, fd)) = self.ledger.holder_of(inode) {
+                self.probes.seed_tuple(tuple, SockOwner { tgid, fd, inode });
+            }
+        }
+        let held = self.ledger.socket_inodes();
+        let collected = self.probes.collect_sockets(|inode| held.contains_key(&inode));
+        if collected > 0 {
+            debug!(collected, "dropped kernel entries of sockets no watched fd holds");
+        }
     }
 
     /// Names the kind of fds the syscall could not (open: file or dir?
@@ -200,7 +229,13 @@ impl Engine {
             let Ok(dir) = FdDir::open(pid) else { continue };
             for fd in provisional {
                 if let Some(target) = dir.link(fd) {
-                    self.ledger.resolve_kind(pid, fd, dir.resolve_kind(fd, &target));
+                    let inode = if target.starts_with("socket:[") {
+                        proc::link_inode(&target).unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    self.ledger
+                        .resolve_kind(pid, fd, dir.resolve_kind(fd, &target), inode, time::boot_ns());
                 }
             }
         }

@@ -30,6 +30,10 @@ use crate::{
     time,
 };
 
+/// How long a connect that went to CLOSE waits for the kernel's error report
+/// before it counts as abandoned by the application.
+const CONNECT_VERDICT_GRACE_NS: u64 = 1_000_000_000;
+
 /// Counters of the user-space pipeline.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct EngineCounters {
@@ -50,6 +54,7 @@ pub struct Engine {
     lost_seen: u64,
     /// Processes to reconcile at the next housekeeping tick.
     reconcile_soon: std::collections::HashSet<u32>,
+    labels: crate::labels::Labels,
 }
 
 pub fn kernel_config(config: &Config, matcher: &Matcher) -> KernelConfig {
@@ -84,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started_ns: time::boot_ns(),
         lost_seen: 0,
         reconcile_soon: Default::default(),
+        labels: crate::labels::Labels::new(&config.endpoints).map_err(anyhow::Error::msg)?,
     };
     // SAFETY: the AsyncFd owns the RingBuf, which owns the map fd, so the fd
     // stays open for as long as it is registered.
@@ -179,6 +185,8 @@ impl Engine {
             self.reconcile(ring, &pids);
         }
         self.resolve_provisional();
+        self.ledger
+            .settle_connects(time::boot_ns(), CONNECT_VERDICT_GRACE_NS);
     }
 
     fn handle(&mut self, ring: &mut RingBuf<MapData>, request: Request) -> control::protocol::Response {
@@ -190,9 +198,12 @@ impl Engine {
             Request::Ledger { pid } => {
                 self.resolve_provisional();
                 match self.ledger.processes.get(&pid) {
-                    Some(process) => {
-                        Response::data(&crate::ledger::view::ProcessView::of(process, time::boot_ns()))
-                    }
+                    Some(process) => Response::data(&crate::ledger::view::ProcessView::of(
+                        &self.ledger,
+                        process,
+                        &self.labels,
+                        time::boot_ns(),
+                    )),
                     None => Response::error(format!("pid {pid} is not watched by this daemon")),
                 }
             }

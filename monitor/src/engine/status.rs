@@ -17,6 +17,9 @@ pub struct StatusView<'a> {
     pub started: String,
     pub uptime_s: f64,
     pub tracefs_mounted_by_daemon: bool,
+    /// Why the probes cannot attribute socket state changes (then states come from sock_diag only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_walk_missing: Option<&'a str>,
     pub hooks_attached: usize,
     pub hooks_total: usize,
     pub hooks: &'a [HookStatus],
@@ -60,6 +63,7 @@ impl Engine {
             started: time::rfc3339_of_boot(self.started_ns),
             uptime_s: time::age_s(self.started_ns, now),
             tracefs_mounted_by_daemon: self.probes.tracefs_mounted_by_us,
+            socket_walk_missing: self.probes.socket_walk_missing.as_deref(),
             hooks_attached: self.probes.hooks.iter().filter(|h| h.attached).count(),
             hooks_total: self.probes.hooks.len(),
             hooks: &self.probes.hooks,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{Birth, FdEntry, Ledger, Origin, ThreadEntry, Touched, comm_from};
 use crate::{
     fdkind::{self, FdKind},
-    proc::{FdLink, ThreadInfo},
+    proc::{self, FdLink, ThreadInfo},
 };
 
 /// What /proc showed for one process.
@@ -67,46 +67,55 @@ impl Ledger {
         };
 
         let mut in_proc = HashSet::with_capacity(scan.fds.len());
+        let mut released = Vec::new();
         for link in &scan.fds {
             in_proc.insert(link.fd);
             if touched.fds.contains(&link.fd) {
                 continue;
             }
-            match process.fds.get_mut(&link.fd) {
-                None => {
-                    process.fds.insert(
-                        link.fd,
-                        FdEntry {
-                            kind: resolve(link.fd, &link.target),
-                            provisional: false,
-                            birth: found,
-                            source_fd: NO_FD,
-                        },
-                    );
-                    fixes.fds_added += 1;
+            let inode = if link.target.starts_with("socket:[") {
+                proc::link_inode(&link.target).unwrap_or(0)
+            } else {
+                0
+            };
+            let known = process.fds.get(&link.fd).map(|e| (e.provisional, e.kind));
+            match known {
+                Some((true, _)) => {
+                    let mut held = process.fds.get_mut(&link.fd).expect("present");
+                    held.entry.kind = resolve(link.fd, &link.target);
+                    held.entry.provisional = false;
+                    held.set_inode(inode);
                 }
-                Some(entry) if entry.provisional => {
-                    entry.kind = resolve(link.fd, &link.target);
-                    entry.provisional = false;
+                Some((false, kind)) if fdkind::consistent_with_target(kind, &link.target) => {
+                    process.fds.get_mut(&link.fd).expect("present").set_inode(inode);
                 }
-                Some(entry) if !fdkind::consistent_with_target(entry.kind, &link.target) => {
-                    // Released and reused unseen: the birth on record is not this object's.
-                    *entry = FdEntry {
+                unknown_or_reused => {
+                    // Unseen, or released and reused unseen: the birth on
+                    // record (if any) is not this object's.
+                    let entry = FdEntry {
                         kind: resolve(link.fd, &link.target),
                         provisional: false,
                         birth: found,
                         source_fd: NO_FD,
+                        inode,
                     };
-                    fixes.kinds_fixed += 1;
+                    released.extend(process.fds.insert(link.fd, entry).1);
+                    if unknown_or_reused.is_some() {
+                        fixes.kinds_fixed += 1;
+                    } else {
+                        fixes.fds_added += 1;
+                    }
                 }
-                Some(_) => {}
             }
         }
         let before = process.fds.len();
-        process
-            .fds
-            .retain(|fd, _| in_proc.contains(fd) || touched.fds.contains(fd));
+        released.extend(
+            process
+                .fds
+                .retain(|fd, _| in_proc.contains(fd) || touched.fds.contains(fd)),
+        );
         fixes.fds_removed = (before - process.fds.len()) as u64;
+        let held_sockets: Vec<u64> = process.fds.sockets().collect();
 
         let mut live = HashSet::with_capacity(scan.threads.len());
         for thread in &scan.threads {
@@ -131,6 +140,12 @@ impl Ledger {
             .retain(|tid, _| live.contains(tid) || touched.threads.contains(tid));
         fixes.threads_removed = (before - process.threads.len()) as u64;
 
+        for inode in held_sockets {
+            self.socket_entry(inode, pid, now_ns);
+        }
+        for inode in released {
+            self.release_socket(inode);
+        }
         if origin == Origin::Reconciled {
             let c = &mut self.counters;
             c.reconcile_runs += 1;

@@ -49,6 +49,7 @@ fn fd_event(kind: EventKind, syscall: u32, fd: u32, fd2: u32, source_fd: u32, de
         fd2,
         source_fd,
         detail,
+        inode: 0,
     }
 }
 

@@ -1,9 +1,14 @@
 //! What the ledger keeps per watched process.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::fdtable::FdTable;
+use super::sockets::EndpointStats;
 use crate::fdkind::FdKind;
 
 /// A task name as the kernel stores it: 16 bytes, NUL padded.
@@ -75,6 +80,8 @@ pub struct FdEntry {
     pub birth: Birth,
     /// The fd it duplicates, or `monitor_common::NO_FD`.
     pub source_fd: u32,
+    /// Socket inode (the key of the socket table), or 0.
+    pub inode: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,8 +127,10 @@ pub struct Process {
     pub start_ns: u64,
     pub reason: WatchReason,
     pub watched_since_ns: u64,
-    pub fds: HashMap<u32, FdEntry>,
+    pub fds: FdTable,
     pub threads: HashMap<u32, ThreadEntry>,
+    /// Connection health per remote address of its TCP sockets.
+    pub endpoints: HashMap<SocketAddr, EndpointStats>,
     pub failures: VecDeque<FailedSyscall>,
     pub failures_total: u64,
     /// What events changed while a reconciliation scan was in flight.
@@ -152,8 +161,9 @@ impl Process {
             start_ns,
             reason,
             watched_since_ns: now_ns,
-            fds: HashMap::new(),
+            fds: FdTable::default(),
             threads: HashMap::new(),
+            endpoints: HashMap::new(),
             failures: VecDeque::new(),
             failures_total: 0,
             touched: None,
@@ -216,4 +226,8 @@ pub struct LedgerCounters {
     pub failed_syscalls: u64,
     /// Events for a process user space does not track (raced with an unwatch).
     pub events_unowned: u64,
+    /// Socket events for a socket no watched fd holds any more.
+    pub socket_events_unowned: u64,
+    /// Socket states sock_diag disagreed with (a state change was missed).
+    pub socket_states_fixed: u64,
 }

@@ -6,8 +6,12 @@ use std::collections::BTreeMap;
 use monitor_common::{NO_FD, NO_SYSCALL, syscalls};
 use serde::{Deserialize, Serialize};
 
-use super::{Birth, FailedSyscall, FdEntry, Origin, Process, ThreadEntry, WatchReason, comm_str};
-use crate::{fdkind::FdKind, time};
+pub use super::sockview::{EndpointView, SocketView};
+use super::{
+    Birth, FailedSyscall, FdEntry, Ledger, Origin, Process, ThreadEntry, WatchReason, comm_str,
+    sockview::{endpoint_views, socket_views},
+};
+use crate::{fdkind::FdKind, labels::Labels, time};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BirthView {
@@ -128,10 +132,14 @@ pub struct ProcessView {
     pub counts: BTreeMap<FdKind, usize>,
     pub failures: Vec<FailureView>,
     pub failures_total: u64,
+    /// Its sockets with TCP state and connect records.
+    pub sockets: Vec<SocketView>,
+    /// Connection health per remote endpoint.
+    pub endpoints: Vec<EndpointView>,
 }
 
 impl ProcessView {
-    pub fn of(process: &Process, now_ns: u64) -> Self {
+    pub fn of(ledger: &Ledger, process: &Process, labels: &Labels, now_ns: u64) -> Self {
         let mut fds: Vec<FdView> = process
             .fds
             .iter()
@@ -156,6 +164,8 @@ impl ProcessView {
             counts: process.counts(),
             failures: process.failures.iter().map(FailureView::of).collect(),
             failures_total: process.failures_total,
+            sockets: socket_views(ledger, process, labels, now_ns),
+            endpoints: endpoint_views(process, labels),
         }
     }
 }

@@ -8,11 +8,15 @@ use serde::Serialize;
 #[derive(Clone, Debug)]
 pub struct Hook {
     pub program: &'static str,
+    /// `btf` for a BTF tracepoint (the program is loaded for `event` alone).
     pub category: &'static str,
     pub event: String,
     /// Without it leakmon loses a capability (not just precision).
     pub essential: bool,
 }
+
+/// The category of BTF tracepoints in the hook table.
+pub const BTF: &str = "btf";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct HookStatus {
@@ -42,6 +46,9 @@ pub fn all() -> Vec<Hook> {
         hook("task_rename", "task", "task_rename", false),
         hook("close_enter", "syscalls", "sys_enter_close", true),
         hook("close_range_enter", "syscalls", "sys_enter_close_range", false),
+        hook("sock_set_state", BTF, "inet_sock_set_state", true),
+        hook("sock_error_report", BTF, "inet_sk_error_report", false),
+        hook("sock_destroy", BTF, "tcp_destroy_sock", true),
     ];
     for (_, name) in syscalls::RETURNS_FD {
         hooks.push(hook("fd_exit", "syscalls", format!("sys_exit_{name}"), true));

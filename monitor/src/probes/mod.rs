@@ -1,5 +1,6 @@
 //! Loading the kernel probes and talking to their maps.
 
+pub mod btf;
 pub mod hooks;
 pub mod tracefs;
 
@@ -9,7 +10,10 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use monitor_common::{EventKind, KernelConfig, TaskOffsets, WatchEntry, counter, maps};
+use monitor_common::{
+    EventKind, KernelConfig, SockOffsets, SockOwner, TaskOffsets, Tuple, WatchEntry, config_flags, counter,
+    maps,
+};
 use serde::Serialize;
 use tracing::{debug, error, warn};
 
@@ -42,11 +46,17 @@ pub struct Probes {
     _ebpf: Ebpf,
     watched: HashMap<MapData, u32, WatchEntry>,
     comms: HashMap<MapData, Comm, u32>,
-    /// Held open for the programs' sake (a closed map fd fails their load).
-    _config: Array<MapData, KernelConfig>,
+    config: Array<MapData, KernelConfig>,
+    /// What CONFIG holds now.
+    kernel: KernelConfig,
     counters: PerCpuArray<MapData, u64>,
+    socks: HashMap<MapData, u64, SockOwner>,
+    tuples: HashMap<MapData, Tuple, SockOwner>,
     pub hooks: Vec<HookStatus>,
     pub tracefs_mounted_by_us: bool,
+    /// Why the probes cannot walk from an fd to its socket, if they cannot
+    /// (then socket states come from sock_diag reconciliation only).
+    pub socket_walk_missing: Option<String>,
 }
 
 impl Probes {
@@ -64,9 +74,17 @@ impl Probes {
         if offsets.exit_group_dead == 0 {
             warn!("sched_process_exit has no group_dead field: process exits are confirmed through /proc");
         }
+        let (sock_offsets, socket_walk_missing) = match btf::Btf::load().and_then(|b| Ok(b.sock_offsets()?)) {
+            Ok(found) => (found, None),
+            Err(e) => {
+                warn!(error = %e, "no BTF offsets for the fd -> socket walk: socket states from sock_diag only");
+                (SockOffsets::default(), Some(format!("{e:#}")))
+            }
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, settings.ring_buffer_bytes)
             .override_global(TaskOffsets::GLOBAL, &offsets, true)
+            .override_global(SockOffsets::GLOBAL, &sock_offsets, true)
             .load(OBJECT)
             .context("loading the eBPF object (is this root with CAP_BPF and CAP_PERFMON?)")?;
 
@@ -76,16 +94,25 @@ impl Probes {
         config
             .set(0, settings.kernel, 0)
             .context("writing the probe configuration")?;
-        let hooks = attach_all(&mut ebpf);
+        // BTF tracepoints need the kernel's BTF, and their programs the offsets found in it.
+        let btf = socket_walk_missing
+            .is_none()
+            .then(aya::Btf::from_sys_fs)
+            .and_then(Result::ok);
+        let hooks = attach_all(&mut ebpf, btf.as_ref());
         let ring = take(&mut ebpf, maps::EVENTS)?;
         let probes = Probes {
             watched: take(&mut ebpf, maps::WATCHED)?,
             comms: take(&mut ebpf, maps::WATCH_COMMS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
-            _config: config,
+            socks: take(&mut ebpf, maps::SOCKS)?,
+            tuples: take(&mut ebpf, maps::TUPLES)?,
+            config,
+            kernel: settings.kernel,
             _ebpf: ebpf,
             hooks,
             tracefs_mounted_by_us,
+            socket_walk_missing,
         };
         Ok((probes, ring))
     }
@@ -110,6 +137,41 @@ impl Probes {
             self.comms.insert(*comm, 1, 0).context("setting watched names")?;
         }
         Ok(())
+    }
+
+    /// Lets the probes recognise a connection opened before they could see
+    /// its creation (by its addresses, at its next state change).
+    pub fn seed_tuple(&mut self, tuple: Tuple, owner: SockOwner) {
+        if let Err(e) = self.tuples.insert(tuple, owner, 0) {
+            debug!(error = %e, "TUPLES is full");
+        }
+        self.set_flag(config_flags::TUPLES_SEEDED, true);
+    }
+
+    /// Turns a KernelConfig flag on or off (the probes read it on every event).
+    fn set_flag(&mut self, flag: u32, on: bool) {
+        let flags = if on {
+            self.kernel.flags | flag
+        } else {
+            self.kernel.flags & !flag
+        };
+        if flags != self.kernel.flags {
+            self.kernel.flags = flags;
+            if let Err(e) = self.config.set(0, self.kernel, 0) {
+                warn!(error = %e, "cannot update the probe configuration");
+            }
+        }
+    }
+
+    /// Drops kernel socket entries whose inode `held` says no watched fd
+    /// holds: a TCP socket whose destruction was not seen, a seeded
+    /// connection that ended before its next state change. Returns how many went.
+    pub fn collect_sockets(&mut self, held: impl Fn(u64) -> bool) -> usize {
+        let collected = drop_unheld(&mut self.socks, &held) + drop_unheld(&mut self.tuples, &held);
+        // Entries the probes matched left TUPLES on their own.
+        let seeded = self.tuples.keys().next().is_some();
+        self.set_flag(config_flags::TUPLES_SEEDED, seeded);
+        collected
     }
 
     pub fn counters(&self) -> KernelCounters {
@@ -161,7 +223,31 @@ pub fn load_floor(raw: bool) -> anyhow::Result<Ebpf> {
             program.attach(hook.category, &hook.event)?;
         }
     }
+    let btf = aya::Btf::from_sys_fs()?;
+    for hook in hooks::all().into_iter().filter(|h| h.category == hooks::BTF) {
+        let name = format!("noop_{}", hook.program);
+        let program: &mut aya::programs::BtfTracePoint = ebpf
+            .program_mut(&name)
+            .with_context(|| format!("no {name} program"))?
+            .try_into()?;
+        program.load(&hook.event, &btf)?;
+        program.attach()?;
+    }
     Ok(ebpf)
+}
+
+/// Removes the entries of `map` whose socket no watched fd holds.
+fn drop_unheld<K: aya::Pod>(map: &mut HashMap<MapData, K, SockOwner>, held: &impl Fn(u64) -> bool) -> usize {
+    let stale: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, owner)| !held(owner.inode))
+        .map(|(key, _)| key)
+        .collect();
+    for key in &stale {
+        let _ = map.remove(key);
+    }
+    stale.len()
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -174,13 +260,17 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-fn attach_all(ebpf: &mut Ebpf) -> Vec<HookStatus> {
+fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Vec<HookStatus> {
     let mut statuses = Vec::new();
     // program -> Ok, or why the verifier refused it (reported on each of its hooks).
     let mut loaded: std::collections::HashMap<&'static str, Result<(), String>> = Default::default();
     for hook in hooks::all() {
         let tracepoint = format!("{}/{}", hook.category, hook.event);
-        let result = attach_one(ebpf, &hook, &mut loaded);
+        let result = if hook.category == hooks::BTF {
+            attach_btf(ebpf, &hook, btf)
+        } else {
+            attach_one(ebpf, &hook, &mut loaded)
+        };
         match &result {
             Ok(()) => debug!(program = hook.program, %tracepoint, "attached"),
             Err(e) if hook.essential => {
@@ -199,6 +289,26 @@ fn attach_all(ebpf: &mut Ebpf) -> Vec<HookStatus> {
         });
     }
     statuses
+}
+
+/// A BTF tracepoint: its program is loaded for that one tracepoint.
+fn attach_btf(ebpf: &mut Ebpf, hook: &hooks::Hook, btf: Option<&aya::Btf>) -> anyhow::Result<()> {
+    let Some(btf) = btf else {
+        bail!("needs the kernel's BTF and the socket offsets in it, which could not be read");
+    };
+    let program: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(hook.program)
+        .with_context(|| format!("no program {} in the object", hook.program))?
+        .try_into()?;
+    program.load(&hook.event, btf).map_err(|e| {
+        anyhow::anyhow!(
+            "the verifier refused {}: {:#}",
+            hook.program,
+            anyhow::Error::from(e)
+        )
+    })?;
+    program.attach()?;
+    Ok(())
 }
 
 fn attach_one(

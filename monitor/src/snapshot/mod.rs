@@ -2,6 +2,7 @@
 //! with birth records from the daemon's ledger when a daemon runs.
 
 mod render;
+mod sockets;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -9,12 +10,15 @@ use serde::{Deserialize, Serialize};
 
 pub use render::render_table;
 
+pub use sockets::{EndpointSummary, SocketSnapshot};
+
 use crate::{
     control::{client, protocol::Request},
     fdkind::FdKind,
+    labels::Labels,
     ledger::view::{BirthView, ProcessView},
     proc::{self, ProcError},
-    sockdiag::{SocketInfo, SocketTable},
+    sockdiag::{Protocol, SocketTable},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,6 +30,8 @@ pub struct Snapshot {
     pub counts: BTreeMap<FdKind, usize>,
     pub fds: Vec<FdSnapshot>,
     pub threads: Vec<ThreadSnapshot>,
+    /// TCP connections by remote endpoint, with connection health when the daemon runs.
+    pub endpoints: Vec<EndpointSummary>,
     /// Whether birth records come from a running daemon.
     pub daemon: bool,
     /// Why there are no birth records, when there are none.
@@ -51,7 +57,7 @@ pub struct FdSnapshot {
     /// addresses and state (`127.0.0.1:40112 -> 127.0.0.1:6385 CLOSE_WAIT`).
     pub target: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<SocketInfo>,
+    pub socket: Option<SocketSnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub birth: Option<BirthView>,
 }
@@ -68,7 +74,7 @@ pub struct ThreadSnapshot {
 }
 
 /// Takes a snapshot of `pid`. Fails only when the process cannot be read at all.
-pub fn take(pid: u32, control_socket: &Path) -> Result<Snapshot, ProcError> {
+pub fn take(pid: u32, control_socket: &Path, labels: &Labels) -> Result<Snapshot, ProcError> {
     let info = proc::process_info(pid)?;
     let mut dir = proc::FdDir::open(pid)?;
     let (links, mut problems) = dir.links();
@@ -77,10 +83,10 @@ pub fn take(pid: u32, control_socket: &Path) -> Result<Snapshot, ProcError> {
         (None, None)
     });
 
-    let sockets = socket_table(pid, &links, &mut problems);
+    let sockets = sockets::socket_table(pid, &links, &mut problems);
     let mut fds: Vec<FdSnapshot> = links
         .iter()
-        .map(|link| describe_fd(&dir, link.fd, &link.target, &sockets))
+        .map(|link| describe_fd(&dir, link.fd, &link.target, &sockets, labels))
         .collect();
 
     let threads = match proc::list_threads(pid) {
@@ -103,10 +109,13 @@ pub fn take(pid: u32, control_socket: &Path) -> Result<Snapshot, ProcError> {
         })
         .collect();
 
+    let mut health = Vec::new();
     let (daemon, daemon_note) = match client::request(control_socket, &Request::Ledger { pid }) {
         Ok(data) => match serde_json::from_value::<ProcessView>(data) {
             Ok(view) => {
                 merge_births(&mut fds, &mut threads, &view);
+                sockets::merge_ledger(&mut fds, &view.sockets);
+                health = view.endpoints;
                 (true, None)
             }
             Err(e) => (false, Some(format!("unexpected answer from the daemon: {e}"))),
@@ -118,7 +127,9 @@ pub fn take(pid: u32, control_socket: &Path) -> Result<Snapshot, ProcError> {
     for fd in &fds {
         *counts.entry(fd.kind).or_default() += 1;
     }
+    let endpoints = sockets::endpoints(&fds, &health, labels);
     Ok(Snapshot {
+        endpoints,
         pid,
         comm: info.comm,
         cmdline: info.cmdline,
@@ -135,56 +146,26 @@ pub fn take(pid: u32, control_socket: &Path) -> Result<Snapshot, ProcError> {
     })
 }
 
-/// sock_diag for the daemon's network namespace, /proc/PID/net for sockets
-/// it does not know (the process lives in another namespace).
-fn socket_table(pid: u32, links: &[proc::FdLink], problems: &mut Vec<String>) -> SocketTable {
-    let inodes: Vec<u64> = links
-        .iter()
-        .filter(|l| l.target.starts_with("socket:["))
-        .filter_map(|l| proc::link_inode(&l.target))
-        .collect();
-    if inodes.is_empty() {
-        return SocketTable::default();
-    }
-    let mut table = SocketTable::dump().unwrap_or_else(|e| {
-        problems.push(format!("sock_diag: {e}; using /proc/{pid}/net"));
-        SocketTable::default()
-    });
-    if inodes.iter().any(|i| !table.by_inode.contains_key(i)) {
-        for (inode, info) in SocketTable::from_proc_net(pid).by_inode {
-            table.by_inode.entry(inode).or_insert(info);
-        }
-    }
-    table
-}
-
-fn describe_fd(dir: &proc::FdDir, fd: u32, target: &str, sockets: &SocketTable) -> FdSnapshot {
-    let socket = proc::link_inode(target)
-        .filter(|_| target.starts_with("socket:["))
-        .and_then(|inode| sockets.by_inode.get(&inode))
-        .cloned();
-    let kind = match &socket {
-        Some(s) => match s.protocol {
-            crate::sockdiag::Protocol::Tcp => FdKind::SocketTcp,
-            crate::sockdiag::Protocol::Udp => FdKind::SocketUdp,
-            crate::sockdiag::Protocol::Unix => FdKind::SocketUnix,
+fn describe_fd(dir: &proc::FdDir, fd: u32, target: &str, table: &SocketTable, labels: &Labels) -> FdSnapshot {
+    match sockets::describe(target, table, labels) {
+        Some((socket, shown)) => FdSnapshot {
+            fd,
+            kind: match socket.info.protocol {
+                Protocol::Tcp => FdKind::SocketTcp,
+                Protocol::Udp => FdKind::SocketUdp,
+                Protocol::Unix => FdKind::SocketUnix,
+            },
+            target: shown,
+            socket: Some(socket),
+            birth: None,
         },
-        None => dir.resolve_kind(fd, target),
-    };
-    let target = match &socket {
-        Some(s) if s.protocol == crate::sockdiag::Protocol::Unix => {
-            let name = if s.local.is_empty() { "(unnamed)" } else { &s.local };
-            format!("unix {} {name} {}", s.unix_type.as_deref().unwrap_or(""), s.state)
-        }
-        Some(s) => format!("{} -> {} {}", s.local, s.remote, s.state),
-        None => target.to_string(),
-    };
-    FdSnapshot {
-        fd,
-        kind,
-        target,
-        socket,
-        birth: None,
+        None => FdSnapshot {
+            fd,
+            kind: dir.resolve_kind(fd, target),
+            target: target.to_string(),
+            socket: None,
+            birth: None,
+        },
     }
 }
 
@@ -237,7 +218,12 @@ mod tests {
     #[test]
     fn snapshot_of_self_without_daemon() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let snapshot = take(std::process::id(), Path::new("/nonexistent/leakmon.sock")).unwrap();
+        let snapshot = take(
+            std::process::id(),
+            Path::new("/nonexistent/leakmon.sock"),
+            &Labels::default(),
+        )
+        .unwrap();
         assert!(!snapshot.daemon);
         assert!(
             snapshot
@@ -253,6 +239,7 @@ mod tests {
             .unwrap();
         assert_eq!(fd.kind, FdKind::SocketTcp);
         assert!(fd.target.ends_with("LISTEN"), "{}", fd.target);
+        assert!(snapshot.endpoints.is_empty(), "a listener is not an endpoint");
         assert!(snapshot.limits.nofile_soft.is_some());
         assert_eq!(snapshot.counts.values().sum::<usize>(), snapshot.fds.len());
         assert!(!snapshot.threads.is_empty());
@@ -260,7 +247,7 @@ mod tests {
 
     #[test]
     fn unknown_pid_is_an_error() {
-        let err = take(1 << 23, Path::new("/nonexistent")).unwrap_err();
+        let err = take(1 << 23, Path::new("/nonexistent"), &Labels::default()).unwrap_err();
         assert!(err.to_string().contains("no process with pid"), "{err}");
     }
 }

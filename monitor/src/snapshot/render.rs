@@ -2,15 +2,15 @@
 
 use std::fmt::Write as _;
 
-use super::{FdSnapshot, Snapshot};
+use super::{EndpointSummary, FdSnapshot, Snapshot};
 use crate::{fdkind::FdKind, time::short_age};
 
 /// Rows that point at trouble sort first: abandoned TCP sockets, then other
 /// connected sockets, other sockets, then everything else; older first.
 fn interest(fd: &FdSnapshot) -> u8 {
     match (&fd.socket, fd.kind) {
-        (Some(s), FdKind::SocketTcp) if s.state == "CLOSE_WAIT" => 0,
-        (Some(s), FdKind::SocketTcp) if s.state != "LISTEN" => 1,
+        (Some(s), FdKind::SocketTcp) if s.info.state == "CLOSE_WAIT" => 0,
+        (Some(s), FdKind::SocketTcp) if s.info.state != "LISTEN" => 1,
         (_, kind) if kind.is_socket() => 2,
         _ => 3,
     }
@@ -81,6 +81,13 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         let _ = writeln!(out, "warning: {problem}");
     }
 
+    if !snapshot.endpoints.is_empty() {
+        out.push_str("\nENDPOINTS\n");
+        for endpoint in &snapshot.endpoints {
+            let _ = writeln!(out, "{}", endpoint_line(endpoint));
+        }
+    }
+
     let mut fds: Vec<&FdSnapshot> = snapshot.fds.iter().collect();
     fds.sort_by(|a, b| {
         let age = |f: &FdSnapshot| f.birth.as_ref().map_or(0.0, |b| b.age_s);
@@ -109,12 +116,18 @@ pub fn render_table(snapshot: &Snapshot) -> String {
             ),
             None => ("-".into(), "-".into()),
         };
+        let in_state = fd
+            .socket
+            .as_ref()
+            .and_then(|s| s.ledger.as_ref())
+            .map(|l| format!(" for {}", short_age(l.age_in_state_s)))
+            .unwrap_or_default();
         rows.push(vec![
             fd.fd.to_string(),
             fd.kind.to_string(),
             age,
             born,
-            fd.target.clone(),
+            format!("{}{in_state}", fd.target),
         ]);
     }
     out.push('\n');
@@ -139,6 +152,37 @@ pub fn render_table(snapshot: &Snapshot) -> String {
     out.push('\n');
     out.push_str(&table(&rows));
     out
+}
+
+/// `ironic-api 127.0.0.1:6385  ESTABLISHED 3  CLOSE_WAIT 8 (oldest 14m)  connects 112 refused 0 timeouts 2`
+pub fn endpoint_line(endpoint: &EndpointSummary) -> String {
+    let mut line = format!(
+        "{} {}",
+        endpoint.label.as_deref().unwrap_or("-"),
+        endpoint.endpoint
+    );
+    for (state, n) in &endpoint.states {
+        let _ = write!(line, "  {state} {n}");
+        if state == "CLOSE_WAIT"
+            && let Some(age) = endpoint.oldest_close_wait_s
+        {
+            let _ = write!(line, " (oldest {})", short_age(age));
+        }
+    }
+    if let Some(h) = &endpoint.health {
+        let _ = write!(
+            line,
+            "  connects {} refused {} timeouts {}",
+            h.connects, h.refused, h.timeouts
+        );
+        if h.errors > 0 {
+            let _ = write!(line, " errors {}", h.errors);
+        }
+        if let Some(p50) = h.latency_p50_ms {
+            let _ = write!(line, " (p50 ≤{p50}ms)");
+        }
+    }
+    line
 }
 
 #[cfg(test)]

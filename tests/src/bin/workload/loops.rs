@@ -1,7 +1,7 @@
 //! Tight syscall loops for the benchmarks, and a slow steady leak for the demo.
 
 use std::{
-    net::{Shutdown, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::IntoRawFd,
     thread,
     time::{Duration, Instant},
@@ -36,19 +36,60 @@ fn one(kind: &str) {
     }
 }
 
+/// One TCP connection to a local server that accepts and closes. The
+/// client closes with SO_LINGER 0 (a reset): TIME_WAIT sockets would
+/// otherwise pile up and make port allocation, not the probes, the cost.
+fn tcp_cycle(server: SocketAddr) {
+    let stream = TcpStream::connect(server).unwrap();
+    nix::sys::socket::setsockopt(
+        &stream,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(stream);
+}
+
 /// Runs `ops` iterations of `kind` after a `go` line; reports ns per op.
+/// `tcp:PORT` connects to a [`tcp_server`] on PORT and closes.
 pub fn bench(kind: &str, ops: u64, commands: &mut impl Iterator<Item = String>) {
     crate::say(json!({"event": "started", "pid": std::process::id()}));
     commands.next();
-    for _ in 0..ops / 20 {
-        one(kind); // warm-up
-    }
+    // A parsed address: a host string would cost a getaddrinfo per connect.
+    let server: Option<SocketAddr> = kind
+        .strip_prefix("tcp:")
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p.parse().expect("tcp:PORT"))));
+    let run = |n: u64| {
+        for _ in 0..n {
+            match server {
+                Some(server) => tcp_cycle(server),
+                None => one(kind),
+            }
+        }
+    };
+    run(ops / 20); // warm-up
     let started = Instant::now();
-    for _ in 0..ops {
-        one(kind);
-    }
+    run(ops);
     let ns = started.elapsed().as_nanos() as f64 / ops as f64;
     crate::say(json!({"event": "done", "kind": kind, "ops": ops, "ns_per_op": ns}));
+}
+
+/// Accepts connections and closes them at once, forever (the other end of
+/// the `tcp:PORT` loop, in a process of its own so it can go unwatched).
+pub fn tcp_server() -> ! {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A deep accept queue: an overflow drops a SYN and costs the client a
+    // one-second retransmission, which would swamp the measurement.
+    // SAFETY: listen(2) again on our own listening socket.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+    crate::say(json!({"event": "ready", "port": listener.local_addr().unwrap().port()}));
+    for stream in listener.incoming() {
+        drop(stream);
+    }
+    unreachable!()
 }
 
 /// The demo's leak: every second a file and a socket whose peer hangs up

@@ -3,14 +3,18 @@
 //!   bulk F P T C U  F files, P pipes, T TCP pairs, C CLOSE_WAIT sockets, U unix pairs
 //!   flood N        after a `go` line: N eventfds at once plus N open/close pairs
 //!   loop KIND N    after a `go` line: N iterations of a syscall loop, ns per op
+//!   tcp-server     accept and close connections forever (the loop's peer)
 //!   leak           a file, a CLOSE_WAIT socket each second, a stuck thread every fifth
+//!   serve          nothing but the commands below
 //! It prints one JSON line per event on stdout and then obeys commands on
-//! stdin: `exec`, `emfile`, `unhooked`, `exit`.
+//! stdin: `exec`, `emfile`, `unhooked`, `exit`, and for sockets `connect ADDR
+//! [plain|nonblock|syncnt1]`, `close FD`, `share FD`, `churn N KEEP`.
 
 mod bulk;
 mod kinds;
 mod loops;
 mod raw;
+mod sockets;
 
 use std::{
     io::{BufRead, Write},
@@ -28,6 +32,18 @@ fn say(value: serde_json::Value) {
 /// Obeys commands until `exit` or end of input.
 fn serve(commands: &mut impl Iterator<Item = String>) {
     for command in commands {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let number = |i: usize| words.get(i).and_then(|w| w.parse().ok()).unwrap_or(0);
+        match words.first().copied().unwrap_or("") {
+            "connect" => sockets::connect_to(
+                words.get(1).copied().unwrap_or(""),
+                words.get(2).copied().unwrap_or("plain"),
+            ),
+            "close" => sockets::close(number(1)),
+            "share" => sockets::share(number(1)),
+            "churn" => sockets::churn(number(1) as usize, number(2) as usize),
+            _ => {}
+        }
         match command.trim() {
             "exit" => std::process::exit(0),
             // Re-exec through argv[0] (the test's symlink) to keep the comm.
@@ -38,6 +54,10 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             }
             "emfile" => emfile(),
             "unhooked" => unhooked(),
+            other
+                if ["connect", "close", "share", "churn"]
+                    .iter()
+                    .any(|c| other.starts_with(c)) => {}
             other => panic!("unknown command {other:?}"),
         }
     }
@@ -140,6 +160,10 @@ fn main() {
             );
             serve(&mut commands);
         }
+        Some("serve") => {
+            say(json!({"event": "ready", "pid": std::process::id()}));
+            serve(&mut commands);
+        }
         Some("flood") => {
             raise_nofile();
             // Flood only once the test knows the daemon watches us.
@@ -153,6 +177,7 @@ fn main() {
             loops::bench(kind, number(3, 100_000) as u64, &mut commands);
         }
         Some("leak") => loops::leak(),
+        Some("tcp-server") => loops::tcp_server(),
         other => panic!("unknown mode {other:?}"),
     }
 }

@@ -1,0 +1,125 @@
+//! Wire types of the socket probes.
+
+use crate::EventHeader;
+
+/// TCP_CLOSE, TCP_SYN_SENT and TCP_ESTABLISHED (include/net/tcp_states.h).
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_CLOSE: u8 = 7;
+
+/// A TCP connection's addresses: the key of TUPLES. IPv4
+/// addresses sit in the first 4 bytes of the 16; ports are host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// Who holds a watched socket: the process and fd that created it (or that
+/// user space found holding it), and the socket's inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOwner {
+    pub tgid: u32,
+    pub fd: u32,
+    pub inode: u64,
+}
+
+/// A TCP state change or error report of a watched socket. `header.tgid`
+/// is the owner from SOCKS (the current task is often a softirq's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockEvent {
+    pub header: EventHeader,
+    /// The owner's inode of the socket (0 when the owner is known by fd only).
+    pub inode: u64,
+    pub skaddr: u64,
+    /// The owner's fd.
+    pub fd: u32,
+    /// SockError: the errno the kernel reported; SockState: 0.
+    pub error: i32,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub _pad: [u8; 6],
+    pub tuple: Tuple,
+}
+
+/// connect() as the calling thread saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub header: EventHeader,
+    /// sys_enter time; `header.ts_ns` is sys_exit.
+    pub enter_ns: u64,
+    pub fd: u32,
+    /// 0, or -errno (-EINPROGRESS for a non-blocking connect under way).
+    pub ret: i32,
+    /// sa_family of the address passed (AF_INET, AF_INET6, AF_UNIX, ...).
+    pub family: u16,
+    /// Port, host order (0 for non-IP families).
+    pub port: u16,
+    pub _pad: u32,
+    /// IPv4 in the first 4 bytes; unused for other families.
+    pub addr: [u8; 16],
+}
+
+/// Struct member offsets for the fd -> socket walk, read by user space from
+/// the kernel's BTF (Rust probes cannot emit CO-RE relocations). All zero
+/// means unknown: the probes then skip the walk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub file_f_inode: u32,
+    pub inode_i_ino: u32,
+    pub socket_sk: u32,
+    /// Offset of the address family in struct sock (sock_common.skc_family).
+    pub sock_family: u32,
+    /// Offset of the TCP state in struct sock (sock_common.skc_state).
+    pub sock_state: u32,
+    /// struct sock: sk_protocol (u16) and sk_err (int).
+    pub sock_protocol: u32,
+    pub sock_err: u32,
+    /// Addresses in struct sock (sock_common): IPv4 remote and local,
+    /// remote port (network order), local port (host order), IPv6 addresses.
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+}
+
+impl SockOffsets {
+    pub const GLOBAL: &str = "SOCK_OFFSETS";
+
+    pub const fn known(&self) -> bool {
+        self.task_files != 0 && self.file_private_data != 0 && self.socket_sk != 0
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 16);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 24 + 32 + 40);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 24 + 24 + 16);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 68);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: #[repr(C)], Copy, integers and integer arrays with explicit
+    // padding only: every bit pattern is valid.
+    unsafe impl aya::Pod for Tuple {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockOffsets {}
+}

@@ -1,0 +1,104 @@
+//! Kernel structs read at offsets user space took from the kernel's BTF
+//! (Rust probes cannot emit CO-RE relocations): from an fd of the current
+//! task to its struct sock and inode, and a socket's addresses.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use monitor_common::{SockOwner, Tuple};
+
+use crate::maps::{SOCKS, sock_offsets};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+/// A socket found behind an fd.
+pub struct FoundSock {
+    pub sk: u64,
+    pub inode: u64,
+}
+
+#[inline(always)]
+pub fn read<T>(at: u64) -> Option<T> {
+    // SAFETY: a probe read: a bad address makes it fail, it never faults.
+    unsafe { bpf_probe_read_kernel(at as *const T) }.ok()
+}
+
+/// current->files->fdt->fd[fd]->private_data->sk, and the file's inode number.
+#[inline(always)]
+pub fn socket_of(fd: u32) -> Option<FoundSock> {
+    let off = sock_offsets();
+    if !off.known() {
+        return None;
+    }
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task + off.task_files as u64)?;
+    let fdt: u64 = read(files + off.files_fdt as u64)?;
+    let fd_array: u64 = read(fdt + off.fdt_fd as u64)?;
+    let file: u64 = read(fd_array + (fd as u64) * 8)?;
+    let socket: u64 = read(file + off.file_private_data as u64)?;
+    let sk: u64 = read(socket + off.socket_sk as u64)?;
+    let inode_ptr: u64 = read(file + off.file_f_inode as u64)?;
+    let inode: u64 = read(inode_ptr + off.inode_i_ino as u64)?;
+    (sk != 0).then_some(FoundSock { sk, inode })
+}
+
+/// A socket's address family and TCP state.
+#[inline(always)]
+pub fn family_and_state(sk: u64) -> (u16, u8) {
+    let off = sock_offsets();
+    (
+        read(sk + off.sock_family as u64).unwrap_or(0),
+        read(sk + off.sock_state as u64).unwrap_or(0),
+    )
+}
+
+/// The socket's connection, as the kernel's tracepoints would print it.
+#[inline(always)]
+pub fn tuple_of(sk: u64) -> Option<Tuple> {
+    let off = sock_offsets();
+    let family: u16 = read(sk + off.sock_family as u64)?;
+    let dport: u16 = read(sk + off.skc_dport as u64)?;
+    let mut tuple = Tuple {
+        family,
+        sport: read(sk + off.skc_num as u64)?,
+        dport: u16::from_be(dport),
+        ..Tuple::default()
+    };
+    if family == AF_INET {
+        let saddr: [u8; 4] = read(sk + off.skc_rcv_saddr as u64)?;
+        let daddr: [u8; 4] = read(sk + off.skc_daddr as u64)?;
+        tuple.saddr[..4].copy_from_slice(&saddr);
+        tuple.daddr[..4].copy_from_slice(&daddr);
+    } else if family == AF_INET6 {
+        tuple.saddr = read(sk + off.skc_v6_rcv_saddr as u64)?;
+        tuple.daddr = read(sk + off.skc_v6_daddr as u64)?;
+    } else {
+        return None;
+    }
+    Some(tuple)
+}
+
+/// Remembers a TCP socket of a watched process so that its state changes,
+/// which mostly happen in softirq context, find their owner. Returns the
+/// socket's inode and TCP state (0, 0 when the walk is not possible). Only
+/// TCP: the kernel forgets the entry when it destroys a TCP socket
+/// (tcp_destroy_sock), so a freed sock's address can never be mistaken for a
+/// new socket's.
+#[inline(always)]
+pub fn remember(tgid: u32, fd: u32) -> (u64, u8) {
+    let Some(found) = socket_of(fd) else {
+        return (0, 0);
+    };
+    let (family, state) = family_and_state(found.sk);
+    let protocol: u16 = read(found.sk + sock_offsets().sock_protocol as u64).unwrap_or(0);
+    if (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP {
+        let owner = SockOwner {
+            tgid,
+            fd,
+            inode: found.inode,
+        };
+        let _ = SOCKS.insert(found.sk, owner, 0);
+    }
+    (found.inode, state)
+}

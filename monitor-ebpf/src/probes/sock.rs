@@ -1,0 +1,150 @@
+//! TCP state changes, error reports and ends of watched sockets, and
+//! connect outcomes.
+//!
+//! The socket tracepoints fire for every TCP socket on the host, often in
+//! softirq context (the FIN that moves a socket to CLOSE_WAIT), so the
+//! current task says nothing about the owner. BTF tracepoints hand the
+//! programs the struct sock itself: it is looked up in SOCKS (filled at
+//! socket()/accept() in process context), then, for connections opened
+//! before the probes could see them, in TUPLES by address.
+
+use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::btf_tracepoint, programs::BtfTracePointContext};
+use monitor_common::{
+    ConnectEvent, EventKind, PendingSyscall, SockEvent, SockOwner, Tuple, config_flags, syscalls as nr,
+};
+
+use super::fdtable::{read, tuple_of};
+use crate::{
+    emit::{header, reserve, submit},
+    maps::{SOCKS, TUPLES, config, sock_offsets},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// The watched owner of `sk`, if it has one.
+#[inline(always)]
+fn owner(sk: u64) -> Option<SockOwner> {
+    // SAFETY: the value is copied out at once.
+    if let Some(owner) = unsafe { SOCKS.get(sk) } {
+        return Some(*owner);
+    }
+    // Only when user space seeded connections does an unknown socket need
+    // its addresses read (most sockets on the host are not ours).
+    if config().flags & config_flags::TUPLES_SEEDED == 0 {
+        return None;
+    }
+    let tuple = tuple_of(sk)?;
+    // SAFETY: copied out at once.
+    let owner = unsafe { TUPLES.get(tuple) }.copied()?;
+    let _ = TUPLES.remove(tuple);
+    let _ = SOCKS.insert(sk, owner, 0);
+    Some(owner)
+}
+
+fn ship(kind: EventKind, owner: &SockOwner, sk: u64, oldstate: u8, newstate: u8, error: i32, tuple: Tuple) {
+    if let Some(mut entry) = reserve::<SockEvent>(kind) {
+        let mut head = header(kind, monitor_common::NO_SYSCALL);
+        head.tgid = owner.tgid;
+        entry.write(SockEvent {
+            header: head,
+            inode: owner.inode,
+            skaddr: sk,
+            fd: owner.fd,
+            error,
+            oldstate,
+            newstate,
+            _pad: [0; 6],
+            tuple,
+        });
+        submit(entry);
+    }
+}
+
+/// tp_btf/inet_sock_set_state(sk, oldstate, newstate).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(owner) = owner(sk) else {
+        return 0;
+    };
+    let (oldstate, newstate): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    let tuple = tuple_of(sk).unwrap_or_default();
+    ship(
+        EventKind::SockState,
+        &owner,
+        sk,
+        oldstate as u8,
+        newstate as u8,
+        0,
+        tuple,
+    );
+    0
+}
+
+/// tp_btf/inet_sk_error_report(sk): refused, timed out, unreachable, reset.
+/// The kernel reports it after it moved the socket to CLOSE.
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn sock_error_report(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    // SAFETY: copied out at once.
+    let Some(owner) = (unsafe { SOCKS.get(sk) }).copied() else {
+        return 0;
+    };
+    let error: i32 = read(sk + sock_offsets().sock_err as u64).unwrap_or(0);
+    let (family, state) = super::fdtable::family_and_state(sk);
+    let tuple = if family == AF_INET || family == AF_INET6 {
+        tuple_of(sk).unwrap_or_default()
+    } else {
+        Tuple::default()
+    };
+    ship(EventKind::SockError, &owner, sk, state, state, error, tuple);
+    0
+}
+
+/// tp_btf/tcp_destroy_sock(sk): the sock is about to be freed, so its
+/// address may soon belong to another socket.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn sock_destroy(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let _ = SOCKS.remove(sk);
+    0
+}
+
+/// sys_exit of connect(): the outcome, how long the call took and the
+/// address asked for (read back from user memory, still valid at exit).
+#[inline(always)]
+pub fn connect_done(pending: &PendingSyscall, ret: i64) {
+    let [fd, user_addr, addr_len, _] = pending.args;
+    let mut raw = [0u8; 24];
+    let len = (addr_len as usize).min(raw.len());
+    // SAFETY: user memory the kernel just read; a fault makes the read fail.
+    if unsafe { bpf_probe_read_user_buf(user_addr as *const u8, &mut raw[..len]) }.is_err() {
+        return;
+    }
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&raw[4..8]);
+    } else if family == AF_INET6 && len >= 24 {
+        addr.copy_from_slice(&raw[8..24]);
+    }
+    if let Some(mut entry) = reserve::<ConnectEvent>(EventKind::Connect) {
+        entry.write(ConnectEvent {
+            header: header(EventKind::Connect, nr::CONNECT),
+            enter_ns: pending.enter_ns,
+            fd: fd as u32,
+            ret: ret as i32,
+            family,
+            port: if family == AF_INET || family == AF_INET6 {
+                port
+            } else {
+                0
+            },
+            _pad: 0,
+            addr,
+        });
+        submit(entry);
+    }
+}

@@ -1,0 +1,169 @@
+//! fd events: creation, release, failures, fds received by SCM_RIGHTS.
+
+use monitor_common::{EventHeader, FdEvent, NO_FD, syscalls as nr};
+
+use super::{Birth, FAILURES_KEPT, FailedSyscall, FdEntry, FollowUp, Ledger, Origin};
+use crate::{
+    engine::cmsg,
+    fdkind::{self, FdKind},
+};
+
+impl Ledger {
+    pub(super) fn fd_open(&mut self, event: &FdEvent) {
+        let h = &event.header;
+        let (Some(process), counters) = self.process_mut(h.tgid) else {
+            return;
+        };
+        let source = (event.source_fd != NO_FD)
+            .then(|| process.fds.get(&event.source_fd))
+            .flatten()
+            .copied();
+        let guess = fdkind::from_syscall(h.syscall, event.detail, source.map(|s| s.kind));
+        let inode = if event.inode != 0 {
+            event.inode
+        } else {
+            source.map_or(0, |s| s.inode)
+        };
+        let entry = FdEntry {
+            kind: guess.kind,
+            provisional: guess.provisional || source.is_some_and(|s| s.provisional),
+            birth: Birth {
+                ts_ns: h.ts_ns,
+                tid: h.tid,
+                thread: process.thread_name(h.tid),
+                syscall: h.syscall,
+                origin: Origin::Syscall,
+            },
+            source_fd: event.source_fd,
+            inode,
+        };
+        let is_dup_onto = matches!(h.syscall, nr::DUP2 | nr::DUP3);
+        let mut released = Vec::new();
+        for fd in [event.fd, event.fd2] {
+            if fd == NO_FD {
+                continue;
+            }
+            process.touch(fd);
+            counters.fds_opened += 1;
+            let (old, let_go) = process.fds.insert(fd, entry);
+            released.extend(let_go);
+            if let Some(old) = old {
+                if is_dup_onto {
+                    counters.replaced_by_dup += 1;
+                } else if !old.birth.origin.is_unseen() {
+                    counters.missed_releases += 1;
+                }
+            }
+        }
+        if inode != 0 {
+            let socket = self.socket_entry(inode, h.tgid, h.ts_ns);
+            // The probes put inet sockets they walked to into SOCKS.
+            socket.kernel_seen |= event.inode != 0 && entry.kind == FdKind::SocketTcp;
+            let accepted_state = event.detail as u8;
+            if matches!(h.syscall, nr::ACCEPT | nr::ACCEPT4) && accepted_state != 0 && socket.state.is_none()
+            {
+                // Its handshake finished in softirq before accept(): the
+                // state is known, the moment it was entered is not.
+                socket.state = Some(accepted_state);
+                socket.state_since_ns = h.ts_ns;
+                socket.state_seen = false;
+            }
+        }
+        for inode in released {
+            self.release_socket(inode);
+        }
+    }
+
+    pub(super) fn fd_close(&mut self, h: &EventHeader, fd: u32) {
+        let (Some(process), counters) = self.process_mut(h.tgid) else {
+            return;
+        };
+        process.touch(fd);
+        let (old, released) = process.fds.remove(&fd);
+        if old.is_some() {
+            counters.fds_closed += 1;
+        } else {
+            counters.unknown_closes += 1;
+        }
+        if let Some(inode) = released {
+            self.release_socket(inode);
+        }
+    }
+
+    pub(super) fn fd_close_range(&mut self, h: &EventHeader, first: u32, last: u32) {
+        let (Some(process), counters) = self.process_mut(h.tgid) else {
+            return;
+        };
+        let closing: Vec<u32> = process
+            .fds
+            .keys()
+            .copied()
+            .filter(|fd| (first..=last).contains(fd))
+            .collect();
+        for fd in &closing {
+            process.touch(*fd);
+        }
+        counters.fds_closed += closing.len() as u64;
+        let released = process.fds.retain(|fd, _| !(first..=last).contains(fd));
+        for inode in released {
+            self.release_socket(inode);
+        }
+    }
+
+    pub(super) fn fd_failed(&mut self, event: &FdEvent) {
+        let h = &event.header;
+        let (Some(process), counters) = self.process_mut(h.tgid) else {
+            return;
+        };
+        if process.failures.len() == FAILURES_KEPT {
+            process.failures.pop_front();
+        }
+        process.failures.push_back(FailedSyscall {
+            ts_ns: h.ts_ns,
+            tid: h.tid,
+            syscall: h.syscall,
+            errno: event.detail,
+        });
+        process.failures_total += 1;
+        counters.failed_syscalls += 1;
+    }
+
+    pub(super) fn fds_received(&mut self, h: &EventHeader, control_len: u32, control: &[u8]) -> FollowUp {
+        let (Some(process), counters) = self.process_mut(h.tgid) else {
+            return FollowUp::None;
+        };
+        let (fds, complete) = cmsg::received_fds(control, control_len);
+        let birth = Birth {
+            ts_ns: h.ts_ns,
+            tid: h.tid,
+            thread: process.thread_name(h.tid),
+            syscall: h.syscall,
+            origin: Origin::ScmRights,
+        };
+        let mut released = Vec::new();
+        for fd in fds {
+            process.touch(fd);
+            let entry = FdEntry {
+                kind: FdKind::Other,
+                provisional: true,
+                birth,
+                source_fd: NO_FD,
+                inode: 0,
+            };
+            let (old, let_go) = process.fds.insert(fd, entry);
+            released.extend(let_go);
+            if old.is_some_and(|old| !old.birth.origin.is_unseen()) {
+                counters.missed_releases += 1;
+            }
+            counters.fds_received += 1;
+        }
+        for inode in released {
+            self.release_socket(inode);
+        }
+        if complete {
+            FollowUp::None
+        } else {
+            FollowUp::Reconcile(h.tgid)
+        }
+    }
+}

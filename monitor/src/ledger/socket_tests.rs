@@ -1,0 +1,250 @@
+//! The socket table on synthetic event timelines.
+
+use std::net::SocketAddr;
+
+use monitor_common::{
+    ConnectEvent, EventHeader, EventKind, FdEvent, NO_FD, NO_SYSCALL, SockEvent, TCP_CLOSE, TCP_ESTABLISHED,
+    TCP_SYN_SENT, TaskEvent, Tuple, socket_detail, syscalls as nr,
+};
+
+use super::{sockets::ConnectOutcome, *};
+use crate::{
+    engine::decode::Event,
+    sockdiag::{Protocol, SocketInfo, SocketTable},
+};
+
+const PID: u32 = 300;
+const INODE: u64 = 4242;
+const MS: u64 = 1_000_000;
+
+fn ledger() -> Ledger {
+    let mut ledger = Ledger::default();
+    ledger.watch(Process::new(
+        PID,
+        "nova-compute".into(),
+        vec![],
+        1,
+        WatchReason::Pid,
+        1,
+    ));
+    ledger
+}
+
+fn header(kind: EventKind, syscall: u32, ts_ns: u64) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        syscall,
+        tgid: PID,
+        tid: PID,
+        ts_ns,
+    }
+}
+
+fn open_socket(ledger: &mut Ledger, fd: u32, syscall: u32, detail: u32) {
+    let event = FdEvent {
+        header: header(EventKind::FdOpen, syscall, 0),
+        fd,
+        fd2: NO_FD,
+        source_fd: NO_FD,
+        detail,
+        inode: INODE,
+    };
+    ledger.apply(&Event::Fd(EventKind::FdOpen, event));
+}
+
+fn tuple() -> Tuple {
+    sockets::tuple_of("127.0.0.1:40000", "127.0.0.1:6385").unwrap()
+}
+
+fn state(ledger: &mut Ledger, old: u8, new: u8, ts_ns: u64) {
+    let event = SockEvent {
+        header: header(EventKind::SockState, NO_SYSCALL, ts_ns),
+        inode: INODE,
+        skaddr: 1,
+        fd: 5,
+        error: 0,
+        oldstate: old,
+        newstate: new,
+        _pad: [0; 6],
+        tuple: tuple(),
+    };
+    ledger.apply(&Event::Sock(EventKind::SockState, event));
+}
+
+fn error(ledger: &mut Ledger, errno: i32) {
+    let event = SockEvent {
+        header: header(EventKind::SockError, NO_SYSCALL, 0),
+        inode: INODE,
+        error: errno,
+        oldstate: TCP_SYN_SENT,
+        newstate: TCP_SYN_SENT,
+        tuple: tuple(),
+        ..SockEvent::default()
+    };
+    ledger.apply(&Event::Sock(EventKind::SockError, event));
+}
+
+fn ironic(ledger: &Ledger) -> &sockets::EndpointStats {
+    let remote: SocketAddr = "127.0.0.1:6385".parse().unwrap();
+    &ledger.processes[&PID].endpoints[&remote]
+}
+
+fn outcome(ledger: &Ledger) -> ConnectOutcome {
+    ledger.sockets[&INODE].connect.as_ref().unwrap().outcome
+}
+
+#[test]
+fn a_connect_is_counted_with_its_latency() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    assert!(ledger.sockets[&INODE].kernel_seen);
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 10 * MS);
+    state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 12 * MS);
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.established, stats.refused), (1, 1, 0));
+    assert_eq!(stats.latency.count, 1);
+    assert_eq!(outcome(&ledger), ConnectOutcome::Established { latency_ms: 2.0 });
+    let entry = &ledger.sockets[&INODE];
+    assert_eq!(
+        (entry.state, entry.state_since_ns, entry.state_seen),
+        (Some(TCP_ESTABLISHED), 12 * MS, true)
+    );
+}
+
+#[test]
+fn a_refusal_reported_after_close_is_a_refusal() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 10 * MS);
+    // The kernel closes the socket first, then reports the error.
+    state(&mut ledger, TCP_SYN_SENT, TCP_CLOSE, 11 * MS);
+    assert_eq!(outcome(&ledger), ConnectOutcome::InProgress);
+    error(&mut ledger, 111);
+    assert_eq!(outcome(&ledger), ConnectOutcome::Refused);
+    ledger.settle_connects(u64::MAX, 0);
+    let stats = ironic(&ledger);
+    assert_eq!(
+        (stats.connects, stats.refused, stats.timeouts),
+        (1, 1, 0),
+        "counted once"
+    );
+}
+
+#[test]
+fn a_connect_closed_without_error_is_abandoned_after_the_grace_period() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 10 * MS);
+    state(&mut ledger, TCP_SYN_SENT, TCP_CLOSE, 20 * MS);
+    ledger.settle_connects(20 * MS + 500 * MS, 1000 * MS);
+    assert_eq!(
+        outcome(&ledger),
+        ConnectOutcome::InProgress,
+        "still within the grace period"
+    );
+    ledger.settle_connects(20 * MS + 1000 * MS, 1000 * MS);
+    assert_eq!(outcome(&ledger), ConnectOutcome::Abandoned);
+    assert_eq!(ironic(&ledger).timeouts, 1);
+}
+
+#[test]
+fn a_failure_before_any_syn_is_counted_from_connect() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    let event = ConnectEvent {
+        header: header(EventKind::Connect, nr::CONNECT, 5 * MS),
+        enter_ns: 4 * MS,
+        fd: 5,
+        ret: -101, // ENETUNREACH
+        family: 2,
+        port: 6385,
+        _pad: 0,
+        addr: tuple().daddr,
+    };
+    ledger.apply(&Event::Connect(event));
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.errors), (1, 1));
+}
+
+#[test]
+fn an_accepted_socket_arrives_established_but_not_seen_entering() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 7, nr::ACCEPT4, TCP_ESTABLISHED as u32);
+    let entry = &ledger.sockets[&INODE];
+    assert_eq!((entry.state, entry.state_seen), (Some(TCP_ESTABLISHED), false));
+}
+
+#[test]
+fn a_shared_socket_leaves_with_its_last_holder() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    let dup = FdEvent {
+        header: header(EventKind::FdOpen, nr::DUP, 0),
+        fd: 6,
+        fd2: NO_FD,
+        source_fd: 5,
+        detail: 0,
+        inode: 0,
+    };
+    ledger.apply(&Event::Fd(EventKind::FdOpen, dup));
+    assert_eq!(
+        ledger.processes[&PID].fds[&6].inode, INODE,
+        "a dup holds the same socket"
+    );
+    let fork = TaskEvent {
+        header: header(EventKind::TaskNew, NO_SYSCALL, 0),
+        pid: PID + 1,
+        flags: 0,
+        comm: comm_from("child"),
+    };
+    ledger.apply(&Event::Task(EventKind::TaskNew, fork));
+    for fd in [5, 6] {
+        let close = FdEvent {
+            header: header(EventKind::FdClose, nr::CLOSE, 0),
+            fd,
+            ..FdEvent::default()
+        };
+        ledger.apply(&Event::Fd(EventKind::FdClose, close));
+    }
+    assert!(ledger.sockets.contains_key(&INODE), "the child still holds it");
+    ledger.forget(PID + 1);
+    assert!(!ledger.sockets.contains_key(&INODE));
+}
+
+#[test]
+fn sock_diag_fixes_states_and_names_connections_the_kernel_has_not_seen() {
+    let mut ledger = ledger();
+    let scan = Scan {
+        fds: vec![crate::proc::FdLink {
+            fd: 9,
+            target: format!("socket:[{INODE}]"),
+        }],
+        threads: vec![],
+    };
+    ledger.apply_scan(PID, &scan, Origin::BeforeStart, 1, |_, _| {
+        crate::fdkind::FdKind::SocketTcp
+    });
+    let mut table = SocketTable::default();
+    table.by_inode.insert(
+        INODE,
+        SocketInfo {
+            protocol: Protocol::Tcp,
+            inode: INODE,
+            state: "CLOSE_WAIT".into(),
+            local: "127.0.0.1:40000".into(),
+            remote: "127.0.0.1:6385".into(),
+            unix_type: None,
+            peer_inode: None,
+        },
+    );
+    let (fixes, unseen) = ledger.apply_sock_diag(&table, 50);
+    assert_eq!(fixes.states_fixed, 0, "a first state is not a fix");
+    assert_eq!(unseen, vec![(INODE, tuple())]);
+    let entry = &ledger.sockets[&INODE];
+    assert_eq!((entry.state, entry.state_seen), (Some(8), false));
+    assert_eq!(ledger.holder_of(INODE), Some((PID, 9)));
+
+    table.by_inode.get_mut(&INODE).unwrap().state = "LAST_ACK".into();
+    let (fixes, _) = ledger.apply_sock_diag(&table, 60);
+    assert_eq!(fixes.states_fixed, 1);
+}

@@ -1,0 +1,426 @@
+//! Sockets of watched processes: TCP state with the time it was entered,
+//! connect attempts and their outcome, and per-endpoint connection health.
+//!
+//! Keyed by inode, the one identity the kernel events (through SOCKS),
+//! /proc (`socket:[N]`) and sock_diag share. A socket may be held by several
+//! processes (fork, dup, SCM_RIGHTS); it leaves the table with its last fd.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use monitor_common::{ConnectEvent, SockEvent, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT, Tuple};
+use serde::{Deserialize, Serialize};
+
+use super::Ledger;
+use crate::sockdiag::SocketTable;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const ECONNREFUSED: i32 = 111;
+const ETIMEDOUT: i32 = 110;
+const EINPROGRESS: i32 = 115;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SocketEntry {
+    /// The process whose endpoint statistics its connects count in.
+    pub owner_pid: u32,
+    pub tuple: Option<Tuple>,
+    /// TCP state number, when known.
+    pub state: Option<u8>,
+    pub state_since_ns: u64,
+    /// The transition into `state` was seen; else the socket was first seen in it then.
+    pub state_seen: bool,
+    /// The kernel knows its struct sock (state changes will arrive as events).
+    pub kernel_seen: bool,
+    pub connect: Option<ConnectRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectRecord {
+    pub remote: SocketAddr,
+    pub started_ns: u64,
+    pub outcome: ConnectOutcome,
+    /// connect() returned EINPROGRESS: the outcome came later.
+    pub nonblocking: bool,
+    /// When it went from SYN_SENT to CLOSE with no verdict yet: the error
+    /// report (refused, timed out) follows that transition, so the verdict
+    /// "abandoned" waits a grace period (see [`Ledger::settle_connects`]).
+    pub closed_ns: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum ConnectOutcome {
+    InProgress,
+    Established {
+        latency_ms: f64,
+    },
+    Refused,
+    TimedOut,
+    /// Closed by the application while connecting: its own connect timeout.
+    Abandoned,
+    Failed {
+        errno: i32,
+    },
+}
+
+/// Upper bounds of the connect latency buckets, in milliseconds.
+pub const LATENCY_BUCKETS_MS: [f64; 16] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Counts per bucket of [`LATENCY_BUCKETS_MS`], then one for larger values.
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_ms: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, ms: f64) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; LATENCY_BUCKETS_MS.len() + 1];
+        }
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum_ms += ms;
+    }
+
+    /// The bucket bound under which a fraction `q` of observations fall.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let want = (q * self.count as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Some(LATENCY_BUCKETS_MS.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        None
+    }
+}
+
+/// Connection health towards one remote address.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointStats {
+    pub connects: u64,
+    pub established: u64,
+    pub refused: u64,
+    pub timeouts: u64,
+    pub errors: u64,
+    pub latency: Histogram,
+}
+
+impl EndpointStats {
+    fn count(&mut self, outcome: ConnectOutcome) {
+        match outcome {
+            ConnectOutcome::InProgress => {}
+            ConnectOutcome::Established { latency_ms } => {
+                self.established += 1;
+                self.latency.observe(latency_ms);
+            }
+            ConnectOutcome::Refused => self.refused += 1,
+            ConnectOutcome::TimedOut | ConnectOutcome::Abandoned => self.timeouts += 1,
+            ConnectOutcome::Failed { .. } => self.errors += 1,
+        }
+    }
+}
+
+/// How a connect attempt ended, before it is turned into an outcome.
+enum Verdict {
+    EstablishedAt(u64),
+    /// SYN_SENT -> CLOSE and no error reported within the grace period.
+    Closed,
+    Errno(i32),
+}
+
+fn outcome_of_errno(errno: i32) -> ConnectOutcome {
+    match errno {
+        ECONNREFUSED => ConnectOutcome::Refused,
+        ETIMEDOUT => ConnectOutcome::TimedOut,
+        other => ConnectOutcome::Failed { errno: other },
+    }
+}
+
+fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+pub fn local_of(tuple: &Tuple) -> SocketAddr {
+    SocketAddr::new(ip(tuple.family, &tuple.saddr), tuple.sport)
+}
+
+pub fn remote_of(tuple: &Tuple) -> SocketAddr {
+    SocketAddr::new(ip(tuple.family, &tuple.daddr), tuple.dport)
+}
+
+/// The kernel's tuple for a connection sock_diag reports (`ip:port` strings).
+pub fn tuple_of(local: &str, remote: &str) -> Option<Tuple> {
+    let (local, remote): (SocketAddr, SocketAddr) = (local.parse().ok()?, remote.parse().ok()?);
+    let mut tuple = Tuple {
+        sport: local.port(),
+        dport: remote.port(),
+        ..Tuple::default()
+    };
+    match (local.ip(), remote.ip()) {
+        (IpAddr::V4(l), IpAddr::V4(r)) => {
+            tuple.family = AF_INET;
+            tuple.saddr[..4].copy_from_slice(&l.octets());
+            tuple.daddr[..4].copy_from_slice(&r.octets());
+        }
+        (IpAddr::V6(l), IpAddr::V6(r)) => {
+            tuple.family = AF_INET6;
+            tuple.saddr = l.octets();
+            tuple.daddr = r.octets();
+        }
+        _ => return None,
+    }
+    Some(tuple)
+}
+
+/// What a sock_diag pass changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DiagFixes {
+    pub states_fixed: u64,
+    pub sockets_gone: u64,
+}
+
+impl Ledger {
+    /// The entry of a socket a process holds, created on first sight.
+    pub fn socket_entry(&mut self, inode: u64, owner_pid: u32, now_ns: u64) -> &mut SocketEntry {
+        self.sockets.entry(inode).or_insert_with(|| SocketEntry {
+            owner_pid,
+            tuple: None,
+            state: None,
+            state_since_ns: now_ns,
+            state_seen: false,
+            kernel_seen: false,
+            connect: None,
+        })
+    }
+
+    /// Drops a socket no watched process holds any more.
+    pub(super) fn release_socket(&mut self, inode: u64) {
+        if !self.processes.values().any(|p| p.fds.holds_socket(inode)) {
+            self.sockets.remove(&inode);
+        }
+    }
+
+    fn endpoint(&mut self, pid: u32, remote: SocketAddr) -> Option<&mut EndpointStats> {
+        let process = self.processes.get_mut(&pid)?;
+        Some(process.endpoints.entry(remote).or_default())
+    }
+
+    /// A state change of a watched TCP socket.
+    pub(super) fn sock_state(&mut self, event: &SockEvent) {
+        let Some(entry) = self.sockets.get_mut(&event.inode) else {
+            // Closed by its last fd already: nothing holds it.
+            self.counters.socket_events_unowned += 1;
+            return;
+        };
+        let ts = event.header.ts_ns;
+        entry.state = Some(event.newstate);
+        entry.state_since_ns = ts;
+        entry.state_seen = true;
+        entry.kernel_seen = true;
+        entry.tuple = Some(event.tuple);
+        let owner = entry.owner_pid;
+        let remote = remote_of(&event.tuple);
+        match (event.oldstate, event.newstate) {
+            (_, TCP_SYN_SENT) => {
+                entry.connect = Some(ConnectRecord {
+                    remote,
+                    started_ns: ts,
+                    outcome: ConnectOutcome::InProgress,
+                    nonblocking: false,
+                    closed_ns: None,
+                });
+                if let Some(stats) = self.endpoint(owner, remote) {
+                    stats.connects += 1;
+                }
+            }
+            (TCP_SYN_SENT, TCP_ESTABLISHED) => self.finish_connect(event.inode, Verdict::EstablishedAt(ts)),
+            (TCP_SYN_SENT, TCP_CLOSE) => {
+                if let Some(record) = entry.connect.as_mut() {
+                    record.closed_ns = Some(ts);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Settles a socket's connect attempt once (the first verdict wins:
+    /// an error report comes before the SYN_SENT -> CLOSE it causes).
+    fn finish_connect(&mut self, inode: u64, verdict: Verdict) {
+        let Some(entry) = self.sockets.get_mut(&inode) else {
+            return;
+        };
+        let owner = entry.owner_pid;
+        let Some(record) = entry
+            .connect
+            .as_mut()
+            .filter(|r| r.outcome == ConnectOutcome::InProgress)
+        else {
+            return;
+        };
+        record.outcome = match verdict {
+            Verdict::EstablishedAt(ts) => ConnectOutcome::Established {
+                latency_ms: ts.saturating_sub(record.started_ns) as f64 / 1e6,
+            },
+            Verdict::Closed => ConnectOutcome::Abandoned,
+            Verdict::Errno(errno) => outcome_of_errno(errno),
+        };
+        let (remote, outcome) = (record.remote, record.outcome);
+        if let Some(stats) = self.endpoint(owner, remote) {
+            stats.count(outcome);
+        }
+    }
+
+    /// Connects that went to CLOSE more than `grace_ns` ago with no error
+    /// reported: the application gave up (its own connect timeout).
+    pub fn settle_connects(&mut self, now_ns: u64, grace_ns: u64) {
+        let abandoned: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, e)| {
+                e.connect.as_ref().is_some_and(|r| {
+                    r.outcome == ConnectOutcome::InProgress
+                        && r.closed_ns
+                            .is_some_and(|closed| now_ns.saturating_sub(closed) >= grace_ns)
+                })
+            })
+            .map(|(inode, _)| *inode)
+            .collect();
+        for inode in abandoned {
+            self.finish_connect(inode, Verdict::Closed);
+        }
+    }
+
+    /// A connecting watched socket was refused, timed out or unreachable.
+    pub(super) fn sock_error(&mut self, event: &SockEvent) {
+        self.finish_connect(event.inode, Verdict::Errno(event.error));
+    }
+
+    /// connect() returned. Only failures before any SYN was sent (no route,
+    /// no free port) are counted here; the rest is counted from state changes.
+    pub(super) fn connect_returned(&mut self, event: &ConnectEvent) {
+        if event.family != AF_INET && event.family != AF_INET6 {
+            return;
+        }
+        let h = &event.header;
+        let Some(inode) = self
+            .processes
+            .get(&h.tgid)
+            .and_then(|p| p.fds.get(&event.fd))
+            .filter(|e| e.kind == crate::fdkind::FdKind::SocketTcp)
+            .map(|e| e.inode)
+        else {
+            return;
+        };
+        let remote = SocketAddr::new(ip(event.family, &event.addr), event.port);
+        let attempt = self
+            .sockets
+            .get(&inode)
+            .and_then(|e| e.connect.as_ref())
+            .is_some_and(|r| r.started_ns >= event.enter_ns);
+        if event.ret == -EINPROGRESS {
+            if let Some(record) = self.sockets.get_mut(&inode).and_then(|e| e.connect.as_mut()) {
+                record.nonblocking = true;
+            }
+        } else if event.ret < 0 && attempt {
+            self.finish_connect(inode, Verdict::Errno(-event.ret));
+        } else if event.ret < 0
+            && let Some(stats) = self.endpoint(h.tgid, remote)
+        {
+            stats.connects += 1;
+            stats.count(outcome_of_errno(-event.ret));
+        }
+    }
+
+    /// Brings socket states in line with sock_diag; returns the fixes and the
+    /// TCP connections the kernel has not seen yet (to seed its TUPLES map).
+    pub fn apply_sock_diag(&mut self, table: &SocketTable, now_ns: u64) -> (DiagFixes, Vec<(u64, Tuple)>) {
+        let mut fixes = DiagFixes::default();
+        let mut unseen = Vec::new();
+        for (inode, entry) in self.sockets.iter_mut() {
+            let Some(info) = table.by_inode.get(inode) else {
+                continue;
+            };
+            if info.protocol != crate::sockdiag::Protocol::Tcp {
+                continue;
+            }
+            let state = crate::sockdiag::tcp_state_number(&info.state);
+            if entry.state != state {
+                if entry.state.is_some() {
+                    fixes.states_fixed += 1;
+                }
+                entry.state = state;
+                entry.state_since_ns = now_ns;
+                entry.state_seen = false;
+            }
+            if entry.tuple.is_none() {
+                entry.tuple = tuple_of(&info.local, &info.remote);
+            }
+            if !entry.kernel_seen
+                && state != Some(crate::sockdiag::TCP_LISTEN)
+                && let Some(tuple) = entry.tuple
+            {
+                unseen.push((*inode, tuple));
+            }
+        }
+        self.counters.socket_states_fixed += fixes.states_fixed;
+        (fixes, unseen)
+    }
+
+    /// Socket inodes the ledger holds, for the kernel maps' garbage collection.
+    pub fn socket_inodes(&self) -> HashMap<u64, u32> {
+        self.sockets
+            .iter()
+            .map(|(inode, e)| (*inode, e.owner_pid))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_bucket_bounds() {
+        let mut h = Histogram::default();
+        for ms in [0.05, 0.3, 0.3, 0.9, 40.0] {
+            h.observe(ms);
+        }
+        assert_eq!(h.count, 5);
+        assert_eq!(h.quantile_ms(0.5), Some(0.5));
+        assert_eq!(h.quantile_ms(0.99), Some(50.0));
+        h.observe(1e6);
+        assert_eq!(h.quantile_ms(1.0), Some(f64::INFINITY));
+        assert_eq!(Histogram::default().quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn tuples_round_trip_through_addresses() {
+        let tuple = tuple_of("127.0.0.1:40000", "10.0.0.2:6385").unwrap();
+        assert_eq!(local_of(&tuple).to_string(), "127.0.0.1:40000");
+        assert_eq!(remote_of(&tuple).to_string(), "10.0.0.2:6385");
+        let v6 = tuple_of("[::1]:1", "[fe80::1]:2").unwrap();
+        assert_eq!(remote_of(&v6).to_string(), "[fe80::1]:2");
+        assert_eq!(tuple_of("127.0.0.1:1", "[::1]:2"), None);
+        assert_eq!(tuple_of("garbage", "x"), None);
+    }
+}

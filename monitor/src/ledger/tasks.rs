@@ -1,0 +1,117 @@
+//! Thread and process events: clone, fork, exit, rename, exec.
+
+use std::collections::HashSet;
+
+use monitor_common::{NO_SYSCALL, TaskEvent, task_flags};
+
+use super::{Birth, Comm, FdEntry, FollowUp, Ledger, Origin, Process, ThreadEntry, WatchReason, comm_str};
+
+impl Ledger {
+    pub(super) fn task_new(&mut self, task: &TaskEvent) {
+        let h = &task.header;
+        let (Some(parent), counters) = self.process_mut(h.tgid) else {
+            return;
+        };
+        // The new task's first thread, created by the calling thread now.
+        let thread = ThreadEntry {
+            name: task.comm,
+            start_ns: h.ts_ns,
+            creator: Some(h.tid),
+            origin: Origin::Syscall,
+        };
+        if task.flags & task_flags::THREAD != 0 {
+            parent.touch_thread(task.pid);
+            parent.threads.insert(task.pid, thread);
+            counters.threads_started += 1;
+            return;
+        }
+        // A forked child: same fds as the parent at this instant.
+        let birth = Birth {
+            ts_ns: h.ts_ns,
+            tid: h.tid,
+            thread: parent.thread_name(h.tid),
+            syscall: NO_SYSCALL,
+            origin: Origin::Inherited,
+        };
+        let mut child = Process::new(
+            task.pid,
+            comm_str(&task.comm),
+            parent.cmdline.clone(),
+            h.ts_ns,
+            WatchReason::Parent(h.tgid),
+            h.ts_ns,
+        );
+        child.fds = parent
+            .fds
+            .iter()
+            .map(|(fd, entry)| (*fd, FdEntry { birth, ..*entry }))
+            .collect();
+        child.threads.insert(task.pid, thread);
+        counters.processes_watched += 1;
+        self.processes.insert(task.pid, child);
+    }
+
+    pub(super) fn task_exit(&mut self, task: &TaskEvent) -> FollowUp {
+        let h = &task.header;
+        let (Some(process), counters) = self.process_mut(h.tgid) else {
+            return FollowUp::None;
+        };
+        process.touch_thread(task.pid);
+        if process.threads.remove(&task.pid).is_some() {
+            counters.threads_exited += 1;
+        }
+        if task.flags & task_flags::GROUP_DEAD != 0 {
+            self.forget(h.tgid);
+            FollowUp::None
+        } else if task.flags & task_flags::GROUP_DEAD_UNKNOWN != 0 {
+            FollowUp::MaybeGone(h.tgid)
+        } else {
+            FollowUp::None
+        }
+    }
+
+    pub(super) fn task_rename(&mut self, task: &TaskEvent) {
+        let (Some(process), _) = self.process_mut(task.header.tgid) else {
+            return;
+        };
+        if let Some(thread) = process.threads.get_mut(&task.pid) {
+            thread.name = task.comm;
+        }
+        if task.pid == process.pid {
+            process.comm = comm_str(&task.comm);
+        }
+    }
+
+    /// After exec: the exec'ing thread is the only one left and owns the
+    /// tgid; fds not in `open_fds` were closed on exec.
+    pub fn exec_happened(
+        &mut self,
+        pid: u32,
+        old_tid: u32,
+        comm: Comm,
+        cmdline: Vec<String>,
+        open_fds: &HashSet<u32>,
+    ) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        process.comm = comm_str(&comm);
+        process.cmdline = cmdline;
+        let survivor = process
+            .threads
+            .get(&old_tid)
+            .or_else(|| process.threads.get(&pid))
+            .copied();
+        process.threads.clear();
+        if let Some(mut thread) = survivor {
+            thread.name = comm;
+            process.threads.insert(pid, thread);
+        }
+        let before = process.fds.len();
+        let released = process.fds.retain(|fd, _| open_fds.contains(fd));
+        self.counters.exec_cloexec_closed += (before - process.fds.len()) as u64;
+        for inode in released {
+            self.release_socket(inode);
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! TCP sockets of watched processes: owner-correct state with its age,
+//! connect outcomes per endpoint, shared sockets, churn, labels.
+
+use std::{
+    collections::BTreeMap,
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tests::{daemon::Daemon, require_root, scratch_dir, truth, watched_workload, workload::Workload};
+
+/// The daemon's view of the socket that `fd` of `pid` holds.
+fn socket_of(daemon: &Daemon, pid: u32, fd: u64) -> Option<Value> {
+    daemon.sync();
+    let ledger = daemon.ledger(pid);
+    ledger["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["fds"].as_array().unwrap().contains(&fd.into()))
+        .cloned()
+}
+
+fn holds_no_socket(daemon: &Daemon, pid: u32) -> bool {
+    daemon.sync();
+    daemon.ledger(pid)["sockets"].as_array().unwrap().is_empty()
+}
+
+fn endpoint(daemon: &Daemon, pid: u32, addr: &str) -> Value {
+    daemon.sync();
+    let ledger = daemon.ledger(pid);
+    let found = ledger["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint"] == addr)
+        .cloned();
+    found.unwrap_or_else(|| panic!("no endpoint {addr} in {:#}", ledger["endpoints"]))
+}
+
+fn connect(workload: &mut Workload, addr: &str, how: &str) -> (u64, i64) {
+    workload.send(&format!("connect {addr} {how}"));
+    let done = workload.expect("connected");
+    (done["fd"].as_u64().unwrap(), done["errno"].as_i64().unwrap())
+}
+
+#[test]
+fn close_wait_has_owner_and_growing_age_until_closed() {
+    if !require_root("close_wait_has_owner_and_growing_age_until_closed") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("close-wait", "lmw-cw", &["serve"]);
+    // The server is this (unwatched) test process: it accepts, then hangs up.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    let (fd, errno) = connect(&mut workload, &addr, "plain");
+    assert_eq!(errno, 0);
+    let (accepted, _) = server.accept().unwrap();
+    drop(accepted);
+
+    let first = daemon.await_status("the socket to reach CLOSE_WAIT", Duration::from_secs(10), |_| {
+        socket_of(&daemon, workload.pid, fd).is_some_and(|s| s["state"] == "CLOSE_WAIT")
+    });
+    let _ = first;
+    let socket = socket_of(&daemon, workload.pid, fd).unwrap();
+    assert_eq!(socket["remote"], addr.as_str());
+    assert_eq!(
+        socket["state_seen"], true,
+        "the transition itself was seen: {socket}"
+    );
+    let ledger = daemon.ledger(workload.pid);
+    let birth = &ledger["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fd"] == fd)
+        .unwrap()["birth"];
+    assert_eq!(
+        birth["tid"], workload.pid,
+        "created by the workload's main thread"
+    );
+    assert_eq!(birth["syscall"], "socket");
+    let age = socket["age_in_state_s"].as_f64().unwrap();
+    daemon.await_status("the age in CLOSE_WAIT to grow", Duration::from_secs(10), |_| {
+        socket_of(&daemon, workload.pid, fd).unwrap()["age_in_state_s"]
+            .as_f64()
+            .unwrap()
+            > age + 0.5
+    });
+    assert_eq!(
+        socket_of(&daemon, workload.pid, fd).unwrap()["state_since"],
+        socket["state_since"]
+    );
+
+    workload.send(&format!("close {fd}"));
+    workload.expect("closed");
+    assert!(
+        socket_of(&daemon, workload.pid, fd).is_none(),
+        "a closed socket leaves the ledger"
+    );
+    assert!(holds_no_socket(&daemon, workload.pid));
+}
+
+#[test]
+fn refused_timed_out_and_nonblocking_connects_count_per_endpoint() {
+    if !require_root("refused_timed_out_and_nonblocking_connects_count_per_endpoint") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("connects", "lmw-connects", &["serve"]);
+    // Refused: a port nobody listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (_, errno) = connect(&mut workload, &closed, "plain");
+    assert_eq!(errno, libc::ECONNREFUSED as i64);
+    // Timed out: a listener whose accept queue is full drops further SYNs.
+    let full = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen(2) again on our own socket, to shrink the backlog to 0.
+    assert_eq!(
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&full), 0) },
+        0
+    );
+    let full_addr = full.local_addr().unwrap().to_string();
+    // backlog 0 queues one connection: this one.
+    let _queued = TcpStream::connect(&full_addr).unwrap();
+    let (_, errno) = connect(&mut workload, &full_addr, "syncnt1");
+    assert_eq!(errno, libc::ETIMEDOUT as i64);
+    // Non-blocking: EINPROGRESS, then established.
+    let open = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_addr = open.local_addr().unwrap().to_string();
+    let (fd, errno) = connect(&mut workload, &open_addr, "nonblock");
+    assert_eq!(errno, 0);
+
+    let refused = endpoint(&daemon, workload.pid, &closed);
+    assert_eq!(
+        (refused["connects"].as_u64(), refused["refused"].as_u64()),
+        (Some(1), Some(1)),
+        "{refused}"
+    );
+    let timed_out = endpoint(&daemon, workload.pid, &full_addr);
+    assert_eq!(
+        (timed_out["connects"].as_u64(), timed_out["timeouts"].as_u64()),
+        (Some(1), Some(1)),
+        "{timed_out}"
+    );
+    let ok = endpoint(&daemon, workload.pid, &open_addr);
+    assert_eq!(
+        (ok["connects"].as_u64(), ok["established"].as_u64()),
+        (Some(1), Some(1)),
+        "{ok}"
+    );
+    assert_eq!(ok["latency"]["count"], 1);
+    let socket = socket_of(&daemon, workload.pid, fd).unwrap();
+    assert_eq!(socket["connect"]["outcome"], "established");
+    assert_eq!(socket["connect"]["nonblocking"], true);
+    assert_eq!(socket["state"], "ESTABLISHED");
+}
+
+#[test]
+fn dup_fork_and_scm_rights_keep_the_owner() {
+    if !require_root("dup_fork_and_scm_rights_keep_the_owner") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("shared", "lmw-shared", &["serve"]);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (fd, _) = connect(&mut workload, &server.local_addr().unwrap().to_string(), "plain");
+    let (accepted, _) = server.accept().unwrap();
+    workload.send(&format!("share {fd}"));
+    let shared = workload.expect("shared");
+    let received = workload.expect("received");
+    let (dup, child) = (
+        shared["dup"].as_u64().unwrap(),
+        received["pid"].as_u64().unwrap() as u32,
+    );
+
+    // The peer hangs up: one state change, seen by every holder.
+    drop(accepted);
+    daemon.await_status("CLOSE_WAIT", Duration::from_secs(10), |_| {
+        socket_of(&daemon, workload.pid, fd).is_some_and(|s| s["state"] == "CLOSE_WAIT")
+    });
+    let socket = socket_of(&daemon, workload.pid, fd).unwrap();
+    assert_eq!(
+        socket["fds"],
+        serde_json::json!([fd, dup]),
+        "both of the parent's fds: {socket}"
+    );
+    let holders: Vec<(u64, u64)> = socket["shared_with"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["pid"].as_u64().unwrap(), h["fd"].as_u64().unwrap()))
+        .collect();
+    for expected in [
+        (child as u64, fd),
+        (child as u64, dup),
+        (child as u64, received["fd"].as_u64().unwrap()),
+    ] {
+        assert!(holders.contains(&expected), "{expected:?} not among {holders:?}");
+    }
+    let in_child = socket_of(&daemon, child, received["fd"].as_u64().unwrap()).unwrap();
+    assert_eq!(
+        (in_child["inode"].clone(), in_child["state"].clone()),
+        (socket["inode"].clone(), "CLOSE_WAIT".into())
+    );
+
+    // The parent lets go; the child still holds it; then the child dies.
+    workload.send(&format!("close {fd}"));
+    workload.expect("closed");
+    workload.send(&format!("close {dup}"));
+    workload.expect("closed");
+    assert!(
+        socket_of(&daemon, child, fd).is_some(),
+        "the child still holds it"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    daemon.await_status("the child to be forgotten", Duration::from_secs(10), |s| {
+        !s["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == child)
+    });
+    assert!(holds_no_socket(&daemon, workload.pid));
+}
+
+#[test]
+fn twenty_thousand_cycles_leave_the_ledger_equal_to_ss() {
+    if !require_root("twenty_thousand_cycles_leave_the_ledger_equal_to_ss") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("churn", "lmw-churn", &["serve"]);
+    workload.send("churn 20000 25");
+    let churned = workload.expect("churned");
+    daemon.sync();
+    let ledger = daemon.ledger(workload.pid);
+    let states: BTreeMap<u64, String> = ledger["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            let state = s["state"].as_str().unwrap_or("?").to_string();
+            s["fds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |fd| (fd.as_u64().unwrap(), state.clone()))
+        })
+        .collect();
+    let ss: BTreeMap<u64, String> = truth::ss_tcp_states(workload.pid)
+        .into_iter()
+        .map(|(fd, s)| (fd as u64, s))
+        .collect();
+    assert_eq!(states, ss, "ledger sockets vs ss -tanp");
+    assert_eq!(
+        states.len(),
+        churned["kept"].as_array().unwrap().len() + 1,
+        "the kept pairs and the listener"
+    );
+    assert_eq!(
+        daemon.status()["ledger"]["socket_states_fixed"],
+        0,
+        "no state change was missed"
+    );
+}
+
+#[test]
+fn endpoints_are_labelled_by_default_port_and_by_config() {
+    if !require_root("endpoints_are_labelled_by_default_port_and_by_config") {
+        return;
+    }
+    let dir = scratch_dir("labels");
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    let config = dir.join("leakmon.toml");
+    std::fs::write(&config, format!("[endpoints]\n\"{addr}\" = \"test-api\"\n")).unwrap();
+    let daemon = Daemon::start(
+        &dir,
+        &["--config", config.to_str().unwrap(), "--match-comm", "lmw-labels"],
+    );
+    let mut workload = Workload::spawn(&dir, "lmw-labels", &["serve"]);
+    workload.expect("ready");
+    daemon.sync();
+    let (fd, _) = connect(&mut workload, &addr, "plain");
+    let (_accepted, _) = server.accept().unwrap();
+    // memcached's port: refused here, labelled by default.
+    connect(&mut workload, "127.0.0.1:11211", "plain");
+
+    assert_eq!(endpoint(&daemon, workload.pid, &addr)["label"], "test-api");
+    assert_eq!(
+        endpoint(&daemon, workload.pid, "127.0.0.1:11211")["label"],
+        "memcached"
+    );
+    assert_eq!(socket_of(&daemon, workload.pid, fd).unwrap()["label"], "test-api");
+
+    let snapshot = std::process::Command::new(tests::binary("leakmon", "LEAKMON_BIN"))
+        .args(["snapshot", "--pid", &workload.pid.to_string(), "--control-socket"])
+        .arg(&daemon.socket)
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&snapshot.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with(&format!(
+            "test-api {addr}  ESTABLISHED 1  connects 1 refused 0 timeouts 0"
+        ))),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("memcached 127.0.0.1:11211  connects 1 refused 1")),
+        "{table}"
+    );
+}

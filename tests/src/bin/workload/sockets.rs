@@ -1,0 +1,156 @@
+//! Socket commands: connect (blocking, non-blocking, with a short SYN
+//! timeout), close, share a socket by dup, fork and SCM_RIGHTS, and churn.
+
+use std::{
+    io::{IoSlice, IoSliceMut},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd},
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::socket::{
+        AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrStorage,
+        connect, getsockopt, recvmsg, sendmsg, socket, socketpair, sockopt,
+    },
+};
+use serde_json::json;
+
+fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap()
+}
+
+/// `connect ADDR [plain|nonblock|syncnt1]`: reports the fd and how it went.
+pub fn connect_to(addr: &str, how: &str) {
+    let addr: SocketAddr = addr.parse().expect("ip:port");
+    let sock = tcp_socket(&addr);
+    if how == "syncnt1" {
+        // One SYN retry: a dropped SYN times out after ~3 s instead of ~2 min.
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a live c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_SYNCNT,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_SYNCNT");
+    }
+    if how == "nonblock" {
+        nix::fcntl::fcntl(
+            &sock,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+    }
+    let target = SockaddrStorage::from(addr);
+    let mut result = connect(sock.as_raw_fd(), &target);
+    if how == "nonblock" && result == Err(nix::errno::Errno::EINPROGRESS) {
+        let mut fds = [PollFd::new(sock_borrow(&sock), PollFlags::POLLOUT)];
+        poll(&mut fds, PollTimeout::from(10_000u16)).unwrap();
+        result = match getsockopt(&sock, sockopt::SocketError).unwrap() {
+            0 => Ok(()),
+            errno => Err(nix::errno::Errno::from_raw(errno)),
+        };
+    }
+    let errno = result.err().map_or(0, |e| e as i32);
+    let fd = sock.into_raw_fd();
+    crate::say(json!({"event": "connected", "fd": fd, "errno": errno}));
+}
+
+fn sock_borrow(sock: &OwnedFd) -> std::os::fd::BorrowedFd<'_> {
+    std::os::fd::AsFd::as_fd(sock)
+}
+
+pub fn close(fd: RawFd) {
+    nix::unistd::close(fd).unwrap();
+    crate::say(json!({"event": "closed", "fd": fd}));
+}
+
+/// `share FD`: a dup of FD here, and a forked child that holds FD, its dup
+/// and a third copy received over a unix socket pair (SCM_RIGHTS).
+pub fn share(fd: RawFd) {
+    let (parent_end, child_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    // SAFETY: fd is open (the test made it) and stays open.
+    let dup = nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+        .unwrap()
+        .into_raw_fd();
+    // SAFETY: the workload is single-threaded here apart from idle helper
+    // threads; the child only calls async-signal-safe syscalls through nix
+    // and writes one line before it waits to be killed.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let mut byte = [0u8; 1];
+            let mut iov = [IoSliceMut::new(&mut byte)];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let msg = recvmsg::<()>(
+                child_end.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+            let received: Vec<RawFd> = msg
+                .cmsgs()
+                .unwrap()
+                .flat_map(|c| match c {
+                    ControlMessageOwned::ScmRights(fds) => fds,
+                    _ => vec![],
+                })
+                .collect();
+            crate::say(json!({"event": "received", "pid": std::process::id(), "fd": received[0]}));
+            loop {
+                nix::unistd::pause();
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let fds = [fd];
+            sendmsg::<()>(
+                parent_end.as_raw_fd(),
+                &[IoSlice::new(b"x")],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+            let _ = (parent_end.into_raw_fd(), child_end.into_raw_fd());
+            crate::say(json!({"event": "shared", "dup": dup, "child": child.as_raw()}));
+        }
+    }
+}
+
+/// `churn N KEEP`: N connect/accept/close cycles through a local listener,
+/// then KEEP connections left open (both ends).
+pub fn churn(cycles: usize, keep: usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..cycles {
+        let client = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(client);
+        drop(server);
+    }
+    let mut kept = Vec::new();
+    for _ in 0..keep {
+        let client = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        kept.push(client.into_raw_fd());
+        kept.push(server.into_raw_fd());
+    }
+    let listener = listener.into_raw_fd();
+    crate::say(json!({"event": "churned", "kept": kept, "listener": listener}));
+}
