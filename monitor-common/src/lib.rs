@@ -6,9 +6,11 @@
 //! that the kernel side also knows.
 #![no_std]
 
+mod data;
 mod sock;
 pub mod syscalls;
 
+pub use data::*;
 pub use sock::*;
 
 /// Names of the maps both sides refer to.
@@ -27,6 +29,13 @@ pub mod maps {
     pub const PENDING: &str = "PENDING";
     /// struct sock address -> [`crate::SockOwner`]: sockets of watched processes.
     pub const SOCKS: &str = "SOCKS";
+    /// (tgid << 32 | fd) -> [`crate::StreamState`]: TCP socket fds of watched
+    /// processes, whose data the HTTP capture looks at.
+    pub const SOCK_FDS: &str = "SOCK_FDS";
+    /// SSL* -> [`crate::StreamState`]: TLS streams of watched processes.
+    pub const SSL_STATE: &str = "SSL_STATE";
+    /// pid_tgid -> [`crate::TlsCall`]: an SSL_read/SSL_write in flight.
+    pub const TLS_CALLS: &str = "TLS_CALLS";
     /// [`crate::Tuple`] -> [`crate::SockOwner`]: sockets user space found in /proc
     /// whose struct sock the kernel has not seen yet (opened before the daemon).
     pub const TUPLES: &str = "TUPLES";
@@ -61,11 +70,13 @@ pub enum EventKind {
     SockError = 21,
     /// connect() returned ([`ConnectEvent`]).
     Connect = 22,
+    /// Bytes at the start of a message on a watched TCP socket, plain or TLS ([`DataEvent`]).
+    Data = 30,
 }
 
 impl EventKind {
     /// Every kind, for exhaustive iteration (counters, tests).
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Exec,
         EventKind::TaskNew,
         EventKind::TaskExit,
@@ -78,6 +89,7 @@ impl EventKind {
         EventKind::SockState,
         EventKind::SockError,
         EventKind::Connect,
+        EventKind::Data,
     ];
 }
 

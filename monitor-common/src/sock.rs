@@ -2,10 +2,11 @@
 
 use crate::EventHeader;
 
-/// TCP_CLOSE, TCP_SYN_SENT and TCP_ESTABLISHED (include/net/tcp_states.h).
+/// TCP states the monitor names (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
 
 /// A TCP connection's addresses: the key of TUPLES. IPv4
 /// addresses sit in the first 4 bytes of the 16; ports are host order.

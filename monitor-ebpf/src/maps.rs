@@ -3,10 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    KernelConfig, PendingSyscall, SockOffsets, SockOwner, TaskOffsets, Tuple, WatchEntry, counter,
+    KernelConfig, PendingSyscall, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall, Tuple,
+    WatchEntry, counter,
 };
 
 #[map]
@@ -31,6 +32,18 @@ pub static PENDING: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(163
 
 #[map]
 pub static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(65536, 0);
+
+/// (tgid << 32 | fd) of TCP sockets of watched processes -> capture state.
+#[map]
+pub static SOCK_FDS: HashMap<u64, StreamState> = HashMap::with_max_entries(65536, 0);
+
+/// SSL* -> capture state. LRU: an SSL object is freed without the probes seeing it.
+#[map]
+pub static SSL_STATE: LruHashMap<u64, StreamState> = LruHashMap::with_max_entries(16384, 0);
+
+/// pid_tgid -> the SSL call in flight on that thread (removed at return or thread exit).
+#[map]
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 pub static TUPLES: HashMap<Tuple, SockOwner> = HashMap::with_max_entries(16384, 0);

@@ -25,6 +25,8 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Show the daemon's ledger for a watched process, as the daemon holds it.
     Ledger(LedgerArgs),
+    /// Show a watched process's API calls: in flight, recent, poll loops, counts and latencies by kind.
+    Calls(CallsArgs),
     /// Show what the daemon watches, which hooks are attached, and its counters.
     Status(StatusArgs),
     /// Benchmark floor: attach a do-nothing program to leakmon's tracepoints until SIGTERM.
@@ -91,6 +93,20 @@ pub struct SnapshotArgs {
 pub struct LedgerArgs {
     #[arg(long, value_name = "PID")]
     pub pid: u32,
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CallsArgs {
+    #[arg(long, value_name = "PID")]
+    pub pid: u32,
+    /// How many of the most recent calls to list.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub recent: usize,
+    /// JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
 }

@@ -1,19 +1,24 @@
 //! leakmon: an eBPF resource-leak monitor for nova-compute.
 
+mod calls;
+mod calls_cmd;
 mod cli;
 mod config;
 mod control;
 mod discovery;
 mod engine;
 mod fdkind;
+mod http;
 mod labels;
 mod ledger;
 mod probes;
 mod proc;
 mod procnet;
+mod redact;
 mod snapshot;
 mod sockdiag;
 mod status_cmd;
+mod table;
 mod time;
 
 use std::process::ExitCode;
@@ -83,6 +88,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             signals.thread_block()?;
             eprintln!("floor attached; waiting for SIGTERM");
             signals.wait()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Calls(args) => {
+            let request = Request::Calls {
+                pid: args.pid,
+                recent: args.recent,
+            };
+            let data = client::request(&args.control_socket, &request)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                print!("{}", calls_cmd::render(&serde_json::from_value(data)?));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {

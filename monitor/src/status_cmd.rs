@@ -44,6 +44,24 @@ pub fn render(status: &Value) -> String {
             s(&p["watched_since"])
         );
     }
+    let tls = status["tls"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "TLS probes: {} process(es) (attached {} / detached {} since start)",
+        tls.len(),
+        status["tls_attached_total"],
+        status["tls_detached_total"]
+    );
+    for t in &tls {
+        let symbols: Vec<String> = t["symbols"].as_array().into_iter().flatten().map(s).collect();
+        let _ = writeln!(
+            out,
+            "  {:>7}  {}  {}",
+            t["pid"],
+            s(&t["library"]),
+            symbols.join(" ")
+        );
+    }
     for section in ["kernel", "engine", "ledger"] {
         let _ = writeln!(out, "{section}:");
         if let Some(map) = status[section].as_object() {

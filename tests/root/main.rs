@@ -2,6 +2,7 @@
 //! One test binary (like aya's integration tests); each test starts its own
 //! daemon watching its own workload name, so tests can run side by side.
 
+mod calls;
 mod discovery;
 mod ledger;
 mod overflow;

@@ -24,8 +24,17 @@ impl Daemon {
         Daemon::start_bin(&crate::binary("leakmon", "LEAKMON_BIN"), dir, args)
     }
 
+    /// As [`Daemon::start`], with extra environment (e.g. RUST_LOG).
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::launch(&crate::binary("leakmon", "LEAKMON_BIN"), dir, args, env)
+    }
+
     /// As [`Daemon::start`], with a given leakmon binary (benchmarks use release builds).
     pub fn start_bin(bin: &Path, dir: &Path, args: &[&str]) -> Daemon {
+        Daemon::launch(bin, dir, args, &[])
+    }
+
+    fn launch(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let socket = dir.join("leakmon.sock");
         let log = dir.join("daemon.log");
         let child = Command::new(bin)
@@ -37,6 +46,7 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("daemon log"))

@@ -2,6 +2,7 @@
 //! with a line protocol, and ground truth read straight from /proc.
 
 pub mod daemon;
+pub mod testbed;
 pub mod truth;
 pub mod workload;
 

@@ -35,13 +35,19 @@ impl Workload {
         let link = dir.join(comm);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(bin, &link).unwrap();
-        let mut child = Command::new(&link)
-            .args(args)
+        let mut command = Command::new(&link);
+        command.args(args).stderr(Stdio::inherit());
+        Workload::start(command)
+    }
+
+    /// Starts any program that speaks the workload's line protocol (JSON
+    /// events on stdout, commands on stdin).
+    pub fn start(mut command: Command) -> Workload {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn workload");
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -63,15 +69,23 @@ impl Workload {
 
     /// Waits for the next JSON line whose "event" is `event`.
     pub fn expect(&mut self, event: &str) -> Value {
+        self.expect_within(event, Duration::from_secs(60))
+    }
+
+    /// As [`Workload::expect`], with a deadline; an `error` event fails at once.
+    pub fn expect_within(&mut self, event: &str, timeout: Duration) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
         loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = self
                 .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("workload {} did not say {event:?}", self.pid));
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("workload {} did not say {event:?} within {timeout:?}", self.pid));
             let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
             if value["event"] == event {
                 return value;
             }
+            assert!(value["event"] != "error", "workload {} failed: {line}", self.pid);
         }
     }
 

@@ -6,7 +6,7 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -31,12 +31,14 @@ impl Bins {
 
 /// What runs beside the loop under measurement.
 #[derive(Clone, Copy, PartialEq)]
-enum Setting {
+pub enum Setting {
     NoDaemon,
     /// A do-nothing program on every tracepoint leakmon uses.
     Floor,
     /// A do-nothing program on raw sys_enter/sys_exit (the alternative design's floor).
     RawFloor,
+    /// leakmon running, watching no process at all.
+    Idle,
     /// leakmon running, watching some other process.
     Unwatched,
     /// leakmon running and watching the loop.
@@ -52,11 +54,12 @@ impl Setting {
         Setting::Watched,
     ];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Setting::NoDaemon => "no daemon",
             Setting::Floor => "floor (no-op programs, same hooks)",
             Setting::RawFloor => "raw floor (no-op on raw sys_enter/sys_exit)",
+            Setting::Idle => "leakmon, watching nothing",
             Setting::Unwatched => "leakmon, loop not watched",
             Setting::Watched => "leakmon, loop watched",
         }
@@ -64,14 +67,14 @@ impl Setting {
 }
 
 /// Something running beside the loop: the daemon or the floor process.
-enum Beside {
+pub enum Beside {
     Nothing,
     Floor(std::process::Child),
     Daemon(Daemon),
 }
 
 impl Beside {
-    fn start(setting: Setting, bins: &Bins, dir: &Path) -> anyhow::Result<Beside> {
+    pub fn start(setting: Setting, bins: &Bins, dir: &Path) -> anyhow::Result<Beside> {
         Ok(match setting {
             Setting::NoDaemon => Beside::Nothing,
             Setting::Floor | Setting::RawFloor => {
@@ -89,6 +92,11 @@ impl Beside {
                 )?;
                 Beside::Floor(child)
             }
+            Setting::Idle => Beside::Daemon(Daemon::start_bin(
+                &bins.leakmon,
+                dir,
+                &["--match-comm", "lmw-none-such"],
+            )),
             Setting::Unwatched => Beside::Daemon(Daemon::start_bin(
                 &bins.leakmon,
                 dir,
@@ -102,7 +110,7 @@ impl Beside {
         })
     }
 
-    fn stop(self) {
+    pub fn stop(self) {
         match self {
             Beside::Nothing => {}
             Beside::Floor(mut child) => {
@@ -119,8 +127,26 @@ impl Beside {
     }
 }
 
-/// Runs one loop and returns ns per operation.
-fn run_loop(bins: &Bins, dir: &Path, beside: &Beside, kind: &str, ops: u64) -> f64 {
+/// CPU time (user + system) a process has used so far, in ns.
+fn cpu_ns(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised comm: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1e9 / hz
+}
+
+/// One loop's cost: its ns per iteration and the daemon's CPU per iteration.
+pub struct Sample {
+    pub ns: f64,
+    pub daemon_cpu_ns: Option<f64>,
+}
+
+/// Runs one loop beside `beside`; with the daemon watching it, only once
+/// its TLS uprobes are in place.
+pub fn run_loop(bins: &Bins, dir: &Path, beside: &Beside, kind: &str, ops: u64) -> Sample {
     let mut workload = Workload::spawn_bin(
         &bins.workload,
         dir,
@@ -128,13 +154,40 @@ fn run_loop(bins: &Bins, dir: &Path, beside: &Beside, kind: &str, ops: u64) -> f
         &["loop", kind, &ops.to_string()],
     );
     workload.expect("started");
-    if let Beside::Daemon(daemon) = beside {
+    let daemon = match beside {
+        Beside::Daemon(daemon) => Some(daemon),
+        _ => None,
+    };
+    if let Some(daemon) = daemon {
         daemon.sync();
+        let watched = daemon.status()["processes"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["pid"] == workload.pid));
+        if kind.starts_with("tls:") && watched {
+            await_tls(daemon, workload.pid);
+        }
     }
+    let cpu_before = daemon.map(|d| cpu_ns(d.pid()));
     workload.send("go");
     let done = workload.expect("done");
+    // Everything the loop caused is decoded and applied before the CPU is read.
+    let daemon_cpu_ns = daemon.zip(cpu_before).map(|(d, before)| {
+        d.sync();
+        (cpu_ns(d.pid()) - before) / (ops + ops / 20) as f64
+    });
     workload.wait();
-    done["ns_per_op"].as_f64().unwrap()
+    Sample {
+        ns: done["ns_per_op"].as_f64().unwrap(),
+        daemon_cpu_ns,
+    }
+}
+
+pub fn await_tls(daemon: &tests::daemon::Daemon, pid: u32) {
+    daemon.await_status("TLS uprobes attached", Duration::from_secs(10), |status| {
+        status["tls"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|t| t["pid"] == pid))
+    });
 }
 
 pub struct Stats {
@@ -180,9 +233,9 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
                     "tcp" => (tcp.as_str(), ops / 10),
                     _ => (*kind, ops),
                 };
-                samples[s][l].push(run_loop(bins, dir, &beside, kind, ops));
+                samples[s][l].push(run_loop(bins, dir, &beside, kind, ops).ns);
             }
-            samples[s][LOOPS.len()].push(run_loop(bins, dir, &beside, "getppid", ops * 5));
+            samples[s][LOOPS.len()].push(run_loop(bins, dir, &beside, "getppid", ops * 5).ns);
             beside.stop();
         }
     }
@@ -319,7 +372,7 @@ fn machine() -> String {
     format!("Linux {}, {model}, {cores} cores", kernel.trim())
 }
 
-pub fn run(runs: usize, ops: u64) -> anyhow::Result<()> {
+pub fn run(runs: usize, ops: u64, only: Option<&str>) -> anyhow::Result<()> {
     crate::setup::run_all()?;
     anyhow::ensure!(
         crate::util::is_root(),
@@ -342,17 +395,34 @@ pub fn run(runs: usize, ops: u64) -> anyhow::Result<()> {
         "Machine: {}. Written by the last run of that command.\n",
         machine()
     )?;
-    step(&format!("fd and thread loops: {runs} runs × 4 settings"));
-    syscall_loops(&bins, &dir, runs, ops, &mut out)?;
-    step("snapshot of a 10k-fd process vs lsof");
-    snapshot_vs_lsof(&bins, &dir, runs, &mut out)?;
-    step("socket snapshot of 10k TCP sockets vs ss -tanp");
-    sockets_vs_ss(&bins, &dir, runs, &mut out)?;
+    let wanted = |section: &str| only.is_none_or(|o| o == section);
+    if wanted("loops") {
+        step(&format!("fd and thread loops: {runs} runs × 5 settings"));
+        syscall_loops(&bins, &dir, runs, ops, &mut out)?;
+    }
+    if wanted("snapshot") {
+        step("snapshot of a 10k-fd process vs lsof");
+        snapshot_vs_lsof(&bins, &dir, runs, &mut out)?;
+    }
+    if wanted("sockets") {
+        step("socket snapshot of 10k TCP sockets vs ss -tanp");
+        sockets_vs_ss(&bins, &dir, runs, &mut out)?;
+    }
+    if wanted("calls") {
+        step(&format!(
+            "call capture: TLS rounds and HTTP requests, {runs} runs × 3 settings"
+        ));
+        crate::bench_calls::capture(&bins, &dir, runs, &mut out)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if only.is_some() {
+        println!("\n{out}\n(one section: docs/benchmarks.md left as it was)");
+        return Ok(());
+    }
     out.push_str(include_str!("bench_notes.md"));
 
     let path = root_dir().join("docs").join("benchmarks.md");
     std::fs::write(&path, &out)?;
-    let _ = std::fs::remove_dir_all(&dir);
     println!("\n{out}\nwritten to {}", path.display());
     Ok(())
 }

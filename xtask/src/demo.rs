@@ -12,13 +12,13 @@ use tests::{daemon::Daemon, workload::Workload};
 
 use crate::util::{cargo, exec, step};
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_interrupt(_: i32) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn catch_interrupt() -> anyhow::Result<()> {
+pub fn catch_interrupt() -> anyhow::Result<()> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
     let action = SigAction::new(
         SigHandler::Handler(on_interrupt),

@@ -10,13 +10,25 @@ use crate::util::{exec, is_root, output, step};
 /// bpf-linker 0.10.4 loads nightly's own libLLVM (platform.md): newer ones want a system LLVM.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
-/// Debian packages the tests and benchmarks use.
-pub const PACKAGES: &[&str] = &["lsof", "iproute2", "bpftool", "procps"];
+/// Debian packages the tests and benchmarks use (openssl and python3-venv
+/// for the test bed).
+pub const PACKAGES: &[&str] = &["lsof", "iproute2", "bpftool", "procps", "openssl", "python3-venv"];
 
 pub fn run_all() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
-    packages(PACKAGES)
+    packages(PACKAGES)?;
+    testbed();
+    Ok(())
+}
+
+/// Real Ironic and nova from PyPI in cached venvs, a CA, schemas
+/// (tests/testbed/install.sh): the HTTP/HTTPS call tests need them.
+fn testbed() {
+    step("test bed: Ironic 39 and nova 34 venvs, TLS material, database schemas");
+    let started = std::time::Instant::now();
+    tests::testbed::Testbed::install();
+    println!("    ({:.1}s)", started.elapsed().as_secs_f64());
 }
 
 pub fn run() -> anyhow::Result<()> {

@@ -5,7 +5,8 @@ use std::{path::PathBuf, process::Command, time::Instant};
 use anyhow::{Context as _, bail};
 
 pub fn root_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let xtask = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().expect("the workspace holds xtask").to_path_buf()
 }
 
 pub fn is_root() -> bool {

@@ -20,7 +20,7 @@ use monitor_common::{
     CMSG_CAPTURE, EventKind, PendingSyscall, RecvFdsEvent, counter, socket_detail, syscalls as nr,
 };
 
-use super::{fdtable, sock};
+use super::{fdtable, http, sock};
 use crate::{
     emit::{FdExtra, current, fd_event, fd_result, header, reserve, submit},
     maps::{PENDING, count, watch_entry},
@@ -195,14 +195,16 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
             socket_detail(args[0], args[1], args[2]),
         ),
         nr::PIPE | nr::PIPE2 => fd_pair(pending.syscall, ret, args[0], 0),
-        nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => fd_result(
-            pending.syscall,
-            ret,
-            FdExtra {
+        nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => {
+            if ret >= 0 {
+                http::dup_fd(tgid, args[0] as u32, ret as u32);
+            }
+            let extra = FdExtra {
                 source_fd: args[0] as u32,
                 ..plain
-            },
-        ),
+            };
+            fd_result(pending.syscall, ret, extra)
+        }
         nr::BPF => fd_result(
             nr::BPF,
             ret,
@@ -214,6 +216,9 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
         nr::RECVMSG => {
             if ret >= 0 {
                 received_control(args[1]);
+            }
+            if ret > 0 {
+                http::received_data(args[0], args[1], ret);
             }
         }
         nr::CONNECT => sock::connect_done(&pending, ret),
@@ -294,7 +299,9 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
     if !is_watched_current() {
         return 0;
     }
-    fd_event(EventKind::FdClose, nr::CLOSE, arg(&ctx, 0) as u32, FdExtra::NONE);
+    let fd = arg(&ctx, 0) as u32;
+    http::forget_fd(current().0, fd);
+    fd_event(EventKind::FdClose, nr::CLOSE, fd, FdExtra::NONE);
     0
 }
 

@@ -99,6 +99,7 @@ pub fn remember(tgid: u32, fd: u32) -> (u64, u8) {
             inode: found.inode,
         };
         let _ = SOCKS.insert(found.sk, owner, 0);
+        super::http::track_socket_fd(tgid, fd);
     }
     (found.inode, state)
 }

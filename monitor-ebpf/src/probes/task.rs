@@ -8,7 +8,7 @@ use monitor_common::{EventKind, NO_SYSCALL, TaskEvent, WatchEntry, config_flags,
 
 use crate::{
     emit::{current, header, reserve, submit, submit_now},
-    maps::{PENDING, WATCH_COMMS, WATCHED, config, task_offsets, watch_entry},
+    maps::{PENDING, TLS_CALLS, WATCH_COMMS, WATCHED, config, task_offsets, watch_entry},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -126,6 +126,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     // A thread killed inside a hooked syscall never reaches its sys_exit.
     let _ = PENDING.remove(((tgid as u64) << 32) | tid as u64);
+    let _ = TLS_CALLS.remove(((tgid as u64) << 32) | tid as u64);
     let offsets = task_offsets();
     let flags = if offsets.exit_group_dead == 0 {
         if tid == tgid {

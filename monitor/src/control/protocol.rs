@@ -13,6 +13,16 @@ pub enum Request {
     Sync,
     /// Reconcile every watched process with /proc now; answers what it fixed.
     Reconcile,
+    /// A watched process's API calls: in flight, the `recent` last ones, loops, statistics.
+    Calls {
+        pid: u32,
+        #[serde(default = "default_recent")]
+        recent: usize,
+    },
+}
+
+fn default_recent() -> usize {
+    100
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

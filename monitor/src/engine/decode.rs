@@ -4,7 +4,8 @@
 use std::mem::size_of;
 
 use monitor_common::{
-    CMSG_CAPTURE, ConnectEvent, EventHeader, EventKind, FdEvent, RecvFdsEvent, SockEvent, TaskEvent, Tuple,
+    CMSG_CAPTURE, ConnectEvent, DATA_CAPTURE, DataEvent, EventHeader, EventKind, FdEvent, RecvFdsEvent,
+    SockEvent, TaskEvent, Tuple,
 };
 use thiserror::Error;
 
@@ -20,7 +21,7 @@ pub enum DecodeError {
         got: usize,
         need: usize,
     },
-    #[error("recvmsg record claims {captured} captured bytes, at most {CMSG_CAPTURE} fit")]
+    #[error("record claims {captured} captured bytes, more than fit")]
     BadCapture { captured: u32 },
 }
 
@@ -32,6 +33,18 @@ pub enum Event<'a> {
     Received(EventHeader, u32, &'a [u8]),
     Sock(EventKind, SockEvent),
     Connect(ConnectEvent),
+    /// A message start on a watched TCP socket, and the bytes captured of it.
+    Data(DataMeta, &'a [u8]),
+}
+
+/// A [`monitor_common::DataEvent`] without its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataMeta {
+    pub header: EventHeader,
+    pub ssl: u64,
+    pub fd: u32,
+    pub flags: u32,
+    pub len: u32,
 }
 
 /// Little helper reading native-endian integers at fixed offsets of a
@@ -90,6 +103,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         EventKind::FdReceived => size_of::<RecvFdsEvent>(),
         EventKind::SockState | EventKind::SockError => size_of::<SockEvent>(),
         EventKind::Connect => size_of::<ConnectEvent>(),
+        EventKind::Data => size_of::<DataEvent>(),
     };
     if record.len() < need {
         return Err(DecodeError::Truncated {
@@ -144,6 +158,21 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             _pad: 0,
             addr: fields.comm(HEADER + 24),
         }),
+        EventKind::Data => {
+            let captured = fields.u32(HEADER + 20);
+            if captured as usize > DATA_CAPTURE {
+                return Err(DecodeError::BadCapture { captured });
+            }
+            let meta = DataMeta {
+                header,
+                ssl: fields.u64(HEADER),
+                fd: fields.u32(HEADER + 8),
+                flags: fields.u32(HEADER + 12),
+                len: fields.u32(HEADER + 16),
+            };
+            let start = HEADER + 24;
+            Event::Data(meta, &record[start..start + captured as usize])
+        }
         EventKind::FdReceived => {
             let control_len = fields.u32(HEADER);
             let captured = fields.u32(HEADER + 4);

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::Engine;
 use crate::{
+    fdkind::FdKind,
     ledger::{Comm, FollowUp, Origin, Process, Scan, WatchReason},
     proc::{self, FdDir, ProcError, ProcessInfo},
     sockdiag::SocketTable,
@@ -101,6 +102,10 @@ impl Engine {
                         dir.resolve_kind(fd, target)
                     });
                 info!(pid, comm = %info.comm, ?reason, fds = scan.fds.len(), threads = scan.threads.len(), "watching");
+                // Its open connections: states now, transitions from here on,
+                // and the HTTP capture on them.
+                self.reconcile_sockets();
+                self.follow_calls();
             }
             Err(e) => {
                 warn!(pid, error = %e, "process vanished while being discovered");
@@ -111,6 +116,7 @@ impl Engine {
 
     fn stop_watching(&mut self, pid: u32, why: &str) {
         self.probes.unwatch(pid);
+        self.probes.detach_tls(pid);
         if let Some(process) = self.ledger.forget(pid) {
             info!(pid, comm = %process.comm, why, "no longer watched");
         }
@@ -214,6 +220,44 @@ impl Engine {
         let collected = self.probes.collect_sockets(|inode| held.contains_key(&inode));
         if collected > 0 {
             debug!(collected, "dropped kernel entries of sockets no watched fd holds");
+        }
+    }
+
+    /// Keeps the HTTP capture on every watched process: OpenSSL probes for
+    /// those that map libssl (checked again until they do: Python loads it
+    /// on first use), none for processes that are gone, and the socket fds
+    /// the capture looks at in line with the ledger.
+    pub(super) fn follow_calls(&mut self) {
+        let now = time::boot_ns();
+        let pids: Vec<u32> = self.ledger.processes.keys().copied().collect();
+        for pid in &pids {
+            if !self.probes.tls.is_attached(*pid) {
+                self.probes.attach_tls(*pid);
+            }
+            if let Some(process) = self.ledger.processes.get_mut(pid) {
+                process.calls.loops.settle(now);
+            }
+        }
+        for pid in self.probes.tls.pids() {
+            if !self.ledger.processes.contains_key(&pid) {
+                self.probes.detach_tls(pid);
+            }
+        }
+        let ledger = &self.ledger;
+        let tcp_fd = |pid: u32, fd: u32| {
+            ledger
+                .processes
+                .get(&pid)
+                .and_then(|p| p.fds.get(&fd))
+                .is_some_and(|e| e.kind == FdKind::SocketTcp)
+        };
+        self.probes.collect_socket_fds(tcp_fd);
+        for (pid, process) in &self.ledger.processes {
+            for (fd, entry) in process.fds.iter() {
+                if entry.kind == FdKind::SocketTcp && entry.birth.origin.is_unseen() {
+                    self.probes.track_socket_fd(*pid, *fd);
+                }
+            }
         }
     }
 

@@ -187,6 +187,7 @@ impl Engine {
         self.resolve_provisional();
         self.ledger
             .settle_connects(time::boot_ns(), CONNECT_VERDICT_GRACE_NS);
+        self.follow_calls();
     }
 
     fn handle(&mut self, ring: &mut RingBuf<MapData>, request: Request) -> control::protocol::Response {
@@ -207,6 +208,16 @@ impl Engine {
                     None => Response::error(format!("pid {pid} is not watched by this daemon")),
                 }
             }
+            Request::Calls { pid, recent } => match self.ledger.processes.get(&pid) {
+                Some(process) => Response::data(&crate::calls::view::CallsView::of(
+                    pid,
+                    &process.calls,
+                    &self.labels,
+                    time::boot_ns(),
+                    recent,
+                )),
+                None => Response::error(format!("pid {pid} is not watched by this daemon")),
+            },
             Request::Reconcile => {
                 let before = self.ledger.counters.clone();
                 self.reconcile_all(ring);

@@ -33,6 +33,7 @@ impl Ledger {
                 thread: process.thread_name(h.tid),
                 syscall: h.syscall,
                 origin: Origin::Syscall,
+                call: process.calls.in_flight_on(h.tid),
             },
             source_fd: event.source_fd,
             inode,
@@ -47,6 +48,9 @@ impl Ledger {
             counters.fds_opened += 1;
             let (old, let_go) = process.fds.insert(fd, entry);
             released.extend(let_go);
+            if old.is_some_and(|o| o.inode != 0) {
+                process.streams_end(fd, h.ts_ns);
+            }
             if let Some(old) = old {
                 if is_dup_onto {
                     counters.replaced_by_dup += 1;
@@ -80,6 +84,9 @@ impl Ledger {
         };
         process.touch(fd);
         let (old, released) = process.fds.remove(&fd);
+        if old.is_some_and(|o| o.inode != 0) {
+            process.streams_end(fd, h.ts_ns);
+        }
         if old.is_some() {
             counters.fds_closed += 1;
         } else {
@@ -102,6 +109,7 @@ impl Ledger {
             .collect();
         for fd in &closing {
             process.touch(*fd);
+            process.streams_end(*fd, h.ts_ns);
         }
         counters.fds_closed += closing.len() as u64;
         let released = process.fds.retain(|fd, _| !(first..=last).contains(fd));
@@ -139,6 +147,7 @@ impl Ledger {
             thread: process.thread_name(h.tid),
             syscall: h.syscall,
             origin: Origin::ScmRights,
+            call: process.calls.in_flight_on(h.tid),
         };
         let mut released = Vec::new();
         for fd in fds {

@@ -165,6 +165,7 @@ mod tests {
                 thread: [0; 16],
                 syscall: NO_SYSCALL,
                 origin: Origin::Syscall,
+                call: None,
             },
             source_fd: NO_FD,
             inode,

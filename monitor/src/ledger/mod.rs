@@ -2,6 +2,7 @@
 //! process, with a birth record. A pure state machine: events and /proc
 //! scans go in, I/O decisions come out as [`FollowUp`]s for the engine.
 
+mod calls;
 mod fds;
 mod fdtable;
 pub(crate) mod reconcile;
@@ -88,6 +89,10 @@ impl Ledger {
             }
             Event::Connect(connect) => {
                 self.connect_returned(connect);
+                FollowUp::None
+            }
+            Event::Data(meta, bytes) => {
+                self.data(meta, bytes);
                 FollowUp::None
             }
         }

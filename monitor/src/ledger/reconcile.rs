@@ -64,6 +64,7 @@ impl Ledger {
             thread: [0; 16],
             syscall: NO_SYSCALL,
             origin,
+            call: None,
         };
 
         let mut in_proc = HashSet::with_capacity(scan.fds.len());
@@ -130,6 +131,8 @@ impl Ledger {
                     start_ns: thread.start_ns,
                     creator: None,
                     origin,
+                    birth_call: None,
+                    first_call: None,
                 },
             );
             fixes.threads_added += 1;

@@ -14,6 +14,7 @@ use monitor_common::{ConnectEvent, SockEvent, TCP_CLOSE, TCP_ESTABLISHED, TCP_SY
 use serde::{Deserialize, Serialize};
 
 use super::Ledger;
+use crate::calls::CallRef;
 use crate::sockdiag::SocketTable;
 
 const AF_INET: u16 = 2;
@@ -35,6 +36,10 @@ pub struct SocketEntry {
     /// The kernel knows its struct sock (state changes will arrive as events).
     pub kernel_seen: bool,
     pub connect: Option<ConnectRecord>,
+    /// The first API call sent on it (it was opened for that call).
+    pub first_call: Option<CallRef>,
+    /// The last API call sent on it.
+    pub last_call: Option<CallRef>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -210,6 +215,8 @@ impl Ledger {
             state_seen: false,
             kernel_seen: false,
             connect: None,
+            first_call: None,
+            last_call: None,
         })
     }
 

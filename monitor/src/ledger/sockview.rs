@@ -6,7 +6,7 @@ use super::{
     Ledger, Process,
     sockets::{ConnectOutcome, EndpointStats, Histogram, local_of, remote_of},
 };
-use crate::{labels::Labels, sockdiag::tcp_state_name, time};
+use crate::{calls::view::CallRefView, labels::Labels, sockdiag::tcp_state_name, time};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Holder {
@@ -36,6 +36,12 @@ pub struct SocketView {
     pub label: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect: Option<ConnectView>,
+    /// The first API call sent on it (it was opened for that call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_call: Option<CallRefView>,
+    /// The last API call sent on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_call: Option<CallRefView>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,6 +130,14 @@ pub fn socket_views(ledger: &Ledger, process: &Process, labels: &Labels, now_ns:
                     outcome: c.outcome,
                     nonblocking: c.nonblocking,
                 }),
+                first_call: entry
+                    .first_call
+                    .as_ref()
+                    .map(|c| CallRefView::of(c, &process.calls)),
+                last_call: entry
+                    .last_call
+                    .as_ref()
+                    .map(|c| CallRefView::of(c, &process.calls)),
             })
         })
         .collect();

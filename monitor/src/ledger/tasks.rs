@@ -18,6 +18,8 @@ impl Ledger {
             start_ns: h.ts_ns,
             creator: Some(h.tid),
             origin: Origin::Syscall,
+            birth_call: parent.calls.in_flight_on(h.tid),
+            first_call: None,
         };
         if task.flags & task_flags::THREAD != 0 {
             parent.touch_thread(task.pid);
@@ -32,6 +34,7 @@ impl Ledger {
             thread: parent.thread_name(h.tid),
             syscall: NO_SYSCALL,
             origin: Origin::Inherited,
+            call: None,
         };
         let mut child = Process::new(
             task.pid,

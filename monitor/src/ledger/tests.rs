@@ -26,6 +26,8 @@ fn ledger_with_process() -> Ledger {
             start_ns: 1,
             creator: None,
             origin: Origin::BeforeStart,
+            birth_call: None,
+            first_call: None,
         },
     );
     ledger.watch(process);

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 
 pub use super::fdtable::FdTable;
 use super::sockets::EndpointStats;
-use crate::fdkind::FdKind;
+use crate::{
+    calls::{CallLog, CallRef},
+    fdkind::FdKind,
+};
 
 /// A task name as the kernel stores it: 16 bytes, NUL padded.
 pub type Comm = [u8; 16];
@@ -70,6 +73,8 @@ pub struct Birth {
     /// Syscall number, or `monitor_common::NO_SYSCALL`.
     pub syscall: u32,
     pub origin: Origin,
+    /// The call the creating thread had in flight at that moment.
+    pub call: Option<CallRef>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +96,10 @@ pub struct ThreadEntry {
     /// The thread that created it, when seen.
     pub creator: Option<u32>,
     pub origin: Origin,
+    /// The call its creator had in flight when it was created.
+    pub birth_call: Option<CallRef>,
+    /// The first call it made itself (a pool or loop thread's purpose).
+    pub first_call: Option<CallRef>,
 }
 
 /// Why a process is watched.
@@ -119,7 +128,7 @@ pub struct FailedSyscall {
 /// How many recent failures a process keeps (the total is counted apart).
 pub const FAILURES_KEPT: usize = 64;
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Process {
     pub pid: u32,
     pub comm: String,
@@ -135,6 +144,10 @@ pub struct Process {
     pub failures_total: u64,
     /// What events changed while a reconciliation scan was in flight.
     pub touched: Option<Touched>,
+    /// Its API calls (HTTP and HTTPS), loops and their statistics.
+    pub calls: CallLog,
+    /// SSL object -> the socket fd under it, as the probes saw it.
+    pub ssl_fds: HashMap<u64, u32>,
 }
 
 /// fds and threads that events changed during a /proc scan: the scan's view
@@ -167,6 +180,8 @@ impl Process {
             failures: VecDeque::new(),
             failures_total: 0,
             touched: None,
+            calls: CallLog::default(),
+            ssl_fds: HashMap::new(),
         }
     }
 
@@ -230,4 +245,6 @@ pub struct LedgerCounters {
     pub socket_events_unowned: u64,
     /// Socket states sock_diag disagreed with (a state change was missed).
     pub socket_states_fixed: u64,
+    /// Data records for a stream the ledger could not place.
+    pub data_unplaced: u64,
 }

@@ -11,7 +11,12 @@ use super::{
     Birth, FailedSyscall, FdEntry, Ledger, Origin, Process, ThreadEntry, WatchReason, comm_str,
     sockview::{endpoint_views, socket_views},
 };
-use crate::{fdkind::FdKind, labels::Labels, time};
+use crate::{
+    calls::{CallLog, view::CallRefView},
+    fdkind::FdKind,
+    labels::Labels,
+    time,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BirthView {
@@ -25,10 +30,13 @@ pub struct BirthView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscall: Option<String>,
     pub origin: Origin,
+    /// The API call the creating thread had in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallRefView>,
 }
 
 impl BirthView {
-    pub fn of(birth: &Birth, now_ns: u64) -> Self {
+    pub fn of(birth: &Birth, now_ns: u64, calls: &CallLog) -> Self {
         let seen = birth.tid != 0;
         BirthView {
             time: time::rfc3339_of_boot(birth.ts_ns),
@@ -37,6 +45,7 @@ impl BirthView {
             thread: seen.then(|| comm_str(&birth.thread)),
             syscall: (birth.syscall != NO_SYSCALL).then(|| syscall_name(birth.syscall)),
             origin: birth.origin,
+            call: birth.call.as_ref().map(|c| CallRefView::of(c, calls)),
         }
     }
 }
@@ -58,12 +67,12 @@ pub struct FdView {
 }
 
 impl FdView {
-    pub fn of(fd: u32, entry: &FdEntry, now_ns: u64) -> Self {
+    pub fn of(fd: u32, entry: &FdEntry, now_ns: u64, calls: &CallLog) -> Self {
         FdView {
             fd,
             kind: entry.kind,
             provisional: entry.provisional,
-            birth: BirthView::of(&entry.birth, now_ns),
+            birth: BirthView::of(&entry.birth, now_ns, calls),
             dup_of: (entry.source_fd != NO_FD).then_some(entry.source_fd),
         }
     }
@@ -78,10 +87,16 @@ pub struct ThreadView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub creator_tid: Option<u32>,
     pub origin: Origin,
+    /// The API call its creator had in flight when it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth_call: Option<CallRefView>,
+    /// The first API call it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_call: Option<CallRefView>,
 }
 
 impl ThreadView {
-    pub fn of(tid: u32, thread: &ThreadEntry, now_ns: u64) -> Self {
+    pub fn of(tid: u32, thread: &ThreadEntry, now_ns: u64, calls: &CallLog) -> Self {
         ThreadView {
             tid,
             name: comm_str(&thread.name),
@@ -89,6 +104,8 @@ impl ThreadView {
             age_s: time::age_s(thread.start_ns, now_ns),
             creator_tid: thread.creator,
             origin: thread.origin,
+            birth_call: thread.birth_call.as_ref().map(|c| CallRefView::of(c, calls)),
+            first_call: thread.first_call.as_ref().map(|c| CallRefView::of(c, calls)),
         }
     }
 }
@@ -143,19 +160,19 @@ impl ProcessView {
         let mut fds: Vec<FdView> = process
             .fds
             .iter()
-            .map(|(fd, entry)| FdView::of(*fd, entry, now_ns))
+            .map(|(fd, entry)| FdView::of(*fd, entry, now_ns, &process.calls))
             .collect();
         fds.sort_by_key(|f| f.fd);
         let mut threads: Vec<ThreadView> = process
             .threads
             .iter()
-            .map(|(tid, t)| ThreadView::of(*tid, t, now_ns))
+            .map(|(tid, t)| ThreadView::of(*tid, t, now_ns, &process.calls))
             .collect();
         threads.sort_by_key(|t| t.tid);
         ProcessView {
             pid: process.pid,
             comm: process.comm.clone(),
-            cmdline: process.cmdline.clone(),
+            cmdline: crate::redact::cmdline(&process.cmdline),
             started: time::rfc3339_of_boot(process.start_ns),
             watched_since: time::rfc3339_of_boot(process.watched_since_ns),
             reason: process.reason.clone(),

@@ -49,6 +49,17 @@ pub fn all() -> Vec<Hook> {
         hook("sock_set_state", BTF, "inet_sock_set_state", true),
         hook("sock_error_report", BTF, "inet_sk_error_report", false),
         hook("sock_destroy", BTF, "tcp_destroy_sock", true),
+        // The plain-HTTP capture (TLS comes from uprobes attached per process).
+        hook("data_write", "syscalls", "sys_enter_write", false),
+        hook("data_write", "syscalls", "sys_enter_sendto", false),
+        hook("data_writev", "syscalls", "sys_enter_writev", false),
+        hook("data_writev", "syscalls", "sys_enter_sendmsg", false),
+        hook("data_read_enter", "syscalls", "sys_enter_read", false),
+        hook("data_read_enter", "syscalls", "sys_enter_recvfrom", false),
+        hook("data_read_enter", "syscalls", "sys_enter_readv", false),
+        hook("data_read_exit", "syscalls", "sys_exit_read", false),
+        hook("data_read_exit", "syscalls", "sys_exit_recvfrom", false),
+        hook("data_read_exit", "syscalls", "sys_exit_readv", false),
     ];
     for (_, name) in syscalls::RETURNS_FD {
         hooks.push(hook("fd_exit", "syscalls", format!("sys_exit_{name}"), true));

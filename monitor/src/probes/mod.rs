@@ -1,8 +1,12 @@
 //! Loading the kernel probes and talking to their maps.
 
 pub mod btf;
+mod gc;
 pub mod hooks;
+pub mod tls;
 pub mod tracefs;
+
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use aya::{
@@ -11,8 +15,8 @@ use aya::{
     programs::TracePoint,
 };
 use monitor_common::{
-    EventKind, KernelConfig, SockOffsets, SockOwner, TaskOffsets, Tuple, WatchEntry, config_flags, counter,
-    maps,
+    EventKind, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, Tuple, WatchEntry,
+    config_flags, counter, data_flags, maps,
 };
 use serde::Serialize;
 use tracing::{debug, error, warn};
@@ -43,7 +47,9 @@ pub struct KernelCounters {
 
 pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    sock_fds: HashMap<MapData, u64, StreamState>,
+    pub tls: tls::Tls,
     watched: HashMap<MapData, u32, WatchEntry>,
     comms: HashMap<MapData, Comm, u32>,
     config: Array<MapData, KernelConfig>,
@@ -52,11 +58,20 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     socks: HashMap<MapData, u64, SockOwner>,
     tuples: HashMap<MapData, Tuple, SockOwner>,
+    /// Map entries user space cannot account for yet (gc.rs).
+    suspects: MapSuspects,
     pub hooks: Vec<HookStatus>,
     pub tracefs_mounted_by_us: bool,
     /// Why the probes cannot walk from an fd to its socket, if they cannot
     /// (then socket states come from sock_diag reconciliation only).
     pub socket_walk_missing: Option<String>,
+}
+
+#[derive(Default)]
+struct MapSuspects {
+    sock_fds: gc::Suspects<u64>,
+    socks: gc::Suspects<u64>,
+    tuples: gc::Suspects<Tuple>,
 }
 
 impl Probes {
@@ -107,9 +122,12 @@ impl Probes {
             counters: take(&mut ebpf, maps::COUNTERS)?,
             socks: take(&mut ebpf, maps::SOCKS)?,
             tuples: take(&mut ebpf, maps::TUPLES)?,
+            sock_fds: take(&mut ebpf, maps::SOCK_FDS)?,
+            tls: tls::Tls::default(),
+            suspects: MapSuspects::default(),
             config,
             kernel: settings.kernel,
-            _ebpf: ebpf,
+            ebpf,
             hooks,
             tracefs_mounted_by_us,
             socket_walk_missing,
@@ -148,6 +166,50 @@ impl Probes {
         self.set_flag(config_flags::TUPLES_SEEDED, true);
     }
 
+    /// Attaches the OpenSSL probes to a watched process, if it maps libssl.
+    pub fn attach_tls(&mut self, pid: u32) -> bool {
+        match self.tls.attach(&mut self.ebpf, pid) {
+            Ok(attached) => attached,
+            Err(e) => {
+                warn!(pid, error = %format!("{e:#}"), "TLS probes not attached: HTTPS calls will not be seen");
+                false
+            }
+        }
+    }
+
+    pub fn detach_tls(&mut self, pid: u32) {
+        self.tls.detach(&mut self.ebpf, pid);
+    }
+
+    /// Lets the HTTP capture see a TCP socket fd the probes did not see
+    /// being created (opened before the daemon watched the process).
+    pub fn track_socket_fd(&mut self, pid: u32, fd: u32) {
+        let state = StreamState {
+            last_dir: data_flags::READ,
+            fd,
+            ..StreamState::default()
+        };
+        if let Err(e) = self.sock_fds.insert(((pid as u64) << 32) | fd as u64, state, 0) {
+            debug!(error = %e, "SOCK_FDS is full");
+        }
+    }
+
+    /// Forgets socket fds `held` says are gone (closed by close_range,
+    /// exec, exit: paths the probes do not clean up after), once they have
+    /// been gone for the grace period (gc.rs).
+    pub fn collect_socket_fds(&mut self, held: impl Fn(u32, u32) -> bool) -> usize {
+        let unheld = self
+            .sock_fds
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !held((key >> 32) as u32, *key as u32));
+        let stale = self.suspects.sock_fds.confirm(unheld, Instant::now());
+        for key in &stale {
+            let _ = self.sock_fds.remove(key);
+        }
+        stale.len()
+    }
+
     /// Turns a KernelConfig flag on or off (the probes read it on every event).
     fn set_flag(&mut self, flag: u32, on: bool) {
         let flags = if on {
@@ -167,7 +229,9 @@ impl Probes {
     /// holds: a TCP socket whose destruction was not seen, a seeded
     /// connection that ended before its next state change. Returns how many went.
     pub fn collect_sockets(&mut self, held: impl Fn(u64) -> bool) -> usize {
-        let collected = drop_unheld(&mut self.socks, &held) + drop_unheld(&mut self.tuples, &held);
+        let now = Instant::now();
+        let collected = drop_unheld(&mut self.socks, &mut self.suspects.socks, &held, now)
+            + drop_unheld(&mut self.tuples, &mut self.suspects.tuples, &held, now);
         // Entries the probes matched left TUPLES on their own.
         let seeded = self.tuples.keys().next().is_some();
         self.set_flag(config_flags::TUPLES_SEEDED, seeded);
@@ -237,13 +301,18 @@ pub fn load_floor(raw: bool) -> anyhow::Result<Ebpf> {
 }
 
 /// Removes the entries of `map` whose socket no watched fd holds.
-fn drop_unheld<K: aya::Pod>(map: &mut HashMap<MapData, K, SockOwner>, held: &impl Fn(u64) -> bool) -> usize {
-    let stale: Vec<K> = map
+fn drop_unheld<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut HashMap<MapData, K, SockOwner>,
+    suspects: &mut gc::Suspects<K>,
+    held: &impl Fn(u64) -> bool,
+    now: Instant,
+) -> usize {
+    let unheld = map
         .iter()
         .filter_map(Result::ok)
         .filter(|(_, owner)| !held(owner.inode))
-        .map(|(key, _)| key)
-        .collect();
+        .map(|(key, _)| key);
+    let stale = suspects.confirm(unheld, now);
     for key in &stale {
         let _ = map.remove(key);
     }

@@ -13,6 +13,7 @@ pub use render::render_table;
 pub use sockets::{EndpointSummary, SocketSnapshot};
 
 use crate::{
+    calls::view::CallRefView,
     control::{client, protocol::Request},
     fdkind::FdKind,
     labels::Labels,
@@ -71,6 +72,12 @@ pub struct ThreadSnapshot {
     pub age_s: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creator_tid: Option<u32>,
+    /// The API call its creator had in flight when it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth_call: Option<CallRefView>,
+    /// The first API call it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_call: Option<CallRefView>,
 }
 
 /// Takes a snapshot of `pid`. Fails only when the process cannot be read at all.
@@ -106,6 +113,8 @@ pub fn take(pid: u32, control_socket: &Path, labels: &Labels) -> Result<Snapshot
             start: crate::time::rfc3339_of_boot(t.start_ns),
             age_s: crate::time::age_s(t.start_ns, now),
             creator_tid: None,
+            birth_call: None,
+            first_call: None,
         })
         .collect();
 
@@ -132,7 +141,7 @@ pub fn take(pid: u32, control_socket: &Path, labels: &Labels) -> Result<Snapshot
         endpoints,
         pid,
         comm: info.comm,
-        cmdline: info.cmdline,
+        cmdline: crate::redact::cmdline(&info.cmdline),
         limits: Limits {
             nofile_soft,
             nofile_hard,
@@ -184,6 +193,8 @@ fn merge_births(fds: &mut [FdSnapshot], threads: &mut [ThreadSnapshot], view: &P
     for thread in threads.iter_mut() {
         if let Some(known) = starts.get(&thread.tid) {
             thread.creator_tid = known.creator_tid;
+            thread.birth_call = known.birth_call.clone();
+            thread.first_call = known.first_call.clone();
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{EndpointSummary, FdSnapshot, Snapshot};
-use crate::{fdkind::FdKind, time::short_age};
+use crate::{calls::view::CallRefView, fdkind::FdKind, table::table, time::short_age};
 
 /// Rows that point at trouble sort first: abandoned TCP sockets, then other
 /// connected sockets, other sockets, then everything else; older first.
@@ -14,33 +14,6 @@ fn interest(fd: &FdSnapshot) -> u8 {
         (_, kind) if kind.is_socket() => 2,
         _ => 3,
     }
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 pub fn render_table(snapshot: &Snapshot) -> String {
@@ -109,7 +82,8 @@ pub fn render_table(snapshot: &Snapshot) -> String {
                 short_age(b.age_s),
                 match (b.tid, &b.syscall) {
                     (Some(tid), Some(syscall)) => {
-                        format!("{syscall} by {tid} {}", b.thread.as_deref().unwrap_or(""))
+                        let during = b.call.as_ref().map(during_call).unwrap_or_default();
+                        format!("{syscall} by {tid} {}{during}", b.thread.as_deref().unwrap_or(""))
                     }
                     _ => b.origin.name().to_string(),
                 },
@@ -120,7 +94,10 @@ pub fn render_table(snapshot: &Snapshot) -> String {
             .socket
             .as_ref()
             .and_then(|s| s.ledger.as_ref())
-            .map(|l| format!(" for {}", short_age(l.age_in_state_s)))
+            .map(|l| {
+                let last = l.last_call.as_ref().map(last_call).unwrap_or_default();
+                format!(" for {}{last}", short_age(l.age_in_state_s))
+            })
             .unwrap_or_default();
         rows.push(vec![
             fd.fd.to_string(),
@@ -146,12 +123,29 @@ pub fn render_table(snapshot: &Snapshot) -> String {
             t.name.clone(),
             t.state.to_string(),
             short_age(t.age_s),
-            t.creator_tid.map_or("-".into(), |c| c.to_string()),
+            t.creator_tid.map_or("-".into(), |c| c.to_string())
+                + &t.birth_call.as_ref().map(during_call).unwrap_or_default(),
         ]);
     }
     out.push('\n');
     out.push_str(&table(&rows));
     out
+}
+
+/// ` during GET /v1/nodes/{node}`: the API call a resource was born in.
+fn during_call(call: &CallRefView) -> String {
+    match &call.pattern {
+        Some(pattern) => format!(" during {pattern}"),
+        None => format!(" during {}", call.kind.name()),
+    }
+}
+
+/// `, last call GET /v1/nodes/{node}`: the last API call sent on a socket.
+fn last_call(call: &CallRefView) -> String {
+    match &call.pattern {
+        Some(pattern) => format!(", last call {pattern}"),
+        None => format!(", last call {}", call.kind.name()),
+    }
 }
 
 /// `ironic-api 127.0.0.1:6385  ESTABLISHED 3  CLOSE_WAIT 8 (oldest 14m)  connects 112 refused 0 timeouts 2`
@@ -183,22 +177,4 @@ pub fn endpoint_line(endpoint: &EndpointSummary) -> String {
         }
     }
     line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn columns_align_and_the_last_is_free() {
-        let rows = vec![
-            vec!["FD".to_string(), "KIND".to_string(), "TARGET".to_string()],
-            vec![
-                "12345".to_string(),
-                "file".to_string(),
-                "/a long path".to_string(),
-            ],
-        ];
-        assert_eq!(table(&rows), "FD     KIND  TARGET\n12345  file  /a long path\n");
-    }
 }

@@ -2,19 +2,26 @@
 //!   kinds           every fd kind, closes, dups, SCM_RIGHTS, threads (see kinds.rs)
 //!   bulk F P T C U  F files, P pipes, T TCP pairs, C CLOSE_WAIT sockets, U unix pairs
 //!   flood N        after a `go` line: N eventfds at once plus N open/close pairs
-//!   loop KIND N    after a `go` line: N iterations of a syscall loop, ns per op
-//!   tcp-server     accept and close connections forever (the loop's peer)
+//!   loop KIND N    after a `go` line: N iterations of a loop, ns per op: a
+//!                  syscall, tcp:PORT, http:PORT or tls:CERT:KEY (loops.rs)
+//!   tcp-server     accept and close connections forever (the tcp loop's peer)
+//!   http-server    answer HTTP requests forever (the http loop's peer)
+//!   tls-idle       map libssl, then serve (a process with TLS uprobes, idle)
 //!   leak           a file, a CLOSE_WAIT socket each second, a stuck thread every fifth
 //!   serve          nothing but the commands below
+//!   http-early A   connect to A at once, then serve (see http.rs)
 //! It prints one JSON line per event on stdout and then obeys commands on
 //! stdin: `exec`, `emfile`, `unhooked`, `exit`, and for sockets `connect ADDR
-//! [plain|nonblock|syncnt1]`, `close FD`, `share FD`, `churn N KEEP`.
+//! [plain|nonblock|syncnt1]`, `close FD`, `share FD`, `churn N KEEP`, and
+//! `http-call ADDR PATH` (resources born during an HTTP call, see http.rs).
 
 mod bulk;
+mod http;
 mod kinds;
 mod loops;
 mod raw;
 mod sockets;
+mod tls;
 
 use std::{
     io::{BufRead, Write},
@@ -42,6 +49,11 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             "close" => sockets::close(number(1)),
             "share" => sockets::share(number(1)),
             "churn" => sockets::churn(number(1) as usize, number(2) as usize),
+            "http-call" => http::call(
+                words.get(1).copied().unwrap_or(""),
+                words.get(2).copied().unwrap_or("/"),
+            ),
+            "http-send" => http::send(number(1), words.get(2).copied().unwrap_or("/")),
             _ => {}
         }
         match command.trim() {
@@ -55,7 +67,7 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             "emfile" => emfile(),
             "unhooked" => unhooked(),
             other
-                if ["connect", "close", "share", "churn"]
+                if ["connect", "close", "share", "churn", "http-call", "http-send"]
                     .iter()
                     .any(|c| other.starts_with(c)) => {}
             other => panic!("unknown command {other:?}"),
@@ -177,7 +189,18 @@ fn main() {
             loops::bench(kind, number(3, 100_000) as u64, &mut commands);
         }
         Some("leak") => loops::leak(),
+        Some("http-early") => {
+            let fd = http::connect_early(args.get(2).map(String::as_str).unwrap_or(""));
+            say(json!({"event": "ready", "pid": std::process::id(), "fd": fd}));
+            serve(&mut commands);
+        }
         Some("tcp-server") => loops::tcp_server(),
+        Some("http-server") => loops::http_server(),
+        Some("tls-idle") => {
+            tls::idle();
+            say(json!({"event": "ready", "pid": std::process::id()}));
+            serve(&mut commands);
+        }
         other => panic!("unknown mode {other:?}"),
     }
 }

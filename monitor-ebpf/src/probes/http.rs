@@ -1,0 +1,275 @@
+//! The HTTP capture: the first bytes of each message a watched process
+//! sends or receives on a TCP socket, in plain text (syscalls) or TLS
+//! plaintext (OpenSSL uprobes, tls.rs).
+//!
+//! A message starts when data changes direction on a stream (a request
+//! after a response, a response after a request); the write after a
+//! request's first write is also kept (a request body: nova's provision
+//! and power targets). Everything else (bodies, later chunks) is skipped in
+//! the kernel: the capture costs a map lookup per data syscall and one
+//! record per message start.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use monitor_common::{
+    DATA_CAPTURE, DataEvent, EventKind, PendingSyscall, StreamState, data_flags, stream_flags,
+};
+
+use crate::{
+    emit::{header, reserve, submit},
+    maps::{PENDING, SOCK_FDS, TLS_CALLS, watch_entry},
+};
+
+const SYSCALL_NR: usize = 8;
+const ARGS: usize = 16;
+const RET: usize = 16;
+
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: a constant offset inside the syscall record (platform.md); the
+    // verifier checks it against the record of each attached syscall.
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+/// Whether this piece of data starts a message (or is a request body) on a
+/// stream, updating the stream's state. Returns the flags to ship it with.
+#[inline(always)]
+pub fn message_start(state: &mut StreamState, dir: u32) -> Option<u32> {
+    if state.last_dir != dir || (state.writes == 0 && dir == 0) {
+        state.last_dir = dir;
+        state.writes = if dir == 0 { 1 } else { 0 };
+        return Some(dir);
+    }
+    if dir == 0 {
+        state.writes += 1;
+        if state.writes == 2 {
+            return Some(data_flags::CONTINUATION);
+        }
+    }
+    None
+}
+
+/// Ships up to DATA_CAPTURE bytes of user memory at `buf`.
+#[inline(always)]
+pub fn ship_data(fd: u32, ssl: u64, flags: u32, len: u64, buf: u64) {
+    let Some(mut entry) = reserve::<DataEvent>(EventKind::Data) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let captured = (len as usize).min(DATA_CAPTURE);
+    // SAFETY: `event` points at a reserved record of the right size; the
+    // copy is bounded by DATA_CAPTURE.
+    unsafe {
+        (*event).header = header(EventKind::Data, monitor_common::NO_SYSCALL);
+        (*event).ssl = ssl;
+        (*event).fd = fd;
+        (*event).flags = flags;
+        (*event).len = len as u32;
+        (*event).captured = captured as u32;
+        let data = &mut (*event).data;
+        if bpf_probe_read_user_buf(buf as *const u8, &mut data[..captured]).is_err() {
+            (*event).captured = 0;
+        }
+    }
+    submit(entry);
+}
+
+/// TLS records start with a handshake (22) or application-data (23) type
+/// and version major 3: such a stream is left to the OpenSSL probes.
+#[inline(always)]
+fn looks_like_tls(buf: u64) -> bool {
+    // SAFETY: a probe read of user memory; a fault makes it fail.
+    match unsafe { bpf_probe_read_user(buf as *const [u8; 2]) } {
+        Ok([kind, 3]) => kind == 22 || kind == 23,
+        _ => false,
+    }
+}
+
+/// Data `len` bytes long at `buf` moving through `fd` in direction `dir`.
+#[inline(always)]
+fn on_data(fd: u32, dir: u32, len: u64, buf: u64) {
+    if len == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Inside SSL_read/SSL_write this is ciphertext on the SSL object's socket.
+    let in_ssl_call = note_tls_fd(pid_tgid, fd);
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | fd as u64;
+    let Some(state) = SOCK_FDS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a live map value; concurrent writers on one fd are rare and at
+    // worst cost a capture.
+    let state = unsafe { &mut *state };
+    if in_ssl_call {
+        state.flags |= stream_flags::TLS;
+    }
+    if state.flags & stream_flags::TLS != 0 {
+        return;
+    }
+    let Some(flags) = message_start(state, dir) else {
+        return;
+    };
+    // A handshake outside SSL_read/SSL_write (SSL_do_handshake) shows the
+    // stream is TLS before any plaintext call does.
+    if flags & data_flags::CONTINUATION == 0 && looks_like_tls(buf) {
+        state.flags |= stream_flags::TLS;
+        return;
+    }
+    ship_data(fd, 0, flags, len, buf);
+}
+
+/// Inside SSL_read/SSL_write, the syscall's fd is the SSL object's socket.
+#[inline(always)]
+fn note_tls_fd(pid_tgid: u64, fd: u32) -> bool {
+    match TLS_CALLS.get_ptr_mut(pid_tgid) {
+        Some(call) => {
+            // SAFETY: a live map value owned by this thread.
+            unsafe { (*call).fd = fd };
+            true
+        }
+        None => false,
+    }
+}
+
+fn watched() -> bool {
+    watch_entry((bpf_get_current_pid_tgid() >> 32) as u32).is_some()
+}
+
+/// sys_enter of write and sendto: (fd, buf, len).
+#[tracepoint]
+pub fn data_write(ctx: TracePointContext) -> u32 {
+    if watched() {
+        let (fd, buf, len): (u64, u64, u64) =
+            (field(&ctx, ARGS), field(&ctx, ARGS + 8), field(&ctx, ARGS + 16));
+        on_data(fd as u32, 0, len, buf);
+    }
+    0
+}
+
+/// The first iovec of an array at `iov`: (base, len).
+#[inline(always)]
+fn first_iovec(iov: u64) -> Option<(u64, u64)> {
+    // SAFETY: a probe read of user memory; a fault makes it fail.
+    unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }
+        .ok()
+        .map(|[base, len]| (base, len))
+}
+
+/// Offset of msg_iov in struct user_msghdr (x86_64).
+pub const MSG_IOV: u64 = 16;
+
+/// sys_enter of writev (fd, iov) and sendmsg (fd, msghdr): the first iovec.
+#[tracepoint]
+pub fn data_writev(ctx: TracePointContext) -> u32 {
+    if !watched() {
+        return 0;
+    }
+    let (nr, fd, ptr): (i32, u64, u64) = (field(&ctx, SYSCALL_NR), field(&ctx, ARGS), field(&ctx, ARGS + 8));
+    let iov = if nr as u32 == monitor_common::syscalls::SENDMSG {
+        // SAFETY: a probe read of user memory; a fault makes it fail.
+        match unsafe { bpf_probe_read_user((ptr + MSG_IOV) as *const u64) } {
+            Ok(iov) => iov,
+            Err(_) => return 0,
+        }
+    } else {
+        ptr
+    };
+    if let Some((base, len)) = first_iovec(iov) {
+        on_data(fd as u32, 0, len, base);
+    }
+    0
+}
+
+/// sys_enter of read, recvfrom (fd, buf) and readv (fd, iov): the buffer is
+/// filled by the time of sys_exit, so it is kept until then, for sockets.
+#[tracepoint]
+pub fn data_read_enter(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if watch_entry((pid_tgid >> 32) as u32).is_none() {
+        return 0;
+    }
+    let (nr, fd, buf): (i32, u64, u64) = (field(&ctx, SYSCALL_NR), field(&ctx, ARGS), field(&ctx, ARGS + 8));
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
+    if SOCK_FDS.get_ptr(key).is_none() && TLS_CALLS.get_ptr(pid_tgid).is_none() {
+        return 0;
+    }
+    let pending = PendingSyscall {
+        syscall: nr as u32,
+        _pad: 0,
+        enter_ns: 0,
+        args: [fd, buf, 0, 0],
+    };
+    let _ = PENDING.insert(pid_tgid, pending, 0);
+    0
+}
+
+/// sys_exit of read, recvfrom and readv.
+#[tracepoint]
+pub fn data_read_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING.remove(pid_tgid);
+    let ret: i64 = field(&ctx, RET);
+    if ret <= 0 {
+        return 0;
+    }
+    let [fd, buf, _, _] = pending.args;
+    if pending.syscall == monitor_common::syscalls::READV {
+        if let Some((base, len)) = first_iovec(buf) {
+            on_data(fd as u32, data_flags::READ, (ret as u64).min(len), base);
+        }
+    } else {
+        on_data(fd as u32, data_flags::READ, ret as u64, buf);
+    }
+    0
+}
+
+/// recvmsg's data (called from its sys_exit with the kept msghdr).
+#[inline(always)]
+pub fn received_data(fd: u64, msghdr: u64, ret: i64) {
+    // SAFETY: a probe read of user memory; a fault makes it fail.
+    let Ok(iov) = (unsafe { bpf_probe_read_user((msghdr + MSG_IOV) as *const u64) }) else {
+        return;
+    };
+    if let Some((base, len)) = first_iovec(iov) {
+        on_data(fd as u32, data_flags::READ, (ret as u64).min(len), base);
+    }
+}
+
+/// A new TCP socket fd of a watched process: its data is now looked at.
+#[inline(always)]
+pub fn track_socket_fd(tgid: u32, fd: u32) {
+    let state = StreamState {
+        flags: 0,
+        last_dir: data_flags::READ,
+        writes: 0,
+        fd,
+    };
+    let _ = SOCK_FDS.insert(((tgid as u64) << 32) | fd as u64, state, 0);
+}
+
+/// A closed fd, or one dup'ed over: forget its stream.
+#[inline(always)]
+pub fn forget_fd(tgid: u32, fd: u32) {
+    let _ = SOCK_FDS.remove(((tgid as u64) << 32) | fd as u64);
+}
+
+/// dup of a tracked socket: the new fd is the same stream's.
+#[inline(always)]
+pub fn dup_fd(tgid: u32, source: u32, fd: u32) {
+    let base = (tgid as u64) << 32;
+    // SAFETY: copied out at once.
+    if let Some(state) = unsafe { SOCK_FDS.get(base | source as u64) }.copied() {
+        let _ = SOCK_FDS.insert(base | fd as u64, state, 0);
+    } else {
+        forget_fd(tgid, fd);
+    }
+}

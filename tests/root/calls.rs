@@ -1,0 +1,542 @@
+//! Ironic API calls of the real nova Ironic driver against a real Ironic,
+//! over HTTP and HTTPS, checked call by call against the harness's own
+//! request log (urllib3's), the ground truth.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde_json::{Value, json};
+use tests::{
+    daemon::Daemon,
+    require_root, scratch_dir,
+    testbed::{Ironic, LoggedRequest, NovaCompute, Testbed},
+};
+
+/// A real Ironic with one available node, a daemon, and the harness
+/// watched (with its TLS uprobes attached when `tls`).
+struct Bed {
+    bed: Testbed,
+    dir: std::path::PathBuf,
+    ironic: Ironic,
+    node: String,
+    daemon: Daemon,
+}
+
+impl Bed {
+    fn start(test: &str, ip: &str, tls: bool) -> Bed {
+        Bed::start_with_log(test, ip, tls, "info")
+    }
+
+    /// As [`Bed::start`], with the daemon logging at `level`.
+    fn start_with_log(test: &str, ip: &str, tls: bool, level: &str) -> Bed {
+        let bed = Testbed::install();
+        let dir = scratch_dir(test);
+        let ironic = Ironic::start(&bed, &dir, ip, tls);
+        let node = ironic.enroll(&bed, 1).remove(0);
+        // Only this test's harness: parallel tests run harnesses of their own.
+        let harness = regex_escape(&dir.join("nova/bin/nova-compute").to_string_lossy());
+        let daemon = Daemon::start_with_env(&dir, &["--match-cmdline", &harness], &[("RUST_LOG", level)]);
+        Bed {
+            bed,
+            dir,
+            ironic,
+            node,
+            daemon,
+        }
+    }
+
+    fn nova(&self, fake_token: Option<&str>) -> NovaCompute {
+        let nova = NovaCompute::start(&self.bed, &self.dir, &self.ironic, fake_token);
+        self.await_watched(&nova);
+        nova
+    }
+
+    /// The daemon watches the harness and, over HTTPS, has its libssl
+    /// uprobes in place: from here on every call is seen.
+    fn await_watched(&self, nova: &NovaCompute) {
+        let tls = self.ironic.cacert.is_some();
+        self.daemon
+            .await_status("the harness watched", Duration::from_secs(20), |status| {
+                let watched = status["processes"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["pid"] == nova.pid));
+                watched && (!tls || attachments(status, nova.pid) == 1)
+            });
+    }
+
+    fn calls(&self, pid: u32) -> Value {
+        self.daemon
+            .request(json!({"request": "calls", "pid": pid, "recent": 10_000}))
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+fn attachments(status: &Value, pid: u32) -> usize {
+    status["tls"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|t| t["pid"] == pid).count())
+}
+
+/// Per thread, the (method, path, status) sequence: threads run their calls
+/// one after another, so these sequences are exact whatever the interleaving.
+fn by_thread(calls: impl Iterator<Item = (u32, String, String, u16)>) -> BTreeMap<u32, Vec<String>> {
+    let mut threads: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for (tid, method, path, status) in calls {
+        threads
+            .entry(tid)
+            .or_default()
+            .push(format!("{method} {path} {status}"));
+    }
+    threads
+}
+
+fn daemon_sequences(calls: &Value) -> BTreeMap<u32, Vec<String>> {
+    by_thread(calls["recent"].as_array().unwrap().iter().map(|c| {
+        (
+            c["tid"].as_u64().unwrap() as u32,
+            c["method"].as_str().unwrap().to_string(),
+            c["path"].as_str().unwrap().to_string(),
+            c["status"].as_u64().unwrap_or(0) as u16,
+        )
+    }))
+}
+
+fn logged_sequences(requests: &[LoggedRequest]) -> BTreeMap<u32, Vec<String>> {
+    by_thread(
+        requests
+            .iter()
+            .map(|r| (r.thread, r.method.clone(), r.path.clone(), r.status)),
+    )
+}
+
+fn uuid_after<'a>(path: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = &path[path.find(marker)? + marker.len()..];
+    Some(&rest[..36.min(rest.len())])
+}
+
+/// Drives a full instance life cycle and checks the daemon's calls.
+fn full_cycle(test: &str, ip: &str, tls: bool) {
+    if !require_root(test) {
+        return;
+    }
+    let bed = Bed::start(test, ip, tls);
+    let mut nova = bed.nova(None);
+    nova.run("nodes", "nodes");
+    let instance = nova.run(&format!("spawn {}", bed.node), "spawned")["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for action in ["power_off", "power_on", "reboot", "destroy"] {
+        nova.run(&format!("{action} {instance}"), action);
+    }
+    bed.daemon.sync();
+    let calls = bed.calls(nova.pid);
+    let logged = nova.requests();
+    let scheme = if tls { "https" } else { "http" };
+    assert!(
+        logged.len() > 30,
+        "a full cycle makes dozens of calls: {logged:?}"
+    );
+    assert!(logged.iter().all(|r| r.scheme == scheme));
+
+    // Call by call, thread by thread: method, path and status.
+    assert_eq!(daemon_sequences(&calls), logged_sequences(&logged));
+    assert!(calls["in_flight"].as_array().unwrap().is_empty());
+    assert_eq!(calls["parse"]["not_http"], 0, "{:#}", calls["parse"]);
+
+    // Classification, node and instance, TLS, latency.
+    let recent = calls["recent"].as_array().unwrap();
+    for call in recent {
+        let path = call["path"].as_str().unwrap();
+        assert_ne!(call["kind"], "unknown", "{call:#}");
+        assert_eq!(call["tls"], tls, "{call:#}");
+        assert_eq!(call["label"], "ironic-api", "{call:#}");
+        assert!(call["latency_ms"].as_f64().unwrap() > 0.0, "{call:#}");
+        if let Some(node) = uuid_after(path, "/v1/nodes/") {
+            assert_eq!(call["node"], node, "{call:#}");
+        }
+        if let Some(uuid) = uuid_after(path, "instance_uuid=") {
+            assert_eq!(
+                (&call["kind"], &call["instance"]),
+                (&json!("instance_lookup"), &json!(uuid))
+            );
+        }
+    }
+    let state_changes: Vec<(String, String)> = recent
+        .iter()
+        .filter(|c| c["method"] == "PUT")
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().to_string(),
+                c["target"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("provision_state", "active"),
+        ("power_state", "power off"),
+        ("power_state", "power on"),
+        ("power_state", "soft rebooting"),
+        ("provision_state", "deleted"),
+    ]
+    .iter()
+    .map(|(k, t)| (k.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(state_changes, expected);
+
+    // The deploy's wait loop: every instance lookup its thread made.
+    let put = recent
+        .iter()
+        .find(|c| c["target"] == "active")
+        .expect("the deploy PUT");
+    let deploy = calls["loops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == "deploy")
+        .unwrap_or_else(|| panic!("no deploy loop in {:#}", calls["loops"]));
+    let poller = deploy["tid"].as_u64().unwrap() as u32;
+    let polls = logged
+        .iter()
+        .filter(|r| r.thread == poller && r.path.contains(&format!("instance_uuid={instance}")))
+        .count();
+    assert!(polls >= 2, "a 3 s fake deploy polled every second: {polls}");
+    assert_eq!(
+        (
+            &deploy["subject"],
+            &deploy["node"],
+            &deploy["trigger"],
+            deploy["polls"].as_u64()
+        ),
+        (&json!(instance), &json!(bed.node), &put["id"], Some(polls as u64)),
+        "{deploy:#}"
+    );
+    assert_ne!(poller, nova.pid, "nova's looping call runs on its own thread");
+    nova.exit();
+}
+
+#[test]
+fn http_cycle_matches_the_harness_log_call_by_call() {
+    full_cycle("calls-http", "127.0.0.2", false);
+}
+
+#[test]
+fn https_cycle_matches_the_harness_log_call_by_call() {
+    full_cycle("calls-https", "127.0.0.3", true);
+}
+
+const FAKE_TOKEN: &str = "gAAAAAB-leakmon-secret-7f3a9c1e5b-never-stored";
+
+#[test]
+fn a_fake_token_appears_in_no_output_and_no_log() {
+    if !require_root("a_fake_token_appears_in_no_output_and_no_log") {
+        return;
+    }
+    // The most verbose log the daemon has.
+    let bed = Bed::start_with_log("calls-secret", "127.0.0.4", false, "trace");
+    let mut nova = bed.nova(Some(FAKE_TOKEN));
+    nova.run("nodes", "nodes");
+    nova.run(&format!("spawn {}", bed.node), "spawned");
+    bed.daemon.sync();
+
+    // The token did cross the wire, and was seen as a token.
+    let calls = bed.calls(nova.pid);
+    let recent = calls["recent"].as_array().unwrap();
+    // (keystoneauth's version discovery is unauthenticated.)
+    let authenticated = recent.iter().filter(|c| c["kind"] != "version_discovery");
+    assert!(authenticated.clone().count() > 10);
+    assert!(authenticated.clone().all(|c| c["token"] == true), "{calls:#}");
+
+    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
+    let socket = bed.daemon.socket.to_str().unwrap().to_string();
+    let pid = nova.pid.to_string();
+    let mut outputs = vec![
+        calls.to_string(),
+        bed.daemon.ledger(nova.pid).to_string(),
+        bed.daemon.status().to_string(),
+    ];
+    for args in [
+        vec!["calls", "--pid", &pid],
+        vec!["calls", "--pid", &pid, "--json"],
+        vec!["snapshot", "--pid", &pid],
+        vec!["snapshot", "--pid", &pid, "--json"],
+        vec!["status"],
+        vec!["status", "--json"],
+    ] {
+        let out = std::process::Command::new(&leakmon)
+            .args(&args)
+            .args(["--control-socket", &socket])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        outputs.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    nova.exit();
+    drop(bed.daemon);
+    let log = std::fs::read_to_string(bed.dir.join("daemon.log")).unwrap();
+    assert!(
+        log.len() > 10_000,
+        "a trace log of a spawn is long: {} bytes",
+        log.len()
+    );
+    outputs.push(log);
+    for output in &outputs {
+        assert!(!output.contains(FAKE_TOKEN), "the token leaked into: {output}");
+        // Nor any long piece of it (a value split across two lines).
+        assert!(!output.contains(&FAKE_TOKEN[..16]));
+    }
+}
+
+#[test]
+fn restarted_nova_compute_is_followed_without_duplicates_or_stale_calls() {
+    let test = "calls-restart";
+    if !require_root(test) {
+        return;
+    }
+    let bed = Bed::start(test, "127.0.0.5", true);
+    let mut first = bed.nova(None);
+    first.run("nodes", "nodes");
+    let old_pid = first.pid;
+    let before = bed.daemon.status();
+    let old_lines = first.requests().len();
+    first.kill();
+    bed.daemon.await_status(
+        "the killed harness forgotten",
+        Duration::from_secs(20),
+        |status| {
+            attachments(status, old_pid) == 0
+                && !status["processes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["pid"] == old_pid)
+        },
+    );
+
+    let mut second = bed.nova(None);
+    second.run("nodes", "nodes");
+    bed.daemon.sync();
+    let status = bed.daemon.status();
+    assert_eq!(attachments(&status, second.pid), 1, "{:#}", status["tls"]);
+    assert_eq!(attachments(&status, old_pid), 0);
+    let (attached, detached) = (
+        status["tls_attached_total"].as_u64().unwrap() - before["tls_attached_total"].as_u64().unwrap(),
+        status["tls_detached_total"].as_u64().unwrap() - before["tls_detached_total"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        (attached, detached),
+        (1, 1),
+        "one detach for the old, one attach for the new"
+    );
+
+    // The new process's calls are its own, every one of them.
+    let calls = bed.calls(second.pid);
+    let new_requests: Vec<LoggedRequest> = second.requests().into_iter().skip(old_lines).collect();
+    assert!(!new_requests.is_empty());
+    assert_eq!(daemon_sequences(&calls), logged_sequences(&new_requests));
+    assert_eq!(
+        bed.daemon
+            .try_request(&json!({"request": "calls", "pid": old_pid})),
+        Err(format!("pid {old_pid} is not watched by this daemon"))
+    );
+    second.exit();
+}
+
+#[test]
+fn an_unanswered_call_is_live_and_resources_born_during_it_carry_it() {
+    let test = "calls-attribution";
+    if !require_root(test) {
+        return;
+    }
+    let (daemon, mut workload, _) = tests::watched_workload(test, "lm-attrib", &["serve"]);
+    // The server: answers one request when the test says so.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let (go, answer_now) = std::sync::mpsc::channel::<()>();
+    let answer = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = server.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = conn.read(&mut request).unwrap();
+        answer_now.recv().unwrap();
+        conn.write_all(b"HTTP/1.1 200 OK\r\nX-Openstack-Request-Id: req-attrib\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        conn
+    });
+    const NODE: &str = "0b6a3c1e-5d8f-4a2b-9c7d-1e2f3a4b5c6d";
+    workload.send(&format!("http-call {addr} /v1/nodes/{NODE}"));
+
+    // Unanswered, the call is in flight on the workload's thread, and ages.
+    let in_flight = |daemon: &Daemon| {
+        daemon.request(json!({"request": "calls", "pid": workload.pid}))["in_flight"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let [call] = in_flight(&daemon).as_slice() {
+            break call.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never showed in flight"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        (&first["tid"], &first["kind"]),
+        (&json!(workload.pid), &json!("node_get"))
+    );
+    let age = |call: &Value| call["age_s"].as_f64().expect("an in-flight call has an age");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while age(&in_flight(&daemon)[0]) <= age(&first) {
+        assert!(std::time::Instant::now() < deadline, "the age does not grow");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    go.send(()).unwrap();
+    let called = workload.expect("called");
+    let _conn = answer.join().unwrap();
+    daemon.sync();
+    let calls = daemon.request(json!({"request": "calls", "pid": workload.pid}));
+    assert!(calls["in_flight"].as_array().unwrap().is_empty());
+    let call = &calls["recent"][0];
+    assert_eq!(
+        (&call["kind"], &call["node"], &call["status"], &call["request_id"]),
+        (
+            &json!("node_get"),
+            &json!(NODE),
+            &json!(200),
+            &json!("req-attrib")
+        ),
+        "{calls:#}"
+    );
+    let expected =
+        json!({"id": call["id"], "kind": "node_get", "pattern": "GET /v1/nodes/{node}", "node": NODE});
+
+    let ledger = daemon.ledger(workload.pid);
+    let fd_birth_call = |fd: &Value| {
+        ledger["fds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["fd"] == *fd)
+            .unwrap_or_else(|| panic!("fd {fd} not in {:#}", ledger["fds"]))["birth"]["call"]
+            .clone()
+    };
+    assert_eq!(fd_birth_call(&called["file"]), expected);
+    assert_eq!(fd_birth_call(&called["socket"]), expected);
+    assert_eq!(
+        fd_birth_call(&called["after"]),
+        Value::Null,
+        "born after the answer"
+    );
+    assert_eq!(
+        fd_birth_call(&called["connection"]),
+        Value::Null,
+        "born before the request"
+    );
+    let thread = ledger["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == called["thread"])
+        .expect("the thread born during the call");
+    assert_eq!(thread["birth_call"], expected);
+    let connection = ledger["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["fds"].as_array().unwrap().contains(&called["connection"]))
+        .expect("the call's connection");
+    assert_eq!(
+        (&connection["first_call"], &connection["last_call"]),
+        (&expected, &expected)
+    );
+
+    // The snapshot carries the same, in JSON and in its tables.
+    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
+    let snapshot = tests::snapshot_json(&leakmon, workload.pid, &daemon.socket);
+    let snap_thread = snapshot["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == called["thread"])
+        .unwrap();
+    assert_eq!(snap_thread["birth_call"], expected);
+    let text = std::process::Command::new(&leakmon)
+        .args(["snapshot", "--pid", &workload.pid.to_string(), "--control-socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("during GET /v1/nodes/{node}"), "{text}");
+    assert!(text.contains(", last call GET /v1/nodes/{node}"), "{text}");
+}
+
+/// Answers every request on every connection with 200, until the test ends.
+fn answering_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in server.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut request = [0u8; 4096];
+                while conn.read(&mut request).is_ok_and(|n| n > 0) {
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    if conn.write_all(answer).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_connection_made_right_after_exec_is_captured() {
+    let test = "calls-early";
+    if !require_root(test) {
+        return;
+    }
+    // The workload connects before the daemon can have handled its exec:
+    // the probes track the socket at once, and the daemon must not mistake
+    // the entry for a stale one while the socket's events are still queued.
+    let addr = answering_server();
+    let (daemon, mut workload, ready) =
+        tests::watched_workload(test, "lm-early", &["http-early", &addr.to_string()]);
+    // Past the daemon's housekeeping (which collects stale entries) twice.
+    let status = daemon.status();
+    let since = status["uptime_s"].as_f64().unwrap();
+    daemon.await_status("two housekeeping passes", Duration::from_secs(10), |s| {
+        s["uptime_s"].as_f64().unwrap() > since + 2.5
+    });
+    workload.send(&format!(
+        "http-send {} /v1/nodes/{}",
+        ready["fd"], "5d8f0b6a-3c1e-4a2b-9c7d-1e2f3a4b5c6d"
+    ));
+    workload.expect("sent");
+    daemon.sync();
+    let calls = daemon.request(json!({"request": "calls", "pid": workload.pid}));
+    let recent = calls["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 1, "{calls:#}");
+    assert_eq!(
+        (&recent[0]["kind"], &recent[0]["status"]),
+        (&json!("node_get"), &json!(200))
+    );
+}

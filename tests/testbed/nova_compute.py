@@ -1,0 +1,183 @@
+"""nova-compute test harness: the real nova.virt.ironic.driver.IronicDriver,
+in native-threading mode, driven by commands on stdin.
+
+Installed by the test bed as an executable named `nova-compute` whose
+shebang is the nova venv's python, so its comm is `nova-compute` as in
+production. Every HTTP request the driver sends is logged, as JSON lines,
+to --request-log (from urllib3's own debug log): the tests' ground truth.
+
+Commands (one per line), each answered by one JSON line on stdout:
+  nodes                        refresh the node cache (GET /v1/nodes)
+  spawn NODE                   create an instance on NODE and deploy it
+  power_off|power_on|reboot|destroy INSTANCE
+  refresh-every SECONDS        refresh the node cache in a thread, like
+                               update_available_resource does
+  exit
+"""
+import argparse
+import json
+import logging
+import sys
+import threading
+import uuid
+
+from nova import monkey_patch
+
+monkey_patch.patch(backend="threading")
+
+from nova import config, context as nova_context, exception, objects  # noqa: E402
+from nova.network import model as network_model  # noqa: E402
+from nova.objects import fields  # noqa: E402
+from nova.virt import fake  # noqa: E402
+from nova.virt.ironic import driver as ironic_driver  # noqa: E402
+
+HOST = "leakmon-compute"
+IMAGE_ID = "6e5a2b8a-3f1c-4d6e-9a0b-1c2d3e4f5a6b"
+
+
+class RequestLog(logging.Handler):
+    """Writes each request urllib3 reports (after its response) as JSON."""
+
+    def __init__(self, path):
+        super().__init__(logging.DEBUG)
+        # logging.Handler.handle() holds the handler's own lock around emit().
+        self.out = open(path, "a", buffering=1)
+
+    def emit(self, record):
+        args = record.args
+        # '%s://%s:%s "%s %s %s" %s %s' % (scheme, host, port, method, url, version, status, length)
+        if not isinstance(args, tuple) or len(args) != 8:
+            return
+        scheme, host, port, method, path, _version, status, _length = args
+        line = {"scheme": scheme, "host": host, "port": port, "method": method, "path": path,
+                "status": status, "thread": threading.current_thread().native_id}
+        self.out.write(json.dumps(line) + "\n")
+
+
+def say(**event):
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+class Harness:
+    def __init__(self, fake_token=None):
+        self.ctx = nova_context.get_admin_context()
+        self.driver = ironic_driver.IronicDriver(fake.FakeVirtAPI())
+        self.driver.init_host(HOST)
+        if fake_token:
+            # keystone-less set-ups send no token: add one, as a real
+            # deployment would, so that its handling can be tested.
+            self.driver.ironic_connection.session.additional_headers["X-Auth-Token"] = fake_token
+        try:
+            self.service = objects.Service.get_by_compute_host(self.ctx, HOST)
+        except exception.NotFound:
+            self.service = objects.Service(self.ctx, host=HOST, binary="nova-compute", topic="compute",
+                                           report_count=0)
+            self.service.create()
+        self.compute_nodes = {}
+        self.instances = {}
+
+    def compute_node(self, node):
+        if node not in self.compute_nodes:
+            try:
+                self.compute_nodes[node] = objects.ComputeNode.get_by_uuid(self.ctx, node)
+                return self.compute_nodes[node]
+            except exception.NotFound:
+                pass
+            cn = objects.ComputeNode(
+                self.ctx, host=HOST, hypervisor_hostname=node, uuid=node, service_id=self.service.id,
+                vcpus=2, memory_mb=1024, local_gb=10, vcpus_used=0, memory_mb_used=0, local_gb_used=0,
+                hypervisor_type="ironic", hypervisor_version=1, cpu_info="", disk_available_least=10,
+                free_ram_mb=1024, free_disk_gb=10, current_workload=0, running_vms=0)
+            cn.create()
+            self.compute_nodes[node] = cn
+        return self.compute_nodes[node]
+
+    def nodes(self):
+        return self.driver.get_available_nodes(refresh=True)
+
+    def spawn(self, node):
+        cn = self.compute_node(node)
+        flavor = objects.Flavor(name="baremetal", memory_mb=1024, vcpus=2, root_gb=10, ephemeral_gb=0,
+                                swap=0, extra_specs={}, flavorid="bm")
+        instance = objects.Instance(
+            self.ctx, uuid=str(uuid.uuid4()), project_id="leakmon", user_id="leakmon", host=HOST, node=node,
+            # A file:// image: standalone Ironic validates it on this host, no Glance needed.
+            compute_id=cn.id, flavor=flavor, instance_type_id=1, image_ref="file:///etc/hostname",
+            vm_state="building", power_state=0, root_gb=10, ephemeral_gb=0, memory_mb=1024, vcpus=2,
+            display_name="leakmon", config_drive="", metadata={}, system_metadata={})
+        instance.create()
+        image_meta = objects.ImageMeta.from_dict({"id": IMAGE_ID, "properties": {}})
+        # The compute manager reserves the node (instance_uuid) before spawning.
+        self.driver.prepare_for_spawn(instance)
+        self.driver.spawn(self.ctx, instance, image_meta, [], None, {},
+                          network_info=network_model.NetworkInfo([]))
+        self.instances[instance.uuid] = instance
+        return instance.uuid
+
+    def act(self, action, uuid_):
+        instance = self.instances[uuid_]
+        network_info = network_model.NetworkInfo([])
+        if action == "power_off":
+            self.driver.power_off(instance)
+        elif action == "power_on":
+            self.driver.power_on(self.ctx, instance, network_info)
+        elif action == "reboot":
+            self.driver.reboot(self.ctx, instance, network_info, "SOFT")
+        elif action == "destroy":
+            self.driver.destroy(self.ctx, instance, network_info)
+            del self.instances[uuid_]
+
+    def refresh_every(self, seconds):
+        def loop():
+            while True:
+                try:
+                    self.nodes()
+                except Exception as e:  # the periodic task logs and carries on
+                    say(event="refresh_failed", error=str(e))
+                threading.Event().wait(seconds)
+
+        threading.Thread(target=loop, name="periodic", daemon=True).start()
+
+
+def serve(harness):
+    say(event="ready", pid=__import__("os").getpid())
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        command, args = words[0], words[1:]
+        try:
+            if command == "exit":
+                return
+            if command == "nodes":
+                say(event="nodes", nodes=sorted(harness.nodes()))
+            elif command == "spawn":
+                say(event="spawned", instance=harness.spawn(args[0]), node=args[0])
+            elif command in ("power_off", "power_on", "reboot", "destroy"):
+                harness.act(command, args[0])
+                say(event=command, instance=args[0])
+            elif command == "refresh-every":
+                harness.refresh_every(float(args[0]))
+                say(event="refreshing", seconds=float(args[0]))
+            else:
+                say(event="error", error=f"unknown command {command}")
+        except (exception.NovaException, KeyError, IndexError) as e:
+            say(event="error", command=command, error=str(e))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--request-log", required=True)
+    parser.add_argument("--fake-token")
+    args = parser.parse_args()
+    config.parse_args([sys.argv[0], "--config-file", args.config_file])
+    objects.register_all()
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.DEBUG)
+    logging.getLogger("urllib3.connectionpool").addHandler(RequestLog(args.request_log))
+    serve(Harness(fake_token=args.fake_token))
+
+
+if __name__ == "__main__":
+    main()
