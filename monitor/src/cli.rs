@@ -27,6 +27,8 @@ pub enum Command {
     Ledger(LedgerArgs),
     /// Show a watched process's API calls: in flight, recent, poll loops, counts and latencies by kind.
     Calls(CallsArgs),
+    /// Show the alerts firing now.
+    Alerts(AlertsArgs),
     /// Show what the daemon watches, which hooks are attached, and its counters.
     Status(StatusArgs),
     /// Benchmark floor: attach a do-nothing program to leakmon's tracepoints until SIGTERM.
@@ -62,6 +64,18 @@ pub struct RunArgs {
     /// Ring buffer size in bytes (power of two) [default: from the config, else 8 MiB].
     #[arg(long, value_name = "BYTES")]
     pub ring_buffer_bytes: Option<u32>,
+    /// Append NDJSON alerts to FILE (reopened on SIGHUP) [default: from the config].
+    #[arg(long, value_name = "FILE")]
+    pub alerts_file: Option<PathBuf>,
+    /// Do not print NDJSON alerts on stdout.
+    #[arg(long)]
+    pub no_stdout_alerts: bool,
+    /// Send alerts to Alertmanager at URL (http://host:port) [default: from the config].
+    #[arg(long, value_name = "URL")]
+    pub alertmanager: Option<String>,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9477) [default: from the config, else off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +119,15 @@ pub struct CallsArgs {
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub recent: usize,
     /// JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// JSON (an array of alerts, the NDJSON schema) instead of a table.
     #[arg(long)]
     pub json: bool,
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]

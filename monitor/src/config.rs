@@ -24,7 +24,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         message: message.into(),
@@ -40,6 +40,42 @@ pub struct Config {
     /// `"host:port" = "label"` (host an IP address or `*`), on top of the
     /// default labels by port (ironic-api 6385, keystone 5000/35357, ...).
     pub endpoints: BTreeMap<String, String>,
+    pub alerts: Alerts,
+    /// Detector thresholds (`crate::detect::config`).
+    pub rules: crate::detect::Rules,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Alerts {
+    /// NDJSON alerts on stdout.
+    pub stdout: bool,
+    /// NDJSON alerts appended to this file too (reopened on SIGHUP).
+    pub file: Option<PathBuf>,
+    /// Alertmanager base URL (`http://host:9093`).
+    pub alertmanager_url: Option<String>,
+    /// How often Alertmanager gets firing alerts again (keep it below its resolve_timeout, 5 min).
+    pub alertmanager_resend_s: u64,
+    /// How often a firing alert is repeated on the NDJSON sinks.
+    pub resend_interval_s: u64,
+    /// Where Prometheus `/metrics` is served (`127.0.0.1:9477`); off when absent.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The `host` of alerts [default: the hostname].
+    pub host: Option<String>,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            stdout: true,
+            file: None,
+            alertmanager_url: None,
+            alertmanager_resend_s: 60,
+            resend_interval_s: 3600,
+            metrics_listen: None,
+            host: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,6 +225,25 @@ impl Config {
             return Err(invalid("probes.reconcile_interval_s", "must be at least 1"));
         }
         crate::labels::Labels::new(&self.endpoints).map_err(|e| invalid("endpoints", e))?;
+        if let Some(url) = &self.alerts.alertmanager_url {
+            crate::alerts::alertmanager::parse_url(url)
+                .map_err(|e| invalid("alerts.alertmanager_url", e.to_string()))?;
+        }
+        if self.alerts.alertmanager_resend_s == 0 || self.alerts.resend_interval_s == 0 {
+            return Err(invalid(
+                "alerts.resend_interval_s",
+                "resend_interval_s and alertmanager_resend_s must be at least 1",
+            ));
+        }
+        if self
+            .alerts
+            .file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            return Err(invalid("alerts.file", "must not be empty"));
+        }
+        self.rules.validate()?;
         if self.daemon.control_socket.as_os_str().is_empty() {
             return Err(invalid("daemon.control_socket", "must not be empty"));
         }
@@ -224,6 +279,15 @@ mod tests {
             [endpoints]
             "192.0.2.10:6385" = "ironic-api"
             "*:8774" = "nova-api"
+            [alerts]
+            stdout = false
+            file = "/var/log/leakmon/alerts.ndjson"
+            alertmanager_url = "http://127.0.0.1:9093"
+            metrics_listen = "127.0.0.1:9477"
+            [rules]
+            pool_size = 4
+            [rules.socket_close_wait_leak]
+            min_age_s = 5
             "#,
         )
         .unwrap();
@@ -231,6 +295,16 @@ mod tests {
         assert_eq!(config.daemon.log_format, LogFormat::Json);
         assert_eq!(config.probes.ring_buffer_bytes, 65536);
         assert_eq!(config.endpoints["*:8774"], "nova-api");
+        assert_eq!(
+            config.alerts.metrics_listen,
+            Some("127.0.0.1:9477".parse().unwrap())
+        );
+        assert_eq!(config.rules.pool_size, 4);
+        assert_eq!(config.rules.socket_close_wait_leak.min_age_s, 5);
+        assert_eq!(
+            config.rules.socket_close_wait_leak.window_s, 600,
+            "unset keys keep defaults"
+        );
     }
 
     fn error_of(text: &str) -> String {
@@ -263,6 +337,19 @@ mod tests {
             ("[daemon]\nlog_format = \"xml\"\n", "log_format"),
             ("[probes]\nring_buffer_bytes = \"big\"\n", "ring_buffer_bytes"),
             ("[endpoints]\n\"ironic:6385\" = \"x\"\n", "endpoints"),
+            (
+                "[alerts]\nalertmanager_url = \"https://am\"\n",
+                "alerts.alertmanager_url",
+            ),
+            ("[alerts]\nmetrics_listen = \"nowhere\"\n", "metrics_listen"),
+            ("[rules]\npool_size = 0\n", "rules.pool_size"),
+            ("[rules.fd_leak]\nwindow_s = 0\n", "rules.fd_leak.window_s"),
+            (
+                "[rules.fd_exhaustion]\nwarning_ratio = 1.5\n",
+                "rules.fd_exhaustion",
+            ),
+            ("[rules.fd_leak]\nwindow = 5\n", "window"),
+            ("[rules.nope]\n", "nope"),
         ];
         for (text, key) in cases {
             let err = error_of(text);

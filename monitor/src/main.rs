@@ -1,16 +1,20 @@
 //! leakmon: an eBPF resource-leak monitor for nova-compute.
 
+mod alerts;
+mod alerts_cmd;
 mod calls;
 mod calls_cmd;
 mod cli;
 mod config;
 mod control;
+mod detect;
 mod discovery;
 mod engine;
 mod fdkind;
 mod http;
 mod labels;
 mod ledger;
+mod metrics_server;
 mod probes;
 mod proc;
 mod procnet;
@@ -103,6 +107,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Alerts(args) => {
+            let data = client::request(&args.control_socket, &Request::Alerts)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                print!(
+                    "{}",
+                    alerts_cmd::render(&serde_json::from_value::<Vec<alerts::Alert>>(data)?)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status(args) => {
             let data = client::request(&args.control_socket, &Request::Status)?;
             if args.json {
@@ -115,15 +131,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// The config file with the command line's overrides on top.
+fn effective_config(args: &RunArgs) -> anyhow::Result<Config> {
     let mut config = Config::load(args.config.as_deref())?;
     if !args.match_comm.is_empty() || !args.match_cmdline.is_empty() || !args.pid.is_empty() {
-        config.discovery.names = args.match_comm;
-        config.discovery.cmdline_regex = args.match_cmdline;
-        config.discovery.pids = args.pid;
+        config.discovery.names = args.match_comm.clone();
+        config.discovery.cmdline_regex = args.match_cmdline.clone();
+        config.discovery.pids = args.pid.clone();
     }
-    if let Some(path) = args.control_socket {
-        config.daemon.control_socket = path;
+    if let Some(path) = &args.control_socket {
+        config.daemon.control_socket = path.clone();
     }
     if let Some(format) = args.log_format {
         config.daemon.log_format = format;
@@ -131,7 +148,24 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(bytes) = args.ring_buffer_bytes {
         config.probes.ring_buffer_bytes = bytes;
     }
+    if let Some(path) = &args.alerts_file {
+        config.alerts.file = Some(path.clone());
+    }
+    if args.no_stdout_alerts {
+        config.alerts.stdout = false;
+    }
+    if let Some(url) = &args.alertmanager {
+        config.alerts.alertmanager_url = Some(url.clone());
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.alerts.metrics_listen = Some(addr);
+    }
     config.validate()?;
+    Ok(config)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = effective_config(&args)?;
     init_logging(config.daemon.log_format);
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("the daemon loads eBPF programs: run it as root");
@@ -140,7 +174,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(engine::run(config))?;
+    runtime.block_on(engine::run(config, Box::new(move || effective_config(&args))))?;
     Ok(ExitCode::SUCCESS)
 }
 

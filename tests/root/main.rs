@@ -2,9 +2,11 @@
 //! One test binary (like aya's integration tests); each test starts its own
 //! daemon watching its own workload name, so tests can run side by side.
 
+mod alerts;
 mod calls;
 mod discovery;
 mod ledger;
 mod overflow;
+mod sinks;
 mod snapshot;
 mod sockets;

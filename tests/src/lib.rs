@@ -1,7 +1,9 @@
 //! Helpers for leakmon's integration tests: a daemon under test, workloads
 //! with a line protocol, and ground truth read straight from /proc.
 
+pub mod alerts;
 pub mod daemon;
+pub mod servers;
 pub mod testbed;
 pub mod truth;
 pub mod workload;

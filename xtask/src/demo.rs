@@ -63,6 +63,21 @@ fn summary(snapshot: &Value, elapsed: Duration) -> String {
     )
 }
 
+/// The defaults watch 10-minute windows; the demo's leak is a minute old.
+const DEMO_RULES: &str = "\
+[alerts]
+stdout = false
+[rules.fd_leak]
+window_s = 20
+min_growth = 10
+[rules.thread_leak]
+window_s = 30
+min_growth = 4
+[rules.socket_close_wait_leak]
+min_age_s = 5
+window_s = 20
+";
+
 pub fn run(seconds: u64) -> anyhow::Result<()> {
     crate::setup::run_all()?;
     anyhow::ensure!(
@@ -75,8 +90,20 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("leakmon-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
 
-    step("starting `leakmon run` (default configuration: watch processes named nova-compute)");
-    let daemon = Daemon::start(&dir, &[]);
+    step("starting `leakmon run` (watch processes named nova-compute; rule windows shortened for the demo)");
+    let config = dir.join("leakmon.toml");
+    std::fs::write(&config, DEMO_RULES)?;
+    let alerts_file = dir.join("alerts.ndjson");
+    let daemon = Daemon::start(
+        &dir,
+        &[
+            "--config",
+            &config.to_string_lossy(),
+            "--alerts-file",
+            &alerts_file.to_string_lossy(),
+        ],
+    );
+    let mut alerts_shown = 0;
     step(
         "starting a bundled leaky `nova-compute`: a file and a CLOSE_WAIT socket each second, a stuck thread every 5 s",
     );
@@ -101,6 +128,17 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             .output()?;
         let snapshot: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         println!("    {}", summary(&snapshot, started.elapsed()));
+        let alerts = tests::alerts::alerts_in(&alerts_file);
+        for alert in alerts.iter().skip(alerts_shown) {
+            println!(
+                "    ALERT {} {} [{}]: {}",
+                alert["status"].as_str().unwrap_or("?").to_uppercase(),
+                alert["rule"].as_str().unwrap_or("?"),
+                alert["severity"].as_str().unwrap_or("?"),
+                alert["summary"].as_str().unwrap_or("?")
+            );
+        }
+        alerts_shown = alerts.len();
     }
     step(&format!(
         "the full snapshot (`leakmon snapshot --pid {pid}`), first rows"

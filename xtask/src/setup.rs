@@ -12,7 +12,16 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Debian packages the tests and benchmarks use (openssl and python3-venv
 /// for the test bed).
-pub const PACKAGES: &[&str] = &["lsof", "iproute2", "bpftool", "procps", "openssl", "python3-venv"];
+pub const PACKAGES: &[&str] = &[
+    "lsof",
+    "iproute2",
+    "bpftool",
+    "procps",
+    "openssl",
+    "python3-venv",
+    "prometheus",
+    "prometheus-alertmanager",
+];
 
 pub fn run_all() -> anyhow::Result<()> {
     rust_src()?;

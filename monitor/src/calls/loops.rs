@@ -16,7 +16,7 @@ const DONE_KEPT: usize = 64;
 /// Gaps kept per loop for its interval.
 const GAPS_KEPT: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LoopKind {
     /// Provision target active or rebuild: `_wait_for_active`.

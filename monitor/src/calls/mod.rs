@@ -3,7 +3,7 @@
 //! statistics and the poll loops nova runs after state changes.
 
 pub mod classify;
-mod loops;
+pub mod loops;
 pub mod view;
 
 use std::{

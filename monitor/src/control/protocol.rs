@@ -13,6 +13,10 @@ pub enum Request {
     Sync,
     /// Reconcile every watched process with /proc now; answers what it fixed.
     Reconcile,
+    /// The alerts firing now.
+    Alerts,
+    /// The Prometheus exposition (text), as `/metrics` serves it.
+    Metrics,
     /// A watched process's API calls: in flight, the `recent` last ones, loops, statistics.
     Calls {
         pid: u32,

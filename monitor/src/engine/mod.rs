@@ -3,9 +3,11 @@
 //! or a second queue (the ring buffer is the bounded queue, and the kernel
 //! counts what does not fit in it).
 
+mod alerting;
 pub mod cmsg;
 pub mod decode;
 mod follow;
+mod metrics;
 mod status;
 
 use std::time::Duration;
@@ -55,6 +57,7 @@ pub struct Engine {
     /// Processes to reconcile at the next housekeeping tick.
     reconcile_soon: std::collections::HashSet<u32>,
     labels: crate::labels::Labels,
+    alerting: alerting::Alerting,
 }
 
 pub fn kernel_config(config: &Config, matcher: &Matcher) -> KernelConfig {
@@ -68,8 +71,11 @@ pub fn kernel_config(config: &Config, matcher: &Matcher) -> KernelConfig {
     }
 }
 
+/// Reads the config file again (with the command line's overrides) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> anyhow::Result<Config>>;
+
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     let matcher = Matcher::new(&config.discovery).context("discovery rules")?;
     let settings = Settings {
         ring_buffer_bytes: config.probes.ring_buffer_bytes,
@@ -90,6 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lost_seen: 0,
         reconcile_soon: Default::default(),
         labels: crate::labels::Labels::new(&config.endpoints).map_err(anyhow::Error::msg)?,
+        alerting: alerting::Alerting::new(&config)?,
     };
     // SAFETY: the AsyncFd owns the RingBuf, which owns the map fd, so the fd
     // stays open for as long as it is registered.
@@ -99,6 +106,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (requests, mut incoming) = mpsc::channel::<Incoming>(64);
     let socket_path = config.daemon.control_socket.clone();
+    if let Some(addr) = config.alerts.metrics_listen {
+        crate::metrics_server::spawn(addr, requests.clone()).await?;
+    }
     let _server = control::server::spawn(&socket_path, requests)?;
     info!(socket = %socket_path.display(), watched = engine.ledger.processes.len(), "leakmon running");
 
@@ -111,6 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     reconcile_tick.reset();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
 
     loop {
         tokio::select! {
@@ -128,6 +139,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(incoming) = incoming.recv() => {
                 let response = engine.handle(ring.get_mut(), incoming.request);
                 let _ = incoming.reply.send(response);
+            }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reopening the alerts file and reloading the config");
+                engine.reload(&reload);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -188,6 +203,7 @@ impl Engine {
         self.ledger
             .settle_connects(time::boot_ns(), CONNECT_VERDICT_GRACE_NS);
         self.follow_calls();
+        self.detect();
     }
 
     fn handle(&mut self, ring: &mut RingBuf<MapData>, request: Request) -> control::protocol::Response {
@@ -218,6 +234,8 @@ impl Engine {
                 )),
                 None => Response::error(format!("pid {pid} is not watched by this daemon")),
             },
+            Request::Alerts => Response::data(&self.alerting.book.firing()),
+            Request::Metrics => Response::ok(serde_json::Value::String(self.metrics())),
             Request::Reconcile => {
                 let before = self.ledger.counters.clone();
                 self.reconcile_all(ring);

@@ -7,7 +7,7 @@ mod fds;
 mod fdtable;
 pub(crate) mod reconcile;
 pub mod sockets;
-mod sockview;
+pub mod sockview;
 mod tasks;
 mod types;
 pub mod view;

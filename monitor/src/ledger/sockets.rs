@@ -85,6 +85,20 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    pub fn merge(&mut self, other: &Histogram) {
+        if other.count == 0 {
+            return;
+        }
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; LATENCY_BUCKETS_MS.len() + 1];
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum_ms += other.sum_ms;
+    }
+
     pub fn observe(&mut self, ms: f64) {
         if self.buckets.is_empty() {
             self.buckets = vec![0; LATENCY_BUCKETS_MS.len() + 1];

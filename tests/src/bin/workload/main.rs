@@ -13,9 +13,12 @@
 //! It prints one JSON line per event on stdout and then obeys commands on
 //! stdin: `exec`, `emfile`, `unhooked`, `exit`, and for sockets `connect ADDR
 //! [plain|nonblock|syncnt1]`, `close FD`, `share FD`, `churn N KEEP`, and
-//! `http-call ADDR PATH` (resources born during an HTTP call, see http.rs).
+//! `http-call ADDR PATH` (resources born during an HTTP call, see http.rs);
+//! `drip`, `free`, `burst`, `rlimit` and `http` for the alert tests (drip.rs).
+//! `serve` ignores further arguments (e.g. `--config-file F` for nova.conf).
 
 mod bulk;
+mod drip;
 mod http;
 mod kinds;
 mod loops;
@@ -38,8 +41,13 @@ fn say(value: serde_json::Value) {
 
 /// Obeys commands until `exit` or end of input.
 fn serve(commands: &mut impl Iterator<Item = String>) {
+    let mut drip = drip::Drip::default();
     for command in commands {
         let words: Vec<&str> = command.split_whitespace().collect();
+        if let Some(&("drip" | "free" | "burst" | "rlimit" | "http" | "poll")) = words.first() {
+            drip.command(&words);
+            continue;
+        }
         let number = |i: usize| words.get(i).and_then(|w| w.parse().ok()).unwrap_or(0);
         match words.first().copied().unwrap_or("") {
             "connect" => sockets::connect_to(

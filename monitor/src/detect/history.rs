@@ -1,0 +1,114 @@
+//! What the detectors look back on: one sample per process per tick of the
+//! counts that leak (fds by kind, threads, sockets per endpoint), kept for
+//! the longest window a rule uses.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use monitor_common::{TCP_CLOSE, TCP_CLOSE_WAIT};
+
+use crate::{
+    fdkind::FdKind,
+    ledger::{Ledger, Process},
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSample {
+    /// Sockets to it that are not closed.
+    pub open: u32,
+    pub close_wait: u32,
+    /// Counters since watching started.
+    pub connects: u64,
+    pub refused: u64,
+    pub timeouts: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub ts_ns: u64,
+    pub fds: u32,
+    pub fds_by_kind: BTreeMap<FdKind, u32>,
+    pub threads: u32,
+    pub endpoints: BTreeMap<SocketAddr, EndpointSample>,
+}
+
+impl Sample {
+    pub fn of(ledger: &Ledger, process: &Process, ts_ns: u64) -> Sample {
+        let mut endpoints: BTreeMap<SocketAddr, EndpointSample> = BTreeMap::new();
+        for inode in process.fds.sockets() {
+            let Some(socket) = ledger.sockets.get(&inode) else {
+                continue;
+            };
+            let Some(tuple) = &socket.tuple else { continue };
+            let remote = crate::ledger::sockets::remote_of(tuple);
+            if remote.port() == 0 {
+                continue;
+            }
+            let entry = endpoints.entry(remote).or_default();
+            match socket.state {
+                Some(TCP_CLOSE_WAIT) => {
+                    entry.open += 1;
+                    entry.close_wait += 1;
+                }
+                Some(TCP_CLOSE) => {}
+                _ => entry.open += 1,
+            }
+        }
+        for (remote, stats) in &process.endpoints {
+            let entry = endpoints.entry(*remote).or_default();
+            entry.connects = stats.connects;
+            entry.refused = stats.refused;
+            entry.timeouts = stats.timeouts;
+        }
+        Sample {
+            ts_ns,
+            fds: process.fds.len() as u32,
+            fds_by_kind: process
+                .counts()
+                .into_iter()
+                .map(|(kind, n)| (kind, n as u32))
+                .collect(),
+            threads: process.threads.len() as u32,
+            endpoints,
+        }
+    }
+}
+
+/// Samples of one process, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    pub samples: VecDeque<Sample>,
+}
+
+impl History {
+    /// Adds a sample and forgets those older than `keep_ns`.
+    pub fn push(&mut self, sample: Sample, keep_ns: u64) {
+        let now = sample.ts_ns;
+        self.samples.push_back(sample);
+        while self
+            .samples
+            .front()
+            .is_some_and(|s| now.saturating_sub(s.ts_ns) > keep_ns)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// (time, value) over the last `window_ns`, oldest first.
+    pub fn series(&self, window_ns: u64, now_ns: u64, value: impl Fn(&Sample) -> f64) -> Vec<(u64, f64)> {
+        self.samples
+            .iter()
+            .filter(|s| now_ns.saturating_sub(s.ts_ns) <= window_ns)
+            .map(|s| (s.ts_ns, value(s)))
+            .collect()
+    }
+
+    pub fn latest(&self) -> Option<&Sample> {
+        self.samples.back()
+    }
+}
+
+/// Histories of every watched process.
+pub type Histories = HashMap<u32, History>;

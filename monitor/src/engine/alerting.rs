@@ -1,0 +1,165 @@
+//! Once a tick: sample every watched process, run the detectors, move the
+//! alert lifecycle on and hand what changed to the sinks. Also the
+//! configuration reload (SIGHUP).
+
+use std::collections::HashMap;
+
+use tracing::{error, info, warn};
+
+use super::Engine;
+use crate::{
+    alerts::{self, Alert, ProcessRef, sinks::Sinks},
+    config::Config,
+    detect::{self, Input, Limits, history::Sample},
+    redact, time,
+};
+
+const NS: u64 = 1_000_000_000;
+/// Limits change rarely (pids.current aside); /proc is read this often.
+const LIMITS_EVERY_NS: u64 = 2 * NS;
+
+/// What the detectors need besides the ledger.
+pub struct Alerting {
+    pub histories: detect::history::Histories,
+    limits: HashMap<u32, (u64, Limits)>,
+    pub book: alerts::Book,
+    pub sinks: Sinks,
+}
+
+pub fn host_name(config: &Config) -> String {
+    config.alerts.host.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".to_string())
+    })
+}
+
+impl Alerting {
+    pub fn new(config: &Config) -> anyhow::Result<Alerting> {
+        Ok(Alerting {
+            histories: Default::default(),
+            limits: HashMap::new(),
+            book: alerts::Book::new(host_name(config), config.alerts.resend_interval_s),
+            sinks: Sinks::new(&config.alerts)?,
+        })
+    }
+}
+
+impl Engine {
+    pub(super) fn detect(&mut self) {
+        let now = time::boot_ns();
+        let keep_ns = (self.config.rules.longest_window_s() + 10) * NS;
+        let alerting = &mut self.alerting;
+        let mut out: Vec<Alert> = Vec::new();
+        for (pid, process) in &self.ledger.processes {
+            let history = alerting.histories.entry(*pid).or_default();
+            history.push(Sample::of(&self.ledger, process, now), keep_ns);
+            let limits = alerting.limits.entry(*pid).or_insert((0, Limits::default()));
+            if now.saturating_sub(limits.0) >= LIMITS_EVERY_NS {
+                *limits = (now, Limits::read(*pid, &process.cmdline));
+            }
+            let input = Input {
+                ledger: &self.ledger,
+                process,
+                history,
+                limits: &limits.1,
+                labels: &self.labels,
+                rules: &self.config.rules,
+                now_ns: now,
+            };
+            let findings = detect::evaluate(&input);
+            let who = ProcessRef {
+                pid: *pid,
+                name: process.comm.clone(),
+                cmdline: redact::cmdline(&process.cmdline),
+            };
+            out.extend(alerting.book.update(&who, findings, now));
+        }
+        for pid in alerting.book.pids() {
+            if !self.ledger.processes.contains_key(&pid) {
+                out.extend(alerting.book.process_gone(pid));
+            }
+        }
+        let watched = &self.ledger.processes;
+        alerting.histories.retain(|pid, _| watched.contains_key(pid));
+        alerting.limits.retain(|pid, _| watched.contains_key(pid));
+        for alert in &out {
+            info!(
+                rule = alert.rule.name(),
+                status = ?alert.status,
+                pid = alert.process.pid,
+                key = %alert.key,
+                summary = %alert.summary,
+                "alert"
+            );
+        }
+        alerting.sinks.emit(&out);
+    }
+
+    /// SIGHUP: reopen the alerts file; take the new config if it is valid.
+    pub(super) fn reload(&mut self, load: &dyn Fn() -> anyhow::Result<Config>) {
+        self.alerting.sinks.reopen();
+        let new = match load() {
+            Ok(new) => new,
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "config reload rejected; the running config stays");
+                return;
+            }
+        };
+        let labels = match crate::labels::Labels::new(&new.endpoints) {
+            Ok(labels) => labels,
+            Err(e) => {
+                error!(error = %e, "config reload rejected; the running config stays");
+                return;
+            }
+        };
+        let old = &self.config;
+        for (section, changed) in [
+            ("discovery", old.discovery != new.discovery),
+            ("probes", old.probes != new.probes),
+            ("daemon", old.daemon != new.daemon),
+            (
+                "alerts.metrics_listen",
+                old.alerts.metrics_listen != new.alerts.metrics_listen,
+            ),
+        ] {
+            if changed {
+                warn!(
+                    section,
+                    "changed in the config file: takes effect at the next restart"
+                );
+            }
+        }
+        let sinks_changed = (old.alerts.stdout, &old.alerts.file, &old.alerts.alertmanager_url)
+            != (new.alerts.stdout, &new.alerts.file, &new.alerts.alertmanager_url);
+        if sinks_changed {
+            match Sinks::new(&new.alerts) {
+                Ok(mut sinks) => {
+                    // The new sinks learn what is firing.
+                    sinks.emit(&self.alerting.book.firing());
+                    self.alerting.sinks = sinks;
+                }
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "config reload rejected: new alert sinks failed; the running config stays");
+                    return;
+                }
+            }
+        }
+        self.alerting
+            .book
+            .set_resend_interval(new.alerts.resend_interval_s);
+        self.labels = labels;
+        let (keep_discovery, keep_probes, keep_daemon, keep_listen) = (
+            self.config.discovery.clone(),
+            self.config.probes.clone(),
+            self.config.daemon.clone(),
+            self.config.alerts.metrics_listen,
+        );
+        self.config = new;
+        self.config.discovery = keep_discovery;
+        self.config.probes = keep_probes;
+        self.config.daemon = keep_daemon;
+        self.config.alerts.metrics_listen = keep_listen;
+        info!("config reloaded: rules, endpoints and alert sinks");
+    }
+}

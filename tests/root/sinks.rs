@@ -1,0 +1,238 @@
+//! The real consumers of leakmon's outputs: Alertmanager (Debian
+//! `prometheus-alertmanager`) receives a firing alert and its resolution;
+//! Prometheus (Debian `prometheus`) scrapes `/metrics` and answers the fd
+//! count of the watched process. Also: `leakmon alerts`, and SIGHUP.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    alerts::{FAST_RULES, Watched},
+    require_root,
+    servers::{Peer, Server, free_port, http_get},
+};
+
+/// A server process killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(program: &str, args: &[String], log: &Path) -> Running {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (cargo xtask setup installs it)"));
+    Running(child)
+}
+
+/// Polls `check` every 200 ms until it gives a value.
+fn await_value<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn json_get(addr: &str, path: &str) -> Option<Value> {
+    let (status, body) = http_get(addr, path)?;
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+#[test]
+fn alertmanager_receives_the_alert_and_its_resolution() {
+    if !require_root("alertmanager_receives_the_alert_and_its_resolution") {
+        return;
+    }
+    let dir = tests::scratch_dir("sink-am");
+    std::fs::write(
+        dir.join("am.yml"),
+        "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n",
+    )
+    .unwrap();
+    let am_addr = format!("127.0.0.1:{}", free_port());
+    let _am = start(
+        "/usr/bin/prometheus-alertmanager",
+        &[
+            format!("--config.file={}", dir.join("am.yml").display()),
+            format!("--storage.path={}", dir.join("am-data").display()),
+            format!("--web.listen-address={am_addr}"),
+            "--cluster.listen-address=".to_string(),
+        ],
+        &dir.join("alertmanager.log"),
+    );
+    await_value("Alertmanager ready", Duration::from_secs(30), || {
+        http_get(&am_addr, "/-/ready").filter(|(s, _)| *s == 200)
+    });
+    let config = format!("{FAST_RULES}\n[alerts]\nalertmanager_url = \"http://{am_addr}\"\n")
+        .replace("[alerts]\nstdout = false\nresend_interval_s = 3600\n", "");
+    let server = Server::start(Peer::Answer(200));
+    let mut w = Watched::start("sink-am-daemon", "lm-am", &config, &["serve"]);
+    w.workload
+        .send(&format!("http {} GET /v1/nodes token", server.addr));
+    w.workload.expect("answered");
+    let pid = w.pid.to_string();
+    let ours = |alerts: &Value| -> Option<Value> {
+        alerts
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "plaintext_token" && a["labels"]["pid"] == pid.as_str())
+            .cloned()
+    };
+    let received = await_value("the alert in Alertmanager", Duration::from_secs(30), || {
+        ours(&json_get(&am_addr, "/api/v2/alerts")?)
+    });
+    assert_eq!(received["status"]["state"], "active", "{received:#}");
+    assert_eq!(received["labels"]["severity"], "critical");
+    assert!(
+        received["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("clear text")
+    );
+    assert!(!received.to_string().contains("leakmon-fake-token"));
+    // quiet_s = 3: the alert resolves, and Alertmanager drops it from the active list.
+    w.await_alert("plaintext_token", "resolved", Duration::from_secs(30));
+    await_value("the resolution in Alertmanager", Duration::from_secs(30), || {
+        let alerts = json_get(&am_addr, "/api/v2/alerts")?;
+        ours(&alerts).is_none().then_some(())
+    });
+}
+
+#[test]
+fn prometheus_scrapes_the_fd_count_of_the_watched_process() {
+    if !require_root("prometheus_scrapes_the_fd_count_of_the_watched_process") {
+        return;
+    }
+    let dir = tests::scratch_dir("sink-prom");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let config = format!("{FAST_RULES}\n").replace(
+        "[alerts]\n",
+        &format!("[alerts]\nmetrics_listen = \"{metrics_addr}\"\n"),
+    );
+    let w = Watched::start(
+        "sink-prom-daemon",
+        "lm-prom",
+        &config,
+        &["bulk", "20", "2", "0", "0", "0"],
+    );
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let scrape = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: leakmon\n    static_configs:\n      - targets: ['{metrics_addr}']\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), scrape).unwrap();
+    let _prometheus = start(
+        "/usr/bin/prometheus",
+        &[
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
+            format!("--web.listen-address={prom_addr}"),
+        ],
+        &dir.join("prometheus.log"),
+    );
+    let truth = std::fs::read_dir(format!("/proc/{}/fd", w.pid)).unwrap().count();
+    let query = format!(
+        "/api/v1/query?query=sum(process_unix_file_descriptor_count%7Bpid%3D%22{}%22%7D)",
+        w.pid
+    );
+    let value = await_value("the fd count in Prometheus", Duration::from_secs(60), || {
+        let answer = json_get(&prom_addr, &query)?;
+        let sample = answer["data"]["result"].as_array()?.first()?.clone();
+        sample["value"][1].as_str()?.parse::<f64>().ok()
+    });
+    assert_eq!(
+        value as usize, truth,
+        "Prometheus says {value}, /proc says {truth}"
+    );
+    let (status, text) = http_get(&metrics_addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for family in [
+        "process_thread_count",
+        "leakmon_alerts_firing",
+        "leakmon_ring_events_lost_total",
+        "leakmon_hooks_attached",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing from /metrics"
+        );
+    }
+    assert_eq!(http_get(&metrics_addr, "/other").unwrap().0, 404);
+}
+
+#[test]
+fn alerts_cli_lists_what_fires_and_sighup_rejects_a_bad_config() {
+    if !require_root("alerts_cli_lists_what_fires_and_sighup_rejects_a_bad_config") {
+        return;
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut w = Watched::start("sink-cli", "lm-cli", FAST_RULES, &["serve"]);
+    let config_path = w.dir.join("leakmon.toml");
+    // A bad file at reload: rejected, the running rules stay (connect_failures min_count 3).
+    std::fs::write(&config_path, "[rules.connect_failures]\nmin_count = \"many\"\n").unwrap();
+    let hup = |pid: u32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+    hup(w.daemon.pid());
+    await_value("the rejection in the log", Duration::from_secs(10), || {
+        w.daemon
+            .log_text()
+            .contains("config reload rejected")
+            .then_some(())
+    });
+    assert!(w.daemon.log_text().contains("min_count"), "the bad key is named");
+    for _ in 0..3 {
+        w.workload.send(&format!("connect {addr}"));
+        w.workload.expect("connected");
+    }
+    w.await_alert("connect_failures", "firing", Duration::from_secs(30));
+    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
+    let out = Command::new(&leakmon)
+        .args(["alerts", "--json", "--control-socket"])
+        .arg(&w.daemon.socket)
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "connect_failures" && a["process"]["pid"] == w.pid),
+        "{listed:#}"
+    );
+    let table = Command::new(&leakmon)
+        .args(["alerts", "--control-socket"])
+        .arg(&w.daemon.socket)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("connect_failures"));
+    // Log rotation: the file is moved away, SIGHUP opens a new one.
+    std::fs::rename(w.dir.join("alerts.ndjson"), w.dir.join("alerts.ndjson.1")).unwrap();
+    hup(w.daemon.pid());
+    w.await_alert("connect_failures", "resolved", Duration::from_secs(30));
+}

@@ -1,0 +1,166 @@
+//! Reading the daemon's NDJSON alerts in tests.
+
+use std::{
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{daemon::Daemon, scratch_dir, workload::Workload};
+
+/// Short windows and thresholds so that each rule fires within seconds.
+pub const FAST_RULES: &str = r#"
+[alerts]
+stdout = false
+resend_interval_s = 3600
+[rules]
+pool_size = 3
+[rules.fd_leak]
+window_s = 8
+min_growth = 10
+[rules.thread_leak]
+window_s = 8
+min_growth = 10
+[rules.socket_close_wait_leak]
+min_age_s = 1
+window_s = 8
+[rules.emfile]
+hold_s = 3
+[rules.ironic_call_hung]
+threshold_s = 2
+[rules.ironic_conflict_storm]
+window_s = 10
+min_count = 3
+[rules.connect_failures]
+window_s = 5
+min_count = 3
+[rules.plaintext_token]
+quiet_s = 3
+"#;
+
+pub struct Watched {
+    pub dir: PathBuf,
+    pub daemon: Daemon,
+    pub workload: Workload,
+    pub pid: u32,
+}
+
+impl Watched {
+    /// A daemon with `config` (TOML) watching `comm`, writing alerts to a
+    /// file, and the workload run under that name with `args`.
+    pub fn start(test: &str, comm: &str, config: &str, args: &[&str]) -> Watched {
+        let dir = scratch_dir(test);
+        let config_path = dir.join("leakmon.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let alerts = dir.join("alerts.ndjson");
+        let daemon = Daemon::start(
+            &dir,
+            &[
+                "--match-comm",
+                comm,
+                "--config",
+                config_path.to_str().unwrap(),
+                "--alerts-file",
+                alerts.to_str().unwrap(),
+            ],
+        );
+        let mut workload = Workload::spawn(&dir, comm, args);
+        let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
+        daemon.sync();
+        Watched {
+            dir,
+            daemon,
+            workload,
+            pid,
+        }
+    }
+
+    pub fn alerts(&self) -> Vec<Value> {
+        alerts_in(&self.dir.join("alerts.ndjson"))
+    }
+
+    /// Waits for an alert line of `rule` with `status` for the workload.
+    pub fn await_alert(&self, rule: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .alerts()
+                .into_iter()
+                .find(|a| a["rule"] == rule && a["status"] == status && a["process"]["pid"] == self.pid);
+            if let Some(alert) = found {
+                return alert;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {status} {rule} alert within {timeout:?}; alerts: {:#?}\ndaemon log:\n{}",
+                self.alerts(),
+                self.daemon.log_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asserts that no alert of `rule` fires for `duration` (a must-not-fire case).
+    pub fn assert_silent(&self, rule: &str, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            let fired: Vec<Value> = self
+                .alerts()
+                .into_iter()
+                .filter(|a| a["rule"] == rule && a["process"]["pid"] == self.pid)
+                .collect();
+            assert!(fired.is_empty(), "{rule} fired: {fired:#?}");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+pub fn alerts_in(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad NDJSON line {line:?}: {e}")))
+        .collect()
+}
+
+/// A pids cgroup (v1 controller, else v2) with a limit, removed on drop.
+pub struct PidsCgroup {
+    dir: PathBuf,
+}
+
+impl PidsCgroup {
+    pub fn create(name: &str, max: u32) -> Option<PidsCgroup> {
+        let roots = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
+        for root in roots {
+            let dir = Path::new(root).join(format!("{name}-{}", std::process::id()));
+            if std::fs::create_dir_all(&dir).is_err() {
+                continue;
+            }
+            if std::fs::write(dir.join("pids.max"), max.to_string()).is_ok() {
+                return Some(PidsCgroup { dir });
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        None
+    }
+
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // Move whatever is left back to the parent, then remove the group.
+        if let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            && let Some(parent) = self.dir.parent()
+        {
+            for pid in procs.lines() {
+                let _ = std::fs::write(parent.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

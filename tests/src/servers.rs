@@ -1,0 +1,119 @@
+//! Loopback TCP peers for the alert tests, run on threads of the test
+//! process (which the daemon does not watch).
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    thread,
+};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Peer {
+    /// Accept, then close at once (the client's socket goes to CLOSE_WAIT).
+    CloseAtOnce,
+    /// Accept and hold the connection open.
+    Hold,
+    /// Read a request and answer it with this status, then close.
+    Answer(u16),
+    /// Read a request and never answer (a stalled Ironic).
+    Silent,
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Server {
+    pub fn start(peer: Peer) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let keep = held.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                match peer {
+                    Peer::CloseAtOnce => drop(stream),
+                    Peer::Hold => keep.lock().unwrap().push(stream),
+                    Peer::Answer(status) => {
+                        thread::spawn(move || {
+                            read_head(&mut stream);
+                            let answer = format!(
+                                "HTTP/1.1 {status} X\r\nX-Openstack-Request-Id: req-test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            );
+                            let _ = stream.write_all(answer.as_bytes());
+                        });
+                    }
+                    Peer::Silent => {
+                        read_head(&mut stream);
+                        keep.lock().unwrap().push(stream);
+                    }
+                }
+            }
+        });
+        Server { addr, held }
+    }
+
+    /// Closes every connection it holds.
+    pub fn drop_connections(&self) {
+        self.held.lock().unwrap().clear();
+    }
+}
+
+fn read_head(stream: &mut TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A loopback port free right now (for servers that take a port number).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on `addr`: (status, body), or None when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        unchunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
