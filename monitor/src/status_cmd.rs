@@ -62,7 +62,22 @@ pub fn render(status: &Value) -> String {
             symbols.join(" ")
         );
     }
-    for section in ["kernel", "engine", "ledger"] {
+    let firing: Vec<String> = status["alerts_firing"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(rule, n)| format!("{rule} {n}"))
+        .collect();
+    let firing = if firing.is_empty() {
+        "none".to_string()
+    } else {
+        firing.join(", ")
+    };
+    let _ = writeln!(out, "alerts firing: {firing}");
+    for section in ["kernel", "engine", "ledger", "alert_sinks", "alertmanager"] {
+        if status[section].is_null() {
+            continue;
+        }
         let _ = writeln!(out, "{section}:");
         if let Some(map) = status[section].as_object() {
             for (key, value) in map {

@@ -478,6 +478,22 @@ fn tokens_in_clear_fire_and_tls_does_not() {
 }
 
 #[test]
+fn a_short_lived_child_fires_no_leak() {
+    // A genisoimage-like child: many files within seconds, then gone. Its
+    // history never covers a window, so no trend can be claimed.
+    let mut w = World::new();
+    w.rules.fd_leak.window_s = 100;
+    w.rules.fd_leak.min_growth = 20;
+    for t in 0..10u64 {
+        w.tick(t * S);
+        for i in 0..10 {
+            w.open(100 + (t * 10 + i) as u32, FdKind::File, PID, 0);
+        }
+    }
+    assert!(w.fired(Rule::FdLeak).is_empty());
+}
+
+#[test]
 fn a_quiet_process_fires_nothing() {
     let mut w = World::new();
     w.limits = Limits::read(std::process::id(), &[]);

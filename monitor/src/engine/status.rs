@@ -32,6 +32,11 @@ pub struct StatusView<'a> {
     pub kernel: KernelCounters,
     pub engine: &'a EngineCounters,
     pub probes: &'a crate::config::Probes,
+    /// Alerts firing now by rule, and what the sinks did.
+    pub alerts_firing: std::collections::BTreeMap<crate::detect::Rule, u64>,
+    pub alert_sinks: &'a crate::alerts::sinks::SinkCounters,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<crate::alerts::alertmanager::Counters>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -79,6 +84,9 @@ impl Engine {
             kernel: self.probes.counters(),
             engine: &self.counters,
             probes: &self.config.probes,
+            alerts_firing: self.alerting.book.firing_by_rule(),
+            alert_sinks: &self.alerting.sinks.counters,
+            alertmanager: self.alerting.sinks.alertmanager_counters(),
         }
     }
 }
