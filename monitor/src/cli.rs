@@ -29,6 +29,8 @@ pub enum Command {
     Calls(CallsArgs),
     /// Show the alerts firing now.
     Alerts(AlertsArgs),
+    /// Check this host: kernel, BTF, tracefs, each hook (loaded for real), config, libssl.
+    Doctor(DoctorArgs),
     /// Show what the daemon watches, which hooks are attached, and its counters.
     Status(StatusArgs),
     /// Benchmark floor: attach a do-nothing program to leakmon's tracepoints until SIGTERM.
@@ -123,6 +125,16 @@ pub struct CallsArgs {
     pub json: bool,
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Configuration file to check [default: /etc/leakmon/leakmon.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// JSON instead of a report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

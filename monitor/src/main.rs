@@ -1,39 +1,16 @@
 //! leakmon: an eBPF resource-leak monitor for nova-compute.
 
-mod alerts;
-mod alerts_cmd;
-mod calls;
-mod calls_cmd;
-mod cli;
-mod config;
-mod control;
-mod detect;
-mod discovery;
-mod engine;
-mod fdkind;
-mod http;
-mod labels;
-mod ledger;
-mod metrics_server;
-mod probes;
-mod proc;
-mod procnet;
-mod redact;
-mod snapshot;
-mod sockdiag;
-mod status_cmd;
-mod table;
-mod time;
-
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use crate::{
+use monitor::{
+    alerts, alerts_cmd, calls_cmd,
     cli::{Cli, Command, RunArgs},
     config::{Config, LogFormat},
     control::{client, protocol::Request},
+    doctor, engine, labels, probes, snapshot, status_cmd,
 };
 
 fn main() -> ExitCode {
@@ -106,6 +83,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", calls_cmd::render(&serde_json::from_value(data)?));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor(args) => {
+            let checks = doctor::run(args.config.as_deref());
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", doctor::render(&checks));
+            }
+            let failed = checks.iter().any(|c| c.verdict == doctor::Verdict::Fail);
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Alerts(args) => {
             let data = client::request(&args.control_socket, &Request::Alerts)?;

@@ -7,7 +7,9 @@ use std::{collections::BTreeMap, time::Duration};
 use serde_json::{Value, json};
 use tests::{
     daemon::Daemon,
-    require_root, scratch_dir,
+    require_root,
+    scenario::regex_escape,
+    scratch_dir,
     testbed::{Ironic, LoggedRequest, NovaCompute, Testbed},
 };
 
@@ -67,15 +69,6 @@ impl Bed {
         self.daemon
             .request(json!({"request": "calls", "pid": pid, "recent": 10_000}))
     }
-}
-
-fn regex_escape(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let special = "\\.+*?()|[]{}^$".contains(c);
-            special.then_some('\\').into_iter().chain([c])
-        })
-        .collect()
 }
 
 fn attachments(status: &Value, pid: u32) -> usize {

@@ -83,23 +83,14 @@ impl Watched {
 
     /// Waits for an alert line of `rule` with `status` for the workload.
     pub fn await_alert(&self, rule: &str, status: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self
-                .alerts()
-                .into_iter()
-                .find(|a| a["rule"] == rule && a["status"] == status && a["process"]["pid"] == self.pid);
-            if let Some(alert) = found {
-                return alert;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {status} {rule} alert within {timeout:?}; alerts: {:#?}\ndaemon log:\n{}",
-                self.alerts(),
-                self.daemon.log_text()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        await_alert_in(
+            &self.dir.join("alerts.ndjson"),
+            self.pid,
+            rule,
+            status,
+            timeout,
+            || format!("daemon log:\n{}", self.daemon.log_text()),
+        )
     }
 
     /// Asserts that no alert of `rule` fires for `duration` (a must-not-fire case).
@@ -114,6 +105,34 @@ impl Watched {
             assert!(fired.is_empty(), "{rule} fired: {fired:#?}");
             thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// Waits until the NDJSON file at `path` has a `status` line of `rule` for
+/// `pid`; on timeout, fails with the alerts and `context()`.
+pub fn await_alert_in(
+    path: &Path,
+    pid: u32,
+    rule: &str,
+    status: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = alerts_in(path)
+            .into_iter()
+            .find(|a| a["rule"] == rule && a["status"] == status && a["process"]["pid"] == pid);
+        if let Some(alert) = found {
+            return alert;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {status} {rule} alert within {timeout:?}; alerts: {:#?}\n{}",
+            alerts_in(path),
+            context()
+        );
+        thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod daemon;
+pub mod scenario;
 pub mod servers;
 pub mod testbed;
 pub mod truth;

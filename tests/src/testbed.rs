@@ -94,6 +94,19 @@ impl Ironic {
     /// when `tls`, and waits until `GET /v1/` answers. Each test uses its own
     /// loopback address (127.0.0.2, .3, ...) so tests can run in parallel.
     pub fn start(bed: &Testbed, dir: &Path, ip: &str, tls: bool) -> Ironic {
+        Ironic::start_with_delays(bed, dir, ip, tls, 3, 1)
+    }
+
+    /// As [`Ironic::start`], with the fake hardware's deploy (and tear-down)
+    /// and power delays in seconds.
+    pub fn start_with_delays(
+        bed: &Testbed,
+        dir: &Path,
+        ip: &str,
+        tls: bool,
+        deploy_s: u32,
+        power_s: u32,
+    ) -> Ironic {
         let dir = dir.join("ironic");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(bed.cache.join("db/ironic.db"), dir.join("ironic.db")).expect("copy schema");
@@ -107,10 +120,13 @@ impl Ironic {
         } else {
             String::new()
         };
-        let conf = bed.render(
-            "ironic.conf.in",
-            &[("DIR", &dir.to_string_lossy()), ("IP", ip), ("TLS", &tls_options)],
-        );
+        let conf = bed
+            .render(
+                "ironic.conf.in",
+                &[("DIR", &dir.to_string_lossy()), ("IP", ip), ("TLS", &tls_options)],
+            )
+            .replace("deploy_delay = 3", &format!("deploy_delay = {deploy_s}"))
+            .replace("power_delay = 1", &format!("power_delay = {power_s}"));
         std::fs::write(dir.join("ironic.conf"), conf).unwrap();
         let mut command = Command::new(bed.cache.join("ironic/bin/ironic"));
         command
@@ -222,6 +238,11 @@ impl NovaCompute {
     /// databases into `dir`/nova, kept across restarts; returns the command
     /// that runs it, its stderr going to nova/stderr.log.
     pub fn command(bed: &Testbed, dir: &Path, ironic: &Ironic) -> Command {
+        NovaCompute::command_with_retries(bed, dir, ironic, 60)
+    }
+
+    /// As [`NovaCompute::command`], with `[ironic]api_max_retries`.
+    pub fn command_with_retries(bed: &Testbed, dir: &Path, ironic: &Ironic, api_max_retries: u32) -> Command {
         let dir = dir.join("nova");
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         for db in ["nova.db", "nova_api.db"] {
@@ -234,14 +255,19 @@ impl NovaCompute {
             .as_ref()
             .map(|ca| format!("cafile = {}", ca.display()))
             .unwrap_or_default();
-        let conf = bed.render(
-            "nova.conf.in",
-            &[
-                ("DIR", &dir.to_string_lossy()),
-                ("URL", &ironic.url),
-                ("CAFILE", &cafile),
-            ],
-        );
+        let conf = bed
+            .render(
+                "nova.conf.in",
+                &[
+                    ("DIR", &dir.to_string_lossy()),
+                    ("URL", &ironic.url),
+                    ("CAFILE", &cafile),
+                ],
+            )
+            .replace(
+                "api_max_retries = 60",
+                &format!("api_max_retries = {api_max_retries}"),
+            );
         std::fs::write(dir.join("nova.conf"), conf).unwrap();
         // A script literally named nova-compute, run through its shebang.
         let script = dir.join("bin/nova-compute");
@@ -267,7 +293,18 @@ impl NovaCompute {
     /// Starts the harness against `ironic` (see [`NovaCompute::command`]) and
     /// waits until it is ready.
     pub fn start(bed: &Testbed, dir: &Path, ironic: &Ironic, fake_token: Option<&str>) -> NovaCompute {
-        let mut command = NovaCompute::command(bed, dir, ironic);
+        NovaCompute::start_with(bed, dir, ironic, fake_token, 60)
+    }
+
+    /// As [`NovaCompute::start`], with `[ironic]api_max_retries`.
+    pub fn start_with(
+        bed: &Testbed,
+        dir: &Path,
+        ironic: &Ironic,
+        fake_token: Option<&str>,
+        api_max_retries: u32,
+    ) -> NovaCompute {
+        let mut command = NovaCompute::command_with_retries(bed, dir, ironic, api_max_retries);
         let request_log = dir.join("nova/requests.jsonl");
         if let Some(token) = fake_token {
             command.arg("--fake-token").arg(token);

@@ -12,11 +12,23 @@ Commands (one per line), each answered by one JSON line on stdout:
   power_off|power_on|reboot|destroy INSTANCE
   refresh-every SECONDS        refresh the node cache in a thread, like
                                update_available_resource does
+  cycle NODE...                spawn, power off/on, reboot, destroy on each
+                               node, over and over, in a thread (`stop-cycle`)
   exit
+
+Faults the end-to-end scenarios inject (real patterns of the real libraries):
+  leak-connections-every S     every S s a new openstacksdk Connection lists
+                               the nodes and is dropped without close()
+  leak-executors-every S       every S s a new futurist ThreadPoolExecutor
+                               lists the nodes and is never shut down
+  leak-files-every S N         every S s N more files opened and kept
+  rlimit N                     RLIMIT_NOFILE soft limit to N
+  conflict INSTANCE N          N threads power the instance off at once
 """
 import argparse
 import json
 import logging
+import resource
 import sys
 import threading
 import uuid
@@ -25,11 +37,12 @@ from nova import monkey_patch
 
 monkey_patch.patch(backend="threading")
 
-from nova import config, context as nova_context, exception, objects  # noqa: E402
+from nova import config, context as nova_context, exception, objects, utils  # noqa: E402
 from nova.network import model as network_model  # noqa: E402
 from nova.objects import fields  # noqa: E402
 from nova.virt import fake  # noqa: E402
 from nova.virt.ironic import driver as ironic_driver  # noqa: E402
+import futurist  # noqa: E402  (after the patch: it imports eventlet when present)
 
 HOST = "leakmon-compute"
 IMAGE_ID = "6e5a2b8a-3f1c-4d6e-9a0b-1c2d3e4f5a6b"
@@ -65,9 +78,13 @@ class Harness:
         self.driver = ironic_driver.IronicDriver(fake.FakeVirtAPI())
         self.driver.init_host(HOST)
         if fake_token:
-            # keystone-less set-ups send no token: add one, as a real
-            # deployment would, so that its handling can be tested.
-            self.driver.ironic_connection.session.additional_headers["X-Auth-Token"] = fake_token
+            # keystone-less set-ups send only keystoneauth's placeholder
+            # token `notused` (its `none` plugin): make that plugin hand out
+            # a real-looking token instead, as keystone would, so that its
+            # handling can be tested. (additional_headers cannot: the auth
+            # plugin's X-Auth-Token takes precedence.)
+            auth = self.driver.ironic_connection.session.auth
+            auth.get_token = lambda *args, **kwargs: fake_token
         try:
             self.service = objects.Service.get_by_compute_host(self.ctx, HOST)
         except exception.NotFound:
@@ -76,6 +93,9 @@ class Harness:
             self.service.create()
         self.compute_nodes = {}
         self.instances = {}
+        # What the injected faults hold on to, as the leaky code would.
+        self.leaked = []
+        self.cycling = threading.Event()
 
     def compute_node(self, node):
         if node not in self.compute_nodes:
@@ -139,6 +159,70 @@ class Harness:
 
         threading.Thread(target=loop, name="periodic", daemon=True).start()
 
+    def every(self, seconds, name, work):
+        def loop():
+            while True:
+                try:
+                    work()
+                except Exception as e:
+                    say(event="fault_failed", fault=name, error=str(e))
+                threading.Event().wait(seconds)
+
+        threading.Thread(target=loop, name=name, daemon=True).start()
+
+    def leak_connection(self):
+        # A new SDK connection per call, never closed (nova-ironic.md pattern 1).
+        conn = utils.get_sdk_adapter("baremetal", admin=True, check_service=True)
+        list(conn.nodes(fields=("uuid",)))
+        self.leaked.append(conn)
+
+    def leak_executor(self):
+        # An executor per call, never shut down (pattern 4).
+        executor = futurist.ThreadPoolExecutor(max_workers=1)
+        executor.submit(self.nodes).result()
+        self.leaked.append(executor)
+
+    def leak_files(self, count):
+        for _ in range(count):
+            self.leaked.append(open("/etc/hostname"))
+
+    def cycle(self, nodes):
+        self.cycling.set()
+
+        def loop():
+            rounds = 0
+            while self.cycling.is_set():
+                for node in nodes:
+                    try:
+                        instance = self.spawn(node)
+                        for action in ("power_off", "power_on", "reboot", "destroy"):
+                            self.act(action, instance)
+                    except Exception as e:
+                        say(event="cycle_failed", node=node, error=str(e))
+                        threading.Event().wait(1)
+                rounds += 1
+                say(event="cycled", rounds=rounds)
+
+        threading.Thread(target=loop, name="cycle", daemon=True).start()
+
+    def conflict(self, uuid_, count):
+        instance = self.instances[uuid_]
+        results = []
+
+        def power_off():
+            try:
+                self.driver.power_off(instance)
+                results.append("ok")
+            except Exception as e:
+                results.append(type(e).__name__)
+
+        threads = [threading.Thread(target=power_off) for _ in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
 
 def serve(harness):
     say(event="ready", pid=__import__("os").getpid())
@@ -160,6 +244,28 @@ def serve(harness):
             elif command == "refresh-every":
                 harness.refresh_every(float(args[0]))
                 say(event="refreshing", seconds=float(args[0]))
+            elif command == "cycle":
+                harness.cycle(args)
+                say(event="cycling", nodes=args)
+            elif command == "stop-cycle":
+                harness.cycling.clear()
+                say(event="stopping-cycle")
+            elif command == "leak-connections-every":
+                harness.every(float(args[0]), "leak-connections", harness.leak_connection)
+                say(event="leaking", fault="connections")
+            elif command == "leak-executors-every":
+                harness.every(float(args[0]), "leak-executors", harness.leak_executor)
+                say(event="leaking", fault="executors")
+            elif command == "leak-files-every":
+                count = int(args[1])
+                harness.every(float(args[0]), "leak-files", lambda: harness.leak_files(count))
+                say(event="leaking", fault="files")
+            elif command == "rlimit":
+                _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (int(args[0]), hard))
+                say(event="rlimit", soft=int(args[0]))
+            elif command == "conflict":
+                say(event="conflicted", results=harness.conflict(args[0], int(args[1])))
             else:
                 say(event="error", error=f"unknown command {command}")
         except (exception.NovaException, KeyError, IndexError) as e:

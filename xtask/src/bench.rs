@@ -414,6 +414,16 @@ pub fn run(runs: usize, ops: u64, only: Option<&str>) -> anyhow::Result<()> {
         ));
         crate::bench_calls::capture(&bins, &dir, runs, &mut out)?;
     }
+    if wanted("scenarios") {
+        let mut section = String::new();
+        crate::bench_scenarios::latency(&mut section)?;
+        if only.is_some() {
+            // Minutes of real OpenStack: its table is kept, not just printed.
+            crate::bench_scenarios::update_docs(&section)?;
+            println!("(scenarios: their section of docs/benchmarks.md updated)");
+        }
+        out.push_str(&section);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     if only.is_some() {
         println!("\n{out}\n(one section: docs/benchmarks.md left as it was)");

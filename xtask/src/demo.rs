@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: the daemon watching a bundled leaky `nova-compute`,
-//! with the ledger filling up live.
+//! `cargo xtask demo`: a real Ironic, the real nova Ironic driver in the
+//! `nova-compute` harness with one injected connection leak, and the
+//! daemon watching it: the live snapshot and the alerts as they fire.
 
 use std::{
     process::Command,
@@ -8,7 +9,10 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{daemon::Daemon, workload::Workload};
+use tests::{
+    scenario::daemon_for_harness,
+    testbed::{Ironic, NovaCompute, Testbed},
+};
 
 use crate::util::{cargo, exec, step};
 
@@ -63,20 +67,8 @@ fn summary(snapshot: &Value, elapsed: Duration) -> String {
     )
 }
 
-/// The defaults watch 10-minute windows; the demo's leak is a minute old.
-const DEMO_RULES: &str = "\
-[alerts]
-stdout = false
-[rules.fd_leak]
-window_s = 20
-min_growth = 10
-[rules.thread_leak]
-window_s = 30
-min_growth = 4
-[rules.socket_close_wait_leak]
-min_age_s = 5
-window_s = 20
-";
+/// Ironic's loopback address for the demo (the tests use 127.0.0.2-14).
+const DEMO_IP: &str = "127.0.0.30";
 
 pub fn run(seconds: u64) -> anyhow::Result<()> {
     crate::setup::run_all()?;
@@ -89,31 +81,35 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     catch_interrupt()?;
     let dir = std::env::temp_dir().join(format!("leakmon-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let bed = Testbed::install();
 
-    step("starting `leakmon run` (watch processes named nova-compute; rule windows shortened for the demo)");
-    let config = dir.join("leakmon.toml");
-    std::fs::write(&config, DEMO_RULES)?;
+    step(&format!(
+        "a real Ironic 39 on {DEMO_IP}:6385 (standalone, fake hardware), one node (about 15 s)"
+    ));
+    let ironic = Ironic::start(&bed, &dir, DEMO_IP, false);
+    let nodes = ironic.enroll(&bed, 1);
+    println!("    node {} available", nodes[0]);
+
+    step("`leakmon run` watching this demo's nova-compute (rule windows scaled from minutes to seconds)");
     let alerts_file = dir.join("alerts.ndjson");
-    let daemon = Daemon::start(
-        &dir,
-        &[
-            "--config",
-            &config.to_string_lossy(),
-            "--alerts-file",
-            &alerts_file.to_string_lossy(),
-        ],
+    let daemon = daemon_for_harness(&dir);
+
+    step("nova-compute: the real nova Ironic driver, with one injected leak");
+    let mut nova = NovaCompute::start(&bed, &dir, &ironic, None);
+    nova.run("refresh-every 5", "refreshing");
+    nova.run("leak-connections-every 2", "leaking");
+    let pid = nova.pid;
+    println!(
+        "    pid {pid} lists the nodes every 5 s (nova's periodic task) and, every 2 s, through a new\n    \
+         openstacksdk connection that it never closes: each leaves a socket that Ironic closes when idle\n    \
+         and that then waits in CLOSE_WAIT forever."
     );
-    let mut alerts_shown = 0;
-    step(
-        "starting a bundled leaky `nova-compute`: a file and a CLOSE_WAIT socket each second, a stuck thread every 5 s",
-    );
-    let workload = Workload::spawn(&dir, "nova-compute", &["leak"]);
-    let pid = workload.pid;
     let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
     let started = Instant::now();
     println!(
-        "    watching pid {pid} for {seconds}s (Ctrl-C stops); `leakmon snapshot --pid {pid}` every 3 s:\n"
+        "\n    live, every 3 s, for {seconds}s (Ctrl-C stops): `leakmon snapshot --pid {pid}`, and alerts as they come\n"
     );
+    let mut alerts_shown = 0;
     while started.elapsed() < Duration::from_secs(seconds) && !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_secs(3));
         let out = Command::new(&leakmon)
@@ -131,7 +127,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         let alerts = tests::alerts::alerts_in(&alerts_file);
         for alert in alerts.iter().skip(alerts_shown) {
             println!(
-                "    ALERT {} {} [{}]: {}",
+                "  ! ALERT {} {} [{}]: {}",
                 alert["status"].as_str().unwrap_or("?").to_uppercase(),
                 alert["rule"].as_str().unwrap_or("?"),
                 alert["severity"].as_str().unwrap_or("?"),
@@ -140,19 +136,31 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         }
         alerts_shown = alerts.len();
     }
-    step(&format!(
-        "the full snapshot (`leakmon snapshot --pid {pid}`), first rows"
-    ));
-    let out = Command::new(&leakmon)
-        .args(["snapshot", "--pid", &pid.to_string(), "--control-socket"])
-        .arg(&daemon.socket)
-        .output()?;
-    for line in String::from_utf8_lossy(&out.stdout).lines().take(24) {
-        println!("    {line}");
+    step(&format!("`leakmon alerts` and `leakmon calls --pid {pid}`"));
+    for args in [
+        vec!["alerts".to_string()],
+        vec![
+            "calls".to_string(),
+            "--pid".to_string(),
+            pid.to_string(),
+            "--recent".to_string(),
+            "5".to_string(),
+        ],
+    ] {
+        let out = Command::new(&leakmon)
+            .args(&args)
+            .arg("--control-socket")
+            .arg(&daemon.socket)
+            .output()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines().take(24) {
+            println!("    {line}");
+        }
+        println!();
     }
-    step("stopping the workload and the daemon");
-    drop(workload);
+    step("stopping nova-compute, the daemon and Ironic");
+    drop(nova);
     daemon.stop();
+    drop(ironic);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

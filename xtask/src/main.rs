@@ -3,7 +3,10 @@
 
 mod bench;
 mod bench_calls;
+mod bench_scenarios;
 mod demo;
+mod fuzz;
+mod install;
 mod setup;
 mod test;
 mod testbed;
@@ -27,10 +30,10 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
-    /// Setup, then watch a bundled leaky `nova-compute` and show the ledger fill.
+    /// Setup, then watch the real nova driver leak connections to a real Ironic, live.
     Demo {
         /// Stop after this many seconds (Ctrl-C stops earlier).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 120)]
         seconds: u64,
     },
     /// A real Ironic with fake-hardware nodes and the nova-compute harness,
@@ -54,9 +57,25 @@ enum Task {
         /// Operations per loop run.
         #[arg(long, default_value_t = 200_000)]
         ops: u64,
-        /// Run one section only and print it (docs/benchmarks.md is not written).
-        #[arg(long, value_parser = ["loops", "snapshot", "sockets", "calls"])]
+        /// Run one section only and print it (docs/benchmarks.md is not written,
+        /// except for `scenarios`, whose section is updated in place).
+        #[arg(long, value_parser = ["loops", "snapshot", "sockets", "calls", "scenarios"])]
         only: Option<String>,
+    },
+    /// Run the cargo-fuzz targets (HTTP parser, event decoder, config loader).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// One target only.
+        #[arg(long, value_parser = fuzz::TARGETS)]
+        target: Option<String>,
+    },
+    /// Build and install the daemon, its systemd unit and a default config (kept if present).
+    Install {
+        /// Install under this directory instead of / (for packaging).
+        #[arg(long, default_value = "/")]
+        root: std::path::PathBuf,
     },
 }
 
@@ -67,5 +86,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { seconds } => demo::run(seconds),
         Task::Testbed { ip, tls, nodes } => testbed::run(&ip, tls, nodes),
         Task::Bench { runs, ops, only } => bench::run(runs, ops, only.as_deref()),
+        Task::Install { root } => install::run(&root),
+        Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref(), true),
     }
 }

@@ -24,11 +24,17 @@ pub const PACKAGES: &[&str] = &[
 ];
 
 pub fn run_all() -> anyhow::Result<()> {
-    rust_src()?;
-    bpf_linker()?;
+    rust_build_tools()?;
+    cargo_fuzz()?;
     packages(PACKAGES)?;
     testbed();
     Ok(())
+}
+
+/// What building the eBPF crate needs: nightly rust-src and bpf-linker.
+pub fn rust_build_tools() -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker()
 }
 
 /// Real Ironic and nova from PyPI in cached venvs, a CA, schemas
@@ -75,6 +81,21 @@ fn bpf_linker() -> anyhow::Result<()> {
         "--locked",
     ]))
     .context("installing bpf-linker")
+}
+
+/// cargo-fuzz, for the fuzz targets (`cargo xtask fuzz`, and the smoke run in the suite).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    let version = output("cargo", &["fuzz", "--version"]).unwrap_or_default();
+    if version.contains(CARGO_FUZZ_VERSION) {
+        println!("    already installed ({})", version.trim());
+        return Ok(());
+    }
+    println!("    installing with cargo (about half a minute on 2 cores)...");
+    exec(Command::new("cargo").args(["install", &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"), "--locked"]))
+        .context("installing cargo-fuzz")
 }
 
 /// Installs the missing ones among `wanted` with apt-get (root only).

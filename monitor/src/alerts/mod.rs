@@ -27,6 +27,9 @@ pub struct ProcessRef {
     pub name: String,
     /// Secrets (passwords, tokens) in arguments are redacted.
     pub cmdline: Vec<String>,
+    /// Its pid namespace and container, when it runs in one.
+    #[serde(default, flatten)]
+    pub placement: crate::container::Placement,
 }
 
 /// One line of the NDJSON output: the alert contract (README, "Alerts").
@@ -219,6 +222,7 @@ mod tests {
             pid,
             name: "nova-compute".to_string(),
             cmdline: vec![],
+            placement: Default::default(),
         }
     }
 

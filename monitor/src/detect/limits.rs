@@ -21,6 +21,8 @@ pub struct Limits {
     pub threads_total: Option<u64>,
     /// `[ironic]api_max_retries` from the process's nova.conf, and where.
     pub api_max_retries: Option<(u32, String)>,
+    /// Its pid namespace and container (read with the limits, for alerts).
+    pub placement: crate::container::Placement,
 }
 
 impl Limits {
@@ -50,6 +52,7 @@ impl Limits {
             .ok()
             .and_then(|s| threads_in_loadavg(&s));
         limits.api_max_retries = nova_api_max_retries(cmdline);
+        limits.placement = crate::container::Placement::of(pid);
         limits
     }
 }

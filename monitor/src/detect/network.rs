@@ -93,19 +93,21 @@ fn close_wait_finding(
         .filter(|e| e.inode != 0)
         .map(|e| (e.inode, e.birth))
         .collect();
-    // Group by what opened them: the call in flight, else the first call sent on it.
+    // Group by the code path that abandoned them: the last call sent on each
+    // (a session made per node list shows as node_list, after its version
+    // discovery), else the call in flight at its birth; and the creating thread.
     let mut by_origin: BTreeMap<(Option<&str>, u32), u64> = BTreeMap::new();
     for inode in aged {
         let birth = births.get(inode);
-        let first_call = input.ledger.sockets.get(inode).and_then(|s| s.first_call);
-        let call = birth.and_then(|b| b.call).or(first_call).map(|c| c.kind.name());
+        let last_call = input.ledger.sockets.get(inode).and_then(|s| s.last_call);
+        let call = last_call.or(birth.and_then(|b| b.call)).map(|c| c.kind.name());
         *by_origin.entry((call, birth.map_or(0, |b| b.tid))).or_default() += 1;
     }
     let mut origins: Vec<_> = by_origin.into_iter().collect();
     origins.sort_by_key(|o| std::cmp::Reverse(o.1));
     let most = origins.first().map_or(String::new(), |((call, tid), n)| {
         let by = call.map_or_else(|| "connections".to_string(), |c| format!("{c} calls"));
-        format!(", {n} opened by {by} from thread {tid}")
+        format!(", {n} left after {by} from thread {tid}")
     });
     let mut views = socket_views(input.ledger, input.process, input.labels, input.now_ns);
     views.retain(|v| aged.contains(&v.inode));

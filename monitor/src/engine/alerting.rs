@@ -72,6 +72,7 @@ impl Engine {
                 pid: *pid,
                 name: process.comm.clone(),
                 cmdline: redact::cmdline(&process.cmdline),
+                placement: limits.1.placement.clone(),
             };
             out.extend(alerting.book.update(&who, findings, now));
         }

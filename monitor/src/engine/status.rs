@@ -47,6 +47,9 @@ pub struct ProcessSummary {
     pub fds: usize,
     pub threads: usize,
     pub watched_since: String,
+    /// Its pid namespace and container, when it runs in one.
+    #[serde(flatten)]
+    pub placement: crate::container::Placement,
 }
 
 impl Engine {
@@ -63,6 +66,7 @@ impl Engine {
                 fds: p.fds.len(),
                 threads: p.threads.len(),
                 watched_since: time::rfc3339_of_boot(p.watched_since_ns),
+                placement: crate::container::Placement::of(p.pid),
             })
             .collect();
         processes.sort_by_key(|p| p.pid);

@@ -70,6 +70,9 @@ fn truncate(value: &[u8], max: usize) -> String {
     text.chars().take(max).collect()
 }
 
+/// What `keystoneauth1.noauth.NoAuth.get_token()` returns.
+const NOAUTH_PLACEHOLDER: &[u8] = b"notused";
+
 /// Whitelisted headers: (request id, microversion, content length, token).
 fn read_headers(headers: &[httparse::Header<'_>]) -> (Option<String>, Option<String>, Option<u64>, bool) {
     let (mut request_id, mut microversion, mut length, mut token) = (None, None, None, false);
@@ -90,7 +93,10 @@ fn read_headers(headers: &[httparse::Header<'_>]) -> (Option<String>, Option<Str
                 .ok()
                 .and_then(|v| v.trim().parse().ok());
         } else if name.eq_ignore_ascii_case("x-auth-token") || name.eq_ignore_ascii_case("authorization") {
-            token = true;
+            // keystoneauth's `none` plugin (keystone-less set-ups) sends the
+            // placeholder `notused`: not a credential. The value is compared,
+            // never kept.
+            token |= header.value.trim_ascii() != NOAUTH_PLACEHOLDER;
         }
     }
     (request_id, microversion, length, token)
@@ -194,8 +200,11 @@ pub fn requests(buf: &[u8]) -> Parsed<Request> {
 /// A token header line in headers httparse could not finish.
 fn partial_has_token(buf: &[u8]) -> bool {
     buf.split(|b| *b == b'\n').any(|line| {
-        let name = line.split(|b| *b == b':').next().unwrap_or_default();
-        name.eq_ignore_ascii_case(b"x-auth-token") || name.eq_ignore_ascii_case(b"authorization")
+        let mut parts = line.splitn(2, |b| *b == b':');
+        let name = parts.next().unwrap_or_default();
+        let value = parts.next().unwrap_or_default().trim_ascii();
+        (name.eq_ignore_ascii_case(b"x-auth-token") || name.eq_ignore_ascii_case(b"authorization"))
+            && value != NOAUTH_PLACEHOLDER
     })
 }
 
@@ -324,6 +333,15 @@ mod tests {
             !everything.contains(TOKEN) && !everything.contains("s3cret"),
             "{everything}"
         );
+    }
+
+    #[test]
+    fn keystoneauths_noauth_placeholder_is_no_token() {
+        let Parsed::Complete(found) = requests(b"GET /v1/nodes HTTP/1.1\r\nX-Auth-Token: notused\r\n\r\n")
+        else {
+            panic!("not parsed");
+        };
+        assert!(!found[0].0.token);
     }
 
     #[test]

@@ -22,6 +22,10 @@ impl FdTable {
         self.fds.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&u32, &FdEntry)> {
         self.fds.iter()
     }

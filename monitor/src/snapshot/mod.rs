@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub pid: u32,
     pub comm: String,
     pub cmdline: Vec<String>,
+    /// Its pid namespace and container, when it runs in one.
+    #[serde(flatten)]
+    pub placement: crate::container::Placement,
     pub limits: Limits,
     pub counts: BTreeMap<FdKind, usize>,
     pub fds: Vec<FdSnapshot>,
@@ -138,6 +141,7 @@ pub fn take(pid: u32, control_socket: &Path, labels: &Labels) -> Result<Snapshot
     }
     let endpoints = sockets::endpoints(&fds, &health, labels);
     Ok(Snapshot {
+        placement: crate::container::Placement::of(pid),
         endpoints,
         pid,
         comm: info.comm,

@@ -25,6 +25,9 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         snapshot.comm,
         snapshot.cmdline.join(" ")
     );
+    if !snapshot.placement.is_empty() {
+        let _ = writeln!(out, "{}", snapshot.placement.describe());
+    }
     let open = snapshot.fds.len();
     let limit = match snapshot.limits.nofile_soft {
         Some(soft) if soft > 0 => format!(

@@ -1,0 +1,241 @@
+//! `leakmon doctor`: what works on this host, what degrades, and how to fix
+//! it. It loads the real probes (and unloads them) rather than guessing
+//! from kernel versions.
+
+use std::{fmt::Write as _, path::Path};
+
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    discovery::Matcher,
+    probes::{self, Probes, Settings},
+    proc,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    Degraded,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn check(name: &'static str, verdict: Verdict, detail: impl Into<String>, fix: Option<&str>) -> Check {
+    Check {
+        name,
+        verdict,
+        detail: detail.into(),
+        fix: fix.map(str::to_string),
+    }
+}
+
+/// Every check, in the order an operator would fix them.
+pub fn run(config_path: Option<&Path>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let config = match Config::load(config_path) {
+        Ok(config) => {
+            let source = config_path.map_or("defaults or /etc/leakmon/leakmon.toml".into(), |p| {
+                p.display().to_string()
+            });
+            checks.push(check("config", Verdict::Ok, format!("valid ({source})"), None));
+            Some(config)
+        }
+        Err(e) => {
+            let fix = match e {
+                crate::config::ConfigError::Read { .. } => {
+                    "create the file, or name an existing one with --config"
+                }
+                _ => "fix the named key; every key is in the README's configuration reference",
+            };
+            checks.push(check("config", Verdict::Fail, e.to_string(), Some(fix)));
+            None
+        }
+    };
+    let root = nix::unistd::geteuid().is_root();
+    checks.push(if root {
+        check("privileges", Verdict::Ok, "running as root", None)
+    } else {
+        check(
+            "privileges",
+            Verdict::Fail,
+            "not root: the daemon loads eBPF programs and reads other processes' /proc",
+            Some("run as root, or with CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH"),
+        )
+    });
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    checks.push(check("kernel", Verdict::Ok, format!("Linux {release}"), None));
+    checks.push(lockdown());
+    checks.push(btf());
+    if root {
+        checks.extend(hooks());
+    }
+    if let Some(config) = &config {
+        checks.extend(watched_now(config));
+    }
+    checks
+}
+
+fn lockdown() -> Check {
+    match std::fs::read_to_string("/sys/kernel/security/lockdown") {
+        Ok(text) if text.contains("[confidentiality]") => check(
+            "lockdown",
+            Verdict::Fail,
+            "kernel lockdown=confidentiality forbids reading kernel memory from BPF",
+            Some("boot with lockdown=integrity or none"),
+        ),
+        Ok(text) => check("lockdown", Verdict::Ok, text.trim().to_string(), None),
+        Err(_) => check("lockdown", Verdict::Ok, "no lockdown LSM", None),
+    }
+}
+
+fn btf() -> Check {
+    match probes::btf::Btf::load().and_then(|b| Ok(b.sock_offsets()?)) {
+        Ok(_) => check(
+            "btf",
+            Verdict::Ok,
+            "/sys/kernel/btf/vmlinux has the socket offsets",
+            None,
+        ),
+        Err(e) => check(
+            "btf",
+            Verdict::Degraded,
+            format!("{e:#}: socket states come from sock_diag only, BTF tracepoints are off"),
+            Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+        ),
+    }
+}
+
+/// Loads the probes for real (a small ring buffer), reports each hook.
+fn hooks() -> Vec<Check> {
+    let settings = Settings {
+        ring_buffer_bytes: 64 * 1024,
+        kernel: Default::default(),
+    };
+    let (probes, _ring) = match Probes::load(&settings) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            return vec![check(
+                "bpf",
+                Verdict::Fail,
+                format!("{e:#}"),
+                Some("needs bpf(), BPF ring buffers and tracepoints (Linux >= 5.8 with BTF)"),
+            )];
+        }
+    };
+    let mut checks = vec![check(
+        "tracefs",
+        Verdict::Ok,
+        if probes.tracefs_mounted_by_us {
+            format!(
+                "was not mounted: mounted at {} (the daemon does the same)",
+                probes::tracefs::TRACEFS
+            )
+        } else {
+            format!("mounted at {}", probes::tracefs::TRACEFS)
+        },
+        None,
+    )];
+    let missing: Vec<_> = probes.hooks.iter().filter(|h| !h.attached).collect();
+    let attached = probes.hooks.len() - missing.len();
+    checks.push(check(
+        "bpf",
+        Verdict::Ok,
+        format!("probes load; {attached} of {} hooks attach", probes.hooks.len()),
+        None,
+    ));
+    for hook in missing {
+        let verdict = if hook.essential {
+            Verdict::Fail
+        } else {
+            Verdict::Degraded
+        };
+        let error = hook.error.clone().unwrap_or_default();
+        checks.push(check(
+            "hook",
+            verdict,
+            format!("{} ({}) does not attach: {error}", hook.tracepoint, hook.program),
+            Some("what it sees is repaired by /proc reconciliation, later; see README \"How it works\""),
+        ));
+    }
+    checks
+}
+
+/// The processes the configured discovery would watch now, and their libssl.
+fn watched_now(config: &Config) -> Vec<Check> {
+    let Ok(matcher) = Matcher::new(&config.discovery) else {
+        return Vec::new();
+    };
+    let matching: Vec<proc::ProcessInfo> = proc::all_pids()
+        .into_iter()
+        .filter(|pid| *pid != std::process::id())
+        .filter_map(|pid| proc::process_info(pid).ok())
+        .filter(|info| matcher.matches(info).is_some())
+        .collect();
+    if matching.is_empty() {
+        return vec![check(
+            "discovery",
+            Verdict::Ok,
+            "no matching process runs now: each is picked up when it starts",
+            None,
+        )];
+    }
+    let mut checks = Vec::new();
+    let mut detail = String::new();
+    for info in &matching {
+        let _ = write!(detail, "{} ({}) ", info.pid, info.comm);
+    }
+    checks.push(check(
+        "discovery",
+        Verdict::Ok,
+        format!("would watch {}", detail.trim_end()),
+        None,
+    ));
+    for info in &matching {
+        let libs = probes::tls::libssl_of(info.pid);
+        checks.push(match libs.first() {
+            Some(lib) => check(
+                "libssl",
+                Verdict::Ok,
+                format!("pid {}: {}", info.pid, lib.display()),
+                None,
+            ),
+            None => check(
+                "libssl",
+                Verdict::Degraded,
+                format!(
+                    "pid {} maps no libssl yet: HTTPS is captured once it does",
+                    info.pid
+                ),
+                None,
+            ),
+        });
+    }
+    checks
+}
+
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let verdict = match c.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Degraded => "DEGRADED",
+            Verdict::Fail => "FAIL",
+        };
+        let _ = writeln!(out, "{verdict:<9} {:<11} {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            let _ = writeln!(out, "{:<21} fix: {fix}", "");
+        }
+    }
+    out
+}

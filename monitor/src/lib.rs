@@ -1,0 +1,29 @@
+//! leakmon as a library: everything the `leakmon` binary runs, also built
+//! for the fuzz targets (monitor/fuzz) that drive the parsers directly.
+
+pub mod alerts;
+pub mod alerts_cmd;
+pub mod calls;
+pub mod calls_cmd;
+pub mod cli;
+pub mod config;
+pub mod container;
+pub mod control;
+pub mod detect;
+pub mod discovery;
+pub mod doctor;
+pub mod engine;
+pub mod fdkind;
+pub mod http;
+pub mod labels;
+pub mod ledger;
+pub mod metrics_server;
+pub mod probes;
+pub mod proc;
+pub mod procnet;
+pub mod redact;
+pub mod snapshot;
+pub mod sockdiag;
+pub mod status_cmd;
+pub mod table;
+pub mod time;

@@ -1,0 +1,194 @@
+//! Operations: `leakmon doctor`, a nova-compute in its own pid namespace
+//! (kolla's container), and a host where tracefs is not mounted.
+
+use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
+
+use serde_json::Value;
+use tests::{daemon::Daemon, require_root, scratch_dir, workload::Workload};
+
+#[test]
+fn doctor_loads_every_hook_and_names_a_bad_config_key() {
+    if !require_root("doctor_loads_every_hook_and_names_a_bad_config_key") {
+        return;
+    }
+    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
+    let out = Command::new(&leakmon)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let verdict = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["verdict"].as_str().unwrap().to_string())
+    };
+    for name in ["config", "privileges", "kernel", "btf", "tracefs", "bpf"] {
+        assert_eq!(verdict(name).as_deref(), Some("ok"), "{name}: {checks:#?}");
+    }
+    assert!(checks.iter().all(|c| c["verdict"] != "fail"), "{checks:#?}");
+
+    let dir = scratch_dir("doctor");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[rules.fd_leak]\nwindow_s = 0\n").unwrap();
+    let out = Command::new(&leakmon)
+        .arg("doctor")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("FAIL") && report.contains("rules.fd_leak.window_s"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_process_in_its_own_pid_namespace_is_tracked_by_host_pid() {
+    if !require_root("a_process_in_its_own_pid_namespace_is_tracked_by_host_pid") {
+        return;
+    }
+    let dir = scratch_dir("pidns");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lm-pidns"]);
+    let link = dir.join("lm-pidns");
+    std::os::unix::fs::symlink(tests::binary("leakmon-workload", "LEAKMON_WORKLOAD_BIN"), &link).unwrap();
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(&link)
+        .args(["bulk", "10", "0", "0", "0", "0"]);
+    let mut workload = Workload::start(command);
+    let ready = workload.expect_within("ready", Duration::from_secs(30));
+    assert_eq!(
+        ready["pid"], 1,
+        "the workload sees itself as pid 1 of its namespace"
+    );
+    let status = daemon.await_status("the namespaced process watched", Duration::from_secs(10), |s| {
+        s["processes"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["comm"] == "lm-pidns"))
+    });
+    let process = status["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["comm"] == "lm-pidns")
+        .unwrap()
+        .clone();
+    let host_pid = process["pid"].as_u64().unwrap() as u32;
+    assert_ne!(host_pid, 1);
+    assert_eq!(process["ns_pid"], 1, "{process:#}");
+    daemon.sync();
+    let ledger = daemon.ledger(host_pid);
+    let in_proc = std::fs::read_dir(format!("/proc/{host_pid}/fd")).unwrap().count();
+    assert_eq!(ledger["fds"].as_array().unwrap().len(), in_proc, "{ledger:#}");
+    let snapshot = tests::snapshot_json(&tests::binary("leakmon", "LEAKMON_BIN"), host_pid, &daemon.socket);
+    assert_eq!(snapshot["ns_pid"], 1);
+}
+
+#[test]
+fn without_tracefs_mounted_the_daemon_mounts_it_and_runs() {
+    if !require_root("without_tracefs_mounted_the_daemon_mounts_it_and_runs") {
+        return;
+    }
+    let dir = scratch_dir("no-tracefs");
+    // The daemon in a private mount namespace where tracefs is unmounted:
+    // the host's mounts (and the other tests' daemons) are untouched.
+    let wrapper = dir.join("leakmon-without-tracefs");
+    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private sh -c \
+             'umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+             test -d /sys/kernel/tracing/events && exit 97; exec \"$0\" \"$@\"' {} \"$@\"\n",
+            leakmon.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start_bin(&wrapper, &dir, &["--match-comm", "lm-notracefs"]);
+    let status = daemon.status();
+    assert_eq!(status["tracefs_mounted_by_daemon"], true, "{status:#}");
+    assert!(daemon.log_text().contains("mounted tracefs"));
+    let mut workload = Workload::spawn(&dir, "lm-notracefs", &["bulk", "5", "1", "0", "0", "0"]);
+    let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
+    daemon.sync();
+    let ledger = daemon.ledger(pid);
+    let in_proc = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert_eq!(ledger["fds"].as_array().unwrap().len(), in_proc);
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    // systemd-analyze parses the unit as systemd would (capability names,
+    // sandboxing options, ExecStart); it needs no running systemd.
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("skipping the_systemd_unit_verifies: no systemd-analyze on this host");
+        return;
+    };
+    assert!(version.status.success());
+    let dir = scratch_dir("unit");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/leakmon.service"
+    ))
+    .unwrap();
+    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
+    let unit = unit.replace("/usr/local/bin/leakmon", &leakmon.to_string_lossy());
+    let path = dir.join("leakmon.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "{complaints}"
+    );
+}
+
+#[test]
+fn a_daemon_started_beside_a_process_that_holds_much_raises_no_false_leak() {
+    if !require_root("a_daemon_started_beside_a_process_that_holds_much_raises_no_false_leak") {
+        return;
+    }
+    // A daemon restart: nova-compute already holds 300 files, pipes and unix sockets.
+    let dir = scratch_dir("late-daemon");
+    let mut workload = Workload::spawn(&dir, "lm-late", &["bulk", "300", "5", "0", "0", "5"]);
+    let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
+    let config = dir.join("leakmon.toml");
+    std::fs::write(&config, tests::alerts::FAST_RULES).unwrap();
+    let alerts = dir.join("alerts.ndjson");
+    let daemon = Daemon::start(
+        &dir,
+        &[
+            "--match-comm",
+            "lm-late",
+            "--config",
+            &config.to_string_lossy(),
+            "--alerts-file",
+            &alerts.to_string_lossy(),
+        ],
+    );
+    daemon.sync();
+    let ledger = daemon.ledger(pid);
+    let fds = ledger["fds"].as_array().unwrap();
+    assert!(fds.len() > 300);
+    assert!(
+        fds.iter().all(|fd| fd["birth"]["origin"] == "before_start"),
+        "what was open before the daemon is born before_start"
+    );
+    // Two windows of the fast rules: a history that starts full is no growth.
+    std::thread::sleep(Duration::from_secs(16));
+    let raised = tests::alerts::alerts_in(&alerts);
+    assert!(
+        raised.iter().all(|a| a["process"]["pid"] != pid),
+        "false alerts: {raised:#?}"
+    );
+}
