@@ -225,7 +225,7 @@ fn https_cycle_matches_the_harness_log_call_by_call() {
     full_cycle("calls-https", "127.0.0.3", true);
 }
 
-const FAKE_TOKEN: &str = "gAAAAAB-leakmon-secret-7f3a9c1e5b-never-stored";
+use tests::FAKE_TOKEN;
 
 #[test]
 fn a_fake_token_appears_in_no_output_and_no_log() {

@@ -246,7 +246,7 @@ fn a_token_sent_over_plain_http_is_flagged_and_never_shown() {
     if !require_root("a_token_sent_over_plain_http_is_flagged_and_never_shown") {
         return;
     }
-    const TOKEN: &str = "gAAAAABscenario-fake-token-0123456789";
+    const TOKEN: &str = tests::FAKE_TOKEN;
     let options = Options {
         fake_token: Some(TOKEN),
         ..Options::default()

@@ -108,7 +108,7 @@ fn alertmanager_receives_the_alert_and_its_resolution() {
             .unwrap()
             .contains("clear text")
     );
-    assert!(!received.to_string().contains("leakmon-fake-token"));
+    assert!(!received.to_string().contains(tests::FAKE_TOKEN));
     // quiet_s = 3: the alert resolves, and Alertmanager drops it from the active list.
     w.await_alert("plaintext_token", "resolved", Duration::from_secs(30));
     await_value("the resolution in Alertmanager", Duration::from_secs(30), || {

@@ -2,6 +2,17 @@
 //! with a line protocol, and ground truth read straight from /proc.
 
 pub mod alerts;
+
+/// The one token value the tests and benchmarks send: obviously fake, and
+/// what every secret test looks for in every output to prove it is dropped.
+#[macro_export]
+macro_rules! fake_token {
+    () => {
+        "FAKE-TOKEN-leakmon-test-not-a-credential"
+    };
+}
+pub const FAKE_TOKEN: &str = fake_token!();
+
 pub mod daemon;
 pub mod scenario;
 pub mod servers;

@@ -1,6 +1,7 @@
 //! The call log on synthetic byte streams.
 
 use super::{loops::LoopKind, *};
+use crate::http::FAKE_TOKEN;
 
 const NODE: &str = "1ea5a24b-6b22-4891-834f-e44fa7929a51";
 const INSTANCE: &str = "e17e0e2f-1627-42a2-8a99-c5040f62bdd4";
@@ -23,7 +24,7 @@ fn request(method: &str, path: &str, body: &str) -> Vec<u8> {
     } else {
         format!("Content-Length: {}\r\n", body.len())
     };
-    format!("{method} {path} HTTP/1.1\r\nHost: ironic\r\nX-Auth-Token: secret\r\n{length}\r\n{body}")
+    format!("{method} {path} HTTP/1.1\r\nHost: ironic\r\nX-Auth-Token: {FAKE_TOKEN}\r\n{length}\r\n{body}")
         .into_bytes()
 }
 
@@ -66,6 +67,10 @@ fn requests_and_responses_pair_in_order_per_stream() {
     assert_eq!(done[1].finished_ns, Some(3 * S));
     assert!(log.in_flight_on(10).is_none());
     assert_eq!(log.stats[&(CallKind::NodeList, 200)].count, 1);
+    // The token was seen as a token, and its value kept nowhere.
+    assert!(done.iter().all(|c| c.request.token));
+    let kept = format!("{done:?} {:?} {:?}", log.stats, log.plaintext_tokens);
+    assert!(!kept.contains(FAKE_TOKEN), "the token value was kept: {kept}");
 }
 
 #[test]

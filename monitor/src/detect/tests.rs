@@ -10,6 +10,7 @@ use super::*;
 use crate::{
     calls::{Origin as CallOrigin, StreamKey},
     fdkind::FdKind,
+    http::FAKE_TOKEN,
     ledger::{Birth, FailedSyscall, FdEntry, Origin, ThreadEntry, WatchReason, comm_from, sockets},
 };
 
@@ -137,7 +138,7 @@ impl World {
         } else {
             format!("Content-Length: {}\r\n", body.len())
         };
-        let bytes = format!("{method} {path} HTTP/1.1\r\nX-Auth-Token: s3cret\r\n{length}\r\n{body}");
+        let bytes = format!("{method} {path} HTTP/1.1\r\nX-Auth-Token: {FAKE_TOKEN}\r\n{length}\r\n{body}");
         let origin = CallOrigin {
             tid,
             fd: Some(1000 + tid),
@@ -470,7 +471,7 @@ fn tokens_in_clear_fire_and_tls_does_not() {
     let fired = w.fired(Rule::PlaintextToken);
     assert_eq!(fired.len(), 1);
     assert!(
-        !format!("{fired:?}").contains("s3cret"),
+        !format!("{fired:?}").contains(FAKE_TOKEN),
         "the token value never leaves the parser"
     );
     w.tick(601 * S);

@@ -304,12 +304,12 @@ pub fn body_target(body: &[u8]) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    const TOKEN: &str = "gAAAAA-leakmon-fake-token-never-to-be-seen";
+    use crate::http::FAKE_TOKEN;
 
     fn request_bytes(path: &str, extra: &str) -> Vec<u8> {
         format!(
             "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:6385\r\nUser-Agent: nova-compute keystoneauth1\r\n\
-             X-OpenStack-Ironic-API-Version: 1.95\r\nX-Auth-Token: {TOKEN}\r\nCookie: session=s3cret\r\n{extra}\r\n"
+             X-OpenStack-Ironic-API-Version: 1.95\r\nX-Auth-Token: {FAKE_TOKEN}\r\nCookie: session=s3cret\r\n{extra}\r\n"
         )
         .into_bytes()
     }
@@ -330,7 +330,7 @@ mod tests {
         assert!(request.token);
         let everything = format!("{request:?} {}", serde_json::to_string(&request).unwrap());
         assert!(
-            !everything.contains(TOKEN) && !everything.contains("s3cret"),
+            !everything.contains(FAKE_TOKEN) && !everything.contains("s3cret"),
             "{everything}"
         );
     }
@@ -377,7 +377,7 @@ mod tests {
         );
         assert!(partial.truncated);
         assert!(partial.token, "the token header line made it into the capture");
-        assert!(!format!("{partial:?}").contains(TOKEN));
+        assert!(!format!("{partial:?}").contains(FAKE_TOKEN));
     }
 
     #[test]
@@ -396,7 +396,7 @@ mod tests {
         for i in 0..200 {
             buf.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
         }
-        buf.extend_from_slice(b"X-Auth-Token: secret\r\n\r\n");
+        buf.extend_from_slice(format!("X-Auth-Token: {FAKE_TOKEN}\r\n\r\n").as_bytes());
         let Parsed::Complete(found) = requests(&buf) else {
             panic!("the request line is kept");
         };

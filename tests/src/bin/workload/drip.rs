@@ -120,11 +120,11 @@ impl Drip {
 
 fn request(addr: &str, method: &str, path: &str, token: bool, body: &str) {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    // A fixed fake token: the secret tests look for it in every output.
+    // The tests' fake token: the secret tests look for it in every output.
     let auth = if token {
-        "X-Auth-Token: gAAAAAB-leakmon-fake-token\r\n"
+        format!("X-Auth-Token: {}\r\n", tests::FAKE_TOKEN)
     } else {
-        ""
+        String::new()
     };
     let length = body.len();
     let request =
