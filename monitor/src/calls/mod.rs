@@ -187,7 +187,7 @@ impl CallLog {
         };
         let mut started = Vec::new();
         for (request, body) in complete {
-            let has_body = request.content_length.unwrap_or(0) > 0;
+            let has_body = request.headers.content_length.unwrap_or(0) > 0;
             let call = self.start(key, request, origin);
             let wants_target = call.kind.starts_a_wait() && has_body;
             if wants_target && body.len > 0 {
@@ -204,7 +204,7 @@ impl CallLog {
             // Headers cut by the capture limit: the request line and the
             // whitelisted headers before the cut are what there is.
             self.parse.truncated_headers += 1;
-            let wants_target = partial.content_length.unwrap_or(0) > 0;
+            let wants_target = partial.headers.content_length.unwrap_or(0) > 0;
             let call = self.start(key, partial, origin);
             if wants_target && call.kind.starts_a_wait() {
                 self.streams.entry(key).or_default().body_for = Some(call.id);

@@ -61,7 +61,7 @@ fn requests_and_responses_pair_in_order_per_stream() {
     );
     assert_eq!(done[1].kind, CallKind::NodeList);
     assert_eq!(
-        done[1].response.as_ref().unwrap().request_id.as_deref(),
+        done[1].response.as_ref().unwrap().headers.request_id.as_deref(),
         Some("req-200")
     );
     assert_eq!(done[1].finished_ns, Some(3 * S));

@@ -73,11 +73,11 @@ impl CallView {
                 .map(|end| end.saturating_sub(call.started_ns) as f64 / 1e6),
             status: response.map(|r| r.status),
             request_id: response
-                .and_then(|r| r.request_id.clone())
-                .or_else(|| call.request.request_id.clone()),
+                .and_then(|r| r.headers.request_id.clone())
+                .or_else(|| call.request.headers.request_id.clone()),
             microversion: response
-                .and_then(|r| r.microversion.clone())
-                .or_else(|| call.request.microversion.clone()),
+                .and_then(|r| r.headers.microversion.clone())
+                .or_else(|| call.request.headers.microversion.clone()),
             token: call.request.token,
             end: call.end,
         }

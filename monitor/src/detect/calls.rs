@@ -195,7 +195,7 @@ pub fn conflict_storm(input: &Input<'_>) -> Vec<Finding> {
                     "method": c.request.method,
                     "pattern": c.pattern,
                     "status": c.response.as_ref().map(|r| r.status),
-                    "request_id": c.response.as_ref().and_then(|r| r.request_id.clone()),
+                    "request_id": c.response.as_ref().and_then(|r| r.headers.request_id.clone()),
                     "tid": c.tid,
                     "time": time::rfc3339_of_boot(c.started_ns),
                 })

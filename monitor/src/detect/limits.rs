@@ -28,32 +28,44 @@ pub struct Limits {
 impl Limits {
     /// Reads everything it can; what is unreadable stays `None`.
     pub fn read(pid: u32, cmdline: &[String]) -> Limits {
-        let mut limits = Limits::default();
+        let mut limits = Limits {
+            api_max_retries: nova_api_max_retries(cmdline),
+            placement: crate::container::Placement::of(pid),
+            ..Limits::default()
+        };
+        limits.refresh(pid);
+        limits
+    }
+
+    /// Re-reads what changes while a process runs. Its nova.conf (read by
+    /// nova at start only) and its namespaces are kept from [`Limits::read`].
+    pub fn refresh(&mut self, pid: u32) {
         if let Ok(process) = procfs::process::Process::new(pid as i32)
             && let Ok(l) = process.limits()
         {
             use procfs::process::LimitValue::Value;
-            limits.nofile = match l.max_open_files.soft_limit {
+            self.nofile = match l.max_open_files.soft_limit {
                 Value(v) => Some(v),
                 _ => None,
             };
-            limits.nproc = match l.max_processes.soft_limit {
+            self.nproc = match l.max_processes.soft_limit {
                 Value(v) => Some(v),
                 _ => None,
             };
         }
-        if let Some((cgroup, dir)) = pids_cgroup(pid) {
-            limits.pids_max = read_number(&dir.join("pids.max"));
-            limits.pids_current = read_number(&dir.join("pids.current"));
-            limits.cgroup = Some(cgroup);
-        }
-        limits.threads_max = read_number(Path::new("/proc/sys/kernel/threads-max"));
-        limits.threads_total = fs::read_to_string("/proc/loadavg")
+        // A process can be moved to another cgroup: no stale limit survives.
+        (self.pids_max, self.pids_current, self.cgroup) = match pids_cgroup(pid) {
+            Some((cgroup, dir)) => (
+                read_number(&dir.join("pids.max")),
+                read_number(&dir.join("pids.current")),
+                Some(cgroup),
+            ),
+            None => (None, None, None),
+        };
+        self.threads_max = read_number(Path::new("/proc/sys/kernel/threads-max"));
+        self.threads_total = fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|s| threads_in_loadavg(&s));
-        limits.api_max_retries = nova_api_max_retries(cmdline);
-        limits.placement = crate::container::Placement::of(pid);
-        limits
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{
     calls::{Origin as CallOrigin, StreamKey},
     fdkind::FdKind,
     http::FAKE_TOKEN,
-    ledger::{Birth, FailedSyscall, FdEntry, Origin, ThreadEntry, WatchReason, comm_from, sockets},
+    ledger::{Birth, FailedSyscall, FdEntry, Origin, ThreadEntry, comm_from, sockets},
 };
 
 const PID: u32 = 500;
@@ -31,17 +31,8 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let mut ledger = Ledger::default();
-        ledger.watch(Process::new(
-            PID,
-            "nova-compute".into(),
-            vec![],
-            1,
-            WatchReason::Pid,
-            1,
-        ));
         World {
-            ledger,
+            ledger: Ledger::watching(PID),
             history: History::default(),
             limits: Limits::default(),
             rules: Rules::default(),

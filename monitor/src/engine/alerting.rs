@@ -15,7 +15,7 @@ use crate::{
 };
 
 const NS: u64 = 1_000_000_000;
-/// Limits change rarely (pids.current aside); /proc is read this often.
+/// Limits change rarely (pids.current aside); they are re-read this often.
 const LIMITS_EVERY_NS: u64 = 2 * NS;
 
 /// What the detectors need besides the ledger.
@@ -54,9 +54,13 @@ impl Engine {
         for (pid, process) in &self.ledger.processes {
             let history = alerting.histories.entry(*pid).or_default();
             history.push(Sample::of(&self.ledger, process, now), keep_ns);
-            let limits = alerting.limits.entry(*pid).or_insert((0, Limits::default()));
+            let limits = alerting
+                .limits
+                .entry(*pid)
+                .or_insert_with(|| (now, Limits::read(*pid, &process.cmdline)));
             if now.saturating_sub(limits.0) >= LIMITS_EVERY_NS {
-                *limits = (now, Limits::read(*pid, &process.cmdline));
+                limits.0 = now;
+                limits.1.refresh(*pid);
             }
             let input = Input {
                 ledger: &self.ledger,
@@ -150,17 +154,14 @@ impl Engine {
             .book
             .set_resend_interval(new.alerts.resend_interval_s);
         self.labels = labels;
-        let (keep_discovery, keep_probes, keep_daemon, keep_listen) = (
-            self.config.discovery.clone(),
-            self.config.probes.clone(),
-            self.config.daemon.clone(),
-            self.config.alerts.metrics_listen,
-        );
-        self.config = new;
-        self.config.discovery = keep_discovery;
-        self.config.probes = keep_probes;
-        self.config.daemon = keep_daemon;
-        self.config.alerts.metrics_listen = keep_listen;
+        // Only what takes effect now; the rest waits for a restart (logged above).
+        let metrics_listen = self.config.alerts.metrics_listen;
+        self.config.rules = new.rules;
+        self.config.endpoints = new.endpoints;
+        self.config.alerts = crate::config::Alerts {
+            metrics_listen,
+            ..new.alerts
+        };
         info!("config reloaded: rules, endpoints and alert sinks");
     }
 }

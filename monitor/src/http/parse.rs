@@ -16,16 +16,23 @@ const MAX_VALUE: usize = 64;
 /// At most this many headers are looked at.
 const MAX_HEADERS: usize = 64;
 
+/// The whitelisted headers both directions carry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
+pub struct Headers {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub microversion: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_length: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    #[serde(flatten)]
+    pub headers: Headers,
     /// An X-Auth-Token or Authorization header was sent (its value is never kept).
     pub token: bool,
     /// The headers were cut before their end (capture limit).
@@ -35,12 +42,8 @@ pub struct Request {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub microversion: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub content_length: Option<u64>,
+    #[serde(flatten)]
+    pub headers: Headers,
     pub truncated: bool,
 }
 
@@ -73,8 +76,8 @@ fn truncate(value: &[u8], max: usize) -> String {
 /// What `keystoneauth1.noauth.NoAuth.get_token()` returns.
 const NOAUTH_PLACEHOLDER: &[u8] = b"notused";
 
-/// Whitelisted headers: (request id, microversion, content length, token).
-fn read_headers(headers: &[httparse::Header<'_>]) -> (Option<String>, Option<String>, Option<u64>, bool) {
+/// The whitelisted headers, and whether a token header was sent.
+fn read_headers(headers: &[httparse::Header<'_>]) -> (Headers, bool) {
     let (mut request_id, mut microversion, mut length, mut token) = (None, None, None, false);
     for header in headers {
         let name = header.name;
@@ -99,7 +102,12 @@ fn read_headers(headers: &[httparse::Header<'_>]) -> (Option<String>, Option<Str
             token |= header.value.trim_ascii() != NOAUTH_PLACEHOLDER;
         }
     }
-    (request_id, microversion, length, token)
+    let headers = Headers {
+        request_id,
+        microversion,
+        content_length: length,
+    };
+    (headers, token)
 }
 
 /// The request line alone, for headers cut by the capture limit.
@@ -138,13 +146,12 @@ pub fn requests(buf: &[u8]) -> Parsed<Request> {
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&buf[at..]) {
             Ok(httparse::Status::Complete(header_len)) => {
-                let (request_id, microversion, content_length, token) = read_headers(request.headers);
+                let (headers, token) = read_headers(request.headers);
+                let content_length = headers.content_length;
                 let parsed = Request {
                     method: request.method.unwrap_or_default().to_string(),
                     path: truncate(request.path.unwrap_or_default().as_bytes(), MAX_PATH),
-                    request_id,
-                    microversion,
-                    content_length,
+                    headers,
                     token,
                     truncated: false,
                 };
@@ -164,11 +171,9 @@ pub fn requests(buf: &[u8]) -> Parsed<Request> {
                 return match request_line(&buf[at..]) {
                     Some(partial) => {
                         // Whatever whitelisted headers made it are still worth having.
-                        let (request_id, microversion, content_length, token) = read_headers(request.headers);
+                        let (headers, token) = read_headers(request.headers);
                         let partial = Request {
-                            request_id,
-                            microversion,
-                            content_length,
+                            headers,
                             token: token || partial_has_token(&buf[at..]),
                             ..partial
                         };
@@ -215,12 +220,10 @@ pub fn response(buf: &[u8]) -> Option<Response> {
     match response.parse(buf) {
         Ok(status) => {
             let code = response.code?;
-            let (request_id, microversion, content_length, _) = read_headers(response.headers);
+            let (headers, _) = read_headers(response.headers);
             Some(Response {
                 status: code,
-                request_id,
-                microversion,
-                content_length,
+                headers,
                 truncated: status.is_partial(),
             })
         }
@@ -326,7 +329,7 @@ mod tests {
         let request = one(requests(&request_bytes("/v1/nodes?fields=uuid", "")));
         assert_eq!(request.method, "GET");
         assert_eq!(request.path, "/v1/nodes?fields=uuid");
-        assert_eq!(request.microversion.as_deref(), Some("1.95"));
+        assert_eq!(request.headers.microversion.as_deref(), Some("1.95"));
         assert!(request.token);
         let everything = format!("{request:?} {}", serde_json::to_string(&request).unwrap());
         assert!(
@@ -355,7 +358,10 @@ mod tests {
         };
         assert_eq!(found.len(), 2);
         let (put, body) = &found[0];
-        assert_eq!((put.method.as_str(), put.content_length), ("PUT", Some(22)));
+        assert_eq!(
+            (put.method.as_str(), put.headers.content_length),
+            ("PUT", Some(22))
+        );
         assert_eq!(
             body_target(&buf[body.offset..body.offset + body.len]),
             Some("power on")
@@ -420,7 +426,10 @@ mod tests {
         };
         let request = &found[0].0;
         assert_eq!(request.path.len(), MAX_PATH);
-        assert_eq!(request.request_id.as_ref().map(String::len), Some(MAX_VALUE));
+        assert_eq!(
+            request.headers.request_id.as_ref().map(String::len),
+            Some(MAX_VALUE)
+        );
     }
 
     #[test]
@@ -428,9 +437,9 @@ mod tests {
         let buf = b"HTTP/1.1 409 Conflict\r\nX-Openstack-Request-Id: req-1234\r\nOpenStack-API-Version: baremetal 1.95\r\nContent-Length: 10\r\nSet-Cookie: secret\r\n\r\n{\"err\"";
         let response = response(buf).unwrap();
         assert_eq!(response.status, 409);
-        assert_eq!(response.request_id.as_deref(), Some("req-1234"));
-        assert_eq!(response.microversion.as_deref(), Some("1.95"));
-        assert_eq!(response.content_length, Some(10));
+        assert_eq!(response.headers.request_id.as_deref(), Some("req-1234"));
+        assert_eq!(response.headers.microversion.as_deref(), Some("1.95"));
+        assert_eq!(response.headers.content_length, Some(10));
         assert!(!response.truncated);
         let cut = response_cut();
         assert_eq!((cut.status, cut.truncated), (200, true));

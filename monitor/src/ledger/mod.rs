@@ -160,6 +160,23 @@ impl Ledger {
 }
 
 #[cfg(test)]
+impl Ledger {
+    /// A ledger watching one process, `nova-compute`, with nothing in it yet.
+    pub fn watching(pid: u32) -> Ledger {
+        let mut ledger = Ledger::default();
+        ledger.watch(Process::new(
+            pid,
+            "nova-compute".into(),
+            vec![],
+            1,
+            WatchReason::Pid,
+            1,
+        ));
+        ledger
+    }
+}
+
+#[cfg(test)]
 mod socket_tests;
 #[cfg(test)]
 mod tests;

@@ -18,16 +18,7 @@ const INODE: u64 = 4242;
 const MS: u64 = 1_000_000;
 
 fn ledger() -> Ledger {
-    let mut ledger = Ledger::default();
-    ledger.watch(Process::new(
-        PID,
-        "nova-compute".into(),
-        vec![],
-        1,
-        WatchReason::Pid,
-        1,
-    ));
-    ledger
+    Ledger::watching(PID)
 }
 
 fn header(kind: EventKind, syscall: u32, ts_ns: u64) -> EventHeader {
