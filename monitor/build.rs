@@ -9,14 +9,17 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 const PROBES_BIN: &str = "leakmon-probes";
+const FDITER_BIN: &str = "leakmon-fditer";
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
-        let stub = out_dir.join(PROBES_BIN);
-        fs::write(&stub, b"").with_context(|| format!("writing {}", stub.display()))?;
+        for bin in [PROBES_BIN, FDITER_BIN] {
+            let stub = out_dir.join(bin);
+            fs::write(&stub, b"").with_context(|| format!("writing {}", stub.display()))?;
+        }
         return Ok(());
     }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);

@@ -97,6 +97,9 @@ pub struct SockOffsets {
     pub skc_num: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
+    /// For the snapshot iterator: struct file's f_path, struct inode's i_mode.
+    pub file_f_path: u32,
+    pub inode_i_mode: u32,
 }
 
 impl SockOffsets {
@@ -111,7 +114,36 @@ const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 16);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 24 + 32 + 40);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 24 + 24 + 16);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 68);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 76);
+const _: () = assert!(core::mem::size_of::<FdIterRecord>() == 32 + 40);
+
+/// One open fd as the snapshot iterator (`iter/task_file`) writes it,
+/// followed by `target_len` bytes of the fd's link target as /proc shows it
+/// (`/etc/hosts`, `socket:[123]`, `anon_inode:[eventfd]`). `target_len` 0:
+/// the kernel could not render it (longer than [`FD_TARGET_MAX`]); read /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdIterRecord {
+    pub fd: u32,
+    /// The inode's i_mode (file type and permissions).
+    pub mode: u32,
+    pub inode: u64,
+    pub target_len: u32,
+    /// Sockets: the address family, protocol and state (0 for other files).
+    pub sock_family: u16,
+    pub sock_protocol: u16,
+    pub sock_state: u8,
+    pub _pad: [u8; 7],
+    /// Sockets of AF_INET/AF_INET6: addresses and ports (family 0 otherwise).
+    pub tuple: Tuple,
+}
+
+/// Longest link target the iterator renders (PATH_MAX).
+pub const FD_TARGET_MAX: usize = 4096;
+
+/// Where the daemon pins the iterator program for `leakmon snapshot`. The
+/// suffix is the record layout's version: a pin of another layout is never read.
+pub const FD_ITER_PIN: &str = "/sys/fs/bpf/leakmon/fd_iter_v1";
 
 #[cfg(feature = "user")]
 mod pod {

@@ -68,6 +68,8 @@ pub static SOCK_OFFSETS: SockOffsets = SockOffsets {
     skc_num: 0,
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
+    file_f_path: 0,
+    inode_i_mode: 0,
 };
 
 #[inline(always)]

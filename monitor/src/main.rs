@@ -1,6 +1,6 @@
 //! leakmon: an eBPF resource-leak monitor for nova-compute.
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -45,14 +45,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             for pid in &pids {
                 snapshots.push(snapshot::take(*pid, &args.control_socket, &labels)?);
             }
+            // Streamed: a large process's snapshot is megabytes of JSON.
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
             if args.json && args.target.pid.is_some() {
-                println!("{}", serde_json::to_string_pretty(&snapshots[0])?);
+                serde_json::to_writer_pretty(&mut out, &snapshots[0])?;
+                writeln!(out)?;
             } else if args.json {
-                println!("{}", serde_json::to_string_pretty(&snapshots)?);
+                serde_json::to_writer_pretty(&mut out, &snapshots)?;
+                writeln!(out)?;
             } else {
                 let tables: Vec<String> = snapshots.iter().map(snapshot::render_table).collect();
-                print!("{}", tables.join("\n"));
+                write!(out, "{}", tables.join("\n"))?;
             }
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ledger(args) => {

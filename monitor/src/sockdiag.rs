@@ -103,6 +103,13 @@ impl SocketTable {
         dump_unix(&sock, &mut table)?;
         Ok(table)
     }
+
+    /// Dumps unix sockets only.
+    pub fn dump_unix() -> io::Result<SocketTable> {
+        let mut table = SocketTable::default();
+        dump_unix(&open()?, &mut table)?;
+        Ok(table)
+    }
 }
 
 fn open() -> io::Result<OwnedFd> {
@@ -180,28 +187,58 @@ fn parse_inet(body: &[u8], protocol: u8) -> Option<SocketInfo> {
     if body.len() < 72 {
         return None;
     }
-    let family = body[0];
-    let state = body[1];
-    let sport = u16::from_be_bytes([body[4], body[5]]);
-    let dport = u16::from_be_bytes([body[6], body[7]]);
-    let addr = |bytes: &[u8]| -> IpAddr {
+    let inode = u32::from_ne_bytes(body[68..72].try_into().ok()?) as u64;
+    Some(inet_info(
+        InetSocket {
+            family: body[0],
+            protocol,
+            state: body[1],
+            local: (
+                body[8..24].try_into().ok()?,
+                u16::from_be_bytes([body[4], body[5]]),
+            ),
+            remote: (
+                body[24..40].try_into().ok()?,
+                u16::from_be_bytes([body[6], body[7]]),
+            ),
+        },
+        inode,
+    ))
+}
+
+/// A TCP or UDP socket as the kernel keeps it: addresses in the first 4
+/// bytes for IPv4, ports in host order.
+pub struct InetSocket {
+    pub family: u8,
+    pub protocol: u8,
+    pub state: u8,
+    pub local: ([u8; 16], u16),
+    pub remote: ([u8; 16], u16),
+}
+
+/// The socket as sock_diag would report it (names as `ss` shows them).
+pub fn inet_info(socket: InetSocket, inode: u64) -> SocketInfo {
+    let family = socket.family;
+    let addr = |bytes: [u8; 16]| -> IpAddr {
         if family == AF_INET {
             IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
         } else {
-            let octets: [u8; 16] = bytes[..16].try_into().expect("16");
-            IpAddr::V6(Ipv6Addr::from(octets))
+            IpAddr::V6(Ipv6Addr::from(bytes))
         }
     };
-    let src = addr(&body[8..24]);
-    let dst = addr(&body[24..40]);
-    let inode = u32::from_ne_bytes(body[68..72].try_into().ok()?) as u64;
-    let (protocol, state) = if protocol == IPPROTO_TCP {
-        (Protocol::Tcp, tcp_state_name(state))
+    let (src, sport) = (addr(socket.local.0), socket.local.1);
+    let (dst, dport) = (addr(socket.remote.0), socket.remote.1);
+    let (protocol, state) = if socket.protocol == IPPROTO_TCP {
+        (Protocol::Tcp, tcp_state_name(socket.state))
     } else {
-        let state = if state == 1 { "ESTABLISHED" } else { "UNCONN" };
+        let state = if socket.state == 1 {
+            "ESTABLISHED"
+        } else {
+            "UNCONN"
+        };
         (Protocol::Udp, state)
     };
-    Some(SocketInfo {
+    SocketInfo {
         protocol,
         inode,
         state: state.to_string(),
@@ -209,7 +246,7 @@ fn parse_inet(body: &[u8], protocol: u8) -> Option<SocketInfo> {
         remote: SocketAddr::new(dst, dport).to_string(),
         unix_type: None,
         peer_inode: None,
-    })
+    }
 }
 
 fn dump_unix(sock: &OwnedFd, table: &mut SocketTable) -> io::Result<()> {

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, process::Command};
 
 use serde_json::Value;
-use tests::{binary, require_root, scratch_dir, truth, watched_workload, workload::Workload};
+use tests::{binary, daemon::Daemon, require_root, scratch_dir, truth, watched_workload, workload::Workload};
 
 fn snapshot(pid: u32, socket: &std::path::Path) -> Value {
     let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
@@ -30,9 +30,62 @@ fn snapshot_agrees_with_lsof_and_ss() {
     let mut workload = Workload::spawn(&dir, "lmw-bulk", &["bulk", "1500", "300", "300", "200", "200"]);
     let ready = workload.expect("ready");
     let pid = workload.pid;
-    let snap = snapshot(pid, &dir.join("no-daemon.sock"));
-    assert_eq!(snap["daemon"], false);
+    let proc_snap = snapshot(pid, &dir.join("no-daemon.sock"));
+    assert_eq!(proc_snap["daemon"], false);
+    assert_eq!(proc_snap["fd_source"], "proc");
+    // A daemon that watches nothing still lends its BPF iterator to snapshots.
+    let daemon = Daemon::start(&dir, &["--match-comm", "lmw-none-such"]);
+    let iter_snap = snapshot(pid, &daemon.socket);
+    assert_eq!(iter_snap["fd_source"], "bpf_iterator");
+    assert_same_fds(&iter_snap, &proc_snap);
+    for snap in [&proc_snap, &iter_snap] {
+        agrees_with_lsof_and_ss(pid, snap, &ready);
+    }
+    workload.send("exit");
+}
 
+/// Both ways of reading the fd table give the same fds, kinds, targets and
+/// socket states. One difference is allowed: a TCP socket that was never
+/// bound or connected is in no socket table sock_diag dumps, so /proc shows
+/// only `socket:[N]`, where the iterator reads its state (TCP CLOSE or UDP
+/// UNCONN, port 0).
+fn assert_same_fds(iter: &Value, proc: &Value) {
+    let key = |snap: &Value| -> BTreeMap<u64, (Value, Value, Value)> {
+        snap["fds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let fd = f["fd"].as_u64().unwrap();
+                let mut socket = f["socket"].clone();
+                if let Some(socket) = socket.as_object_mut() {
+                    socket.remove("ledger");
+                }
+                (fd, (f["kind"].clone(), f["target"].clone(), socket))
+            })
+            .collect()
+    };
+    let (iter, proc) = (key(iter), key(proc));
+    assert_eq!(iter.len(), proc.len());
+    for (fd, seen) in &iter {
+        let expected = &proc[fd];
+        if expected.2.is_null() && expected.1.as_str().unwrap().starts_with("socket:[") && !seen.2.is_null() {
+            assert_eq!(seen.0, expected.0, "fd {fd}");
+            assert!(
+                ["CLOSE", "UNCONN"].contains(&seen.2["state"].as_str().unwrap()),
+                "fd {fd}: {seen:?}"
+            );
+            assert!(
+                seen.2["local"].as_str().unwrap().ends_with(":0"),
+                "fd {fd}: {seen:?}"
+            );
+            continue;
+        }
+        assert_eq!(seen, expected, "fd {fd}");
+    }
+}
+
+fn agrees_with_lsof_and_ss(pid: u32, snap: &Value, ready: &Value) {
     let lsof = truth::lsof_kinds(pid);
     let mut lsof_counts: BTreeMap<String, u64> = BTreeMap::new();
     for kind in lsof.values() {
@@ -62,7 +115,6 @@ fn snapshot_agrees_with_lsof_and_ss() {
     for fd in ready["close_wait_fds"].as_array().unwrap() {
         assert_eq!(tcp[&fd.as_u64().unwrap()]["socket"]["state"], "CLOSE_WAIT");
     }
-    workload.send("exit");
 }
 
 #[test]
@@ -73,6 +125,11 @@ fn snapshot_with_daemon_has_births_and_unknown_pid_is_clear() {
     let (daemon, mut workload, _) = watched_workload("snapshot-births", "lmw-births", &["kinds"]);
     let snap = snapshot(workload.pid, &daemon.socket);
     assert_eq!(snap["daemon"], true);
+    // Every fd kind the workload makes (eventfd, memfd, pidfd, io_uring, ...)
+    // reads the same through the iterator as through /proc.
+    assert_eq!(snap["fd_source"], "bpf_iterator");
+    let proc_snap = snapshot(workload.pid, std::path::Path::new("/nonexistent/leakmon.sock"));
+    assert_same_fds(&snap, &proc_snap);
     for fd in snap["fds"].as_array().unwrap() {
         assert!(fd["birth"]["time"].is_string(), "no birth for {fd}");
     }

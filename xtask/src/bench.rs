@@ -6,7 +6,7 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -268,96 +268,6 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
     Ok(())
 }
 
-fn time_command(cmd: &mut Command) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
-    anyhow::ensure!(status.success(), "{cmd:?} failed");
-    Ok(started.elapsed().as_secs_f64() * 1000.0)
-}
-
-/// Times `leakmon snapshot --json --pid PID` and `other` side by side,
-/// interleaved, `runs` times each.
-fn snapshot_against(bins: &Bins, pid: &str, other: &[&str], runs: usize) -> anyhow::Result<(Stats, Stats)> {
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let snapshot = [
-            "snapshot",
-            "--json",
-            "--pid",
-            pid,
-            "--control-socket",
-            "/nonexistent",
-        ];
-        ours.push(time_command(Command::new(&bins.leakmon).args(snapshot))?);
-        theirs.push(time_command(Command::new(other[0]).args(&other[1..]))?);
-    }
-    Ok((stats(&ours), stats(&theirs)))
-}
-
-fn ms(s: &Stats) -> String {
-    format!("{:.1} ({:.1}–{:.1})", s.median, s.min, s.max)
-}
-
-fn snapshot_vs_lsof(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow::Result<()> {
-    let args = ["bulk", "5000", "1500", "500", "0", "500"];
-    let mut workload = Workload::spawn_bin(&bins.workload, dir, "lmw-bulk", &args);
-    let pid = workload.expect("ready")["pid"].as_u64().unwrap().to_string();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    let (ours, lsof) = snapshot_against(bins, &pid, &["lsof", "-nP", "-w", "-p", &pid], runs)?;
-    workload.send("exit");
-    writeln!(out, "## Snapshot of a {fds}-fd process\n")?;
-    writeln!(
-        out,
-        "Wall time of the whole command, median of {runs} (min–max), 1000 TCP sockets and 1000 unix sockets \
-         among them.\n"
-    )?;
-    writeln!(out, "| command | ms |\n| --- | --- |")?;
-    writeln!(out, "| `leakmon snapshot --json --pid P` | {} |", ms(&ours))?;
-    writeln!(out, "| `lsof -nP -p P` | {} |", ms(&lsof))?;
-    let speedup = lsof.median / ours.median;
-    writeln!(
-        out,
-        "\nleakmon is **{speedup:.1}×** faster than lsof (target ≥ 10×).\n"
-    )?;
-    Ok(())
-}
-
-fn sockets_vs_ss(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow::Result<()> {
-    let mut workload = Workload::spawn_bin(
-        &bins.workload,
-        dir,
-        "lmw-socks",
-        &["bulk", "0", "0", "5000", "0", "0"],
-    );
-    let pid = workload.expect("ready")["pid"].as_u64().unwrap().to_string();
-    let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))?
-        .filter_map(Result::ok)
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
-        .count();
-    let (ours, ss) = snapshot_against(bins, &pid, &["ss", "-tanp"], runs)?;
-    workload.send("exit");
-    let per = |s: &Stats| s.median * 1000.0 / sockets as f64;
-    writeln!(out, "## Socket snapshot: {sockets} TCP sockets in one process\n")?;
-    writeln!(
-        out,
-        "Wall time of the whole command, median of {runs} (min–max), and per socket.\n"
-    )?;
-    writeln!(out, "| command | ms | µs per socket |\n| --- | --- | --- |")?;
-    writeln!(
-        out,
-        "| `leakmon snapshot --json --pid P` (fds, kinds, states, endpoints) | {} | {:.2} |",
-        ms(&ours),
-        per(&ours)
-    )?;
-    writeln!(
-        out,
-        "| `ss -tanp` (every TCP socket on the host, with owners) | {} | {:.2} |\n",
-        ms(&ss),
-        per(&ss)
-    )?;
-    Ok(())
-}
-
 fn machine() -> String {
     let kernel = crate::util::output("uname", &["-r"]).unwrap_or_default();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -401,12 +311,12 @@ pub fn run(runs: usize, ops: u64, only: Option<&str>) -> anyhow::Result<()> {
         syscall_loops(&bins, &dir, runs, ops, &mut out)?;
     }
     if wanted("snapshot") {
-        step("snapshot of a 10k-fd process vs lsof");
-        snapshot_vs_lsof(&bins, &dir, runs, &mut out)?;
+        step("snapshot of 4.8k- and 19.4k-fd processes vs lsof");
+        crate::bench_snapshot::vs_lsof(&bins, &dir, runs, &mut out)?;
     }
     if wanted("sockets") {
         step("socket snapshot of 10k TCP sockets vs ss -tanp");
-        sockets_vs_ss(&bins, &dir, runs, &mut out)?;
+        crate::bench_snapshot::vs_ss(&bins, &dir, runs, &mut out)?;
     }
     if wanted("calls") {
         step(&format!(

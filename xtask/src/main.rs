@@ -4,6 +4,7 @@
 mod bench;
 mod bench_calls;
 mod bench_scenarios;
+mod bench_snapshot;
 mod demo;
 mod fuzz;
 mod install;

@@ -17,6 +17,9 @@ pub enum Request {
     Alerts,
     /// The Prometheus exposition (text), as `/metrics` serves it.
     Metrics,
+    /// An iterator over the fds of any process (`fditer.rs`): the answer
+    /// carries its fd (SCM_RIGHTS); an error when the daemon has none.
+    FdIter { pid: u32 },
     /// A watched process's API calls: in flight, the `recent` last ones, loops, statistics.
     Calls {
         pid: u32,

@@ -1,10 +1,23 @@
 //! The daemon's end of the control socket.
 
-use std::{fs, io, os::unix::fs::PermissionsExt, path::Path};
+use std::{
+    fs,
+    io::{self, IoSlice},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::PermissionsExt,
+    },
+    path::Path,
+    sync::Arc,
+};
 
 use anyhow::{Context as _, bail};
-use nix::sys::stat::{Mode, umask};
+use nix::sys::{
+    socket::{ControlMessage, MsgFlags, sendmsg},
+    stat::{Mode, umask},
+};
 use tokio::{
+    io::Interest,
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
@@ -13,6 +26,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::protocol::{Request, Response};
+use crate::fditer::Program;
 
 /// A request from a client and where its answer goes.
 pub struct Incoming {
@@ -23,7 +37,17 @@ pub struct Incoming {
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
 
-pub fn spawn(path: &Path, requests: mpsc::Sender<Incoming>) -> anyhow::Result<JoinHandle<()>> {
+/// What the control socket serves without the engine.
+#[derive(Clone)]
+pub struct Direct {
+    pub fd_iter: Option<Arc<Program>>,
+}
+
+pub fn spawn(
+    path: &Path,
+    requests: mpsc::Sender<Incoming>,
+    direct: Direct,
+) -> anyhow::Result<JoinHandle<()>> {
     prepare(path)?;
     // Created 0600 from the start: no window in which others could connect.
     let old = umask(Mode::from_bits_truncate(0o177));
@@ -31,7 +55,7 @@ pub fn spawn(path: &Path, requests: mpsc::Sender<Incoming>) -> anyhow::Result<Jo
     umask(old);
     let listener = listener.with_context(|| format!("binding the control socket {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-    Ok(tokio::spawn(accept_loop(listener, requests)))
+    Ok(tokio::spawn(accept_loop(listener, requests, direct)))
 }
 
 /// Creates the parent directory (0700) and clears a stale socket, but never
@@ -64,18 +88,18 @@ pub fn remove_socket(path: &Path) {
     }
 }
 
-async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Incoming>) {
+async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Incoming>, direct: Direct) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve(stream, requests.clone()));
+                tokio::spawn(serve(stream, requests.clone(), direct.clone()));
             }
             Err(e) => warn!(error = %e, "control socket accept failed"),
         }
     }
 }
 
-async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
+async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>, direct: Direct) {
     let root = stream.peer_cred().is_ok_and(|cred| cred.uid() == 0);
     let (read, mut write) = stream.into_split();
     if !root {
@@ -89,6 +113,18 @@ async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
             Response::error(format!("request longer than {MAX_LINE} bytes"))
         } else {
             match serde_json::from_str::<Request>(&line) {
+                Ok(Request::FdIter { pid }) => match open_fd_iter(&direct, pid) {
+                    Ok(iter) => {
+                        if send_with_fd(write.as_ref(), &Response::ok(serde_json::Value::Null), &iter)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => Response::error(e),
+                },
                 Ok(request) => ask_engine(&requests, request).await,
                 Err(e) => Response::error(format!("malformed request: {e}")),
             }
@@ -114,4 +150,52 @@ async fn write_line(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Res
     let mut line = serde_json::to_vec(response).map_err(io::Error::other)?;
     line.push(b'\n');
     write.write_all(&line).await
+}
+
+fn open_fd_iter(direct: &Direct, pid: u32) -> Result<OwnedFd, String> {
+    let program = direct
+        .fd_iter
+        .as_ref()
+        .ok_or("this daemon has no fd iterator (see `leakmon status` hooks)")?;
+    program.open_for(pid).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH) | Some(libc::ENOENT) => format!("no process with pid {pid}"),
+        _ => format!("fd iterator for pid {pid}: {e}"),
+    })
+}
+
+/// Writes a response line with `fd` attached (SCM_RIGHTS on its first byte).
+async fn send_with_fd(stream: &UnixStream, response: &Response, fd: &OwnedFd) -> io::Result<()> {
+    let mut line = serde_json::to_vec(response).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let fds = [fd.as_raw_fd()];
+    let sent = loop {
+        stream.writable().await?;
+        let attempt = stream.try_io(Interest::WRITABLE, || {
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[IoSlice::new(&line)],
+                &cmsg,
+                MsgFlags::empty(),
+                None,
+            )
+            .map_err(io::Error::from)
+        });
+        match attempt {
+            Ok(sent) => break sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    // The fd went with the first byte; the rest of a short write is plain data.
+    let mut rest = &line[sent..];
+    while !rest.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

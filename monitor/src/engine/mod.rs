@@ -109,7 +109,10 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     if let Some(addr) = config.alerts.metrics_listen {
         crate::metrics_server::spawn(addr, requests.clone()).await?;
     }
-    let _server = control::server::spawn(&socket_path, requests)?;
+    let direct = control::server::Direct {
+        fd_iter: engine.probes.fd_iter.clone(),
+    };
+    let _server = control::server::spawn(&socket_path, requests, direct)?;
     info!(socket = %socket_path.display(), watched = engine.ledger.processes.len(), "leakmon running");
 
     let mut drain_tick = interval(Duration::from_millis(config.probes.drain_interval_ms));
@@ -235,6 +238,8 @@ impl Engine {
                 None => Response::error(format!("pid {pid} is not watched by this daemon")),
             },
             Request::Alerts => Response::data(&self.alerting.book.firing()),
+            // Served by the control socket itself (it passes an fd).
+            Request::FdIter { .. } => Response::error("fd_iter is answered by the control socket"),
             Request::Metrics => Response::ok(serde_json::Value::String(self.metrics())),
             Request::Reconcile => {
                 let before = self.ledger.counters.clone();

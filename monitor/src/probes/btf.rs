@@ -206,6 +206,8 @@ impl Btf {
             skc_num: common("skc_num")?,
             skc_v6_daddr: common("skc_v6_daddr")?,
             skc_v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
+            file_f_path: self.offset("file", "f_path")?,
+            inode_i_mode: self.offset("inode", "i_mode")?,
         })
     }
 }

@@ -65,6 +65,8 @@ pub struct Probes {
     /// Why the probes cannot walk from an fd to its socket, if they cannot
     /// (then socket states come from sock_diag reconciliation only).
     pub socket_walk_missing: Option<String>,
+    /// The snapshot iterator, shared with the control socket (fditer.rs).
+    pub fd_iter: Option<std::sync::Arc<crate::fditer::Program>>,
 }
 
 #[derive(Default)]
@@ -114,7 +116,15 @@ impl Probes {
             .is_none()
             .then(aya::Btf::from_sys_fs)
             .and_then(Result::ok);
-        let hooks = attach_all(&mut ebpf, btf.as_ref());
+        let mut hooks = attach_all(&mut ebpf, btf.as_ref());
+        let fd_iter = load_fd_iter(&sock_offsets, btf.as_ref());
+        hooks.push(HookStatus {
+            program: "fd_iter",
+            tracepoint: "iter/task_file".into(),
+            essential: false,
+            attached: fd_iter.is_ok(),
+            error: fd_iter.as_ref().err().map(|e| format!("{e:#}")),
+        });
         let ring = take(&mut ebpf, maps::EVENTS)?;
         let probes = Probes {
             watched: take(&mut ebpf, maps::WATCHED)?,
@@ -131,6 +141,7 @@ impl Probes {
             hooks,
             tracefs_mounted_by_us,
             socket_walk_missing,
+            fd_iter: fd_iter.ok().map(std::sync::Arc::new),
         };
         Ok((probes, ring))
     }
@@ -358,6 +369,19 @@ fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Vec<HookStatus> {
         });
     }
     statuses
+}
+
+/// The snapshot iterator: without it `leakmon snapshot` reads /proc (slower, same result).
+fn load_fd_iter(offsets: &SockOffsets, btf: Option<&aya::Btf>) -> anyhow::Result<crate::fditer::Program> {
+    let Some(btf) = btf else {
+        bail!("needs the kernel's BTF and the file offsets in it, which could not be read");
+    };
+    let program = crate::fditer::Program::load(offsets, btf);
+    match &program {
+        Ok(_) => debug!("snapshot iterator loaded"),
+        Err(e) => warn!(error = %format!("{e:#}"), "snapshot iterator not loaded: snapshots read /proc"),
+    }
+    program
 }
 
 /// A BTF tracepoint: its program is loaded for that one tracepoint.

@@ -1,6 +1,7 @@
 //! `leakmon snapshot`: a process's open resources from /proc and sock_diag,
 //! with birth records from the daemon's ledger when a daemon runs.
 
+mod listing;
 mod render;
 mod sockets;
 
@@ -8,6 +9,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Serialize};
 
+pub use listing::FdSource;
 pub use render::render_table;
 
 pub use sockets::{EndpointSummary, SocketSnapshot};
@@ -19,7 +21,6 @@ use crate::{
     labels::Labels,
     ledger::view::{BirthView, ProcessView},
     proc::{self, ProcError},
-    sockdiag::{Protocol, SocketTable},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,6 +37,8 @@ pub struct Snapshot {
     pub threads: Vec<ThreadSnapshot>,
     /// TCP connections by remote endpoint, with connection health when the daemon runs.
     pub endpoints: Vec<EndpointSummary>,
+    /// Where the fd table was read: the daemon's BPF iterator, or /proc.
+    pub fd_source: FdSource,
     /// Whether birth records come from a running daemon.
     pub daemon: bool,
     /// Why there are no birth records, when there are none.
@@ -86,18 +89,12 @@ pub struct ThreadSnapshot {
 /// Takes a snapshot of `pid`. Fails only when the process cannot be read at all.
 pub fn take(pid: u32, control_socket: &Path, labels: &Labels) -> Result<Snapshot, ProcError> {
     let info = proc::process_info(pid)?;
-    let mut dir = proc::FdDir::open(pid)?;
-    let (links, mut problems) = dir.links();
+    let mut problems = Vec::new();
+    let (mut fds, fd_source) = listing::list(pid, control_socket, labels, &mut problems)?;
     let (nofile_soft, nofile_hard) = proc::nofile_limits(pid).unwrap_or_else(|e| {
         problems.push(e.to_string());
         (None, None)
     });
-
-    let sockets = sockets::socket_table(pid, &links, &mut problems);
-    let mut fds: Vec<FdSnapshot> = links
-        .iter()
-        .map(|link| describe_fd(&dir, link.fd, &link.target, &sockets, labels))
-        .collect();
 
     let threads = match proc::list_threads(pid) {
         Ok(threads) => threads,
@@ -153,33 +150,11 @@ pub fn take(pid: u32, control_socket: &Path, labels: &Labels) -> Result<Snapshot
         counts,
         fds,
         threads,
+        fd_source,
         daemon,
         daemon_note,
         problems,
     })
-}
-
-fn describe_fd(dir: &proc::FdDir, fd: u32, target: &str, table: &SocketTable, labels: &Labels) -> FdSnapshot {
-    match sockets::describe(target, table, labels) {
-        Some((socket, shown)) => FdSnapshot {
-            fd,
-            kind: match socket.info.protocol {
-                Protocol::Tcp => FdKind::SocketTcp,
-                Protocol::Udp => FdKind::SocketUdp,
-                Protocol::Unix => FdKind::SocketUnix,
-            },
-            target: shown,
-            socket: Some(socket),
-            birth: None,
-        },
-        None => FdSnapshot {
-            fd,
-            kind: dir.resolve_kind(fd, target),
-            target: target.to_string(),
-            socket: None,
-            birth: None,
-        },
-    }
 }
 
 /// Adds the daemon's birth records where its entry is the same object as

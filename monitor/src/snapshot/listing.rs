@@ -1,0 +1,164 @@
+//! A process's fds with kinds, targets and socket states: from the daemon's
+//! BPF iterator when one answers (one read loop for the whole table), else
+//! from /proc (a readlink per fd) and sock_diag. Both give the same result.
+
+use std::{collections::HashMap, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use super::{FdSnapshot, sockets};
+use crate::{
+    control::client,
+    fditer::{self, KernelFd},
+    fdkind::{self, FdKind, FileType},
+    labels::Labels,
+    proc::{self, ProcError},
+    sockdiag::{self, InetSocket, Protocol, SocketTable},
+};
+
+/// Where a snapshot's fd table came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdSource {
+    /// The daemon's `iter/task_file` program.
+    BpfIterator,
+    /// /proc/PID/fd and sock_diag.
+    Proc,
+}
+
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const AF_NETLINK: u16 = 16;
+const IPPROTO_TCP: u16 = 6;
+const IPPROTO_UDP: u16 = 17;
+
+/// Lists the fds of `pid`. Fails only when the process cannot be read at all.
+pub fn list(
+    pid: u32,
+    control_socket: &Path,
+    labels: &Labels,
+    problems: &mut Vec<String>,
+) -> Result<(Vec<FdSnapshot>, FdSource), ProcError> {
+    let kernel = client::fd_iter(control_socket, pid)
+        .map_err(|e| e.to_string())
+        .and_then(|iter| fditer::read_all(iter).map_err(|e| e.to_string()));
+    match kernel {
+        Ok(fds) => Ok((from_kernel(pid, fds, labels, problems), FdSource::BpfIterator)),
+        Err(_) => Ok((from_proc(pid, labels, problems)?, FdSource::Proc)),
+    }
+}
+
+fn from_proc(pid: u32, labels: &Labels, problems: &mut Vec<String>) -> Result<Vec<FdSnapshot>, ProcError> {
+    let mut dir = proc::FdDir::open(pid)?;
+    let (links, unreadable) = dir.links();
+    problems.extend(unreadable);
+    let table = sockets::socket_table(pid, &links, problems);
+    Ok(links
+        .iter()
+        .map(|link| {
+            describe(link.fd, &link.target, &table, labels, || {
+                dir.resolve_kind(link.fd, &link.target)
+            })
+        })
+        .collect())
+}
+
+fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec<String>) -> Vec<FdSnapshot> {
+    let mut table = SocketTable::default();
+    let mut unix = false;
+    for kfd in &fds {
+        let Some(socket) = &kfd.socket else { continue };
+        unix |= socket.family == AF_UNIX;
+        if let Some(tuple) = socket.tuple
+            && (socket.protocol == IPPROTO_TCP || socket.protocol == IPPROTO_UDP)
+        {
+            let inet = InetSocket {
+                family: socket.family as u8,
+                protocol: socket.protocol as u8,
+                state: socket.state,
+                local: (tuple.saddr, tuple.sport),
+                remote: (tuple.daddr, tuple.dport),
+            };
+            table
+                .by_inode
+                .insert(kfd.inode, sockdiag::inet_info(inet, kfd.inode));
+        }
+    }
+    if unix {
+        // Unix paths and peers come from sock_diag (or the process's namespace).
+        let found = SocketTable::dump_unix().unwrap_or_else(|e| {
+            problems.push(format!("sock_diag: {e}; using /proc/{pid}/net"));
+            SocketTable::from_proc_net(pid)
+        });
+        table.by_inode.extend(found.by_inode);
+    }
+    let mut unrendered: HashMap<u32, String> = HashMap::new();
+    for kfd in fds.iter().filter(|k| k.target.is_none()) {
+        match std::fs::read_link(format!("/proc/{pid}/fd/{}", kfd.fd)) {
+            Ok(target) => {
+                unrendered.insert(kfd.fd, target.to_string_lossy().into_owned());
+            }
+            Err(e) => problems.push(format!("fd {}: {e}", kfd.fd)),
+        }
+    }
+    fds.iter()
+        .filter_map(|kfd| {
+            let target = kfd.target.as_ref().or_else(|| unrendered.get(&kfd.fd))?;
+            Some(describe(kfd.fd, target, &table, labels, || kind_of(kfd, target)))
+        })
+        .collect()
+}
+
+/// The kind from what the iterator read: the inode's type, the socket's family.
+fn kind_of(kfd: &KernelFd, target: &str) -> FdKind {
+    if let Some(socket) = &kfd.socket {
+        return match (socket.family, socket.protocol) {
+            (AF_UNIX, _) => FdKind::SocketUnix,
+            (AF_NETLINK, _) => FdKind::SocketNetlink,
+            (AF_INET | AF_INET6, IPPROTO_TCP) => FdKind::SocketTcp,
+            (AF_INET | AF_INET6, IPPROTO_UDP) => FdKind::SocketUdp,
+            _ => FdKind::SocketOther,
+        };
+    }
+    let file_type = match kfd.mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFREG => FileType::Regular,
+        libc::S_IFIFO => FileType::Fifo,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR | libc::S_IFBLK => FileType::Device,
+        _ => FileType::Other,
+    };
+    // Anonymous inodes have no type bits: their target names them.
+    let file_type = (kfd.mode & libc::S_IFMT != 0).then_some(file_type);
+    fdkind::from_target(target, file_type, None)
+}
+
+fn describe(
+    fd: u32,
+    target: &str,
+    table: &SocketTable,
+    labels: &Labels,
+    kind: impl FnOnce() -> FdKind,
+) -> FdSnapshot {
+    match sockets::describe(target, table, labels) {
+        Some((socket, shown)) => FdSnapshot {
+            fd,
+            kind: match socket.info.protocol {
+                Protocol::Tcp => FdKind::SocketTcp,
+                Protocol::Udp => FdKind::SocketUdp,
+                Protocol::Unix => FdKind::SocketUnix,
+            },
+            target: shown,
+            socket: Some(socket),
+            birth: None,
+        },
+        None => FdSnapshot {
+            fd,
+            kind: kind(),
+            target: target.to_string(),
+            socket: None,
+            birth: None,
+        },
+    }
+}
