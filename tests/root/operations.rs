@@ -192,3 +192,91 @@ fn a_daemon_started_beside_a_process_that_holds_much_raises_no_false_leak() {
         "false alerts: {raised:#?}"
     );
 }
+
+#[test]
+fn a_hook_that_fails_to_attach_degrades_the_daemon_and_is_reported() {
+    if !require_root("a_hook_that_fails_to_attach_degrades_the_daemon_and_is_reported") {
+        return;
+    }
+    let dir = scratch_dir("refused-hook");
+    // The test fault switch: the daemon acts as if the kernel refused these.
+    let refused = [
+        ("close_enter", "syscalls/sys_enter_close"),
+        ("sock_error_report", "btf/inet_sk_error_report"),
+    ];
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &["--match-comm", "lm-refused"],
+        &[("LEAKMON_TEST_REFUSE_HOOKS", "close_enter,sock_error_report")],
+    );
+    let status = daemon.status();
+    let hooks = status["hooks"].as_array().unwrap();
+    for (program, tracepoint) in refused {
+        let hook = hooks.iter().find(|h| h["program"] == program).unwrap();
+        assert_eq!(hook["attached"], false, "{hook}");
+        assert!(
+            hook["error"]
+                .as_str()
+                .unwrap()
+                .contains("LEAKMON_TEST_REFUSE_HOOKS"),
+            "{hook}"
+        );
+        let metric = format!("leakmon_hook_attached{{program=\"{program}\",tracepoint=\"{tracepoint}\"}} 0");
+        let metrics = daemon.request(serde_json::json!({"request": "metrics"}));
+        assert!(metrics.as_str().unwrap().contains(&metric), "no {metric}");
+    }
+    assert_eq!(
+        status["hooks_attached"].as_u64().unwrap() + 2,
+        status["hooks_total"].as_u64().unwrap()
+    );
+    assert!(
+        daemon.log_text().contains("hook not attached"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Without close_enter the ledger misses closes; reconciliation repairs it.
+    let mut workload = Workload::spawn(&dir, "lm-refused", &["bulk", "30", "0", "0", "0", "0"]);
+    let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
+    let null_fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "/dev/null"))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .take(4)
+        .collect();
+    for fd in &null_fds {
+        workload.send(&format!("close {fd}"));
+        workload.expect("closed");
+    }
+    daemon.sync();
+    let ledger_fds = |daemon: &Daemon| -> Vec<u64> {
+        let mut fds: Vec<u64> = daemon.ledger(pid)["fds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["fd"].as_u64().unwrap())
+            .collect();
+        fds.sort();
+        fds
+    };
+    let held = ledger_fds(&daemon);
+    for fd in &null_fds {
+        assert!(
+            held.contains(&fd.parse().unwrap()),
+            "close of fd {fd} was seen without its hook"
+        );
+    }
+    daemon.request(serde_json::json!({"request": "reconcile"}));
+    let mut in_proc: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    in_proc.sort();
+    assert_eq!(
+        ledger_fds(&daemon),
+        in_proc,
+        "reconciliation repairs what the missing hook did not see"
+    );
+    workload.send("exit");
+}

@@ -149,3 +149,75 @@ fn snapshot_with_daemon_has_births_and_unknown_pid_is_clear() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process with pid 4194300"));
     workload.send("exit");
 }
+
+/// Processes that exit around or while they are being read: each snapshot
+/// is either whole or a one-line "no process" error, never a panic or a torn
+/// answer, through the daemon's iterator and through /proc alike. Every
+/// third round is deterministic: a reaped pid (gone) or a zombie (whole, no fds).
+#[test]
+fn snapshots_of_processes_exiting_mid_read_fail_cleanly() {
+    if !require_root("snapshots_of_processes_exiting_mid_read_fail_cleanly") {
+        return;
+    }
+    let dir = scratch_dir("snapshot-vanishing");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lmw-none-such"]);
+    let (mut whole, mut gone) = (0, 0);
+    for round in 0..60 {
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("exec 3</dev/null; sleep 0.00{}", round % 5)])
+            .spawn()
+            .unwrap();
+        match round % 3 {
+            0 => drop(child.wait()),
+            1 => {
+                while !std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+                    .unwrap()
+                    .contains(") Z ")
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            _ => {}
+        }
+        let socket = if round % 2 == 0 {
+            daemon.socket.clone()
+        } else {
+            dir.join("none.sock")
+        };
+        let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
+            .args([
+                "snapshot",
+                "--json",
+                "--pid",
+                &child.id().to_string(),
+                "--control-socket",
+            ])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        let _ = child.wait();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => {
+                assert_ne!(round % 3, 0, "a snapshot of a reaped pid");
+                let snap: Value = serde_json::from_slice(&out.stdout).expect("a whole JSON document");
+                assert_eq!(snap["pid"], child.id());
+                if round % 3 == 1 {
+                    assert!(
+                        snap["fds"].as_array().unwrap().is_empty(),
+                        "a zombie has no fds: {snap}"
+                    );
+                }
+                whole += 1;
+            }
+            Some(1) => {
+                assert_ne!(round % 3, 1, "a zombie is still a process: {stderr}");
+                assert!(stderr.contains("no process with pid"), "unclear error: {stderr}");
+                gone += 1;
+            }
+            other => panic!("snapshot exited {other:?}: {stderr}"),
+        }
+    }
+    eprintln!("{whole} whole snapshots, {gone} clean 'no process' errors");
+    assert!(whole >= 20 && gone >= 20, "{whole} whole, {gone} gone");
+}

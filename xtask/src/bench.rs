@@ -318,6 +318,9 @@ pub fn run(runs: usize, ops: u64, only: Option<&str>) -> anyhow::Result<()> {
         step("socket snapshot of 10k TCP sockets vs ss -tanp");
         crate::bench_snapshot::vs_ss(&bins, &dir, runs, &mut out)?;
     }
+    if wanted("delivery") {
+        crate::bench_delivery::run(&bins, &dir, 60.0, &mut out)?;
+    }
     if wanted("calls") {
         step(&format!(
             "call capture: TLS rounds and HTTP requests, {runs} runs × 3 settings"

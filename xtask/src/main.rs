@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_calls;
+mod bench_delivery;
 mod bench_scenarios;
 mod bench_snapshot;
 mod demo;
@@ -60,7 +61,7 @@ enum Task {
         ops: u64,
         /// Run one section only and print it (docs/benchmarks.md is not written,
         /// except for `scenarios`, whose section is updated in place).
-        #[arg(long, value_parser = ["loops", "snapshot", "sockets", "calls", "scenarios"])]
+        #[arg(long, value_parser = ["loops", "snapshot", "sockets", "delivery", "calls", "scenarios"])]
         only: Option<String>,
     },
     /// Run the cargo-fuzz targets (HTTP parser, event decoder, config loader).

@@ -268,6 +268,15 @@ impl Engine {
             &[],
             self.ledger.processes.len() as f64,
         );
+        for hook in &self.probes.hooks {
+            x.add(
+                "leakmon_hook_attached",
+                "gauge",
+                "1 when the kernel hook is attached, 0 when it could not be (see `leakmon status`).",
+                &[("program", hook.program), ("tracepoint", &hook.tracepoint)],
+                if hook.attached { 1.0 } else { 0.0 },
+            );
+        }
         let attached = self.probes.hooks.iter().filter(|h| h.attached).count();
         x.add(
             "leakmon_hooks_attached",
@@ -325,6 +334,26 @@ impl Engine {
                 "leakmon_reconcile_fixes_total",
                 "counter",
                 "Ledger repairs from /proc and sock_diag.",
+                &[("what", what)],
+                n as f64,
+            );
+        }
+        let in_flight_dropped: u64 = self
+            .ledger
+            .processes
+            .values()
+            .map(|p| p.calls.parse.in_flight_dropped)
+            .sum();
+        for (what, n) in [
+            ("endpoints", c.endpoints_evicted),
+            ("calls_in_flight", in_flight_dropped),
+            ("watched_processes", self.counters.watch_map_full),
+        ] {
+            x.add(
+                "leakmon_evictions_total",
+                "counter",
+                "Entries dropped at a hard cap (per-process endpoints and calls in flight; processes the \
+                 kernel's watched set had no room for).",
                 &[("what", what)],
                 n as f64,
             );

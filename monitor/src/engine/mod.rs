@@ -82,6 +82,10 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         kernel: kernel_config(&config, &matcher),
     };
     let (mut probes, ring) = Probes::load(&settings)?;
+    // Loading parsed the kernel's BTF (tens of MiB of heap, all freed now):
+    // hand those pages back instead of carrying them as RSS for the daemon's life.
+    // SAFETY: malloc_trim only releases free heap memory; no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let attached = probes.hooks.iter().filter(|h| h.attached).count();
     info!(attached, total = probes.hooks.len(), "probes loaded");
     probes.set_comms(&matcher.kernel_comms())?;

@@ -239,3 +239,24 @@ fn sock_diag_fixes_states_and_names_connections_the_kernel_has_not_seen() {
     let (fixes, _) = ledger.apply_sock_diag(&table, 60);
     assert_eq!(fixes.states_fixed, 1);
 }
+
+#[test]
+fn endpoints_are_capped_keeping_the_busiest() {
+    let mut ledger = ledger();
+    let busy: SocketAddr = "127.0.0.1:6385".parse().unwrap();
+    ledger.endpoint(PID, busy).unwrap().connects = 1000;
+    for port in 1..=300u16 {
+        let remote: SocketAddr = format!("10.0.0.1:{port}").parse().unwrap();
+        ledger.endpoint(PID, remote).unwrap().connects = 1;
+    }
+    let process = &ledger.processes[&PID];
+    assert_eq!(process.endpoints.len(), sockets::MAX_ENDPOINTS);
+    assert_eq!(
+        ledger.counters.endpoints_evicted,
+        301 - sockets::MAX_ENDPOINTS as u64
+    );
+    assert_eq!(
+        process.endpoints[&busy].connects, 1000,
+        "the busiest endpoint is kept"
+    );
+}

@@ -129,6 +129,10 @@ impl Histogram {
     }
 }
 
+/// Remote endpoints whose connection health one process keeps (nova-compute
+/// talks to a handful: Ironic, Keystone, Placement, Neutron, Glance, ...).
+pub const MAX_ENDPOINTS: usize = 256;
+
 /// Connection health towards one remote address.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointStats {
@@ -241,8 +245,22 @@ impl Ledger {
         }
     }
 
-    fn endpoint(&mut self, pid: u32, remote: SocketAddr) -> Option<&mut EndpointStats> {
+    /// The connection health record of `remote`. A process that talks to more
+    /// than [`MAX_ENDPOINTS`] remotes keeps the busiest: the one with the
+    /// fewest connects goes, and the eviction is counted.
+    pub(super) fn endpoint(&mut self, pid: u32, remote: SocketAddr) -> Option<&mut EndpointStats> {
         let process = self.processes.get_mut(&pid)?;
+        if process.endpoints.len() >= MAX_ENDPOINTS && !process.endpoints.contains_key(&remote) {
+            let coldest = process
+                .endpoints
+                .iter()
+                .min_by_key(|(_, s)| s.connects)
+                .map(|(r, _)| *r);
+            if let Some(coldest) = coldest {
+                process.endpoints.remove(&coldest);
+                self.counters.endpoints_evicted += 1;
+            }
+        }
         Some(process.endpoints.entry(remote).or_default())
     }
 

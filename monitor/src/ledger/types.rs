@@ -247,4 +247,7 @@ pub struct LedgerCounters {
     pub socket_states_fixed: u64,
     /// Data records for a stream the ledger could not place.
     pub data_unplaced: u64,
+    /// Endpoint health records dropped at the per-process cap (sockets::MAX_ENDPOINTS).
+    #[serde(default)]
+    pub endpoints_evicted: u64,
 }

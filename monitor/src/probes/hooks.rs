@@ -15,6 +15,23 @@ pub struct Hook {
     pub essential: bool,
 }
 
+/// Test fault switch: programs (comma-separated) the daemon acts as if the
+/// kernel had refused, so the suite can prove that a hook which fails to
+/// attach degrades the daemon instead of stopping it (one kernel here has
+/// every hook). Named loudly so that nobody sets it by accident.
+pub const REFUSE_ENV: &str = "LEAKMON_TEST_REFUSE_HOOKS";
+
+pub fn refused_for_tests() -> Vec<String> {
+    std::env::var(REFUSE_ENV)
+        .map(|list| {
+            list.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The category of BTF tracepoints in the hook table.
 pub const BTF: &str = "btf";
 

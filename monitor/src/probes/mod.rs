@@ -344,9 +344,15 @@ fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Vec<HookStatus> {
     let mut statuses = Vec::new();
     // program -> Ok, or why the verifier refused it (reported on each of its hooks).
     let mut loaded: std::collections::HashMap<&'static str, Result<(), String>> = Default::default();
+    let refused = hooks::refused_for_tests();
     for hook in hooks::all() {
         let tracepoint = format!("{}/{}", hook.category, hook.event);
-        let result = if hook.category == hooks::BTF {
+        let result = if refused.iter().any(|r| r == hook.program) {
+            Err(anyhow::anyhow!(
+                "refused by {} (a test fault switch)",
+                hooks::REFUSE_ENV
+            ))
+        } else if hook.category == hooks::BTF {
             attach_btf(ebpf, &hook, btf)
         } else {
             attach_one(ebpf, &hook, &mut loaded)

@@ -142,6 +142,36 @@ pub fn bench(kind: &str, ops: u64, commands: &mut impl Iterator<Item = String>) 
     crate::say(json!({"event": "done", "kind": kind, "ops": ops, "ns_per_op": ns}));
 }
 
+/// For each `RATE SECONDS` line: dup+close pairs making RATE fd events per
+/// second (two per pair) for SECONDS, paced every 200 µs; reports what it did.
+pub fn paced(commands: &mut impl Iterator<Item = String>) {
+    crate::say(json!({"event": "ready", "pid": std::process::id()}));
+    for line in commands {
+        if line == "exit" {
+            std::process::exit(0);
+        }
+        let mut words = line
+            .split_whitespace()
+            .map(|w| w.parse::<f64>().expect("RATE SECONDS"));
+        let (rate, seconds) = (words.next().unwrap(), words.next().unwrap());
+        let pairs = (rate * seconds / 2.0) as u64;
+        let started = Instant::now();
+        let mut done = 0u64;
+        while done < pairs {
+            let due = ((started.elapsed().as_secs_f64() * rate / 2.0) as u64).min(pairs);
+            while done < due {
+                one("dup");
+                done += 1;
+            }
+            if done < pairs {
+                thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        crate::say(json!({"event": "paced", "pairs": done, "events": 2 * done, "seconds": elapsed}));
+    }
+}
+
 /// Answers every request on every connection with [`RESPONSE`], forever
 /// (the other end of the `http:PORT` loop, in a process of its own).
 pub fn http_server() -> ! {

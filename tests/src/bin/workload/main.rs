@@ -197,6 +197,7 @@ fn main() {
             loops::bench(kind, number(3, 100_000) as u64, &mut commands);
         }
         Some("leak") => loops::leak(),
+        Some("paced") => loops::paced(&mut commands),
         Some("http-early") => {
             let fd = http::connect_early(args.get(2).map(String::as_str).unwrap_or(""));
             say(json!({"event": "ready", "pid": std::process::id(), "fd": fd}));
