@@ -1,7 +1,8 @@
 //! The real consumers of leakmon's outputs: Alertmanager (Debian
 //! `prometheus-alertmanager`) receives a firing alert and its resolution;
 //! Prometheus (Debian `prometheus`) scrapes `/metrics` and answers the fd
-//! count of the watched process. Also: `leakmon alerts`, and SIGHUP.
+//! count of the watched process. A token and a password sent over plain HTTP
+//! reach none of them, nor any other output. Also: `leakmon alerts`, and SIGHUP.
 
 use std::{
     path::Path,
@@ -82,12 +83,18 @@ fn alertmanager_receives_the_alert_and_its_resolution() {
     await_value("Alertmanager ready", Duration::from_secs(30), || {
         http_get(&am_addr, "/-/ready").filter(|(s, _)| *s == 200)
     });
-    let config = format!("{FAST_RULES}\n[alerts]\nalertmanager_url = \"http://{am_addr}\"\n")
-        .replace("[alerts]\nstdout = false\nresend_interval_s = 3600\n", "");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "{FAST_RULES}\n[alerts]\nalertmanager_url = \"http://{am_addr}\"\nmetrics_listen = \"{metrics_addr}\"\n"
+    )
+    .replace("[alerts]\nstdout = false\nresend_interval_s = 3600\n", "");
     let server = Server::start(Peer::Answer(200));
     let mut w = Watched::start("sink-am-daemon", "lm-am", &config, &["serve"]);
-    w.workload
-        .send(&format!("http {} GET /v1/nodes token", server.addr));
+    // A token in the headers and a password in the body, over plain HTTP.
+    w.workload.send(&format!(
+        "http {} POST /v1/nodes token {{\"auth\":{{\"password\":\"{PASSWORD}\"}}}}",
+        server.addr
+    ));
     w.workload.expect("answered");
     let pid = w.pid.to_string();
     let ours = |alerts: &Value| -> Option<Value> {
@@ -109,12 +116,61 @@ fn alertmanager_receives_the_alert_and_its_resolution() {
             .contains("clear text")
     );
     assert!(!received.to_string().contains(tests::FAKE_TOKEN));
+    no_sink_holds_a_secret(&w, &am_addr, &metrics_addr);
     // quiet_s = 3: the alert resolves, and Alertmanager drops it from the active list.
     w.await_alert("plaintext_token", "resolved", Duration::from_secs(30));
     await_value("the resolution in Alertmanager", Duration::from_secs(30), || {
         let alerts = json_get(&am_addr, "/api/v2/alerts")?;
         ours(&alerts).is_none().then_some(())
     });
+}
+
+const PASSWORD: &str = "FAKE-PASSWORD-leakmon-test-not-a-credential";
+
+/// Every output at once: Alertmanager's alerts, the alerts file, the
+/// daemon's log, /metrics, and status, ledger, calls and snapshot answers.
+fn no_sink_holds_a_secret(w: &Watched, am_addr: &str, metrics_addr: &str) {
+    let pid = w.pid;
+    let snapshot = Command::new(tests::binary("leakmon", "LEAKMON_BIN"))
+        .args([
+            "snapshot",
+            "--json",
+            "--pid",
+            &pid.to_string(),
+            "--control-socket",
+        ])
+        .arg(&w.daemon.socket)
+        .output()
+        .unwrap();
+    let outputs = [
+        ("Alertmanager", http_get(am_addr, "/api/v2/alerts").unwrap().1),
+        ("/metrics", http_get(metrics_addr, "/metrics").unwrap().1),
+        (
+            "alerts file",
+            std::fs::read_to_string(w.dir.join("alerts.ndjson")).unwrap(),
+        ),
+        ("daemon log", w.daemon.log_text()),
+        ("status", w.daemon.status().to_string()),
+        ("ledger", w.daemon.ledger(pid).to_string()),
+        (
+            "calls",
+            w.daemon
+                .request(serde_json::json!({"request": "calls", "pid": pid}))
+                .to_string(),
+        ),
+        ("snapshot", String::from_utf8_lossy(&snapshot.stdout).into_owned()),
+    ];
+    let calls = &outputs[6].1;
+    assert!(
+        calls.contains("POST") && calls.contains("/v1/nodes"),
+        "the call was captured: {calls}"
+    );
+    for (sink, text) in &outputs {
+        assert!(!text.is_empty(), "{sink} is empty");
+        for secret in [tests::FAKE_TOKEN, PASSWORD] {
+            assert!(!text.contains(secret), "{sink} holds a secret");
+        }
+    }
 }
 
 #[test]
