@@ -13,7 +13,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::path,
-    helpers::{bpf_d_path, bpf_probe_read_kernel, bpf_seq_write},
+    helpers::{bpf_d_path, bpf_seq_write, bpf_sock_from_file},
     macros::map,
     maps::PerCpuArray,
 };
@@ -69,12 +69,6 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     inode_i_mode: 0,
 };
 
-#[inline(always)]
-fn read<T>(at: u64) -> Option<T> {
-    // SAFETY: a probe read: a bad address makes it fail, it never faults.
-    unsafe { bpf_probe_read_kernel(at as *const T) }.ok()
-}
-
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task_file")]
 pub extern "C" fn fd_iter(ctx: *mut c_void) -> i32 {
@@ -95,17 +89,30 @@ unsafe fn write_fd(ctx: &TaskFileContext) {
     // SAFETY: read-only offsets the loader wrote; volatile so the defaults
     // above are not folded into the code.
     let off = unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) };
-    let file_at = file as u64;
-    let inode_ptr: u64 = read(file_at + off.file_f_inode as u64).unwrap_or(0);
-    let mode: u16 = read(inode_ptr + off.inode_i_mode as u64).unwrap_or(0);
+    // Direct loads: `file` is a BTF pointer, so the verifier checks each
+    // field access against the kernel's types and the JIT makes it a
+    // fault-safe load, cheaper than a probe-read helper call. The offsets are
+    // read-only globals, constants to the verifier.
+    // SAFETY: f_inode and i_mode/i_ino are the members at these BTF offsets.
+    let (mode, inode) = unsafe {
+        let inode = load::<*const u8>(file, off.file_f_inode);
+        if inode.is_null() {
+            (0, 0)
+        } else {
+            (
+                load::<u16>(inode, off.inode_i_mode),
+                load::<u64>(inode, off.inode_i_ino),
+            )
+        }
+    };
     let mut record = FdIterRecord {
         fd: ctx.fd,
         mode: mode as u32,
-        inode: read(inode_ptr + off.inode_i_ino as u64).unwrap_or(0),
+        inode,
         ..FdIterRecord::default()
     };
     if record.mode & S_IFMT == S_IFSOCK {
-        describe_socket(file_at, &off, &mut record);
+        describe_socket(file, &off, &mut record);
     }
     let Some(target) = TARGET.get_ptr_mut(0) else {
         return;
@@ -140,39 +147,69 @@ unsafe fn write_fd(ctx: &TaskFileContext) {
     }
 }
 
-/// file->private_data (struct socket) ->sk: family, protocol, state, addresses.
+/// The file's struct socket ->sk: family, protocol, state, addresses, all
+/// by direct loads (`bpf_sock_from_file` returns a BTF pointer).
 #[inline(always)]
-fn describe_socket(file: u64, off: &SockOffsets, record: &mut FdIterRecord) {
-    let Some(socket) = read::<u64>(file + off.file_private_data as u64) else {
+fn describe_socket(file: *const u8, off: &SockOffsets, record: &mut FdIterRecord) {
+    // SAFETY: the helper checks the file is a socket and returns NULL if not.
+    let socket = unsafe { bpf_sock_from_file(file as *mut _) } as *const u8;
+    if socket.is_null() {
         return;
-    };
-    let Some(sk) = read::<u64>(socket + off.socket_sk as u64).filter(|sk| *sk != 0) else {
+    }
+    // SAFETY (this and the loads below): members at their BTF offsets in
+    // struct socket and struct sock, checked by the verifier.
+    let sk = unsafe { load::<*const u8>(socket, off.socket_sk) };
+    if sk.is_null() {
         return;
-    };
-    let family: u16 = read(sk + off.sock_family as u64).unwrap_or(0);
+    }
+    let family: u16 = unsafe { load(sk, off.sock_family) };
     record.sock_family = family;
-    record.sock_protocol = read(sk + off.sock_protocol as u64).unwrap_or(0);
-    record.sock_state = read(sk + off.sock_state as u64).unwrap_or(0);
+    record.sock_protocol = unsafe { load(sk, off.sock_protocol) };
+    record.sock_state = unsafe { load(sk, off.sock_state) };
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let dport: u16 = read(sk + off.skc_dport as u64).unwrap_or(0);
+    let dport: u16 = unsafe { load(sk, off.skc_dport) };
     let mut tuple = Tuple {
         family,
-        sport: read(sk + off.skc_num as u64).unwrap_or(0),
+        sport: unsafe { load(sk, off.skc_num) },
         dport: u16::from_be(dport),
         ..Tuple::default()
     };
     if family == AF_INET {
-        let saddr: [u8; 4] = read(sk + off.skc_rcv_saddr as u64).unwrap_or_default();
-        let daddr: [u8; 4] = read(sk + off.skc_daddr as u64).unwrap_or_default();
-        tuple.saddr[..4].copy_from_slice(&saddr);
-        tuple.daddr[..4].copy_from_slice(&daddr);
+        let saddr: u32 = unsafe { load(sk, off.skc_rcv_saddr) };
+        let daddr: u32 = unsafe { load(sk, off.skc_daddr) };
+        tuple.saddr[..4].copy_from_slice(&saddr.to_ne_bytes());
+        tuple.daddr[..4].copy_from_slice(&daddr.to_ne_bytes());
     } else {
-        tuple.saddr = read(sk + off.skc_v6_rcv_saddr as u64).unwrap_or_default();
-        tuple.daddr = read(sk + off.skc_v6_daddr as u64).unwrap_or_default();
+        tuple.saddr = unsafe { load_16(sk, off.skc_v6_rcv_saddr) };
+        tuple.daddr = unsafe { load_16(sk, off.skc_v6_daddr) };
     }
     record.tuple = tuple;
+}
+
+/// A direct load of the member at `offset` of a BTF-typed kernel object.
+///
+/// # Safety
+/// `base` is a BTF pointer the verifier tracks and `offset` a member of type `T`.
+#[inline(always)]
+unsafe fn load<T>(base: *const u8, offset: u32) -> T {
+    // SAFETY: per the function's contract; the JIT makes it fault-safe.
+    unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) }
+}
+
+/// 16 bytes (an IPv6 address) as two 8-byte loads.
+///
+/// # Safety
+/// As for [`load`].
+#[inline(always)]
+unsafe fn load_16(base: *const u8, offset: u32) -> [u8; 16] {
+    // SAFETY: per the function's contract.
+    let (low, high): (u64, u64) = unsafe { (load(base, offset), load(base, offset + 8)) };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&low.to_ne_bytes());
+    bytes[8..].copy_from_slice(&high.to_ne_bytes());
+    bytes
 }
 
 #[cfg(not(test))]

@@ -55,11 +55,17 @@ fn from_proc(pid: u32, labels: &Labels, problems: &mut Vec<String>) -> Result<Ve
     problems.extend(unreadable);
     let table = sockets::socket_table(pid, &links, problems);
     Ok(links
-        .iter()
+        .into_iter()
         .map(|link| {
-            describe(link.fd, &link.target, &table, labels, || {
+            // A socket the table knows takes its kind from the table: no xattr read.
+            let known_socket = link.target.starts_with("socket:[")
+                && proc::link_inode(&link.target).is_some_and(|inode| table.by_inode.contains_key(&inode));
+            let kind = if known_socket {
+                FdKind::SocketOther
+            } else {
                 dir.resolve_kind(link.fd, &link.target)
-            })
+            };
+            describe(link.fd, link.target, &table, labels, kind)
         })
         .collect())
 }
@@ -102,10 +108,11 @@ fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec
             Err(e) => problems.push(format!("fd {}: {e}", kfd.fd)),
         }
     }
-    fds.iter()
-        .filter_map(|kfd| {
-            let target = kfd.target.as_ref().or_else(|| unrendered.get(&kfd.fd))?;
-            Some(describe(kfd.fd, target, &table, labels, || kind_of(kfd, target)))
+    fds.into_iter()
+        .filter_map(|mut kfd| {
+            let target = kfd.target.take().or_else(|| unrendered.remove(&kfd.fd))?;
+            let kind = kind_of(&kfd, &target);
+            Some(describe(kfd.fd, target, &table, labels, kind))
         })
         .collect()
 }
@@ -134,14 +141,10 @@ fn kind_of(kfd: &KernelFd, target: &str) -> FdKind {
     fdkind::from_target(target, file_type, None)
 }
 
-fn describe(
-    fd: u32,
-    target: &str,
-    table: &SocketTable,
-    labels: &Labels,
-    kind: impl FnOnce() -> FdKind,
-) -> FdSnapshot {
-    match sockets::describe(target, table, labels) {
+/// `kind` is what the fd is when it is not a socket the table knows (a
+/// socket the table knows gets its kind from its protocol).
+fn describe(fd: u32, target: String, table: &SocketTable, labels: &Labels, kind: FdKind) -> FdSnapshot {
+    match sockets::describe(&target, table, labels) {
         Some((socket, shown)) => FdSnapshot {
             fd,
             kind: match socket.info.protocol {
@@ -150,13 +153,13 @@ fn describe(
                 Protocol::Unix => FdKind::SocketUnix,
             },
             target: shown,
-            socket: Some(socket),
+            socket: Some(Box::new(socket)),
             birth: None,
         },
         None => FdSnapshot {
             fd,
-            kind: kind(),
-            target: target.to_string(),
+            kind,
+            target,
             socket: None,
             birth: None,
         },

@@ -63,10 +63,11 @@ pub struct FdSnapshot {
     /// Path, `pipe:[inode]`, `anon_inode:[...]`, or for sockets the
     /// addresses and state (`127.0.0.1:40112 -> 127.0.0.1:6385 CLOSE_WAIT`).
     pub target: String,
+    // Boxed: most fds have neither, and a snapshot holds one entry per fd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<SocketSnapshot>,
+    pub socket: Option<Box<SocketSnapshot>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub birth: Option<BirthView>,
+    pub birth: Option<Box<BirthView>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -165,7 +166,7 @@ fn merge_births(fds: &mut [FdSnapshot], threads: &mut [ThreadSnapshot], view: &P
         if let Some(entry) = births.get(&fd.fd)
             && same_object(entry.kind, entry.provisional, fd.kind)
         {
-            fd.birth = Some(entry.birth.clone());
+            fd.birth = Some(Box::new(entry.birth.clone()));
         }
     }
     let starts: BTreeMap<u32, _> = view.threads.iter().map(|t| (t.tid, t)).collect();

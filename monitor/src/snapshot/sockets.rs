@@ -26,7 +26,7 @@ pub struct SocketSnapshot {
     pub peer_path: Option<String>,
     /// From the daemon: the socket's TCP life (state age, connect record, other holders).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ledger: Option<SocketView>,
+    pub ledger: Option<Box<SocketView>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,7 +117,9 @@ pub fn describe(target: &str, table: &SocketTable, labels: &Labels) -> Option<(S
 pub fn merge_ledger(fds: &mut [FdSnapshot], sockets: &[SocketView]) {
     let by_inode: BTreeMap<u64, &SocketView> = sockets.iter().map(|s| (s.inode, s)).collect();
     for socket in fds.iter_mut().filter_map(|f| f.socket.as_mut()) {
-        socket.ledger = by_inode.get(&socket.info.inode).map(|view| (*view).clone());
+        socket.ledger = by_inode
+            .get(&socket.info.inode)
+            .map(|view| Box::new((*view).clone()));
     }
 }
 
