@@ -206,7 +206,7 @@ pub fn stats(samples: &[f64]) -> Stats {
     }
 }
 
-const LOOPS: [(&str, &str); 8] = [
+const LOOPS: [(&str, &str); 9] = [
     ("open", "open+close /dev/null"),
     ("socket", "socket+close (TCP)"),
     ("pipe2", "pipe2+close+close"),
@@ -214,6 +214,7 @@ const LOOPS: [(&str, &str); 8] = [
     ("eventfd", "eventfd+close"),
     ("epoll", "epoll_create1+close"),
     ("thread", "thread create+join"),
+    ("fork", "process fork+exit+wait"),
     ("tcp", "loopback TCP connect+close (server in another process)"),
 ];
 
@@ -230,6 +231,7 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
             for (l, (kind, _)) in LOOPS.iter().enumerate() {
                 let (kind, ops) = match *kind {
                     "thread" => (*kind, ops / 20),
+                    "fork" => (*kind, ops / 40),
                     "tcp" => (tcp.as_str(), ops / 10),
                     _ => (*kind, ops),
                 };

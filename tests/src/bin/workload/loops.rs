@@ -33,6 +33,14 @@ fn one(kind: &str) {
             unsafe { libc::getppid() };
         }
         "thread" => thread::spawn(|| ()).join().unwrap(),
+        "fork" => match unsafe { libc::fork() } {
+            // The child only exits: async-signal-safe after a fork in a threaded process.
+            0 => unsafe { libc::_exit(0) },
+            child => {
+                let mut status = 0;
+                unsafe { libc::waitpid(child, &mut status, 0) };
+            }
+        },
         other => panic!("unknown loop {other}"),
     }
 }
