@@ -105,6 +105,29 @@ pub struct SockOffsets {
 impl SockOffsets {
     pub const GLOBAL: &str = "SOCK_OFFSETS";
 
+    /// All unknown: what the probes' global holds until the loader sets it.
+    pub const UNKNOWN: SockOffsets = SockOffsets {
+        task_files: 0,
+        files_fdt: 0,
+        fdt_fd: 0,
+        file_private_data: 0,
+        file_f_inode: 0,
+        inode_i_ino: 0,
+        socket_sk: 0,
+        sock_family: 0,
+        sock_state: 0,
+        sock_protocol: 0,
+        sock_err: 0,
+        skc_daddr: 0,
+        skc_rcv_saddr: 0,
+        skc_dport: 0,
+        skc_num: 0,
+        skc_v6_daddr: 0,
+        skc_v6_rcv_saddr: 0,
+        file_f_path: 0,
+        inode_i_mode: 0,
+    };
+
     pub const fn known(&self) -> bool {
         self.task_files != 0 && self.file_private_data != 0 && self.socket_sk != 0
     }
@@ -140,10 +163,6 @@ pub struct FdIterRecord {
 
 /// Longest link target the iterator renders (PATH_MAX).
 pub const FD_TARGET_MAX: usize = 4096;
-
-/// Where the daemon pins the iterator program for `leakmon snapshot`. The
-/// suffix is the record layout's version: a pin of another layout is never read.
-pub const FD_ITER_PIN: &str = "/sys/fs/bpf/leakmon/fd_iter_v1";
 
 #[cfg(feature = "user")]
 mod pod {

@@ -4,10 +4,13 @@
 //! addresses. `leakmon snapshot` reads a whole process this way in one
 //! `read` loop instead of a `readlink` and a `stat` per fd.
 //!
-//! A separate object from the probes: it needs none of their maps, and the
-//! daemon loads it once and pins it for the CLI (monitor/src/fditer.rs).
+//! A separate object from the probes: it needs none of their maps. The
+//! daemon loads it once and hands the CLI an iterator scoped to one pid
+//! (monitor/src/fditer.rs).
 #![no_std]
 #![no_main]
+
+mod runtime;
 
 use core::ffi::c_void;
 
@@ -47,27 +50,7 @@ static TARGET: PerCpuArray<[u8; FD_TARGET_MAX]> = PerCpuArray::with_max_entries(
 
 /// From the kernel's BTF, set by user space before load.
 #[unsafe(no_mangle)]
-static SOCK_OFFSETS: SockOffsets = SockOffsets {
-    task_files: 0,
-    files_fdt: 0,
-    fdt_fd: 0,
-    file_private_data: 0,
-    file_f_inode: 0,
-    inode_i_ino: 0,
-    socket_sk: 0,
-    sock_family: 0,
-    sock_state: 0,
-    sock_protocol: 0,
-    sock_err: 0,
-    skc_daddr: 0,
-    skc_rcv_saddr: 0,
-    skc_dport: 0,
-    skc_num: 0,
-    skc_v6_daddr: 0,
-    skc_v6_rcv_saddr: 0,
-    file_f_path: 0,
-    inode_i_mode: 0,
-};
+static SOCK_OFFSETS: SockOffsets = SockOffsets::UNKNOWN;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task_file")]
@@ -211,14 +194,3 @@ unsafe fn load_16(base: *const u8, offset: u32) -> [u8; 16] {
     bytes[8..].copy_from_slice(&high.to_ne_bytes());
     bytes
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: as in main.rs: the verifier rejects any program that could reach it.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

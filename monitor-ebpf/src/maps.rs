@@ -50,27 +50,7 @@ pub static TUPLES: HashMap<Tuple, SockOwner> = HashMap::with_max_entries(16384, 
 
 /// From the kernel's BTF, set by user space before load (all zero: unknown).
 #[unsafe(no_mangle)]
-pub static SOCK_OFFSETS: SockOffsets = SockOffsets {
-    task_files: 0,
-    files_fdt: 0,
-    fdt_fd: 0,
-    file_private_data: 0,
-    file_f_inode: 0,
-    inode_i_ino: 0,
-    socket_sk: 0,
-    sock_family: 0,
-    sock_state: 0,
-    sock_protocol: 0,
-    sock_err: 0,
-    skc_daddr: 0,
-    skc_rcv_saddr: 0,
-    skc_dport: 0,
-    skc_num: 0,
-    skc_v6_daddr: 0,
-    skc_v6_rcv_saddr: 0,
-    file_f_path: 0,
-    inode_i_mode: 0,
-};
+pub static SOCK_OFFSETS: SockOffsets = SockOffsets::UNKNOWN;
 
 #[inline(always)]
 pub fn sock_offsets() -> SockOffsets {

@@ -131,17 +131,7 @@ const PASSWORD: &str = "FAKE-PASSWORD-leakmon-test-not-a-credential";
 /// daemon's log, /metrics, and status, ledger, calls and snapshot answers.
 fn no_sink_holds_a_secret(w: &Watched, am_addr: &str, metrics_addr: &str) {
     let pid = w.pid;
-    let snapshot = Command::new(tests::binary("leakmon", "LEAKMON_BIN"))
-        .args([
-            "snapshot",
-            "--json",
-            "--pid",
-            &pid.to_string(),
-            "--control-socket",
-        ])
-        .arg(&w.daemon.socket)
-        .output()
-        .unwrap();
+    let snapshot = tests::snapshot_json(&tests::binary("leakmon", "LEAKMON_BIN"), pid, &w.daemon.socket);
     let outputs = [
         ("Alertmanager", http_get(am_addr, "/api/v2/alerts").unwrap().1),
         ("/metrics", http_get(metrics_addr, "/metrics").unwrap().1),
@@ -158,7 +148,7 @@ fn no_sink_holds_a_secret(w: &Watched, am_addr: &str, metrics_addr: &str) {
                 .request(serde_json::json!({"request": "calls", "pid": pid}))
                 .to_string(),
         ),
-        ("snapshot", String::from_utf8_lossy(&snapshot.stdout).into_owned()),
+        ("snapshot", snapshot.to_string()),
     ];
     let calls = &outputs[6].1;
     assert!(

@@ -6,19 +6,7 @@ use serde_json::Value;
 use tests::{binary, daemon::Daemon, require_root, scratch_dir, truth, watched_workload, workload::Workload};
 
 fn snapshot(pid: u32, socket: &std::path::Path) -> Value {
-    let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
-        .args([
-            "snapshot",
-            "--json",
-            "--pid",
-            &pid.to_string(),
-            "--control-socket",
-        ])
-        .arg(socket)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    tests::snapshot_json(&binary("leakmon", "LEAKMON_BIN"), pid, socket)
 }
 
 #[test]
