@@ -77,6 +77,7 @@ pub fn run(config_path: Option<&Path>) -> Vec<Check> {
     checks.push(check("kernel", Verdict::Ok, format!("Linux {release}"), None));
     checks.push(lockdown());
     checks.push(btf());
+    checks.push(bpf_stats());
     if root {
         checks.extend(hooks());
     }
@@ -113,6 +114,22 @@ fn btf() -> Check {
             format!("{e:#}: socket states come from sock_diag only, BTF tracepoints are off"),
             Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
         ),
+    }
+}
+
+/// `kernel.bpf_stats_enabled=1` (left on by `bpftool prog profile` or a
+/// tuning session) makes every BPF program run read the clock twice: a tax
+/// on each syscall of every process while leakmon's probes are attached.
+fn bpf_stats() -> Check {
+    match std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").map(|v| v.trim().to_string()) {
+        Ok(v) if v == "1" => check(
+            "bpf_stats",
+            Verdict::Degraded,
+            "kernel.bpf_stats_enabled=1: every probe run also reads the clock twice",
+            Some("sysctl -w kernel.bpf_stats_enabled=0 unless you are profiling BPF programs"),
+        ),
+        Ok(_) => check("bpf_stats", Verdict::Ok, "off (no per-run clock reads)", None),
+        Err(_) => check("bpf_stats", Verdict::Ok, "no kernel.bpf_stats_enabled knob", None),
     }
 }
 

@@ -74,6 +74,19 @@ fn proc_err(pid: u32, what: &'static str, error: procfs::ProcError) -> ProcError
 }
 
 /// Every pid in /proc.
+/// Whether the whole process has exited: no /proc entry, or a zombie (or
+/// dead) leader with no thread left. A leader that exited while other
+/// threads run is a zombie too, but with threads.
+pub fn has_exited(pid: u32) -> bool {
+    let Ok(process) = procfs::process::Process::new(pid as i32) else {
+        return true;
+    };
+    match process.stat() {
+        Ok(stat) => matches!(stat.state, 'Z' | 'X') && stat.num_threads <= 1,
+        Err(_) => true,
+    }
+}
+
 pub fn all_pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();

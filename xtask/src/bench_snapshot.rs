@@ -63,7 +63,7 @@ pub fn vs_lsof(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow
     // This VM's hard RLIMIT_NOFILE is 20000 and root lacks CAP_SYS_RESOURCE:
     // 19.4k fds is the largest process possible here.
     let mut rows = Vec::new();
-    for size in [4_800, 19_400] {
+    for size in [9_700, 19_400] {
         let args = bulk_args(size);
         let mut bulk = vec!["bulk"];
         bulk.extend(args.iter().map(String::as_str));

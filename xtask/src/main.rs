@@ -13,6 +13,7 @@ mod setup;
 mod test;
 mod testbed;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -73,6 +74,24 @@ enum Task {
         #[arg(long, value_parser = fuzz::TARGETS)]
         target: Option<String>,
     },
+    /// The root integration suite in a VM on a second kernel (Debian's kernel
+    /// package under qemu/KVM); writes docs/kernels.md.
+    Vm {
+        /// Debian kernel package to boot (a metapackage resolves to its image).
+        #[arg(long, default_value = "linux-image-amd64")]
+        kernel_package: String,
+        /// Only run root tests whose name contains this.
+        filter: Option<String>,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 6144)]
+        memory: u32,
+        /// Give up (and kill the VM) after this many minutes.
+        #[arg(long, default_value_t = 40)]
+        timeout_minutes: u64,
+        /// qemu accelerator: kvm or tcg [default: kvm, or tcg where KVM cannot boot a stock kernel].
+        #[arg(long, value_parser = ["kvm", "tcg"])]
+        accel: Option<String>,
+    },
     /// Build and install the daemon, its systemd unit and a default config (kept if present).
     Install {
         /// Install under this directory instead of / (for packaging).
@@ -89,6 +108,21 @@ fn main() -> anyhow::Result<()> {
         Task::Testbed { ip, tls, nodes } => testbed::run(&ip, tls, nodes),
         Task::Bench { runs, ops, only } => bench::run(runs, ops, only.as_deref()),
         Task::Install { root } => install::run(&root),
+        Task::Vm {
+            kernel_package,
+            filter,
+            memory,
+            timeout_minutes,
+            accel,
+        } => setup::run_all().and_then(|()| {
+            vm::run(&vm::Options {
+                kernel_package: &kernel_package,
+                filter: filter.as_deref(),
+                memory_mib: memory,
+                timeout: std::time::Duration::from_secs(timeout_minutes * 60),
+                accel: accel.as_deref(),
+            })
+        }),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref(), true),
     }
 }

@@ -43,7 +43,12 @@ pub fn run_suite(filter: Option<&str>) -> anyhow::Result<()> {
     if is_root() {
         test.env("LEAKMON_REQUIRE_ROOT", "1");
     }
-    exec(&mut test)
+    exec(&mut test)?;
+    if is_root() && filter.is_none() {
+        step("second kernel: the ledger tests in a VM on Debian 12's 6.1 (`cargo xtask vm` runs them all)");
+        crate::vm::run(&crate::vm::Options::smoke())?;
+    }
+    Ok(())
 }
 
 pub fn run(filter: Option<&str>) -> anyhow::Result<()> {

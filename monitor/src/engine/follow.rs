@@ -8,6 +8,9 @@ use monitor_common::{SockOwner, task_flags, watch_flags};
 use tracing::{debug, info, warn};
 
 use super::Engine;
+
+/// How long an exiting leader's process is checked for having exited.
+const MAYBE_GONE_WATCH_NS: u64 = 3_000_000_000;
 use crate::{
     fdkind::FdKind,
     ledger::{Comm, FollowUp, Origin, Process, Scan, WatchReason},
@@ -40,12 +43,32 @@ impl Engine {
                 comm,
             } => self.on_exec(pid, old_tid, flags, comm),
             FollowUp::MaybeGone(pid) => {
-                if proc::process_info(pid).is_err() {
+                if proc::has_exited(pid) {
                     self.stop_watching(pid, "exited");
+                } else {
+                    // Kernels before sched_process_exit's group_dead (6.1)
+                    // say only "the leader exited", usually before it is a
+                    // zombie: look again after the next drains.
+                    self.maybe_gone.entry(pid).or_insert_with(time::boot_ns);
                 }
             }
             FollowUp::Reconcile(pid) => {
                 self.reconcile_soon.insert(pid);
+            }
+        }
+    }
+
+    /// Confirms the exits that could not be confirmed when they were seen;
+    /// a process still running after [`MAYBE_GONE_WATCH_NS`] lives on.
+    pub(super) fn confirm_exits(&mut self) {
+        let now = time::boot_ns();
+        let pids: Vec<(u32, u64)> = self.maybe_gone.iter().map(|(p, t)| (*p, *t)).collect();
+        for (pid, since) in pids {
+            if proc::has_exited(pid) {
+                self.maybe_gone.remove(&pid);
+                self.stop_watching(pid, "exited");
+            } else if now.saturating_sub(since) > MAYBE_GONE_WATCH_NS {
+                self.maybe_gone.remove(&pid);
             }
         }
     }

@@ -56,6 +56,8 @@ pub struct Engine {
     lost_seen: u64,
     /// Processes to reconcile at the next housekeeping tick.
     reconcile_soon: std::collections::HashSet<u32>,
+    /// Leaders seen exiting whose process may live on, since when (boot ns).
+    maybe_gone: std::collections::HashMap<u32, u64>,
     labels: crate::labels::Labels,
     alerting: alerting::Alerting,
 }
@@ -99,6 +101,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         started_ns: time::boot_ns(),
         lost_seen: 0,
         reconcile_soon: Default::default(),
+        maybe_gone: Default::default(),
         labels: crate::labels::Labels::new(&config.endpoints).map_err(anyhow::Error::msg)?,
         alerting: alerting::Alerting::new(&config)?,
     };
@@ -206,6 +209,7 @@ impl Engine {
             let pids: Vec<u32> = self.reconcile_soon.drain().collect();
             self.reconcile(ring, &pids);
         }
+        self.confirm_exits();
         self.resolve_provisional();
         self.ledger
             .settle_connects(time::boot_ns(), CONNECT_VERDICT_GRACE_NS);
@@ -216,6 +220,7 @@ impl Engine {
     fn handle(&mut self, ring: &mut RingBuf<MapData>, request: Request) -> control::protocol::Response {
         use control::protocol::Response;
         self.drain(ring);
+        self.confirm_exits();
         match request {
             Request::Sync => Response::ok(serde_json::json!({ "records": self.counters.records })),
             Request::Status => Response::data(&self.status()),

@@ -85,9 +85,18 @@ fn file_fds(m: &mut Manifest) -> RawFd {
     m.add(fd, "file", "creat");
     let fd = raw::openat2("/etc/hostname", libc::O_RDONLY as u64);
     m.add(fd, "file", "openat2");
-    let root = keep(open("/", OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap());
-    m.add(root, "dir", "openat");
-    let fd = raw::open_by_handle("/etc/hostname", root);
+    // The handle is of the scratch file: file systems without handles (a
+    // 9p root in the test VM) do have them on the temporary directory's.
+    let tmp = keep(
+        open(
+            &std::env::temp_dir(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap(),
+    );
+    m.add(tmp, "dir", "openat");
+    let fd = raw::open_by_handle(scratch.to_str().unwrap(), tmp);
     m.add(fd, "file", "open_by_handle_at");
     file
 }

@@ -1,0 +1,36 @@
+#!/bin/bash
+# PID 1 of the test VM, after the initramfs switched to the host's root
+# filesystem (read-only 9p under a tmpfs overlay). Mounts what a booted
+# system has, reports the kernel and the doctor's verdicts, runs the root
+# integration suite, prints its exit status and returns (panic=-1 and
+# qemu -no-reboot turn that into a clean exit). The markers are read by
+# `cargo xtask vm`.
+set -u
+repo=$1 test_binary=$2 filter=${3:-}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+ip link set lo up
+hostname leakmon-vm
+ulimit -n 65536
+export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export LEAKMON_REQUIRE_ROOT=1 RUST_BACKTRACE=1
+
+echo "LEAKMON_VM_KERNEL=$(uname -r)"
+echo "LEAKMON_VM_DOCTOR_BEGIN"
+"$repo/target/debug/leakmon" doctor --json
+echo "LEAKMON_VM_DOCTOR_END"
+
+cd "$repo/tests" || exit 1
+# shellcheck disable=SC2086 # the filter is one word or none
+"$test_binary" $filter
+echo "LEAKMON_VM_EXIT=$?"
+sync
+exec /bin/busybox poweroff -f

@@ -1,0 +1,314 @@
+//! `cargo xtask vm`: the root integration suite on a second kernel, the way
+//! aya runs its VM tests. Debian's own kernel package (default: Debian 12's
+//! `linux-image-amd64`, Linux 6.1) boots under qemu with KVM; the guest's root
+//! is this host's filesystem, shared read-only over 9p under a tmpfs overlay,
+//! so the same binaries, test bed and packages run there unchanged. It
+//! reports which hooks load on each kernel and writes docs/kernels.md.
+
+mod cpio;
+mod kernel;
+mod report;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{cargo, exec, root_dir, step};
+
+/// Debian packages the VM run needs besides the test suite's.
+const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+
+/// The guest's PID 1 after the switch to the shared root.
+const GUEST_SCRIPT: &str = include_str!("guest.sh");
+
+/// Modules the initramfs loads, in dependency order: virtio-pci, 9p over
+/// virtio, overlayfs. Debian builds them as modules; any absent from a
+/// kernel package is skipped (it may be built in).
+const MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "netfs",
+    "fscache",
+    "9pnet",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+];
+
+pub struct Options<'a> {
+    pub kernel_package: &'a str,
+    pub filter: Option<&'a str>,
+    pub memory_mib: u32,
+    pub timeout: Duration,
+    /// `kvm`, `tcg` (software emulation), or None to choose.
+    pub accel: Option<&'a str>,
+}
+
+impl Options<'static> {
+    /// What `cargo xtask test` runs: the ledger tests (every fd hook, the
+    /// exec and overflow paths) on the default kernel, about two minutes.
+    pub fn smoke() -> Self {
+        Options {
+            kernel_package: "linux-image-amd64",
+            filter: Some("ledger"),
+            memory_mib: 6144,
+            timeout: Duration::from_secs(15 * 60),
+            accel: None,
+        }
+    }
+}
+
+/// KVM unless this host's KVM is PVM (kvm_pvm, the nested-virtualisation
+/// module of cloud VMs like this one): PVM runs only kernels built as PVM
+/// guests, and a stock Debian kernel hangs right after decompressing.
+fn accelerator(wanted: Option<&str>) -> anyhow::Result<&'static str> {
+    match wanted {
+        Some("kvm") => Ok("kvm"),
+        Some("tcg") => Ok("tcg"),
+        Some(other) => bail!("--accel {other}: use kvm or tcg"),
+        None if Path::new("/sys/module/kvm_pvm").exists() => {
+            println!(
+                "    this host's KVM is PVM (kvm_pvm), which boots only PVM-built kernels: \
+                 using software emulation (TCG)"
+            );
+            Ok("tcg")
+        }
+        None if Path::new("/dev/kvm").exists() => Ok("kvm"),
+        None => {
+            println!("    no /dev/kvm: using software emulation (TCG)");
+            Ok("tcg")
+        }
+    }
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    crate::setup::packages(PACKAGES)?;
+    let kernel = kernel::fetch(options.kernel_package)?;
+    step("build (daemon, CLI, workloads, root test binary)");
+    exec(cargo().args(["build", "--bins"]))?;
+    let test_binary = root_test_binary()?;
+    step(&format!("initramfs for {}", kernel.release));
+    let initramfs = write_initramfs(&kernel, &test_binary, options.filter)?;
+    step(&format!(
+        "boot {} under qemu and run the root integration suite (output prefixed `vm|`)",
+        kernel.release
+    ));
+    let accel = accelerator(options.accel)?;
+    let guest = boot(&kernel, &initramfs, accel, options)?;
+    step("doctor on this host, for the side-by-side report");
+    let host_doctor = report::host_doctor()?;
+    let path = root_dir().join("docs/kernels.md");
+    std::fs::write(&path, report::markdown(&host_doctor, &guest, options.filter))?;
+    println!("    wrote {}", path.display());
+    print!("{}", report::summary(&guest));
+    match guest.exit {
+        Some(0) => Ok(()),
+        Some(code) => bail!("the root suite failed on {} (exit {code})", kernel.release),
+        None => bail!("the VM stopped before the suite reported its exit status"),
+    }
+}
+
+/// The `tests/root` test executable, built (not run) by cargo.
+fn root_test_binary() -> anyhow::Result<PathBuf> {
+    let out = cargo()
+        .current_dir(root_dir())
+        .args([
+            "test",
+            "-p",
+            "tests",
+            "--test",
+            "root",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the root test binary")?;
+    anyhow::ensure!(out.status.success(), "building the root test binary failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "root")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no executable for tests/root")
+}
+
+/// busybox, the modules and an init that mounts the host's root (9p,
+/// read-only) under a tmpfs overlay and switches to it.
+fn write_initramfs(
+    kernel: &kernel::Kernel,
+    test_binary: &Path,
+    filter: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let mut archive = cpio::Archive::default();
+    for dir in [
+        "bin", "dev", "proc", "sys", "lower", "upper", "newroot", "modules",
+    ] {
+        archive.dir(dir);
+    }
+    archive.char_device("dev/console", 5, 1);
+    let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
+    archive.file("bin/busybox", 0o755, &busybox);
+    let mut loaded = Vec::new();
+    for module in MODULES {
+        if let Some(path) = kernel.modules.get(*module) {
+            archive.file(&format!("modules/{module}.ko"), 0o644, &std::fs::read(path)?);
+            loaded.push(*module);
+        }
+    }
+    archive.file("guest.sh", 0o755, GUEST_SCRIPT.as_bytes());
+    let repo = root_dir();
+    let args = [
+        repo.to_str().context("UTF-8 repository path")?,
+        test_binary.to_str().context("UTF-8 test path")?,
+        filter.unwrap_or(""),
+    ];
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "")))
+        .collect();
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         export PATH=/bin\n\
+         mount -t proc proc /proc\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         mount -t sysfs sysfs /sys\n\
+         for pass in 1 2 3; do for m in {modules}; do\n\
+           [ -e /sys/module/$m ] || insmod /modules/$m.ko 2>/dev/null\n\
+         done; done\n\
+         for m in {modules}; do [ -e /sys/module/$m ] || echo \"init: module $m did not load\"; done\n\
+         mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /lower \
+           || {{ echo 'init: cannot mount the host root over 9p'; poweroff -f; }}\n\
+         mount -t tmpfs -o size=75% tmpfs /upper\n\
+         mkdir -p /upper/data /upper/work\n\
+         mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work /newroot \
+           || {{ echo 'init: cannot mount the overlay'; poweroff -f; }}\n\
+         cp /guest.sh /newroot/leakmon-vm-guest.sh\n\
+         umount /dev /sys /proc\n\
+         exec switch_root /newroot /bin/bash /leakmon-vm-guest.sh {args}\n",
+        modules = loaded.join(" "),
+        args = quoted.join(" "),
+    );
+    archive.file("init", 0o755, init.as_bytes());
+    let path = kernel.dir.join("initramfs.cpio");
+    std::fs::write(&path, archive.finish())?;
+    println!(
+        "    {} ({} modules: {})",
+        path.display(),
+        loaded.len(),
+        loaded.join(" ")
+    );
+    Ok(path)
+}
+
+/// What the guest printed between its markers.
+#[derive(Default)]
+pub struct GuestRun {
+    pub release: String,
+    pub doctor: String,
+    pub exit: Option<i32>,
+    /// libtest's `test result: ...` line.
+    pub result: String,
+    pub elapsed: Duration,
+    pub accel: String,
+}
+
+fn boot(
+    kernel: &kernel::Kernel,
+    initramfs: &Path,
+    accel: &str,
+    options: &Options,
+) -> anyhow::Result<GuestRun> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cpu = if accel == "kvm" { "host" } else { "max" };
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            &format!("q35,accel={accel}"),
+            "-cpu",
+            cpu,
+            "-nodefaults",
+            "-no-reboot",
+        ])
+        .args(["-smp", &cpus.to_string(), "-m", &options.memory_mib.to_string()])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut run = GuestRun::default();
+    let mut in_doctor = false;
+    loop {
+        let left = options.timeout.saturating_sub(started.elapsed());
+        let line = match lines.recv_timeout(left) {
+            Ok(line) => line.trim_end_matches('\r').to_string(),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                bail!("the VM ran past {} s: killed", options.timeout.as_secs());
+            }
+        };
+        println!("    vm| {line}");
+        if let Some(release) = line.strip_prefix("LEAKMON_VM_KERNEL=") {
+            run.release = release.to_string();
+        } else if line == "LEAKMON_VM_DOCTOR_BEGIN" {
+            in_doctor = true;
+        } else if line == "LEAKMON_VM_DOCTOR_END" {
+            in_doctor = false;
+        } else if in_doctor {
+            run.doctor.push_str(&line);
+            run.doctor.push('\n');
+        } else if let Some(at) = line.find("test result: ") {
+            run.result = strip_ansi(&line[at..]);
+        } else if let Some(code) = line.strip_prefix("LEAKMON_VM_EXIT=") {
+            run.exit = code.trim().parse().ok();
+        }
+    }
+    child.wait()?;
+    run.elapsed = started.elapsed();
+    run.accel = accel.to_string();
+    Ok(run)
+}
+
+/// libtest colours its verdicts on a terminal-like console.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
