@@ -73,7 +73,6 @@ fn proc_err(pid: u32, what: &'static str, error: procfs::ProcError) -> ProcError
     }
 }
 
-/// Every pid in /proc.
 /// Whether the whole process has exited: no /proc entry, or a zombie (or
 /// dead) leader with no thread left. A leader that exited while other
 /// threads run is a zombie too, but with threads.
@@ -87,6 +86,7 @@ pub fn has_exited(pid: u32) -> bool {
     }
 }
 
+/// Every pid in /proc.
 pub fn all_pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();

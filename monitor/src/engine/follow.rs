@@ -8,9 +8,6 @@ use monitor_common::{SockOwner, task_flags, watch_flags};
 use tracing::{debug, info, warn};
 
 use super::Engine;
-
-/// How long an exiting leader's process is checked for having exited.
-const MAYBE_GONE_WATCH_NS: u64 = 3_000_000_000;
 use crate::{
     fdkind::FdKind,
     ledger::{Comm, FollowUp, Origin, Process, Scan, WatchReason},
@@ -18,6 +15,9 @@ use crate::{
     sockdiag::SocketTable,
     time,
 };
+
+/// How long an exiting leader's process is checked for having exited.
+const MAYBE_GONE_WATCH_NS: u64 = 3_000_000_000;
 
 /// What /proc shows of a process, and its fd directory to name kinds with.
 type ScanResult = Result<(Scan, FdDir), ProcError>;

@@ -15,7 +15,7 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# /tmp stays the overlay's (already tmpfs-backed): a checkout may live there.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up
 hostname leakmon-vm
@@ -28,9 +28,12 @@ echo "LEAKMON_VM_DOCTOR_BEGIN"
 "$repo/target/debug/leakmon" doctor --json
 echo "LEAKMON_VM_DOCTOR_END"
 
-cd "$repo/tests" || exit 1
-# shellcheck disable=SC2086 # the filter is one word or none
-"$test_binary" $filter
-echo "LEAKMON_VM_EXIT=$?"
+if cd "$repo/tests"; then
+    # shellcheck disable=SC2086 # the filter is one word or none
+    "$test_binary" $filter
+    echo "LEAKMON_VM_EXIT=$?"
+else
+    echo "LEAKMON_VM_EXIT=2"
+fi
 sync
 exec /bin/busybox poweroff -f
