@@ -15,7 +15,10 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-# /tmp stays the overlay's (already tmpfs-backed): a checkout may live there.
+# /tmp stays the overlay's (a checkout may live there); scratch files go to
+# a real tmpfs, which has file handles (open_by_handle_at) where 9p has none.
+mount -t tmpfs tmpfs /var/tmp
+export TMPDIR=/var/tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up
 hostname leakmon-vm
