@@ -135,6 +135,18 @@ pub fn socket_kind(detail: u32) -> FdKind {
     }
 }
 
+/// Kind of an existing socket from its family and protocol as the kernel
+/// keeps them (the protocol resolved, never 0 for TCP/UDP).
+pub fn socket_kind_of(family: u16, protocol: u16) -> FdKind {
+    match (u32::from(family), u32::from(protocol)) {
+        (AF_UNIX, _) => FdKind::SocketUnix,
+        (AF_NETLINK, _) => FdKind::SocketNetlink,
+        (AF_INET | AF_INET6, IPPROTO_TCP) => FdKind::SocketTcp,
+        (AF_INET | AF_INET6, IPPROTO_UDP) => FdKind::SocketUdp,
+        _ => FdKind::SocketOther,
+    }
+}
+
 /// Kind of an fd from the syscall that created it. `source` is the kind of
 /// the fd a dup copies, when the ledger knows it.
 pub fn from_syscall(syscall: u32, detail: u32, source: Option<FdKind>) -> SyscallKind {
@@ -285,6 +297,16 @@ mod tests {
             FdKind::SocketOther,
             "AF_PACKET"
         );
+    }
+
+    #[test]
+    fn a_kernel_socket_is_named_by_family_and_protocol() {
+        assert_eq!(socket_kind_of(2, 6), FdKind::SocketTcp);
+        assert_eq!(socket_kind_of(10, 17), FdKind::SocketUdp);
+        assert_eq!(socket_kind_of(1, 0), FdKind::SocketUnix);
+        assert_eq!(socket_kind_of(16, 0), FdKind::SocketNetlink);
+        assert_eq!(socket_kind_of(2, 1), FdKind::SocketOther, "ping socket");
+        assert_eq!(socket_kind_of(2, 262), FdKind::SocketOther, "MPTCP");
     }
 
     #[test]

@@ -33,10 +33,7 @@ pub fn request(path: &Path, request: &Request) -> Result<serde_json::Value, Clie
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
-        .map_err(|source| ClientError::Io {
-            path: path.into(),
-            source,
-        })?;
+        .map_err(io_error(path))?;
     decode(path, &answer)
 }
 
@@ -44,10 +41,7 @@ pub fn request(path: &Path, request: &Request) -> Result<serde_json::Value, Clie
 /// receives its fd with the answer.
 pub fn fd_iter(path: &Path, pid: u32) -> Result<OwnedFd, ClientError> {
     let stream = send(path, &Request::FdIter { pid })?;
-    let io_err = |source| ClientError::Io {
-        path: path.into(),
-        source,
-    };
+    let io_err = io_error(path);
     let mut answer = Vec::new();
     let mut received = None;
     while !answer.ends_with(b"\n") {
@@ -84,6 +78,14 @@ pub fn fd_iter(path: &Path, pid: u32) -> Result<OwnedFd, ClientError> {
     })
 }
 
+/// Wraps an I/O error with the socket's path.
+fn io_error(path: &Path) -> impl Fn(io::Error) -> ClientError + Copy + '_ {
+    move |source| ClientError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
 fn send(path: &Path, request: &Request) -> Result<UnixStream, ClientError> {
     let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning(path.into()),
@@ -93,10 +95,7 @@ fn send(path: &Path, request: &Request) -> Result<UnixStream, ClientError> {
             source: e,
         },
     })?;
-    let io_err = |source| ClientError::Io {
-        path: path.into(),
-        source,
-    };
+    let io_err = io_error(path);
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(io_err)?;
@@ -107,10 +106,7 @@ fn send(path: &Path, request: &Request) -> Result<UnixStream, ClientError> {
 }
 
 fn decode(path: &Path, answer: &str) -> Result<serde_json::Value, ClientError> {
-    let io_err = |source| ClientError::Io {
-        path: path.into(),
-        source,
-    };
+    let io_err = io_error(path);
     let response: Response =
         serde_json::from_str(answer).map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
     match response {

@@ -340,8 +340,10 @@ mod tests {
 
     #[test]
     fn keystoneauths_noauth_placeholder_is_no_token() {
-        let Parsed::Complete(found) = requests(b"GET /v1/nodes HTTP/1.1\r\nX-Auth-Token: notused\r\n\r\n")
-        else {
+        let mut request = b"GET /v1/nodes HTTP/1.1\r\nX-Auth-Token: ".to_vec();
+        request.extend_from_slice(NOAUTH_PLACEHOLDER);
+        request.extend_from_slice(b"\r\n\r\n");
+        let Parsed::Complete(found) = requests(&request) else {
             panic!("not parsed");
         };
         assert!(!found[0].0.token);

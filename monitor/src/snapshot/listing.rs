@@ -26,13 +26,6 @@ pub enum FdSource {
     Proc,
 }
 
-const AF_UNIX: u16 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const AF_NETLINK: u16 = 16;
-const IPPROTO_TCP: u16 = 6;
-const IPPROTO_UDP: u16 = 17;
-
 /// Lists the fds of `pid`. Fails only when the process cannot be read at all.
 pub fn list(
     pid: u32,
@@ -40,13 +33,14 @@ pub fn list(
     labels: &Labels,
     problems: &mut Vec<String>,
 ) -> Result<(Vec<FdSnapshot>, FdSource), ProcError> {
-    let kernel = client::fd_iter(control_socket, pid)
-        .map_err(|e| e.to_string())
-        .and_then(|iter| fditer::read_all(iter).map_err(|e| e.to_string()));
-    match kernel {
-        Ok(fds) => Ok((from_kernel(pid, fds, labels, problems), FdSource::BpfIterator)),
-        Err(_) => Ok((from_proc(pid, labels, problems)?, FdSource::Proc)),
+    // No daemon, or one without the iterator: /proc, silently (`fd_source` says it).
+    if let Ok(iter) = client::fd_iter(control_socket, pid) {
+        match fditer::read_all(iter) {
+            Ok(fds) => return Ok((from_kernel(pid, fds, labels, problems), FdSource::BpfIterator)),
+            Err(e) => problems.push(format!("fd iterator: {e}; read /proc instead")),
+        }
     }
+    Ok((from_proc(pid, labels, problems)?, FdSource::Proc))
 }
 
 fn from_proc(pid: u32, labels: &Labels, problems: &mut Vec<String>) -> Result<Vec<FdSnapshot>, ProcError> {
@@ -75,9 +69,10 @@ fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec
     let mut unix = false;
     for kfd in &fds {
         let Some(socket) = &kfd.socket else { continue };
-        unix |= socket.family == AF_UNIX;
+        let kind = fdkind::socket_kind_of(socket.family, socket.protocol);
+        unix |= kind == FdKind::SocketUnix;
         if let Some(tuple) = socket.tuple
-            && (socket.protocol == IPPROTO_TCP || socket.protocol == IPPROTO_UDP)
+            && matches!(kind, FdKind::SocketTcp | FdKind::SocketUdp)
         {
             let inet = InetSocket {
                 family: socket.family as u8,
@@ -120,13 +115,7 @@ fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec
 /// The kind from what the iterator read: the inode's type, the socket's family.
 fn kind_of(kfd: &KernelFd, target: &str) -> FdKind {
     if let Some(socket) = &kfd.socket {
-        return match (socket.family, socket.protocol) {
-            (AF_UNIX, _) => FdKind::SocketUnix,
-            (AF_NETLINK, _) => FdKind::SocketNetlink,
-            (AF_INET | AF_INET6, IPPROTO_TCP) => FdKind::SocketTcp,
-            (AF_INET | AF_INET6, IPPROTO_UDP) => FdKind::SocketUdp,
-            _ => FdKind::SocketOther,
-        };
+        return fdkind::socket_kind_of(socket.family, socket.protocol);
     }
     let file_type = match kfd.mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,

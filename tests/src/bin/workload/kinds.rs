@@ -85,8 +85,8 @@ fn file_fds(m: &mut Manifest) -> RawFd {
     m.add(fd, "file", "creat");
     let fd = raw::openat2("/etc/hostname", libc::O_RDONLY as u64);
     m.add(fd, "file", "openat2");
-    // The handle is of the scratch file: file systems without handles (a
-    // 9p root in the test VM) do have them on the temporary directory's.
+    // A handle of the scratch file in the temp dir: the test VM's 9p root
+    // has no file handles, its temp dir (a tmpfs) has.
     let tmp = keep(
         open(
             &std::env::temp_dir(),

@@ -16,7 +16,8 @@ fn close(fd: i32) {
 }
 
 fn one(kind: &str) {
-    // SAFETY (all arms): plain syscalls on fds this loop owns; paths are NUL-terminated literals.
+    // SAFETY (all arms): plain syscalls on fds this loop owns; paths are NUL-terminated literals;
+    // the forked child calls only _exit (async-signal-safe in a threaded parent).
     match kind {
         "open" => close(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }),
         "socket" => close(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }),
@@ -34,7 +35,6 @@ fn one(kind: &str) {
         }
         "thread" => thread::spawn(|| ()).join().unwrap(),
         "fork" => match unsafe { libc::fork() } {
-            // The child only exits: async-signal-safe after a fork in a threaded process.
             0 => unsafe { libc::_exit(0) },
             child => {
                 let mut status = 0;
