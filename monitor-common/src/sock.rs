@@ -142,8 +142,10 @@ const _: () = assert!(core::mem::size_of::<FdIterRecord>() == 32 + 40);
 
 /// One open fd as the snapshot iterator (`iter/task_file`) writes it,
 /// followed by `target_len` bytes of the fd's link target as /proc shows it
-/// (`/etc/hosts`, `socket:[123]`, `anon_inode:[eventfd]`). `target_len` 0:
-/// the kernel could not render it (longer than [`FD_TARGET_MAX`]); read /proc.
+/// (`/etc/hosts`, `pipe:[123]`, `anon_inode:[eventfd]`). Sockets (a
+/// `sock_family`) come without one: theirs is `socket:[inode]`. Otherwise
+/// `target_len` 0: the kernel could not render it (longer than
+/// [`FD_TARGET_MAX`]); read /proc.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FdIterRecord {

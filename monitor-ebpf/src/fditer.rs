@@ -20,7 +20,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
-use monitor_common::{FD_TARGET_MAX, FdIterRecord, SockOffsets, Tuple};
+use monitor_common::{FD_TARGET_MAX, FdIterRecord, SockOffsets};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -44,9 +44,16 @@ struct IterMeta {
     seq_num: u64,
 }
 
-/// Per-CPU scratch for the target string (too big for the 512-byte stack).
+/// One output record and its target, built in place and written with one
+/// `bpf_seq_write` (too big for the 512-byte stack).
+#[repr(C)]
+struct Scratch {
+    record: FdIterRecord,
+    target: [u8; FD_TARGET_MAX],
+}
+
 #[map]
-static TARGET: PerCpuArray<[u8; FD_TARGET_MAX]> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// From the kernel's BTF, set by user space before load.
 #[unsafe(no_mangle)]
@@ -88,87 +95,113 @@ unsafe fn write_fd(ctx: &TaskFileContext) {
             )
         }
     };
-    let mut record = FdIterRecord {
-        fd: ctx.fd,
-        mode: mode as u32,
-        inode,
-        ..FdIterRecord::default()
-    };
-    if record.mode & S_IFMT == S_IFSOCK {
-        describe_socket(file, &off, &mut record);
-    }
-    let Some(target) = TARGET.get_ptr_mut(0) else {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: our per-CPU map value, used by this program run alone.
+    let scratch = unsafe { &mut *scratch };
+    let record = &mut scratch.record;
+    // Every field is stored, none left from the previous fd. One by one and
+    // volatile: LLVM turns a struct literal or neighbouring zero stores into
+    // a call of a BPF memset subprogram.
+    record.fd = ctx.fd;
+    record.mode = mode as u32;
+    record.inode = inode;
+    put(&mut record.target_len, 0);
+    put(&mut record.sock_family, 0);
+    put(&mut record.sock_protocol, 0);
+    put(&mut record.sock_state, 0);
+    put(&mut record.tuple.family, 0);
+    // A socket's target is `socket:[inode]`: user space writes it, sparing
+    // the kernel a d_path and a vsnprintf per socket.
+    if record.mode & S_IFMT == S_IFSOCK && describe_socket(file, &off, record) {
+        write_out(ctx, scratch, 0);
+        return;
+    }
     // SAFETY: f_path lies inside the struct file the kernel handed us (its
     // offset is from BTF); the helper writes at most FD_TARGET_MAX bytes into
     // our per-CPU buffer.
     let written = unsafe {
         bpf_d_path(
             file.add(off.file_f_path as usize) as *mut path,
-            target as *mut i8,
+            scratch.target.as_mut_ptr() as *mut i8,
             FD_TARGET_MAX as u32,
         )
     };
     // The length counts the terminating NUL.
-    if written > 1 && written as usize <= FD_TARGET_MAX {
-        record.target_len = (written - 1) as u32;
-    }
-    // SAFETY: the seq_file is the one of this iteration; both sources live
-    // across the calls and the lengths are within them.
+    let target_len = if written > 1 && written as usize <= FD_TARGET_MAX {
+        (written - 1) as u32
+    } else {
+        0
+    };
+    scratch.record.target_len = target_len;
+    write_out(ctx, scratch, target_len);
+}
+
+/// Writes the record and `target_len` bytes of its target to the iterator's output.
+#[inline(always)]
+fn write_out(ctx: &TaskFileContext, scratch: &Scratch, target_len: u32) {
+    // The mask bounds the length for the verifier (it is below FD_TARGET_MAX).
+    let len = core::mem::size_of::<FdIterRecord>() as u32 + (target_len & (FD_TARGET_MAX as u32 - 1));
+    // SAFETY: the seq_file is the one of this iteration; the source is our
+    // map value and `len` lies within it.
     unsafe {
-        let seq = (*ctx.meta).seq;
         bpf_seq_write(
-            seq as *mut _,
-            &record as *const FdIterRecord as *const c_void,
-            core::mem::size_of::<FdIterRecord>() as u32,
+            (*ctx.meta).seq as *mut _,
+            scratch as *const Scratch as *const c_void,
+            len,
         );
-        let len = record.target_len & (FD_TARGET_MAX as u32 - 1);
-        if len > 0 {
-            bpf_seq_write(seq as *mut _, target as *const c_void, len);
-        }
     }
 }
 
 /// The file's struct socket ->sk: family, protocol, state, addresses, all
-/// by direct loads (`bpf_sock_from_file` returns a BTF pointer).
+/// by direct loads (`bpf_sock_from_file` returns a BTF pointer). False when
+/// the file is no socket with a sock (an O_PATH fd of a socket file, one
+/// being torn down): its target is then rendered like any file's.
 #[inline(always)]
-fn describe_socket(file: *const u8, off: &SockOffsets, record: &mut FdIterRecord) {
+fn describe_socket(file: *const u8, off: &SockOffsets, record: &mut FdIterRecord) -> bool {
     // SAFETY: the helper checks the file is a socket and returns NULL if not.
     let socket = unsafe { bpf_sock_from_file(file as *mut _) } as *const u8;
     if socket.is_null() {
-        return;
+        return false;
     }
     // SAFETY (this and the loads below): members at their BTF offsets in
     // struct socket and struct sock, checked by the verifier.
     let sk = unsafe { load::<*const u8>(socket, off.socket_sk) };
     if sk.is_null() {
-        return;
+        return false;
     }
     let family: u16 = unsafe { load(sk, off.sock_family) };
     record.sock_family = family;
     record.sock_protocol = unsafe { load(sk, off.sock_protocol) };
     record.sock_state = unsafe { load(sk, off.sock_state) };
     if family != AF_INET && family != AF_INET6 {
-        return;
+        return true;
     }
     let dport: u16 = unsafe { load(sk, off.skc_dport) };
-    let mut tuple = Tuple {
-        family,
-        sport: unsafe { load(sk, off.skc_num) },
-        dport: u16::from_be(dport),
-        ..Tuple::default()
-    };
+    let tuple = &mut record.tuple;
+    tuple.family = family;
+    tuple.sport = unsafe { load(sk, off.skc_num) };
+    tuple.dport = u16::from_be(dport);
+    tuple._pad = 0;
     if family == AF_INET {
         let saddr: u32 = unsafe { load(sk, off.skc_rcv_saddr) };
         let daddr: u32 = unsafe { load(sk, off.skc_daddr) };
-        tuple.saddr[..4].copy_from_slice(&saddr.to_ne_bytes());
-        tuple.daddr[..4].copy_from_slice(&daddr.to_ne_bytes());
+        // The address's bytes, then zeros (bpfel is little-endian), stored
+        // as two 8-byte words: no memset call.
+        tuple.saddr = (saddr as u128).to_le_bytes();
+        tuple.daddr = (daddr as u128).to_le_bytes();
     } else {
         tuple.saddr = unsafe { load_16(sk, off.skc_v6_rcv_saddr) };
         tuple.daddr = unsafe { load_16(sk, off.skc_v6_daddr) };
     }
-    record.tuple = tuple;
+    true
+}
+
+#[inline(always)]
+fn put<T>(place: &mut T, value: T) {
+    // SAFETY: a plain store through a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(place, value) }
 }
 
 /// A direct load of the member at `offset` of a BTF-typed kernel object.

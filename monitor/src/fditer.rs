@@ -89,9 +89,13 @@ pub struct KernelFd {
     /// The inode's mode (`S_IFMT` bits give the file type).
     pub mode: u32,
     pub inode: u64,
-    /// The link target as /proc shows it; `None` when the kernel could not render it.
+    /// The link target as /proc shows it. `None` for a socket (its target
+    /// is `socket:[inode]`, left to the reader) or when the kernel could not
+    /// render it.
     pub target: Option<String>,
-    pub socket: Option<KernelSocket>,
+    // Boxed: most fds are not sockets, and a 48-byte entry keeps the vector
+    // (one per fd) small enough to become the snapshot's in place.
+    pub socket: Option<Box<KernelSocket>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,10 +108,12 @@ pub struct KernelSocket {
 }
 
 /// Reads an iterator to its end, decoding as it goes (one reused buffer:
-/// a 100k-fd process yields megabytes).
-pub fn read_all(iter: OwnedFd) -> io::Result<Vec<KernelFd>> {
+/// a 100k-fd process yields megabytes). `most_fds` bounds the count (the
+/// process's RLIMIT_NOFILE): reserving that much up front costs no memory
+/// until it is written, and spares a growing vector its copies and faults.
+pub fn read_all(iter: OwnedFd, most_fds: usize) -> io::Result<Vec<KernelFd>> {
     let mut file = std::fs::File::from(iter);
-    let mut fds = Vec::new();
+    let mut fds = Vec::with_capacity(most_fds.min(MAX_RESERVED_FDS));
     let mut buf = vec![0u8; 256 * 1024];
     let mut filled = 0;
     loop {
@@ -131,6 +137,9 @@ pub fn read_all(iter: OwnedFd) -> io::Result<Vec<KernelFd>> {
 }
 
 const RECORD: usize = std::mem::size_of::<FdIterRecord>();
+/// The largest reservation [`read_all`] makes (48 MiB of address space).
+const MAX_RESERVED_FDS: usize = 1 << 20;
+const _: () = assert!(std::mem::size_of::<KernelFd>() == 48);
 
 /// Decodes the iterator's output; a record cut short fails with its offset.
 pub fn decode(bytes: &[u8]) -> Result<Vec<KernelFd>, usize> {
@@ -163,11 +172,13 @@ fn decode_into(bytes: &[u8], fds: &mut Vec<KernelFd>) -> usize {
             mode: u32_at(4),
             inode: u64::from_ne_bytes(record[8..16].try_into().expect("8 bytes")),
             target: (target_len > 0).then(|| String::from_utf8_lossy(target).into_owned()),
-            socket: (family != 0).then_some(KernelSocket {
-                family,
-                protocol,
-                state,
-                tuple: (tuple.family != 0).then_some(tuple),
+            socket: (family != 0).then(|| {
+                Box::new(KernelSocket {
+                    family,
+                    protocol,
+                    state,
+                    tuple: (tuple.family != 0).then_some(tuple),
+                })
             }),
         });
         at += RECORD + target_len;
@@ -198,12 +209,16 @@ mod tests {
     #[test]
     fn decodes_records_with_targets() {
         let mut bytes = record(3, 0o100644, "/etc/hosts", 0);
-        bytes.extend(record(4, 0o140777, "socket:[77]", 2));
+        bytes.extend(record(4, 0o140777, "", 2));
         bytes.extend(record(5, 0o100644, "", 0));
         let fds = decode(&bytes).unwrap();
         assert_eq!(fds.len(), 3);
         assert_eq!(fds[0].target.as_deref(), Some("/etc/hosts"));
         assert!(fds[0].socket.is_none());
+        assert_eq!(
+            fds[1].target, None,
+            "a socket's is `socket:[inode]`, left to the reader"
+        );
         let socket = fds[1].socket.as_ref().unwrap();
         assert_eq!((socket.family, socket.protocol, socket.state), (2, 6, 8));
         let tuple = socket.tuple.unwrap();

@@ -46,7 +46,7 @@ fn parse_line(line: &str, protocol: Protocol) -> Option<SocketInfo> {
     Some(SocketInfo {
         protocol,
         inode,
-        state: state.to_string(),
+        state: state.into(),
         local: local.to_string(),
         remote: remote.to_string(),
         unix_type: None,
@@ -89,7 +89,7 @@ mod tests {
         let info = parse_line(line, Protocol::Tcp).unwrap();
         assert_eq!(info.local, "127.0.0.1:6385");
         assert_eq!(info.remote, "127.0.0.1:41668");
-        assert_eq!((info.state.as_str(), info.inode), ("CLOSE_WAIT", 4242));
+        assert_eq!((info.state.as_ref(), info.inode), ("CLOSE_WAIT", 4242));
         let v6 = parse_addr("00000000000000000000000001000000:0050").unwrap();
         assert_eq!(v6.to_string(), "[::1]:80");
         assert!(parse_line("garbage", Protocol::Tcp).is_none());

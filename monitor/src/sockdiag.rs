@@ -4,6 +4,7 @@
 //! parsing /proc/net/*, and what `ss` does.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -72,7 +73,8 @@ pub struct SocketInfo {
     pub protocol: Protocol,
     pub inode: u64,
     /// TCP state name; for UDP "UNCONN"/"ESTABLISHED"; unix: "LISTEN"/"ESTABLISHED"/"UNCONN".
-    pub state: String,
+    /// Borrowed (the names are constants): a snapshot holds one per socket.
+    pub state: Cow<'static, str>,
     /// `ip:port`, or the unix path ("" when unnamed).
     pub local: String,
     /// `ip:port`, or for unix "peer inode N" when the kernel gives it.
@@ -241,12 +243,44 @@ pub fn inet_info(socket: InetSocket, inode: u64) -> SocketInfo {
     SocketInfo {
         protocol,
         inode,
-        state: state.to_string(),
-        local: SocketAddr::new(src, sport).to_string(),
-        remote: SocketAddr::new(dst, dport).to_string(),
+        state: state.into(),
+        local: endpoint_text(src, sport),
+        remote: endpoint_text(dst, dport),
         unix_type: None,
         peer_inode: None,
     }
+}
+
+/// `ip:port` exactly as `SocketAddr` displays it. IPv4 is written by hand:
+/// the formatting machinery cost more than the rest of a socket's snapshot.
+fn endpoint_text(ip: IpAddr, port: u16) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return SocketAddr::new(ip, port).to_string();
+    };
+    let mut text = String::with_capacity("255.255.255.255:65535".len());
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        push_decimal(&mut text, octet.into());
+    }
+    text.push(':');
+    push_decimal(&mut text, port.into());
+    text
+}
+
+fn push_decimal(text: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    text.extend(digits[start..].iter().map(|&d| d as char));
 }
 
 fn dump_unix(sock: &OwnedFd, table: &mut SocketTable) -> io::Result<()> {
@@ -303,7 +337,7 @@ fn parse_unix(body: &[u8]) -> Option<SocketInfo> {
     Some(SocketInfo {
         protocol: Protocol::Unix,
         inode,
-        state: state.to_string(),
+        state: state.into(),
         local: path,
         remote: peer.map(|p| format!("peer inode {p}")).unwrap_or_default(),
         unix_type: Some(unix_type.to_string()),
@@ -337,6 +371,22 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_text_is_what_socket_addr_displays() {
+        for (ip, port) in [
+            ("0.0.0.0", 0),
+            ("127.0.0.1", 6385),
+            ("10.20.255.9", 65535),
+            ("255.255.255.255", 9),
+            ("::1", 5672),
+            ("fe80::1:2", 80),
+            ("::ffff:192.0.2.10", 443),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(endpoint_text(ip, port), SocketAddr::new(ip, port).to_string());
+        }
+    }
+
+    #[test]
     fn finds_own_tcp_and_unix_sockets_with_state() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -347,7 +397,7 @@ mod tests {
         let table = SocketTable::dump().unwrap();
         let listen = &table.by_inode[&inode_of(listener.as_raw_fd())];
         assert_eq!(
-            (listen.protocol, listen.state.as_str()),
+            (listen.protocol, listen.state.as_ref()),
             (Protocol::Tcp, "LISTEN")
         );
         let conn = &table.by_inode[&inode_of(client.as_raw_fd())];
@@ -355,7 +405,7 @@ mod tests {
         assert_eq!(conn.remote, listener.local_addr().unwrap().to_string());
         let unix_info = &table.by_inode[&inode_of(unix.as_raw_fd())];
         assert_eq!(
-            (unix_info.state.as_str(), unix_info.local.as_str()),
+            (unix_info.state.as_ref(), unix_info.local.as_str()),
             ("LISTEN", dir.to_str().unwrap())
         );
         let _ = std::fs::remove_file(&dir);

@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use super::{FdSnapshot, sockets};
+use super::{FdSnapshot, SocketSnapshot, sockets};
 use crate::{
     control::client,
     fditer::{self, KernelFd},
@@ -31,11 +31,12 @@ pub fn list(
     pid: u32,
     control_socket: &Path,
     labels: &Labels,
+    most_fds: usize,
     problems: &mut Vec<String>,
 ) -> Result<(Vec<FdSnapshot>, FdSource), ProcError> {
     // No daemon, or one without the iterator: /proc, silently (`fd_source` says it).
     if let Ok(iter) = client::fd_iter(control_socket, pid) {
-        match fditer::read_all(iter) {
+        match fditer::read_all(iter, most_fds) {
             Ok(fds) => return Ok((from_kernel(pid, fds, labels, problems), FdSource::BpfIterator)),
             Err(e) => problems.push(format!("fd iterator: {e}; read /proc instead")),
         }
@@ -66,6 +67,10 @@ fn from_proc(pid: u32, labels: &Labels, problems: &mut Vec<String>) -> Result<Ve
 
 fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec<String>) -> Vec<FdSnapshot> {
     let mut table = SocketTable::default();
+    // Sized up front: rehashing a growing table copies every socket so far.
+    table
+        .by_inode
+        .reserve(fds.iter().filter(|k| k.socket.is_some()).count());
     let mut unix = false;
     for kfd in &fds {
         let Some(socket) = &kfd.socket else { continue };
@@ -95,7 +100,7 @@ fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec
         table.by_inode.extend(found.by_inode);
     }
     let mut unrendered: HashMap<u32, String> = HashMap::new();
-    for kfd in fds.iter().filter(|k| k.target.is_none()) {
+    for kfd in fds.iter().filter(|k| k.target.is_none() && k.socket.is_none()) {
         match std::fs::read_link(format!("/proc/{pid}/fd/{}", kfd.fd)) {
             Ok(target) => {
                 unrendered.insert(kfd.fd, target.to_string_lossy().into_owned());
@@ -105,9 +110,19 @@ fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec
     }
     fds.into_iter()
         .filter_map(|mut kfd| {
-            let target = kfd.target.take().or_else(|| unrendered.remove(&kfd.fd))?;
+            if kfd.socket.is_some()
+                && let Some(found) = sockets::describe(kfd.inode, &table, labels)
+            {
+                return Some(socket_fd(kfd.fd, found));
+            }
+            let target = match kfd.target.take() {
+                Some(target) => target,
+                // The kernel leaves a socket's target to us.
+                None if kfd.socket.is_some() => format!("socket:[{}]", kfd.inode),
+                None => unrendered.remove(&kfd.fd)?,
+            };
             let kind = kind_of(&kfd, &target);
-            Some(describe(kfd.fd, target, &table, labels, kind))
+            Some(plain_fd(kfd.fd, target, kind))
         })
         .collect()
 }
@@ -133,24 +148,36 @@ fn kind_of(kfd: &KernelFd, target: &str) -> FdKind {
 /// `kind` is what the fd is when it is not a socket the table knows (a
 /// socket the table knows gets its kind from its protocol).
 fn describe(fd: u32, target: String, table: &SocketTable, labels: &Labels, kind: FdKind) -> FdSnapshot {
-    match sockets::describe(&target, table, labels) {
-        Some((socket, shown)) => FdSnapshot {
-            fd,
-            kind: match socket.info.protocol {
-                Protocol::Tcp => FdKind::SocketTcp,
-                Protocol::Udp => FdKind::SocketUdp,
-                Protocol::Unix => FdKind::SocketUnix,
-            },
-            target: shown,
-            socket: Some(Box::new(socket)),
-            birth: None,
+    let socket_inode = target
+        .starts_with("socket:[")
+        .then(|| proc::link_inode(&target))
+        .flatten();
+    match socket_inode.and_then(|inode| sockets::describe(inode, table, labels)) {
+        Some(found) => socket_fd(fd, found),
+        None => plain_fd(fd, target, kind),
+    }
+}
+
+fn socket_fd(fd: u32, (socket, shown): (SocketSnapshot, String)) -> FdSnapshot {
+    FdSnapshot {
+        fd,
+        kind: match socket.info.protocol {
+            Protocol::Tcp => FdKind::SocketTcp,
+            Protocol::Udp => FdKind::SocketUdp,
+            Protocol::Unix => FdKind::SocketUnix,
         },
-        None => FdSnapshot {
-            fd,
-            kind,
-            target,
-            socket: None,
-            birth: None,
-        },
+        target: shown,
+        socket: Some(Box::new(socket)),
+        birth: None,
+    }
+}
+
+fn plain_fd(fd: u32, target: String, kind: FdKind) -> FdSnapshot {
+    FdSnapshot {
+        fd,
+        kind,
+        target,
+        socket: None,
+        birth: None,
     }
 }

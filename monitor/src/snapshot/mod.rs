@@ -91,11 +91,13 @@ pub struct ThreadSnapshot {
 pub fn take(pid: u32, control_socket: &Path, labels: &Labels) -> Result<Snapshot, ProcError> {
     let info = proc::process_info(pid)?;
     let mut problems = Vec::new();
-    let (mut fds, fd_source) = listing::list(pid, control_socket, labels, &mut problems)?;
     let (nofile_soft, nofile_hard) = proc::nofile_limits(pid).unwrap_or_else(|e| {
         problems.push(e.to_string());
         (None, None)
     });
+    // fd numbers stay below the soft limit, so it bounds the count (unknown: no bound).
+    let most_fds = nofile_soft.map_or(usize::MAX, |n| n as usize);
+    let (mut fds, fd_source) = listing::list(pid, control_socket, labels, most_fds, &mut problems)?;
 
     let threads = match proc::list_threads(pid) {
         Ok(threads) => threads,

@@ -2,7 +2,7 @@
 //! unix peers, the daemon's state ages and connect records, and one summary
 //! per remote endpoint.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,13 +35,14 @@ pub struct EndpointSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// TCP sockets to it, by state.
-    pub states: BTreeMap<String, usize>,
+    pub states: BTreeMap<Cow<'static, str>, usize>,
     /// Age in CLOSE_WAIT of the oldest such socket (needs the daemon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_close_wait_s: Option<f64>,
-    /// Connect counts and latency (needs the daemon).
+    /// Connect counts and latency (needs the daemon). Boxed: a process can
+    /// have thousands of endpoints, few with a connect record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<EndpointView>,
+    pub health: Option<Box<EndpointView>>,
 }
 
 /// sock_diag for the daemon's network namespace, /proc/PID/net for sockets
@@ -67,9 +68,9 @@ pub fn socket_table(pid: u32, links: &[FdLink], problems: &mut Vec<String>) -> S
     table
 }
 
-/// The socket behind a `socket:[N]` link, and the target string to show.
-pub fn describe(target: &str, table: &SocketTable, labels: &Labels) -> Option<(SocketSnapshot, String)> {
-    let inode = proc::link_inode(target).filter(|_| target.starts_with("socket:["))?;
+/// The socket with `inode` (of a `socket:[N]` link) as the table knows it,
+/// and the target string to show.
+pub fn describe(inode: u64, table: &SocketTable, labels: &Labels) -> Option<(SocketSnapshot, String)> {
     let info = table.by_inode.get(&inode)?.clone();
     let peer_path = info
         .peer_inode
@@ -125,7 +126,8 @@ pub fn merge_ledger(fds: &mut [FdSnapshot], sockets: &[SocketView]) {
 
 /// One summary per remote endpoint of the process's TCP connections.
 pub fn endpoints(fds: &[FdSnapshot], health: &[EndpointView], labels: &Labels) -> Vec<EndpointSummary> {
-    let mut by_endpoint: BTreeMap<String, EndpointSummary> = BTreeMap::new();
+    // Keyed by the sockets' own strings: one allocation per endpoint, not per socket.
+    let mut by_endpoint: BTreeMap<&str, EndpointSummary> = BTreeMap::new();
     let blank = |endpoint: &str| EndpointSummary {
         endpoint: endpoint.to_string(),
         label: labels.label_of(endpoint).map(str::to_string),
@@ -138,9 +140,8 @@ pub fn endpoints(fds: &[FdSnapshot], health: &[EndpointView], labels: &Labels) -
         if info.protocol != Protocol::Tcp || info.state == "LISTEN" {
             continue;
         }
-        let summary = by_endpoint
-            .entry(info.remote.clone())
-            .or_insert_with(|| blank(&info.remote));
+        let remote = info.remote.as_str();
+        let summary = by_endpoint.entry(remote).or_insert_with(|| blank(remote));
         *summary.states.entry(info.state.clone()).or_default() += 1;
         if info.state == "CLOSE_WAIT"
             && let Some(age) = socket.ledger.as_ref().map(|l| l.age_in_state_s)
@@ -150,9 +151,9 @@ pub fn endpoints(fds: &[FdSnapshot], health: &[EndpointView], labels: &Labels) -
     }
     for view in health {
         by_endpoint
-            .entry(view.endpoint.clone())
+            .entry(&view.endpoint)
             .or_insert_with(|| blank(&view.endpoint))
-            .health = Some(view.clone());
+            .health = Some(Box::new(view.clone()));
     }
     by_endpoint.into_values().collect()
 }
