@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::{FdSnapshot, SocketSnapshot, sockets};
 use crate::{
     control::client,
-    fditer::{self, KernelFd},
+    fditer::{self, KernelFd, KernelSocket},
     fdkind::{self, FdKind, FileType},
     labels::Labels,
     proc::{self, ProcError},
-    sockdiag::{self, InetSocket, Protocol, SocketTable},
+    sockdiag::{self, InetSocket, Protocol, SocketInfo, SocketTable},
 };
 
 /// Where a snapshot's fd table came from.
@@ -66,39 +66,21 @@ fn from_proc(pid: u32, labels: &Labels, problems: &mut Vec<String>) -> Result<Ve
 }
 
 fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec<String>) -> Vec<FdSnapshot> {
-    let mut table = SocketTable::default();
-    // Sized up front: rehashing a growing table copies every socket so far.
-    table
-        .by_inode
-        .reserve(fds.iter().filter(|k| k.socket.is_some()).count());
-    let mut unix = false;
-    for kfd in &fds {
-        let Some(socket) = &kfd.socket else { continue };
-        let kind = fdkind::socket_kind_of(socket.family, socket.protocol);
-        unix |= kind == FdKind::SocketUnix;
-        if let Some(tuple) = socket.tuple
-            && matches!(kind, FdKind::SocketTcp | FdKind::SocketUdp)
-        {
-            let inet = InetSocket {
-                family: socket.family as u8,
-                protocol: socket.protocol as u8,
-                state: socket.state,
-                local: (tuple.saddr, tuple.sport),
-                remote: (tuple.daddr, tuple.dport),
-            };
-            table
-                .by_inode
-                .insert(kfd.inode, sockdiag::inet_info(inet, kfd.inode));
-        }
-    }
-    if unix {
-        // Unix paths and peers come from sock_diag (or the process's namespace).
-        let found = SocketTable::dump_unix().unwrap_or_else(|e| {
+    // TCP and UDP sockets are described by their records alone; unix paths
+    // and peers come from sock_diag (or the process's namespace).
+    let unix = fds.iter().any(|k| {
+        k.socket
+            .as_ref()
+            .is_some_and(|s| fdkind::socket_kind_of(s.family, s.protocol) == FdKind::SocketUnix)
+    });
+    let table = if unix {
+        SocketTable::dump_unix().unwrap_or_else(|e| {
             problems.push(format!("sock_diag: {e}; using /proc/{pid}/net"));
             SocketTable::from_proc_net(pid)
-        });
-        table.by_inode.extend(found.by_inode);
-    }
+        })
+    } else {
+        SocketTable::default()
+    };
     let mut unrendered: HashMap<u32, String> = HashMap::new();
     for kfd in fds.iter().filter(|k| k.target.is_none() && k.socket.is_none()) {
         match std::fs::read_link(format!("/proc/{pid}/fd/{}", kfd.fd)) {
@@ -110,10 +92,12 @@ fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec
     }
     fds.into_iter()
         .filter_map(|mut kfd| {
-            if kfd.socket.is_some()
-                && let Some(found) = sockets::describe(kfd.inode, &table, labels)
+            if let Some(info) = kfd
+                .socket
+                .as_deref()
+                .and_then(|s| socket_info(kfd.inode, s, &table))
             {
-                return Some(socket_fd(kfd.fd, found));
+                return Some(socket_fd(kfd.fd, sockets::describe(info, &table, labels)));
             }
             let target = match kfd.target.take() {
                 Some(target) => target,
@@ -125,6 +109,27 @@ fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec
             Some(plain_fd(kfd.fd, target, kind))
         })
         .collect()
+}
+
+/// What the snapshot shows of a socket the iterator read: an inet socket
+/// from its record, any other from the table (none if it lacks it).
+fn socket_info(inode: u64, socket: &KernelSocket, table: &SocketTable) -> Option<SocketInfo> {
+    match (
+        fdkind::socket_kind_of(socket.family, socket.protocol),
+        socket.tuple,
+    ) {
+        (FdKind::SocketTcp | FdKind::SocketUdp, Some(tuple)) => {
+            let inet = InetSocket {
+                family: socket.family as u8,
+                protocol: socket.protocol as u8,
+                state: socket.state,
+                local: (tuple.saddr, tuple.sport),
+                remote: (tuple.daddr, tuple.dport),
+            };
+            Some(sockdiag::inet_info(inet, inode))
+        }
+        _ => table.by_inode.get(&inode).cloned(),
+    }
 }
 
 /// The kind from what the iterator read: the inode's type, the socket's family.
@@ -152,8 +157,8 @@ fn describe(fd: u32, target: String, table: &SocketTable, labels: &Labels, kind:
         .starts_with("socket:[")
         .then(|| proc::link_inode(&target))
         .flatten();
-    match socket_inode.and_then(|inode| sockets::describe(inode, table, labels)) {
-        Some(found) => socket_fd(fd, found),
+    match socket_inode.and_then(|inode| table.by_inode.get(&inode)) {
+        Some(info) => socket_fd(fd, sockets::describe(info.clone(), table, labels)),
         None => plain_fd(fd, target, kind),
     }
 }

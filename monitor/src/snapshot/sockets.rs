@@ -68,10 +68,9 @@ pub fn socket_table(pid: u32, links: &[FdLink], problems: &mut Vec<String>) -> S
     table
 }
 
-/// The socket with `inode` (of a `socket:[N]` link) as the table knows it,
-/// and the target string to show.
-pub fn describe(inode: u64, table: &SocketTable, labels: &Labels) -> Option<(SocketSnapshot, String)> {
-    let info = table.by_inode.get(&inode)?.clone();
+/// A socket and the target string to show for it; `table` gives a unix
+/// socket's peer path.
+pub fn describe(info: SocketInfo, table: &SocketTable, labels: &Labels) -> (SocketSnapshot, String) {
     let peer_path = info
         .peer_inode
         .and_then(|peer| table.by_inode.get(&peer))
@@ -103,7 +102,7 @@ pub fn describe(inode: u64, table: &SocketTable, labels: &Labels) -> Option<(Soc
             format!("{} -> {}{label} {}", info.local, info.remote, info.state)
         }
     };
-    Some((
+    (
         SocketSnapshot {
             info,
             label,
@@ -111,7 +110,7 @@ pub fn describe(inode: u64, table: &SocketTable, labels: &Labels) -> Option<(Soc
             ledger: None,
         },
         shown,
-    ))
+    )
 }
 
 /// Attaches the daemon's view of each socket to the fd that holds it.
