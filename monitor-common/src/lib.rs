@@ -177,7 +177,8 @@ pub mod task_flags {
     pub const WAS_WATCHED: u32 = 1 << 2;
     /// Exec: the kernel watches the process now (comm matched, or pinned by pid).
     pub const WATCHED_NOW: u32 = 1 << 3;
-    /// TaskExit: the kernel could not tell whether the process is gone (no group_dead field).
+    /// TaskExit: the kernel cannot tell whether the process is gone (no
+    /// group_dead field); set on every thread's exit, user space decides.
     pub const GROUP_DEAD_UNKNOWN: u32 = 1 << 4;
 }
 

@@ -128,12 +128,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let _ = PENDING.remove(((tgid as u64) << 32) | tid as u64);
     let _ = TLS_CALLS.remove(((tgid as u64) << 32) | tid as u64);
     let offsets = task_offsets();
+    // Without the field, user space decides from its thread list whether
+    // this exit may be the process's last.
     let flags = if offsets.exit_group_dead == 0 {
-        if tid == tgid {
-            task_flags::GROUP_DEAD_UNKNOWN
-        } else {
-            0
-        }
+        task_flags::GROUP_DEAD_UNKNOWN
     } else {
         // SAFETY: offset from the format file.
         match unsafe { ctx.read_at::<u8>(offsets.exit_group_dead as usize) } {

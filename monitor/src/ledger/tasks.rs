@@ -63,10 +63,13 @@ impl Ledger {
         if process.threads.remove(&task.pid).is_some() {
             counters.threads_exited += 1;
         }
+        // Without group_dead (kernels before 6.2), the leader's exit or any
+        // thread's after it may be the process's last: /proc settles it.
+        let maybe_last = task.pid == h.tgid || !process.threads.contains_key(&h.tgid);
         if task.flags & task_flags::GROUP_DEAD != 0 {
             self.forget(h.tgid);
             FollowUp::None
-        } else if task.flags & task_flags::GROUP_DEAD_UNKNOWN != 0 {
+        } else if task.flags & task_flags::GROUP_DEAD_UNKNOWN != 0 && maybe_last {
             FollowUp::MaybeGone(h.tgid)
         } else {
             FollowUp::None

@@ -159,6 +159,29 @@ fn threads_come_and_go_and_the_last_exit_forgets_the_process() {
 }
 
 #[test]
+fn without_group_dead_the_leaders_exit_and_any_after_it_ask_proc() {
+    let unknown = task_flags::GROUP_DEAD_UNKNOWN;
+    let mut ledger = ledger_with_process();
+    for tid in [101, 102] {
+        task(&mut ledger, EventKind::TaskNew, tid, task_flags::THREAD, PID);
+    }
+    // While the leader lives, a thread's exit cannot be the last.
+    assert_eq!(
+        task(&mut ledger, EventKind::TaskExit, 101, unknown, 101),
+        FollowUp::None
+    );
+    // The leader's exit may be; so may any thread's after it.
+    assert_eq!(
+        task(&mut ledger, EventKind::TaskExit, PID, unknown, PID),
+        FollowUp::MaybeGone(PID)
+    );
+    assert_eq!(
+        task(&mut ledger, EventKind::TaskExit, 102, unknown, 102),
+        FollowUp::MaybeGone(PID)
+    );
+}
+
+#[test]
 fn a_forked_child_inherits_the_parents_fds() {
     let mut ledger = ledger_with_process();
     open(&mut ledger, nr::OPENAT, 5);
