@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde_json::Value;
 
-use crate::util::{cargo, exec, root_dir, step};
+use crate::util::{cargo, cargo_test_root, exec, root_dir, step};
 
 /// What bounds each rule's latency under the scenarios' scaled rules.
 fn bound(rule: &str) -> &'static str {
@@ -32,18 +32,8 @@ pub fn latency(out: &mut String) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&report);
     step("end-to-end scenarios on the real nova driver and a real Ironic (about 4 minutes)");
     exec(
-        cargo()
-            .args([
-                "test",
-                "-p",
-                "tests",
-                "--test",
-                "root",
-                "scenarios",
-                "--",
-                "--test-threads",
-                "2",
-            ])
+        cargo_test_root()
+            .args(["scenarios", "--", "--test-threads", "2"])
             .env("LEAKMON_SCENARIO_REPORT", &report)
             .env("LEAKMON_REQUIRE_ROOT", "1"),
     )?;

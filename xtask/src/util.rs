@@ -41,3 +41,10 @@ pub fn output(program: &str, args: &[&str]) -> Option<String> {
 pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
+
+/// `cargo test` of the root integration suite (tests/root), more arguments to follow.
+pub fn cargo_test_root() -> Command {
+    let mut command = cargo();
+    command.args(["test", "-p", "tests", "--test", "root"]);
+    command
+}

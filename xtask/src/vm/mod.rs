@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{cargo, exec, root_dir, step};
+use crate::util::{cargo, cargo_test_root, exec, root_dir, step};
 
 /// Debian packages the VM run needs besides the test suite's.
 const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
@@ -119,17 +119,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
 /// The `tests/root` test executable, built (not run) by cargo.
 fn root_test_binary() -> anyhow::Result<PathBuf> {
-    let out = cargo()
+    let out = cargo_test_root()
         .current_dir(root_dir())
-        .args([
-            "test",
-            "-p",
-            "tests",
-            "--test",
-            "root",
-            "--no-run",
-            "--message-format=json",
-        ])
+        .args(["--no-run", "--message-format=json"])
         .stderr(Stdio::inherit())
         .output()
         .context("building the root test binary")?;
