@@ -10,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+mod btf;
 mod runtime;
 
 use core::ffi::c_void;
@@ -20,6 +21,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
+use btf::{load, load_16};
 use monitor_common::{FD_TARGET_MAX, FdIterRecord, SockOffsets};
 
 const AF_INET: u16 = 2;
@@ -202,28 +204,4 @@ fn describe_socket(file: *const u8, off: &SockOffsets, record: &mut FdIterRecord
 fn put<T>(place: &mut T, value: T) {
     // SAFETY: a plain store through a valid, exclusive reference.
     unsafe { core::ptr::write_volatile(place, value) }
-}
-
-/// A direct load of the member at `offset` of a BTF-typed kernel object.
-///
-/// # Safety
-/// `base` is a BTF pointer the verifier tracks and `offset` a member of type `T`.
-#[inline(always)]
-unsafe fn load<T>(base: *const u8, offset: u32) -> T {
-    // SAFETY: per the function's contract; the JIT makes it fault-safe.
-    unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) }
-}
-
-/// 16 bytes (an IPv6 address) as two 8-byte loads.
-///
-/// # Safety
-/// As for [`load`].
-#[inline(always)]
-unsafe fn load_16(base: *const u8, offset: u32) -> [u8; 16] {
-    // SAFETY: per the function's contract.
-    let (low, high): (u64, u64) = unsafe { (load(base, offset), load(base, offset + 8)) };
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&low.to_ne_bytes());
-    bytes[8..].copy_from_slice(&high.to_ne_bytes());
-    bytes
 }

@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod btf;
 mod emit;
 mod maps;
 mod probes;

@@ -3,7 +3,7 @@
 //! task to its struct sock and inode, and a socket's addresses.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use monitor_common::{SockOwner, Tuple};
+use monitor_common::SockOwner;
 
 use crate::maps::{SOCKS, sock_offsets};
 
@@ -51,32 +51,6 @@ pub fn family_and_state(sk: u64) -> (u16, u8) {
         read(sk + off.sock_family as u64).unwrap_or(0),
         read(sk + off.sock_state as u64).unwrap_or(0),
     )
-}
-
-/// The socket's connection, as the kernel's tracepoints would print it.
-#[inline(always)]
-pub fn tuple_of(sk: u64) -> Option<Tuple> {
-    let off = sock_offsets();
-    let family: u16 = read(sk + off.sock_family as u64)?;
-    let dport: u16 = read(sk + off.skc_dport as u64)?;
-    let mut tuple = Tuple {
-        family,
-        sport: read(sk + off.skc_num as u64)?,
-        dport: u16::from_be(dport),
-        ..Tuple::default()
-    };
-    if family == AF_INET {
-        let saddr: [u8; 4] = read(sk + off.skc_rcv_saddr as u64)?;
-        let daddr: [u8; 4] = read(sk + off.skc_daddr as u64)?;
-        tuple.saddr[..4].copy_from_slice(&saddr);
-        tuple.daddr[..4].copy_from_slice(&daddr);
-    } else if family == AF_INET6 {
-        tuple.saddr = read(sk + off.skc_v6_rcv_saddr as u64)?;
-        tuple.daddr = read(sk + off.skc_v6_daddr as u64)?;
-    } else {
-        return None;
-    }
-    Some(tuple)
 }
 
 /// Remembers a TCP socket of a watched process so that its state changes,

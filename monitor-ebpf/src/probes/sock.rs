@@ -10,11 +10,12 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::btf_tracepoint, programs::BtfTracePointContext};
 use monitor_common::{
-    ConnectEvent, EventKind, PendingSyscall, SockEvent, SockOwner, Tuple, config_flags, syscalls as nr,
+    ConnectEvent, EventKind, PendingSyscall, SockEvent, SockOffsets, SockOwner, Tuple, config_flags,
+    syscalls as nr,
 };
 
-use super::fdtable::{read, tuple_of};
 use crate::{
+    btf::{load, load_16},
     emit::{header, reserve, submit},
     maps::{SOCKS, TUPLES, config, sock_offsets},
 };
@@ -22,11 +23,11 @@ use crate::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// The watched owner of `sk`, if it has one.
+/// The watched owner of `sk` (a BTF pointer), if it has one.
 #[inline(always)]
-fn owner(sk: u64) -> Option<SockOwner> {
+fn owner(sk: *const u8) -> Option<SockOwner> {
     // SAFETY: the value is copied out at once.
-    if let Some(owner) = unsafe { SOCKS.get(sk) } {
+    if let Some(owner) = unsafe { SOCKS.get(sk as u64) } {
         return Some(*owner);
     }
     // Only when user space seeded connections does an unknown socket need
@@ -34,22 +35,62 @@ fn owner(sk: u64) -> Option<SockOwner> {
     if config().flags & config_flags::TUPLES_SEEDED == 0 {
         return None;
     }
-    let tuple = tuple_of(sk)?;
+    // SAFETY: sk is the tracepoint's struct sock.
+    let tuple = unsafe { tuple_of(sk, &sock_offsets()) }?;
     // SAFETY: copied out at once.
     let owner = unsafe { TUPLES.get(tuple) }.copied()?;
     let _ = TUPLES.remove(tuple);
-    let _ = SOCKS.insert(sk, owner, 0);
+    let _ = SOCKS.insert(sk as u64, owner, 0);
     Some(owner)
 }
 
-fn ship(kind: EventKind, owner: &SockOwner, sk: u64, oldstate: u8, newstate: u8, error: i32, tuple: Tuple) {
+/// An inet socket's connection, as the kernel's tracepoints would print it;
+/// `None` for other families.
+///
+/// # Safety
+/// `sk` is a BTF pointer to a struct sock.
+#[inline(always)]
+unsafe fn tuple_of(sk: *const u8, off: &SockOffsets) -> Option<Tuple> {
+    // SAFETY (all loads): members of struct sock at their BTF offsets.
+    let family: u16 = unsafe { load(sk, off.sock_family) };
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let dport: u16 = unsafe { load(sk, off.skc_dport) };
+    let mut tuple = Tuple {
+        family,
+        sport: unsafe { load(sk, off.skc_num) },
+        dport: u16::from_be(dport),
+        ..Tuple::default()
+    };
+    if family == AF_INET {
+        let saddr: u32 = unsafe { load(sk, off.skc_rcv_saddr) };
+        let daddr: u32 = unsafe { load(sk, off.skc_daddr) };
+        tuple.saddr = (saddr as u128).to_le_bytes();
+        tuple.daddr = (daddr as u128).to_le_bytes();
+    } else {
+        tuple.saddr = unsafe { load_16(sk, off.skc_v6_rcv_saddr) };
+        tuple.daddr = unsafe { load_16(sk, off.skc_v6_daddr) };
+    }
+    Some(tuple)
+}
+
+fn ship(
+    kind: EventKind,
+    owner: &SockOwner,
+    sk: *const u8,
+    oldstate: u8,
+    newstate: u8,
+    error: i32,
+    tuple: Tuple,
+) {
     if let Some(mut entry) = reserve::<SockEvent>(kind) {
         let mut head = header(kind, monitor_common::NO_SYSCALL);
         head.tgid = owner.tgid;
         entry.write(SockEvent {
             header: head,
             inode: owner.inode,
-            skaddr: sk,
+            skaddr: sk as u64,
             fd: owner.fd,
             error,
             oldstate,
@@ -61,15 +102,17 @@ fn ship(kind: EventKind, owner: &SockOwner, sk: u64, oldstate: u8, newstate: u8,
     }
 }
 
-/// tp_btf/inet_sock_set_state(sk, oldstate, newstate).
+/// tp_btf/inet_sock_set_state(sk, oldstate, newstate). Its `sk` and
+/// inet_sk_error_report's are BTF pointers: read by direct loads.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
+    let sk: *const u8 = ctx.arg(0);
     let Some(owner) = owner(sk) else {
         return 0;
     };
     let (oldstate, newstate): (i32, i32) = (ctx.arg(1), ctx.arg(2));
-    let tuple = tuple_of(sk).unwrap_or_default();
+    // SAFETY: sk is the tracepoint's struct sock.
+    let tuple = unsafe { tuple_of(sk, &sock_offsets()) }.unwrap_or_default();
     ship(
         EventKind::SockState,
         &owner,
@@ -86,17 +129,19 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// The kernel reports it after it moved the socket to CLOSE.
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn sock_error_report(ctx: BtfTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
+    let sk: *const u8 = ctx.arg(0);
     // SAFETY: copied out at once.
-    let Some(owner) = (unsafe { SOCKS.get(sk) }).copied() else {
+    let Some(owner) = (unsafe { SOCKS.get(sk as u64) }).copied() else {
         return 0;
     };
-    let error: i32 = read(sk + sock_offsets().sock_err as u64).unwrap_or(0);
-    let (family, state) = super::fdtable::family_and_state(sk);
-    let tuple = if family == AF_INET || family == AF_INET6 {
-        tuple_of(sk).unwrap_or_default()
-    } else {
-        Tuple::default()
+    let off = sock_offsets();
+    // SAFETY: members of the tracepoint's struct sock at their BTF offsets.
+    let (error, state, tuple) = unsafe {
+        (
+            load::<i32>(sk, off.sock_err),
+            load::<u8>(sk, off.sock_state),
+            tuple_of(sk, &off).unwrap_or_default(),
+        )
     };
     ship(EventKind::SockError, &owner, sk, state, state, error, tuple);
     0
