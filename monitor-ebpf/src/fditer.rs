@@ -117,7 +117,7 @@ unsafe fn write_fd(ctx: &TaskFileContext) {
     // A socket's target is `socket:[inode]`: user space writes it, sparing
     // the kernel a d_path and a vsnprintf per socket.
     if record.mode & S_IFMT == S_IFSOCK && describe_socket(file, &off, record) {
-        write_out(ctx, scratch, 0);
+        write_out(ctx, scratch);
         return;
     }
     // SAFETY: f_path lies inside the struct file the kernel handed us (its
@@ -137,13 +137,18 @@ unsafe fn write_fd(ctx: &TaskFileContext) {
         0
     };
     scratch.record.target_len = target_len;
-    write_out(ctx, scratch, target_len);
+    write_out(ctx, scratch);
 }
 
-/// Writes the record and `target_len` bytes of its target to the iterator's output.
+/// Writes the record and its target to the iterator's output.
 #[inline(always)]
-fn write_out(ctx: &TaskFileContext, scratch: &Scratch, target_len: u32) {
-    // The mask bounds the length for the verifier (it is below FD_TARGET_MAX).
+fn write_out(ctx: &TaskFileContext, scratch: &Scratch) {
+    // Read back volatile, then masked: the mask bounds the length for the
+    // verifier. Given the value computed above, LLVM drops the mask as
+    // redundant, and a verifier without linked-register offsets (6.1)
+    // cannot follow the bound through `written - 1` and refuses the program.
+    // SAFETY: a plain load from our map value.
+    let target_len = unsafe { core::ptr::read_volatile(&scratch.record.target_len) };
     let len = core::mem::size_of::<FdIterRecord>() as u32 + (target_len & (FD_TARGET_MAX as u32 - 1));
     // SAFETY: the seq_file is the one of this iteration; the source is our
     // map value and `len` lies within it.

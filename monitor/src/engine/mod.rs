@@ -43,6 +43,9 @@ pub struct EngineCounters {
     pub decode_errors: u64,
     pub drains: u64,
     pub reconcile_after_loss: u64,
+    /// The kernel's loss total as of the last reconciliation after a loss:
+    /// when it equals `lost_total`, every loss so far has been repaired.
+    pub lost_reconciled: u64,
     pub watch_map_full: u64,
 }
 
@@ -53,7 +56,6 @@ pub struct Engine {
     config: Config,
     pub counters: EngineCounters,
     started_ns: u64,
-    lost_seen: u64,
     /// Processes to reconcile at the next housekeeping tick.
     reconcile_soon: std::collections::HashSet<u32>,
     /// Leaders seen exiting whose process may live on, since when (boot ns).
@@ -99,7 +101,6 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         config: config.clone(),
         counters: EngineCounters::default(),
         started_ns: time::boot_ns(),
-        lost_seen: 0,
         reconcile_soon: Default::default(),
         maybe_gone: Default::default(),
         labels: crate::labels::Labels::new(&config.endpoints).map_err(anyhow::Error::msg)?,
@@ -197,12 +198,12 @@ impl Engine {
     fn housekeeping(&mut self, ring: &mut RingBuf<MapData>) {
         self.drain(ring);
         let lost = self.probes.counters().lost_total;
-        if lost > self.lost_seen {
+        if lost > self.counters.lost_reconciled {
             warn!(
-                lost = lost - self.lost_seen,
+                lost = lost - self.counters.lost_reconciled,
                 "ring buffer was full: events lost; reconciling every watched process with /proc"
             );
-            self.lost_seen = lost;
+            self.counters.lost_reconciled = lost;
             self.counters.reconcile_after_loss += 1;
             self.reconcile_all(ring);
         } else if !self.reconcile_soon.is_empty() {
