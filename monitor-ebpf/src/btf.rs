@@ -4,6 +4,11 @@
 //! The offsets are read-only globals user space set from the kernel's BTF,
 //! so the verifier sees them as constants.
 
+use monitor_common::{SockOffsets, Tuple};
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
 /// The member at `offset` of a BTF-typed kernel object.
 ///
 /// # Safety
@@ -26,4 +31,32 @@ pub unsafe fn load_16(base: *const u8, offset: u32) -> [u8; 16] {
     bytes[..8].copy_from_slice(&low.to_ne_bytes());
     bytes[8..].copy_from_slice(&high.to_ne_bytes());
     bytes
+}
+
+/// Writes every field of `tuple` from an inet socket's (AF_INET or
+/// AF_INET6 `family`, read by the caller) ports and addresses, as the
+/// kernel's tracepoints would print them. Field by field: `tuple` may be
+/// map memory, and a struct literal would become a memset call.
+///
+/// # Safety
+/// `sk` is a BTF pointer to a struct sock.
+#[inline(always)]
+pub unsafe fn read_inet_tuple(sk: *const u8, off: &SockOffsets, family: u16, tuple: &mut Tuple) {
+    // SAFETY (all loads): members of struct sock at their BTF offsets.
+    let dport: u16 = unsafe { load(sk, off.skc_dport) };
+    tuple.family = family;
+    tuple.sport = unsafe { load(sk, off.skc_num) };
+    tuple.dport = u16::from_be(dport);
+    tuple._pad = 0;
+    if family == AF_INET {
+        let saddr: u32 = unsafe { load(sk, off.skc_rcv_saddr) };
+        let daddr: u32 = unsafe { load(sk, off.skc_daddr) };
+        // The address's bytes, then zeros (bpfel is little-endian), stored
+        // as two 8-byte words.
+        tuple.saddr = (saddr as u128).to_le_bytes();
+        tuple.daddr = (daddr as u128).to_le_bytes();
+    } else {
+        tuple.saddr = unsafe { load_16(sk, off.skc_v6_rcv_saddr) };
+        tuple.daddr = unsafe { load_16(sk, off.skc_v6_daddr) };
+    }
 }

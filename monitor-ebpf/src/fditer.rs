@@ -21,11 +21,9 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
-use btf::{load, load_16};
+use btf::{AF_INET, AF_INET6, load, read_inet_tuple};
 use monitor_common::{FD_TARGET_MAX, FdIterRecord, SockOffsets};
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 const S_IFMT: u32 = 0o170000;
 const S_IFSOCK: u32 = 0o140000;
 
@@ -185,23 +183,8 @@ fn describe_socket(file: *const u8, off: &SockOffsets, record: &mut FdIterRecord
     if family != AF_INET && family != AF_INET6 {
         return true;
     }
-    let dport: u16 = unsafe { load(sk, off.skc_dport) };
-    let tuple = &mut record.tuple;
-    tuple.family = family;
-    tuple.sport = unsafe { load(sk, off.skc_num) };
-    tuple.dport = u16::from_be(dport);
-    tuple._pad = 0;
-    if family == AF_INET {
-        let saddr: u32 = unsafe { load(sk, off.skc_rcv_saddr) };
-        let daddr: u32 = unsafe { load(sk, off.skc_daddr) };
-        // The address's bytes, then zeros (bpfel is little-endian), stored
-        // as two 8-byte words: no memset call.
-        tuple.saddr = (saddr as u128).to_le_bytes();
-        tuple.daddr = (daddr as u128).to_le_bytes();
-    } else {
-        tuple.saddr = unsafe { load_16(sk, off.skc_v6_rcv_saddr) };
-        tuple.daddr = unsafe { load_16(sk, off.skc_v6_daddr) };
-    }
+    // SAFETY: sk is the socket's struct sock, a BTF pointer.
+    unsafe { read_inet_tuple(sk, off, family, &mut record.tuple) };
     true
 }
 

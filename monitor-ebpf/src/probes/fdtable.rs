@@ -1,14 +1,16 @@
 //! Kernel structs read at offsets user space took from the kernel's BTF
 //! (Rust probes cannot emit CO-RE relocations): from an fd of the current
-//! task to its struct sock and inode, and a socket's addresses.
+//! task to its struct sock and inode, by probe reads (bpf_get_current_task
+//! gives a plain address, not a BTF pointer).
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use monitor_common::SockOwner;
 
-use crate::maps::{SOCKS, sock_offsets};
+use crate::{
+    btf::{AF_INET, AF_INET6},
+    maps::{SOCKS, sock_offsets},
+};
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 
 /// A socket found behind an fd.

@@ -15,13 +15,10 @@ use monitor_common::{
 };
 
 use crate::{
-    btf::{load, load_16},
+    btf::{AF_INET, AF_INET6, load, read_inet_tuple},
     emit::{header, reserve, submit},
     maps::{SOCKS, TUPLES, config, sock_offsets},
 };
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 /// The watched owner of `sk` (a BTF pointer), if it has one.
 #[inline(always)]
@@ -56,22 +53,9 @@ unsafe fn tuple_of(sk: *const u8, off: &SockOffsets) -> Option<Tuple> {
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    let dport: u16 = unsafe { load(sk, off.skc_dport) };
-    let mut tuple = Tuple {
-        family,
-        sport: unsafe { load(sk, off.skc_num) },
-        dport: u16::from_be(dport),
-        ..Tuple::default()
-    };
-    if family == AF_INET {
-        let saddr: u32 = unsafe { load(sk, off.skc_rcv_saddr) };
-        let daddr: u32 = unsafe { load(sk, off.skc_daddr) };
-        tuple.saddr = (saddr as u128).to_le_bytes();
-        tuple.daddr = (daddr as u128).to_le_bytes();
-    } else {
-        tuple.saddr = unsafe { load_16(sk, off.skc_v6_rcv_saddr) };
-        tuple.daddr = unsafe { load_16(sk, off.skc_v6_daddr) };
-    }
+    let mut tuple = Tuple::default();
+    // SAFETY: per this function's contract.
+    unsafe { read_inet_tuple(sk, off, family, &mut tuple) };
     Some(tuple)
 }
 
