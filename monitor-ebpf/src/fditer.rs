@@ -1,7 +1,7 @@
 //! The snapshot iterator (`iter/task_file`): one record per open fd of one
-//! process, with the fd's link target rendered by the kernel (`bpf_d_path`
-//! gives exactly what /proc/PID/fd shows) and, for sockets, family, state and
-//! addresses. `leakmon snapshot` reads a whole process this way in one
+//! process: a file's link target rendered by the kernel (`bpf_d_path` gives
+//! exactly what /proc/PID/fd shows); for a socket, family, state and
+//! addresses instead (its target is always `socket:[inode]`). `leakmon snapshot` reads a whole process this way in one
 //! `read` loop instead of a `readlink` and a `stat` per fd.
 //!
 //! A separate object from the probes: it needs none of their maps. The
