@@ -39,6 +39,17 @@ pub mod maps {
     /// [`crate::Tuple`] -> [`crate::SockOwner`]: sockets user space found in /proc
     /// whose struct sock the kernel has not seen yet (opened before the daemon).
     pub const TUPLES: &str = "TUPLES";
+    /// Per-CPU [`crate::DeferredOpen`]: the last fd creation, held back so
+    /// that a close right after it cancels both (see the probes' `defer` module).
+    pub const DEFERRED: &str = "DEFERRED";
+}
+
+/// Names of the programs user space runs itself rather than attaching.
+pub mod programs {
+    /// Ships one CPU's held-back fd creation; run on each CPU with
+    /// `BPF_PROG_TEST_RUN` before every drain. Returns [`crate::FLUSH_BUSY`]
+    /// when it interrupted a probe that was using the slot.
+    pub const FLUSH_DEFERRED: &str = "flush_deferred";
 }
 
 /// What a record in the ring buffer is. The numbers are part of the wire
@@ -64,6 +75,10 @@ pub enum EventKind {
     FdFailed = 13,
     /// recvmsg returned ancillary data, possibly SCM_RIGHTS fds ([`RecvFdsEvent`]).
     FdReceived = 14,
+    /// An fd creation the kernel held back ([`FdEvent`], as `FdOpen`): events
+    /// of other CPUs may have overtaken it, so its fds may be closed or reused
+    /// by the time it arrives, which `header.ts_ns` lets the reader tell.
+    FdOpenLate = 15,
     /// A watched TCP socket changed state ([`SockEvent`]).
     SockState = 20,
     /// The kernel reported an error on a watched socket ([`SockEvent`], `error`).
@@ -76,7 +91,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for exhaustive iteration (counters, tests).
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Exec,
         EventKind::TaskNew,
         EventKind::TaskExit,
@@ -86,6 +101,7 @@ impl EventKind {
         EventKind::FdCloseRange,
         EventKind::FdFailed,
         EventKind::FdReceived,
+        EventKind::FdOpenLate,
         EventKind::SockState,
         EventKind::SockError,
         EventKind::Connect,
@@ -258,7 +274,26 @@ pub mod config_flags {
     /// User space put connections in TUPLES: state changes of sockets the
     /// probes do not know must be looked up by address.
     pub const TUPLES_SEEDED: u32 = 1 << 1;
+    /// Hold back each fd creation in a per-CPU slot: a close of it on the
+    /// same CPU before anything else is shipped cancels both records.
+    pub const DEFER_OPENS: u32 = 1 << 2;
 }
+
+/// The per-CPU slot of a held-back fd creation (DEFERRED map). Only programs
+/// running on its CPU touch it: probes in process context, and the flush
+/// program, which may interrupt them (it runs in an IPI), hence `busy`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeferredOpen {
+    /// Set while a probe reads or changes the slot: the flush leaves it alone.
+    pub busy: u32,
+    /// `event` holds a creation not shipped yet.
+    pub full: u32,
+    pub event: FdEvent,
+}
+
+/// The flush program's return value when the slot was busy: run it again.
+pub const FLUSH_BUSY: u32 = 1;
 
 /// Arguments kept from a sys_enter until the matching sys_exit.
 #[repr(C)]
@@ -279,8 +314,10 @@ pub mod counter {
     pub const PENDING_MISSED: u32 = 64;
     /// Forced wakeups issued because `wakeup_bytes` were waiting.
     pub const WAKEUPS: u32 = 65;
+    /// fds closed while their creation was still held back: neither was shipped.
+    pub const SHORT_LIVED: u32 = 66;
     /// Number of slots.
-    pub const SLOTS: u32 = 66;
+    pub const SLOTS: u32 = 67;
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
@@ -291,6 +328,7 @@ const _: () = assert!(core::mem::size_of::<WatchEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
 const _: () = assert!(core::mem::size_of::<PendingSyscall>() == 48);
+const _: () = assert!(core::mem::size_of::<DeferredOpen>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -304,4 +342,6 @@ mod pod {
     unsafe impl aya::Pod for PendingSyscall {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TaskOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DeferredOpen {}
 }

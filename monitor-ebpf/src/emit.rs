@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 use monitor_common::{EventHeader, EventKind, FdEvent, NO_FD, counter};
 
-use crate::maps::{EVENTS, config, count};
+use crate::{
+    defer,
+    maps::{EVENTS, config, count},
+};
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -32,9 +35,19 @@ pub fn header(kind: EventKind, syscall: u32) -> EventHeader {
     }
 }
 
-/// Reserves a record, counting it as lost when the ring buffer is full.
+/// Reserves a record for a probe in process context, counting it as lost
+/// when the ring buffer is full. This CPU's held-back fd creation is shipped
+/// first, so that the CPU's records stay in the order they happened.
 #[inline(always)]
 pub fn reserve<T: 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
+    defer::flush_local();
+    reserve_unordered(kind)
+}
+
+/// Reserves a record without shipping the held-back creation first: for the
+/// programs that may run in softirq (see `defer`) and for the slot itself.
+#[inline(always)]
+pub fn reserve_unordered<T: 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
     let entry = EVENTS.reserve::<T>(0);
     if entry.is_none() {
         count(counter::LOST_BASE + kind as u32);
@@ -83,31 +96,46 @@ impl FdExtra {
     };
 }
 
+#[inline(always)]
+fn fd_record(kind: EventKind, syscall: u32, fd: u32, extra: FdExtra) -> FdEvent {
+    FdEvent {
+        header: header(kind, syscall),
+        fd,
+        fd2: extra.fd2,
+        source_fd: extra.source_fd,
+        detail: extra.detail,
+        inode: extra.inode,
+    }
+}
+
 /// Ships one [`FdEvent`].
 #[inline(always)]
 pub fn fd_event(kind: EventKind, syscall: u32, fd: u32, extra: FdExtra) {
     if let Some(mut entry) = reserve::<FdEvent>(kind) {
-        entry.write(FdEvent {
-            header: header(kind, syscall),
-            fd,
-            fd2: extra.fd2,
-            source_fd: extra.source_fd,
-            detail: extra.detail,
-            inode: extra.inode,
-        });
+        entry.write(fd_record(kind, syscall, fd, extra));
         submit(entry);
+    }
+}
+
+/// Records the creation of `fd` (and `extra.fd2`): held back (see `defer`)
+/// when the probes keep no other state about it, else shipped at once.
+#[inline(always)]
+pub fn fd_created(syscall: u32, fd: u32, extra: FdExtra, holdable: bool) {
+    if !(holdable && defer::hold(fd_record(EventKind::FdOpen, syscall, fd, extra))) {
+        fd_event(EventKind::FdOpen, syscall, fd, extra);
     }
 }
 
 const EMFILE: i64 = 24;
 const ENFILE: i64 = 23;
 
-/// Ships the outcome of an fd-creating syscall: the new fd, or EMFILE/ENFILE.
-/// Other failures create nothing and are not shipped.
+/// Records the outcome of an fd-creating syscall: the new fd (see
+/// [`fd_created`] for `holdable`), or EMFILE/ENFILE. Other failures create
+/// nothing and are not shipped.
 #[inline(always)]
-pub fn fd_result(syscall: u32, ret: i64, extra: FdExtra) {
+pub fn fd_result(syscall: u32, ret: i64, extra: FdExtra, holdable: bool) {
     if ret >= 0 {
-        fd_event(EventKind::FdOpen, syscall, ret as u32, extra);
+        fd_created(syscall, ret as u32, extra, holdable);
     } else if ret == -EMFILE || ret == -ENFILE {
         let failure = FdExtra {
             detail: (-ret) as u32,

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod btf;
+mod defer;
 mod emit;
 mod maps;
 mod probes;

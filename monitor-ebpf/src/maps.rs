@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    KernelConfig, PendingSyscall, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall, Tuple,
-    WatchEntry, counter,
+    DeferredOpen, KernelConfig, PendingSyscall, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall,
+    Tuple, WatchEntry, counter,
 };
 
 #[map]
@@ -44,6 +44,10 @@ pub static SSL_STATE: LruHashMap<u64, StreamState> = LruHashMap::with_max_entrie
 /// pid_tgid -> the SSL call in flight on that thread (removed at return or thread exit).
 #[map]
 pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+
+/// One held-back fd creation per CPU (defer.rs).
+#[map]
+pub static DEFERRED: PerCpuArray<DeferredOpen> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static TUPLES: HashMap<Tuple, SockOwner> = HashMap::with_max_entries(16384, 0);

@@ -115,6 +115,9 @@ pub struct Probes {
     pub drain_interval_ms: u64,
     /// How often every watched process is reconciled with /proc.
     pub reconcile_interval_s: u64,
+    /// Hold each fd creation back in the kernel (one per CPU) so that an fd
+    /// closed again at once costs no records.
+    pub hold_back_fds: bool,
 }
 
 impl Default for Discovery {
@@ -143,6 +146,7 @@ impl Default for Probes {
             wakeup_bytes: 1 << 20,
             drain_interval_ms: 100,
             reconcile_interval_s: 60,
+            hold_back_fds: true,
         }
     }
 }

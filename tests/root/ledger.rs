@@ -214,3 +214,86 @@ fn an_fd_no_hook_sees_is_repaired_by_reconciliation() {
     assert_eq!(daemon.status()["ledger"]["reconcile_fds_added"], 1);
     workload.exit();
 }
+
+fn counter(status: &Value, path: &[&str]) -> u64 {
+    path.iter()
+        .fold(status, |v, key| &v[*key])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path:?} in {status}"))
+}
+
+#[test]
+fn short_lived_fds_cost_no_records_and_kept_ones_arrive_with_births() {
+    if !require_root("short_lived_fds_cost_no_records_and_kept_ones_arrive_with_births") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("held", "lmw-held", &["serve"]);
+    let before = daemon.status();
+    let rounds = 2000u64;
+    workload.send(&format!("short-lived {rounds}"));
+    let report = workload.expect("short-lived");
+    let fds = assert_ledger_is_proc(&daemon, workload.pid);
+    let status = daemon.status();
+
+    // 4 fds a round; one whose thread moved to another CPU between its
+    // creation and its close costs its two records as before.
+    let short_lived =
+        counter(&status, &["kernel", "short_lived_fds"]) - counter(&before, &["kernel", "short_lived_fds"]);
+    assert!(
+        short_lived >= 2 * rounds,
+        "{short_lived} of {} fds cancelled in the kernel",
+        4 * rounds
+    );
+    let records = counter(&status, &["engine", "records"]) - counter(&before, &["engine", "records"]);
+    assert!(
+        records < rounds,
+        "{records} records for {rounds} rounds (7 records each without holding back)"
+    );
+
+    // The pipe's kept write end (its read end was cancelled alone) and the
+    // kept file, which stayed held back until the daemon flushed its CPU.
+    for (key, syscall) in [("write_fd", "pipe2"), ("file_fd", "openat")] {
+        let fd = report[key].as_u64().unwrap() as u32;
+        let birth = &fds[&fd]["birth"];
+        assert_eq!(birth["syscall"], syscall, "fd {fd}: {birth}");
+        assert_eq!(birth["tid"], report["tid"], "fd {fd}: {birth}");
+        assert_eq!(birth["origin"], "syscall", "fd {fd}: {birth}");
+    }
+    assert!(
+        counter(&status, &["kernel", "held_back", "flushes"]) >= 1,
+        "{}",
+        status["kernel"]
+    );
+    assert!(
+        counter(&status, &["ledger", "late_opens"]) >= 2,
+        "{}",
+        status["ledger"]
+    );
+    workload.exit();
+}
+
+#[test]
+fn a_creation_overtaken_by_its_close_on_another_cpu_is_dropped() {
+    if !require_root("a_creation_overtaken_by_its_close_on_another_cpu_is_dropped") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("overtaken", "lmw-overtaken", &["serve"]);
+    workload.send("overtaken");
+    let report = workload.expect("overtaken");
+    if report["cpus"].as_u64() < Some(2) {
+        eprintln!("SKIP a_creation_overtaken_by_its_close_on_another_cpu_is_dropped: needs two CPUs");
+        workload.exit();
+        return;
+    }
+    // Without the staleness check the late creation would leave a ghost fd.
+    let fds = assert_ledger_is_proc(&daemon, workload.pid);
+    let fd = report["fd"].as_u64().unwrap() as u32;
+    assert!(!fds.contains_key(&fd), "fd {fd}: {:?}", fds.get(&fd));
+    let status = daemon.status();
+    assert!(
+        counter(&status, &["ledger", "late_opens_stale"]) >= 1,
+        "{}",
+        status["ledger"]
+    );
+    workload.exit();
+}

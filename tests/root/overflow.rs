@@ -39,8 +39,9 @@ fn forced_overflow_is_counted_and_repaired() {
         },
     );
     let lost = status["kernel"]["lost_total"].as_u64().unwrap();
-    // 30k records through 4 KiB (~85 records) with a reader that wakes only when it is full.
-    assert!(lost > 10_000, "lost only {lost}");
+    // 10k eventfd creations through 4 KiB (~85 records) with a reader that
+    // wakes only when it is full (the open+close pairs cancel in the kernel).
+    assert!(lost > 5_000, "lost only {lost}");
 
     daemon.sync();
     let ledger = daemon.ledger(workload.pid);

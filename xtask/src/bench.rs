@@ -41,16 +41,20 @@ pub enum Setting {
     Idle,
     /// leakmon running, watching some other process.
     Unwatched,
+    /// leakmon watching the loop with `probes.hold_back_fds = false`: every
+    /// fd event shipped, as before the probes held creations back.
+    WatchedShipEach,
     /// leakmon running and watching the loop.
     Watched,
 }
 
 impl Setting {
-    const ALL: [Setting; 5] = [
+    const ALL: [Setting; 6] = [
         Setting::NoDaemon,
         Setting::RawFloor,
         Setting::Floor,
         Setting::Unwatched,
+        Setting::WatchedShipEach,
         Setting::Watched,
     ];
 
@@ -61,6 +65,7 @@ impl Setting {
             Setting::RawFloor => "raw floor (no-op on raw sys_enter/sys_exit)",
             Setting::Idle => "leakmon, watching nothing",
             Setting::Unwatched => "leakmon, loop not watched",
+            Setting::WatchedShipEach => "leakmon, loop watched, every fd event shipped",
             Setting::Watched => "leakmon, loop watched",
         }
     }
@@ -102,6 +107,16 @@ impl Beside {
                 dir,
                 &["--match-comm", "lmw-nobody"],
             )),
+            Setting::WatchedShipEach => {
+                let config = dir.join("ship-each.toml");
+                std::fs::write(&config, "[probes]\nhold_back_fds = false\n")?;
+                let config = config.to_string_lossy();
+                Beside::Daemon(Daemon::start_bin(
+                    &bins.leakmon,
+                    dir,
+                    &["--config", &config, "--match-comm", "lmw-bench"],
+                ))
+            }
             Setting::Watched => Beside::Daemon(Daemon::start_bin(
                 &bins.leakmon,
                 dir,
@@ -246,11 +261,14 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
         out,
         "ns per operation, median of {runs} interleaved runs (min–max), and the ratio of medians to the \
          no-daemon baseline. *Floor* is a do-nothing eBPF program on exactly the tracepoints leakmon uses; \
-         *raw floor* a do-nothing program on `raw_syscalls` sys_enter/sys_exit, the other possible design.\n"
+         *raw floor* a do-nothing program on `raw_syscalls` sys_enter/sys_exit, the other possible design. \
+         *Watched, each shipped*: the loop watched with `probes.hold_back_fds = false`, so every fd \
+         creation and close is a ring-buffer record; *watched*: the default, where a creation waits \
+         in a per-CPU slot and a close on the same CPU cancels both.\n"
     )?;
     writeln!(
         out,
-        "| loop | no daemon | raw floor | floor | not watched | watched | raw floor ratio | floor ratio | not watched ratio | watched ratio |"
+        "| loop | no daemon | raw floor | floor | not watched | watched, each shipped | watched | raw floor ratio | floor ratio | not watched ratio | each shipped ratio | watched ratio |"
     )?;
     writeln!(out, "|{}", " --- |".repeat(2 * Setting::ALL.len()))?;
     let names: Vec<&str> = LOOPS

@@ -130,7 +130,16 @@ fn rate_label(rate: f64) -> String {
 }
 
 pub fn run(bins: &Bins, dir: &Path, long_seconds: f64, out: &mut String) -> anyhow::Result<()> {
-    let daemon = Daemon::start_bin(&bins.leakmon, dir, &["--match-comm", "lmw-paced"]);
+    // Holding creations back would cancel every pair in the kernel: ship
+    // each event, the worst case for delivery.
+    let config = dir.join("delivery.toml");
+    std::fs::write(&config, "[probes]\nhold_back_fds = false\n")?;
+    let config = config.to_string_lossy();
+    let daemon = Daemon::start_bin(
+        &bins.leakmon,
+        dir,
+        &["--config", &config, "--match-comm", "lmw-paced"],
+    );
     let mut generator = Workload::spawn_bin(&bins.workload, dir, "lmw-paced", &["paced"]);
     let pid = generator.expect("ready")["pid"].as_u64().unwrap();
     daemon.await_status("the generator watched", Duration::from_secs(10), |s| {
@@ -162,7 +171,9 @@ pub fn run(bins: &Bins, dir: &Path, long_seconds: f64, out: &mut String) -> anyh
     writeln!(
         out,
         "A watched generator makes dup+close pairs (two fd events each) at a target rate, paced every \
-         200 µs, with the daemon at its defaults (8 MiB ring buffer, 100 ms drain, 1 MiB wakeup). \
+         200 µs, with the daemon at its defaults (8 MiB ring buffer, 100 ms drain, 1 MiB wakeup) except \
+         `probes.hold_back_fds = false`: by default each pair would cancel in the kernel and nothing \
+         would be shipped, so this is the worst case, where every event is a record. \
          *Applied*: fd opens and closes the daemon applied to its ledger in that interval (its \
          `fds_opened` + `fds_closed` counters after a sync); *lost*: records the kernel could not put \
          in the ring buffer. Doubling rates 5 s each until the generator cannot keep up, then a long run. \

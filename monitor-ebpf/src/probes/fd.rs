@@ -22,7 +22,8 @@ use monitor_common::{
 
 use super::{fdtable, http, sock};
 use crate::{
-    emit::{FdExtra, current, fd_event, fd_result, header, reserve, submit},
+    defer,
+    emit::{FdExtra, current, fd_created, fd_event, fd_result, header, reserve, submit},
     maps::{PENDING, count, watch_entry},
 };
 
@@ -78,7 +79,9 @@ pub fn fd_exit(ctx: TracePointContext) -> u32 {
         extra.inode = inode;
         extra.detail = state as u32;
     }
-    fd_result(syscall, ret, extra);
+    // Accepted sockets are in SOCKS: their close must reach user space.
+    let holdable = extra.inode == 0;
+    fd_result(syscall, ret, extra, holdable);
     0
 }
 
@@ -178,6 +181,7 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
                 0
             };
             let detail = socket_detail(args[0], args[1], args[2]);
+            // Walked to (SOCKS, SOCK_FDS): shipped at once.
             fd_result(
                 nr::SOCKET,
                 ret,
@@ -186,6 +190,7 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
                     inode,
                     ..plain
                 },
+                false,
             );
         }
         nr::SOCKETPAIR => fd_pair(
@@ -196,14 +201,13 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
         ),
         nr::PIPE | nr::PIPE2 => fd_pair(pending.syscall, ret, args[0], 0),
         nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => {
-            if ret >= 0 {
-                http::dup_fd(tgid, args[0] as u32, ret as u32);
-            }
+            // A copy of a tracked socket fd is in SOCK_FDS: its close must reach user space.
+            let tracked = ret >= 0 && http::dup_fd(tgid, args[0] as u32, ret as u32);
             let extra = FdExtra {
                 source_fd: args[0] as u32,
                 ..plain
             };
-            fd_result(pending.syscall, ret, extra)
+            fd_result(pending.syscall, ret, extra, !tracked)
         }
         nr::BPF => fd_result(
             nr::BPF,
@@ -212,6 +216,7 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
                 detail: args[0] as u32,
                 ..plain
             },
+            true,
         ),
         nr::RECVMSG => {
             if ret >= 0 {
@@ -222,7 +227,7 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
             }
         }
         nr::CONNECT => sock::connect_done(&pending, ret),
-        syscall => fd_result(syscall, ret, plain),
+        syscall => fd_result(syscall, ret, plain, true),
     }
     0
 }
@@ -235,19 +240,19 @@ fn fd_pair(syscall: u32, ret: i64, user_fds: u64, detail: u32) {
         ..FdExtra::NONE
     };
     if ret != 0 {
-        fd_result(syscall, ret, extra);
+        fd_result(syscall, ret, extra, true);
         return;
     }
     // SAFETY: the kernel just wrote two ints there; a fault makes the read fail.
     match unsafe { bpf_probe_read_user(user_fds as *const [i32; 2]) } {
-        Ok([a, b]) => fd_event(
-            EventKind::FdOpen,
+        Ok([a, b]) => fd_created(
             syscall,
             a as u32,
             FdExtra {
                 fd2: b as u32,
                 ..extra
             },
+            true,
         ),
         // The fds exist but we cannot name them: reconciliation will.
         Err(_) => count(counter::PENDING_MISSED),
@@ -296,11 +301,16 @@ fn received_control(msghdr: u64) {
 /// sys_enter_close: the release is recorded before the fd number is free.
 #[tracepoint]
 pub fn close_enter(ctx: TracePointContext) -> u32 {
-    if !is_watched_current() {
+    let (tgid, _) = current();
+    if watch_entry(tgid).is_none() {
         return 0;
     }
     let fd = arg(&ctx, 0) as u32;
-    http::forget_fd(current().0, fd);
+    // A held-back fd is in no map (fd_created), so nothing else to forget.
+    if defer::cancel(tgid, fd) {
+        return 0;
+    }
+    http::forget_fd(tgid, fd);
     fd_event(EventKind::FdClose, nr::CLOSE, fd, FdExtra::NONE);
     0
 }

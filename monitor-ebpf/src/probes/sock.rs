@@ -16,7 +16,7 @@ use monitor_common::{
 
 use crate::{
     btf::{AF_INET, AF_INET6, load, read_inet_tuple},
-    emit::{header, reserve, submit},
+    emit::{header, reserve, reserve_unordered, submit},
     maps::{SOCKS, TUPLES, config, sock_offsets},
 };
 
@@ -68,7 +68,8 @@ fn ship(
     error: i32,
     tuple: Tuple,
 ) {
-    if let Some(mut entry) = reserve::<SockEvent>(kind) {
+    // These programs may run in softirq: they leave the held-back slot alone (defer.rs).
+    if let Some(mut entry) = reserve_unordered::<SockEvent>(kind) {
         let mut head = header(kind, monitor_common::NO_SYSCALL);
         head.tgid = owner.tgid;
         entry.write(SockEvent {

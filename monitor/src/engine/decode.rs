@@ -97,9 +97,11 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         EventKind::Exec | EventKind::TaskNew | EventKind::TaskExit | EventKind::TaskRename => {
             size_of::<TaskEvent>()
         }
-        EventKind::FdOpen | EventKind::FdClose | EventKind::FdCloseRange | EventKind::FdFailed => {
-            size_of::<FdEvent>()
-        }
+        EventKind::FdOpen
+        | EventKind::FdOpenLate
+        | EventKind::FdClose
+        | EventKind::FdCloseRange
+        | EventKind::FdFailed => size_of::<FdEvent>(),
         EventKind::FdReceived => size_of::<RecvFdsEvent>(),
         EventKind::SockState | EventKind::SockError => size_of::<SockEvent>(),
         EventKind::Connect => size_of::<ConnectEvent>(),
@@ -123,7 +125,11 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 comm: fields.comm(HEADER + 8),
             },
         ),
-        EventKind::FdOpen | EventKind::FdClose | EventKind::FdCloseRange | EventKind::FdFailed => Event::Fd(
+        EventKind::FdOpen
+        | EventKind::FdOpenLate
+        | EventKind::FdClose
+        | EventKind::FdCloseRange
+        | EventKind::FdFailed => Event::Fd(
             kind,
             FdEvent {
                 header,
@@ -218,16 +224,18 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_an_fd_event_field_by_field() {
-        let event = FdEvent {
-            header: header(EventKind::FdOpen),
-            fd: 7,
-            fd2: NO_FD,
-            source_fd: 3,
-            detail: 99,
-            inode: 1 << 40,
-        };
-        let bytes = bytes_of_fd(&event);
-        assert_eq!(decode(&bytes), Ok(Event::Fd(EventKind::FdOpen, event)));
+        for kind in [EventKind::FdOpen, EventKind::FdOpenLate] {
+            let event = FdEvent {
+                header: header(kind),
+                fd: 7,
+                fd2: NO_FD,
+                source_fd: 3,
+                detail: 99,
+                inode: 1 << 40,
+            };
+            let bytes = bytes_of_fd(&event);
+            assert_eq!(decode(&bytes), Ok(Event::Fd(kind, event)));
+        }
     }
 
     #[test]

@@ -301,6 +301,13 @@ impl Engine {
             kernel.lost_total as f64,
         );
         x.add(
+            "leakmon_short_lived_fds_total",
+            "counter",
+            "fds closed while the kernel still held their creation back: neither was shipped.",
+            &[],
+            kernel.short_lived_fds as f64,
+        );
+        x.add(
             "leakmon_ring_records_total",
             "counter",
             "Records read from the ring buffer.",

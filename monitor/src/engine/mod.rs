@@ -65,12 +65,15 @@ pub struct Engine {
 }
 
 pub fn kernel_config(config: &Config, matcher: &Matcher) -> KernelConfig {
+    let mut flags = 0;
+    if matcher.needs_every_exec() {
+        flags |= config_flags::SHIP_ALL_EXECS;
+    }
+    if config.probes.hold_back_fds {
+        flags |= config_flags::DEFER_OPENS;
+    }
     KernelConfig {
-        flags: if matcher.needs_every_exec() {
-            config_flags::SHIP_ALL_EXECS
-        } else {
-            0
-        },
+        flags,
         wakeup_bytes: config.probes.wakeup_bytes,
     }
 }
@@ -168,6 +171,7 @@ impl Engine {
     /// Applies every record waiting in the ring buffer.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         self.counters.drains += 1;
+        self.probes.flush_held_back();
         let mut follow_ups = Vec::new();
         while let Some(record) = ring.next() {
             self.counters.records += 1;

@@ -2,7 +2,10 @@
 
 use monitor_common::{EventHeader, FdEvent, NO_FD, syscalls as nr};
 
-use super::{Birth, FAILURES_KEPT, FailedSyscall, FdEntry, FollowUp, Ledger, Origin};
+use super::{
+    Birth, FAILURES_KEPT, FailedSyscall, FdEntry, FollowUp, Ledger, Origin, Process, RANGES_KEPT,
+    ReleasedRange,
+};
 use crate::{
     engine::cmsg,
     fdkind::{self, FdKind},
@@ -78,11 +81,51 @@ impl Ledger {
         }
     }
 
+    /// A creation the probes held back ([`monitor_common::EventKind::FdOpenLate`]):
+    /// records of other CPUs may have overtaken it, so by now each of its fds
+    /// may have been released, or released and created again. Those fds are
+    /// dropped; the rest is an ordinary creation.
+    pub(super) fn fd_open_late(&mut self, event: &FdEvent) -> FollowUp {
+        let h = &event.header;
+        let (Some(process), counters) = self.process_mut(h.tgid) else {
+            return FollowUp::None;
+        };
+        if process.exec_ns > h.ts_ns {
+            // An exec since closed its close-on-exec fds without events.
+            counters.late_opens_stale += 1;
+            return FollowUp::Reconcile(h.tgid);
+        }
+        let [fd, fd2] = [event.fd, event.fd2].map(|fd| {
+            if fd != NO_FD && process.superseded(fd, h.ts_ns) {
+                counters.late_opens_stale += 1;
+                NO_FD
+            } else {
+                fd
+            }
+        });
+        if fd == NO_FD && fd2 == NO_FD {
+            return FollowUp::None;
+        }
+        counters.late_opens += 1;
+        let live = if fd == NO_FD {
+            FdEvent {
+                fd: fd2,
+                fd2: NO_FD,
+                ..*event
+            }
+        } else {
+            FdEvent { fd, fd2, ..*event }
+        };
+        self.fd_open(&live);
+        FollowUp::None
+    }
+
     pub(super) fn fd_close(&mut self, h: &EventHeader, fd: u32) {
         let (Some(process), counters) = self.process_mut(h.tgid) else {
             return;
         };
         process.touch(fd);
+        process.released_at.insert(fd, h.ts_ns);
         let (old, released) = process.fds.remove(&fd);
         if old.is_some_and(|o| o.inode != 0) {
             process.streams_end(fd, h.ts_ns);
@@ -101,6 +144,14 @@ impl Ledger {
         let (Some(process), counters) = self.process_mut(h.tgid) else {
             return;
         };
+        if process.released_ranges.len() == RANGES_KEPT {
+            process.released_ranges.pop_front();
+        }
+        process.released_ranges.push_back(ReleasedRange {
+            first,
+            last,
+            ts_ns: h.ts_ns,
+        });
         let closing: Vec<u32> = process
             .fds
             .keys()
@@ -174,5 +225,22 @@ impl Ledger {
         } else {
             FollowUp::Reconcile(h.tgid)
         }
+    }
+}
+
+impl Process {
+    /// Whether fd number `fd` was released, or created by an event the
+    /// ledger saw, at or after `ts_ns`: then a creation from `ts_ns` is stale.
+    fn superseded(&self, fd: u32, ts_ns: u64) -> bool {
+        let created_since = self
+            .fds
+            .get(&fd)
+            .is_some_and(|e| e.birth.ts_ns >= ts_ns && !e.birth.origin.is_unseen());
+        let released_since = self.released_at.get(&fd).is_some_and(|at| *at >= ts_ns)
+            || self
+                .released_ranges
+                .iter()
+                .any(|r| r.ts_ns >= ts_ns && (r.first..=r.last).contains(&fd));
+        created_since || released_since
     }
 }

@@ -50,6 +50,7 @@ impl Ledger {
     pub fn apply(&mut self, event: &Event<'_>) -> FollowUp {
         self.counters.events += 1;
         match event {
+            Event::Fd(EventKind::FdOpenLate, fd) => self.fd_open_late(fd),
             Event::Fd(kind, fd) => {
                 match kind {
                     EventKind::FdOpen => self.fd_open(fd),
@@ -61,12 +62,17 @@ impl Ledger {
                 FollowUp::None
             }
             Event::Task(kind, task) => match kind {
-                EventKind::Exec => FollowUp::Exec {
-                    pid: task.header.tgid,
-                    old_tid: task.pid,
-                    flags: task.flags,
-                    comm: task.comm,
-                },
+                EventKind::Exec => {
+                    if let Some(process) = self.processes.get_mut(&task.header.tgid) {
+                        process.exec_ns = task.header.ts_ns;
+                    }
+                    FollowUp::Exec {
+                        pid: task.header.tgid,
+                        old_tid: task.pid,
+                        flags: task.flags,
+                        comm: task.comm,
+                    }
+                }
                 EventKind::TaskNew => {
                     self.task_new(task);
                     FollowUp::None

@@ -353,3 +353,110 @@ fn first_sight_is_not_counted_as_a_fix() {
     assert_eq!(ledger.counters.missed_releases, 0);
     assert_eq!(ledger.processes[&PID].fds[&0].birth.origin, Origin::Syscall);
 }
+
+/// An fd event at time `ts_ns`.
+fn at(kind: EventKind, syscall: u32, fd: u32, fd2: u32, ts_ns: u64) -> Event<'static> {
+    let mut event = fd_event(kind, syscall, fd, fd2, NO_FD, 0);
+    event.header.ts_ns = ts_ns;
+    Event::Fd(kind, event)
+}
+
+fn late(ledger: &mut Ledger, syscall: u32, fd: u32, fd2: u32, ts_ns: u64) -> FollowUp {
+    ledger.apply(&at(EventKind::FdOpenLate, syscall, fd, fd2, ts_ns))
+}
+
+#[test]
+fn a_late_creation_nothing_overtook_is_an_ordinary_one() {
+    let mut ledger = ledger_with_process();
+    assert_eq!(late(&mut ledger, nr::OPENAT, 5, NO_FD, 100), FollowUp::None);
+    let entry = ledger.processes[&PID].fds.get(&5).copied().unwrap();
+    assert_eq!((entry.birth.ts_ns, entry.birth.syscall), (100, nr::OPENAT));
+    assert_eq!(entry.birth.origin, Origin::Syscall);
+    assert_eq!(
+        (ledger.counters.late_opens, ledger.counters.late_opens_stale),
+        (1, 0)
+    );
+}
+
+#[test]
+fn a_late_creation_is_dropped_when_its_fd_was_closed_or_reused_after_it() {
+    let mut ledger = ledger_with_process();
+    // Another CPU closed fd 5 at 200, after the held-back creation at 100.
+    ledger.apply(&at(EventKind::FdClose, nr::CLOSE, 5, NO_FD, 200));
+    // ... and fd 6 was closed and created again (at 300) since its creation at 150.
+    ledger.apply(&at(EventKind::FdClose, nr::CLOSE, 6, NO_FD, 250));
+    ledger.apply(&at(EventKind::FdOpen, nr::DUP, 6, NO_FD, 300));
+    late(&mut ledger, nr::OPENAT, 5, NO_FD, 100);
+    late(&mut ledger, nr::OPENAT, 6, NO_FD, 150);
+    assert_eq!(fds(&ledger), [6]);
+    assert_eq!(ledger.processes[&PID].fds.get(&6).unwrap().birth.ts_ns, 300);
+    assert_eq!(
+        (ledger.counters.late_opens, ledger.counters.late_opens_stale),
+        (0, 2)
+    );
+    // A close from before the creation does not make it stale.
+    late(&mut ledger, nr::OPENAT, 5, NO_FD, 400);
+    assert_eq!(fds(&ledger), [5, 6]);
+}
+
+#[test]
+fn a_late_pair_keeps_the_half_that_was_not_released() {
+    let mut ledger = ledger_with_process();
+    ledger.apply(&at(EventKind::FdClose, nr::CLOSE, 7, NO_FD, 200));
+    late(&mut ledger, nr::PIPE2, 7, 8, 100);
+    assert_eq!(fds(&ledger), [8]);
+    assert_eq!(ledger.processes[&PID].fds.get(&8).unwrap().kind, FdKind::Pipe);
+    assert_eq!(
+        (ledger.counters.late_opens, ledger.counters.late_opens_stale),
+        (1, 1)
+    );
+}
+
+#[test]
+fn a_late_creation_inside_a_later_close_range_is_dropped() {
+    let mut ledger = ledger_with_process();
+    ledger.apply(&at(EventKind::FdCloseRange, nr::CLOSE_RANGE, 3, 10, 200));
+    late(&mut ledger, nr::EVENTFD2, 7, NO_FD, 100);
+    late(&mut ledger, nr::EVENTFD2, 11, NO_FD, 100);
+    assert_eq!(fds(&ledger), [11]);
+}
+
+#[test]
+fn a_late_creation_replaces_what_reconciliation_found_for_it() {
+    let mut ledger = ledger_with_process();
+    ledger.begin_scan(PID);
+    let scan = Scan {
+        fds: vec![FdLink {
+            fd: 9,
+            target: "/dev/null".into(),
+        }],
+        threads: vec![],
+    };
+    ledger.apply_scan(PID, &scan, Origin::Reconciled, 500, |_, _| FdKind::File);
+    late(&mut ledger, nr::OPENAT, 9, NO_FD, 100);
+    let entry = ledger.processes[&PID].fds.get(&9).copied().unwrap();
+    assert_eq!((entry.birth.origin, entry.birth.ts_ns), (Origin::Syscall, 100));
+    assert_eq!(ledger.counters.missed_releases, 0);
+}
+
+#[test]
+fn a_late_creation_from_before_an_exec_sends_the_ledger_to_proc() {
+    let mut ledger = ledger_with_process();
+    let exec = TaskEvent {
+        header: header(EventKind::Exec, monitor_common::NO_SYSCALL, PID, 300),
+        pid: PID,
+        flags: 0,
+        comm: comm_from("nova-compute"),
+    };
+    assert!(matches!(
+        ledger.apply(&Event::Task(EventKind::Exec, exec)),
+        FollowUp::Exec { .. }
+    ));
+    assert_eq!(
+        late(&mut ledger, nr::OPENAT, 5, NO_FD, 100),
+        FollowUp::Reconcile(PID)
+    );
+    assert!(fds(&ledger).is_empty());
+    assert_eq!(late(&mut ledger, nr::OPENAT, 5, NO_FD, 400), FollowUp::None);
+    assert_eq!(fds(&ledger), [5]);
+}

@@ -127,6 +127,8 @@ pub struct FailedSyscall {
 
 /// How many recent failures a process keeps (the total is counted apart).
 pub const FAILURES_KEPT: usize = 64;
+/// close_ranges kept to judge late creations by (they are rare: a few per exec).
+pub const RANGES_KEPT: usize = 16;
 
 #[derive(Debug)]
 pub struct Process {
@@ -148,6 +150,20 @@ pub struct Process {
     pub calls: CallLog,
     /// SSL object -> the socket fd under it, as the probes saw it.
     pub ssl_fds: HashMap<u64, u32>,
+    /// When each fd number was last released, and the last close_ranges:
+    /// what tells a late creation (`FdOpenLate`) that it is stale.
+    pub released_at: HashMap<u32, u64>,
+    pub released_ranges: VecDeque<ReleasedRange>,
+    /// When it last exec'd (boot ns), 0 if not since it was watched.
+    pub exec_ns: u64,
+}
+
+/// A close_range the ledger applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReleasedRange {
+    pub first: u32,
+    pub last: u32,
+    pub ts_ns: u64,
 }
 
 /// fds and threads that events changed during a /proc scan: the scan's view
@@ -182,6 +198,9 @@ impl Process {
             touched: None,
             calls: CallLog::default(),
             ssl_fds: HashMap::new(),
+            released_at: HashMap::new(),
+            released_ranges: VecDeque::new(),
+            exec_ns: 0,
         }
     }
 
@@ -224,8 +243,15 @@ pub struct LedgerCounters {
     pub missed_releases: u64,
     /// dup2/dup3 onto an open fd (an implicit close).
     pub replaced_by_dup: u64,
-    /// close() of an fd the ledger did not hold (EBADF, or already repaired).
+    /// close() of an fd the ledger did not hold (EBADF, already repaired, or
+    /// a held-back creation another CPU's close overtook).
     pub unknown_closes: u64,
+    /// Held-back fd creations applied, and those dropped because their fd had
+    /// been released or reused by the time they arrived (see `FdOpenLate`).
+    #[serde(default)]
+    pub late_opens: u64,
+    #[serde(default)]
+    pub late_opens_stale: u64,
     pub fds_received: u64,
     pub exec_cloexec_closed: u64,
     pub reconcile_runs: u64,

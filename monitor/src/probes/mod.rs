@@ -1,6 +1,7 @@
 //! Loading the kernel probes and talking to their maps.
 
 pub mod btf;
+mod defer;
 mod gc;
 pub mod hooks;
 pub mod tls;
@@ -43,6 +44,12 @@ pub struct KernelCounters {
     pub lost_total: u64,
     pub pending_missed: u64,
     pub wakeups: u64,
+    /// fds closed on the CPU that created them before their creation was
+    /// shipped: neither record was (see `DEFER_OPENS`).
+    pub short_lived_fds: u64,
+    /// The flushes of held-back creations, when they are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<defer::FlushCounters>,
 }
 
 pub struct Probes {
@@ -56,6 +63,8 @@ pub struct Probes {
     /// What CONFIG holds now.
     kernel: KernelConfig,
     counters: PerCpuArray<MapData, u64>,
+    /// Present when fd creations are held back (`probes.hold_back_fds`).
+    deferral: Option<defer::Deferral>,
     socks: HashMap<MapData, u64, SockOwner>,
     tuples: HashMap<MapData, Tuple, SockOwner>,
     /// Map entries user space cannot account for yet (gc.rs).
@@ -108,8 +117,14 @@ impl Probes {
         // Every map handle stays open as long as the programs: programs are
         // loaded below, and a closed map fd would fail their load.
         let mut config: Array<MapData, KernelConfig> = take(&mut ebpf, maps::CONFIG)?;
+        let mut kernel = settings.kernel;
+        let deferral = defer::Deferral::load(&mut ebpf);
+        if let Err(e) = &deferral {
+            warn!(error = %format!("{e:#}"), "fd creations are shipped one by one (no held-back slot)");
+            kernel.flags &= !config_flags::DEFER_OPENS;
+        }
         config
-            .set(0, settings.kernel, 0)
+            .set(0, kernel, 0)
             .context("writing the probe configuration")?;
         // BTF tracepoints need the kernel's BTF, and their programs the offsets found in it.
         let btf = socket_walk_missing
@@ -125,6 +140,16 @@ impl Probes {
             attached: fd_iter.is_ok(),
             error: fd_iter.as_ref().err().map(|e| format!("{e:#}")),
         });
+        hooks.push(HookStatus {
+            program: monitor_common::programs::FLUSH_DEFERRED,
+            tracepoint: "test_run/each CPU".into(),
+            essential: false,
+            attached: deferral.is_ok(),
+            error: deferral.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        let deferral = deferral
+            .ok()
+            .filter(|_| kernel.flags & config_flags::DEFER_OPENS != 0);
         let ring = take(&mut ebpf, maps::EVENTS)?;
         let probes = Probes {
             watched: take(&mut ebpf, maps::WATCHED)?,
@@ -135,8 +160,9 @@ impl Probes {
             sock_fds: take(&mut ebpf, maps::SOCK_FDS)?,
             tls: tls::Tls::default(),
             suspects: MapSuspects::default(),
+            deferral,
             config,
-            kernel: settings.kernel,
+            kernel,
             ebpf,
             hooks,
             tracefs_mounted_by_us,
@@ -144,6 +170,13 @@ impl Probes {
             fd_iter: fd_iter.ok().map(std::sync::Arc::new),
         };
         Ok((probes, ring))
+    }
+
+    /// Ships the fd creations the probes hold back: call before draining.
+    pub fn flush_held_back(&mut self) {
+        if let Some(deferral) = &mut self.deferral {
+            deferral.flush(&self.ebpf);
+        }
     }
 
     pub fn watch(&mut self, pid: u32, flags: u32) -> anyhow::Result<()> {
@@ -266,6 +299,8 @@ impl Probes {
         }
         counters.pending_missed = read(counter::PENDING_MISSED);
         counters.wakeups = read(counter::WAKEUPS);
+        counters.short_lived_fds = read(counter::SHORT_LIVED);
+        counters.held_back = self.deferral.as_ref().map(|d| d.counters.clone());
         counters
     }
 }

@@ -14,11 +14,13 @@
 //! stdin: `exec`, `emfile`, `unhooked`, `exit`, and for sockets `connect ADDR
 //! [plain|nonblock|syncnt1]`, `close FD`, `share FD`, `churn N KEEP`, and
 //! `http-call ADDR PATH` (resources born during an HTTP call, see http.rs);
+//! `short-lived N` and `overtaken` (fds the probes hold back, see held.rs);
 //! `drip`, `free`, `burst`, `rlimit` and `http` for the alert tests (drip.rs).
 //! `serve` ignores further arguments (e.g. `--config-file F` for nova.conf).
 
 mod bulk;
 mod drip;
+mod held;
 mod http;
 mod kinds;
 mod loops;
@@ -62,6 +64,8 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
                 words.get(2).copied().unwrap_or("/"),
             ),
             "http-send" => http::send(number(1), words.get(2).copied().unwrap_or("/")),
+            "short-lived" => held::short_lived(number(1) as usize),
+            "overtaken" => held::overtaken(),
             _ => {}
         }
         match command.trim() {
@@ -75,9 +79,18 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             "emfile" => emfile(),
             "unhooked" => unhooked(),
             other
-                if ["connect", "close", "share", "churn", "http-call", "http-send"]
-                    .iter()
-                    .any(|c| other.starts_with(c)) => {}
+                if [
+                    "connect",
+                    "close",
+                    "share",
+                    "churn",
+                    "http-call",
+                    "http-send",
+                    "short-lived",
+                    "overtaken",
+                ]
+                .iter()
+                .any(|c| other.starts_with(c)) => {}
             other => panic!("unknown command {other:?}"),
         }
     }

@@ -1,0 +1,88 @@
+//! fds the probes hold back in the kernel (monitor-ebpf's `defer`): short-lived
+//! ones that never reach the daemon, and a creation another CPU's close overtakes.
+
+use std::{os::fd::IntoRawFd, sync::mpsc, thread};
+
+use nix::{sched::CpuSet, unistd::Pid};
+use serde_json::json;
+
+use super::{raw::gettid, say};
+
+fn close(fd: i32) {
+    // SAFETY: closing an fd this module created and owns.
+    unsafe { libc::close(fd) };
+}
+
+fn open_null() -> i32 {
+    std::fs::File::open("/dev/null").unwrap().into_raw_fd()
+}
+
+fn pipe2() -> [i32; 2] {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two ints into the array it is given.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    fds
+}
+
+/// `rounds` of open+close, pipe2+close+close and dup+close, then a pipe of
+/// which only the write end is kept and, last, a kept file (which stays
+/// held back: nothing follows it).
+pub fn short_lived(rounds: usize) {
+    for _ in 0..rounds {
+        close(open_null());
+        let [r, w] = pipe2();
+        close(r);
+        close(w);
+        // SAFETY: dup of stdin, closed at once.
+        close(unsafe { libc::dup(0) });
+    }
+    let [read_fd, write_fd] = pipe2();
+    close(read_fd);
+    let file_fd = open_null();
+    say(
+        json!({"event": "short-lived", "read_fd": read_fd, "write_fd": write_fd,
+               "file_fd": file_fd, "tid": gettid()}),
+    );
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+}
+
+/// A thread pinned to one CPU opens a file and waits; a thread pinned to
+/// another closes it; then the first exits, which ships its CPU's held-back
+/// creation after the close. Needs two CPUs (`{"cpus": 1}` otherwise).
+pub fn overtaken() {
+    let allowed = nix::sched::sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|c| allowed.is_set(*c).unwrap_or(false))
+        .collect();
+    if cpus.len() < 2 {
+        say(json!({"event": "overtaken", "cpus": cpus.len()}));
+        return;
+    }
+    let (opened_tx, opened_rx) = mpsc::channel::<(i32, u32)>();
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    let (fd_tx, fd_rx) = mpsc::channel::<i32>();
+    let (a, b) = (cpus[0], cpus[1]);
+    // Both threads exist before the open: a thread's creation is a record
+    // from its creator's CPU, which would ship the held-back open early.
+    let opener = thread::spawn(move || {
+        pin_to(a);
+        let fd = open_null();
+        opened_tx.send((fd, gettid())).unwrap();
+        closed_rx.recv().unwrap();
+    });
+    let closer = thread::spawn(move || {
+        pin_to(b);
+        close(fd_rx.recv().unwrap());
+        closed_tx.send(()).unwrap();
+    });
+    let (fd, tid) = opened_rx.recv().unwrap();
+    fd_tx.send(fd).unwrap();
+    closer.join().unwrap();
+    opener.join().unwrap();
+    say(json!({"event": "overtaken", "cpus": cpus.len(), "fd": fd, "opener_tid": tid}));
+}
