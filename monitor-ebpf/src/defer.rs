@@ -11,11 +11,13 @@
 //! slot is full, so nothing stays held back for longer than a drain interval.
 //!
 //! Concurrency: only programs on the slot's CPU touch it. Syscall and task
-//! tracepoints and uprobes run in process context with preemption off and do
-//! not nest; the flush runs in an IPI and may interrupt them anywhere, so
-//! they mark the slot `busy` while they read or change it and the flush
-//! leaves a busy slot alone (user space runs it again). BTF tracepoints can
-//! fire in softirq, which may also interrupt a probe: they never touch the slot.
+//! tracepoint programs run with preemption off (perf_syscall_enter/exit and
+//! the tracepoint dispatch disable it) and do not nest (bpf_prog_active); the
+//! flush runs in an IPI and may interrupt them anywhere, so they mark the
+//! slot `busy` while they read or change it and the flush leaves a busy slot
+//! alone (user space runs it again). BTF tracepoints can fire in softirq,
+//! which may also interrupt a probe, and uprobe programs run preemptible
+//! (migrate_disable only): neither touches the slot.
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 

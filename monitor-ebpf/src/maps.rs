@@ -102,7 +102,9 @@ pub fn count(slot: u32) {
     if let Some(value) = COUNTERS.get_ptr_mut(slot) {
         // SAFETY: a live, aligned per-CPU u64. Tracepoint programs run with
         // preemption off and the kernel does not nest them on one CPU
-        // (bpf_prog_active), so a plain increment cannot race.
+        // (bpf_prog_active). A uprobe program (preemptible) or the flush (an
+        // IPI, defer.rs) may rarely cost an increment: these are diagnostics,
+        // and a loss they miss is still repaired by the periodic reconciliation.
         unsafe { *value += 1 }
     }
 }

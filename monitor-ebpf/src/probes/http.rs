@@ -20,7 +20,7 @@ use monitor_common::{
 };
 
 use crate::{
-    emit::{header, reserve, submit},
+    emit::{header, reserve, reserve_unordered, submit},
     maps::{PENDING, SOCK_FDS, TLS_CALLS, watch_entry},
 };
 
@@ -56,7 +56,14 @@ pub fn message_start(state: &mut StreamState, dir: u32) -> Option<u32> {
 /// Ships up to DATA_CAPTURE bytes of user memory at `buf`.
 #[inline(always)]
 pub fn ship_data(fd: u32, ssl: u64, flags: u32, len: u64, buf: u64) {
-    let Some(mut entry) = reserve::<DataEvent>(EventKind::Data) else {
+    // TLS data comes from uprobes, which run preemptible (migrate_disable
+    // only): they must leave the held-back slot alone (see `defer`).
+    let entry = if flags & data_flags::TLS != 0 {
+        reserve_unordered::<DataEvent>(EventKind::Data)
+    } else {
+        reserve::<DataEvent>(EventKind::Data)
+    };
+    let Some(mut entry) = entry else {
         return;
     };
     let event = entry.as_mut_ptr();
