@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 use tests::{daemon::Daemon, require_root, scratch_dir, truth, watched_workload, workload::Workload};
 
+/// The names the held-back tests' workloads run under.
+const HELD_COMM: &str = "lmw-held";
+
 fn fds_of(ledger: &Value) -> BTreeMap<u32, Value> {
     ledger["fds"]
         .as_array()
@@ -227,7 +230,7 @@ fn short_lived_fds_cost_no_records_and_kept_ones_arrive_with_births() {
     if !require_root("short_lived_fds_cost_no_records_and_kept_ones_arrive_with_births") {
         return;
     }
-    let (daemon, mut workload, _) = watched_workload("held", "lmw-held", &["serve"]);
+    let (daemon, mut workload, _) = watched_workload("held", HELD_COMM, &["serve"]);
     let before = daemon.status();
     let rounds = 2000u64;
     workload.send(&format!("short-lived {rounds}"));
@@ -294,6 +297,51 @@ fn a_creation_overtaken_by_its_close_on_another_cpu_is_dropped() {
         counter(&status, &["ledger", "late_opens_stale"]) >= 1,
         "{}",
         status["ledger"]
+    );
+    workload.exit();
+}
+
+#[test]
+fn without_the_flush_program_every_creation_is_shipped_at_once() {
+    if !require_root("without_the_flush_program_every_creation_is_shipped_at_once") {
+        return;
+    }
+    let dir = scratch_dir("held-refused");
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &["--match-comm", HELD_COMM],
+        &[("LEAKMON_TEST_REFUSE_HOOKS", "flush_deferred")],
+    );
+    let status = daemon.status();
+    let hook = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["program"] == "flush_deferred")
+        .cloned()
+        .unwrap();
+    assert_eq!(hook["attached"], false, "{hook}");
+    assert!(
+        daemon.log_text().contains("shipped one by one"),
+        "{}",
+        daemon.log_text()
+    );
+
+    let mut workload = Workload::spawn(&dir, HELD_COMM, &["serve"]);
+    workload.expect("ready");
+    daemon.sync();
+    workload.send("short-lived 200");
+    let report = workload.expect("short-lived");
+    // Nothing may stay held back without a flush: the last file is in the ledger.
+    let fds = assert_ledger_is_proc(&daemon, workload.pid);
+    let file_fd = report["file_fd"].as_u64().unwrap() as u32;
+    assert_eq!(fds[&file_fd]["birth"]["syscall"], "openat");
+    let status = daemon.status();
+    assert_eq!(status["kernel"]["short_lived_fds"], 0, "{}", status["kernel"]);
+    assert!(
+        status["kernel"].get("held_back").is_none(),
+        "{}",
+        status["kernel"]
     );
     workload.exit();
 }

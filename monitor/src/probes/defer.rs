@@ -3,7 +3,7 @@
 //! program (`BPF_PROG_TEST_RUN` pinned to that CPU), so a drain sees every
 //! creation made before it began.
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray},
@@ -39,6 +39,12 @@ impl Deferral {
     /// that cannot (test runs of raw tracepoints on a given CPU are 5.10+)
     /// must not have creations held back.
     pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<Deferral> {
+        if super::hooks::refused_for_tests()
+            .iter()
+            .any(|p| p == programs::FLUSH_DEFERRED)
+        {
+            bail!("refused by {} (a test fault switch)", super::hooks::REFUSE_ENV);
+        }
         let program: &mut RawTracePoint = ebpf
             .program_mut(programs::FLUSH_DEFERRED)
             .with_context(|| format!("no program {} in the object", programs::FLUSH_DEFERRED))?
