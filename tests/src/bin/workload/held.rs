@@ -1,7 +1,11 @@
 //! fds the probes hold back in the kernel (monitor-ebpf's `defer`): short-lived
 //! ones that never reach the daemon, and a creation another CPU's close overtakes.
 
-use std::{os::fd::IntoRawFd, sync::mpsc, thread};
+use std::{
+    os::fd::IntoRawFd,
+    sync::{Mutex, mpsc},
+    thread,
+};
 
 use nix::{sched::CpuSet, unistd::Pid};
 use serde_json::json;
@@ -51,38 +55,65 @@ fn pin_to(cpu: usize) {
     nix::sched::sched_setaffinity(Pid::from_raw(0), &set).unwrap();
 }
 
-/// A thread pinned to one CPU opens a file and waits; a thread pinned to
-/// another closes it; then the first exits, which ships its CPU's held-back
-/// creation after the close. Needs two CPUs (`{"cpus": 1}` otherwise).
-pub fn overtaken() {
+/// The threads of an `overtaken` round, between its two commands.
+struct Round {
+    go: mpsc::Sender<()>,
+    opened: mpsc::Receiver<(i32, u32)>,
+    threads: [thread::JoinHandle<()>; 2],
+}
+
+static ROUND: Mutex<Option<Round>> = Mutex::new(None);
+
+/// `overtaken-ready`: a thread pinned to one CPU that will open a file and
+/// wait, and a thread pinned to another that will close it. Both exist
+/// before the open: a thread's creation is a record from its creator's CPU,
+/// which would ship the held-back open early (so would the daemon's drain
+/// that the creation wakes: the test syncs before `overtaken-go`). Needs two
+/// CPUs (`{"cpus": 1}` otherwise).
+pub fn overtaken_ready() {
     let allowed = nix::sched::sched_getaffinity(Pid::from_raw(0)).unwrap();
     let cpus: Vec<usize> = (0..CpuSet::count())
         .filter(|c| allowed.is_set(*c).unwrap_or(false))
         .collect();
     if cpus.len() < 2 {
-        say(json!({"event": "overtaken", "cpus": cpus.len()}));
+        say(json!({"event": "overtaken-ready", "cpus": cpus.len()}));
         return;
     }
+    let (go_tx, go_rx) = mpsc::channel::<()>();
     let (opened_tx, opened_rx) = mpsc::channel::<(i32, u32)>();
     let (closed_tx, closed_rx) = mpsc::channel::<()>();
     let (fd_tx, fd_rx) = mpsc::channel::<i32>();
     let (a, b) = (cpus[0], cpus[1]);
-    // Both threads exist before the open: a thread's creation is a record
-    // from its creator's CPU, which would ship the held-back open early.
     let opener = thread::spawn(move || {
         pin_to(a);
+        go_rx.recv().unwrap();
         let fd = open_null();
-        opened_tx.send((fd, gettid())).unwrap();
+        fd_tx.send(fd).unwrap();
+        // Stays alive (and off its CPU's slot) until the close is done;
+        // its exit then ships the held-back open after the close.
         closed_rx.recv().unwrap();
+        opened_tx.send((fd, gettid())).unwrap();
     });
     let closer = thread::spawn(move || {
         pin_to(b);
         close(fd_rx.recv().unwrap());
         closed_tx.send(()).unwrap();
     });
-    let (fd, tid) = opened_rx.recv().unwrap();
-    fd_tx.send(fd).unwrap();
-    closer.join().unwrap();
-    opener.join().unwrap();
-    say(json!({"event": "overtaken", "cpus": cpus.len(), "fd": fd, "opener_tid": tid}));
+    *ROUND.lock().unwrap() = Some(Round {
+        go: go_tx,
+        opened: opened_rx,
+        threads: [opener, closer],
+    });
+    say(json!({"event": "overtaken-ready", "cpus": cpus.len()}));
+}
+
+/// `overtaken-go`: the open on one CPU and its close on the other.
+pub fn overtaken_go() {
+    let round = ROUND.lock().unwrap().take().expect("overtaken-ready first");
+    round.go.send(()).unwrap();
+    let (fd, tid) = round.opened.recv().unwrap();
+    for thread in round.threads {
+        thread.join().unwrap();
+    }
+    say(json!({"event": "overtaken", "fd": fd, "opener_tid": tid}));
 }

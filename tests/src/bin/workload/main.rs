@@ -14,7 +14,8 @@
 //! stdin: `exec`, `emfile`, `unhooked`, `exit`, and for sockets `connect ADDR
 //! [plain|nonblock|syncnt1]`, `close FD`, `share FD`, `churn N KEEP`, and
 //! `http-call ADDR PATH` (resources born during an HTTP call, see http.rs);
-//! `short-lived N` and `overtaken` (fds the probes hold back, see held.rs);
+//! `short-lived N`, `overtaken-ready` and `overtaken-go` (fds the probes hold
+//! back, see held.rs);
 //! `drip`, `free`, `burst`, `rlimit` and `http` for the alert tests (drip.rs).
 //! `serve` ignores further arguments (e.g. `--config-file F` for nova.conf).
 
@@ -65,7 +66,8 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             ),
             "http-send" => http::send(number(1), words.get(2).copied().unwrap_or("/")),
             "short-lived" => held::short_lived(number(1) as usize),
-            "overtaken" => held::overtaken(),
+            "overtaken-ready" => held::overtaken_ready(),
+            "overtaken-go" => held::overtaken_go(),
             _ => {}
         }
         match command.trim() {
@@ -87,7 +89,8 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
                     "http-call",
                     "http-send",
                     "short-lived",
-                    "overtaken",
+                    "overtaken-ready",
+                    "overtaken-go",
                 ]
                 .iter()
                 .any(|c| other.starts_with(c)) => {}
