@@ -111,8 +111,13 @@ fn fd_record(kind: EventKind, syscall: u32, fd: u32, extra: FdExtra) -> FdEvent 
 /// Ships one [`FdEvent`].
 #[inline(always)]
 pub fn fd_event(kind: EventKind, syscall: u32, fd: u32, extra: FdExtra) {
+    ship_fd(kind, fd_record(kind, syscall, fd, extra));
+}
+
+#[inline(always)]
+fn ship_fd(kind: EventKind, record: FdEvent) {
     if let Some(mut entry) = reserve::<FdEvent>(kind) {
-        entry.write(fd_record(kind, syscall, fd, extra));
+        entry.write(record);
         submit(entry);
     }
 }
@@ -121,8 +126,9 @@ pub fn fd_event(kind: EventKind, syscall: u32, fd: u32, extra: FdExtra) {
 /// when the probes keep no other state about it, else shipped at once.
 #[inline(always)]
 pub fn fd_created(syscall: u32, fd: u32, extra: FdExtra, holdable: bool) {
-    if !(holdable && defer::hold(fd_record(EventKind::FdOpen, syscall, fd, extra))) {
-        fd_event(EventKind::FdOpen, syscall, fd, extra);
+    let record = fd_record(EventKind::FdOpen, syscall, fd, extra);
+    if !(holdable && defer::hold(record)) {
+        ship_fd(EventKind::FdOpen, record);
     }
 }
 

@@ -285,16 +285,10 @@ fn a_creation_overtaken_by_its_close_on_another_cpu_is_dropped() {
     // daemon's once-a-second housekeeping flushes, and a flush that lands
     // between the open and the close ships the open in time (then the round
     // proves nothing and is repeated).
-    let config = dir.join("leakmon.toml");
-    std::fs::write(&config, "[probes]\ndrain_interval_ms = 10000\n").unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_with_config(
         &dir,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--match-comm",
-            "lmw-overtaken",
-        ],
+        "[probes]\ndrain_interval_ms = 10000\n",
+        &["--match-comm", "lmw-overtaken"],
     );
     let mut workload = Workload::spawn(&dir, "lmw-overtaken", &["serve"]);
     workload.expect("ready");

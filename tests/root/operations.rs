@@ -162,16 +162,13 @@ fn a_daemon_started_beside_a_process_that_holds_much_raises_no_false_leak() {
     let dir = scratch_dir("late-daemon");
     let mut workload = Workload::spawn(&dir, "lm-late", &["bulk", "300", "5", "0", "0", "5"]);
     let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
-    let config = dir.join("leakmon.toml");
-    std::fs::write(&config, tests::alerts::FAST_RULES).unwrap();
     let alerts = dir.join("alerts.ndjson");
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_with_config(
         &dir,
+        tests::alerts::FAST_RULES,
         &[
             "--match-comm",
             "lm-late",
-            "--config",
-            &config.to_string_lossy(),
             "--alerts-file",
             &alerts.to_string_lossy(),
         ],

@@ -11,15 +11,10 @@ fn forced_overflow_is_counted_and_repaired() {
         return;
     }
     let dir = scratch_dir("overflow");
-    let config = dir.join("leakmon.toml");
-    std::fs::write(
-        &config,
-        "[probes]\nring_buffer_bytes = 4096\nwakeup_bytes = 4095\ndrain_interval_ms = 10000\n",
-    )
-    .unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_with_config(
         &dir,
-        &["--config", config.to_str().unwrap(), "--match-comm", "lmw-flood"],
+        "[probes]\nring_buffer_bytes = 4096\nwakeup_bytes = 4095\ndrain_interval_ms = 10000\n",
+        &["--match-comm", "lmw-flood"],
     );
     let mut workload = Workload::spawn(&dir, "lmw-flood", &["flood", "10000"]);
     workload.expect("started");

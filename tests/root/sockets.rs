@@ -278,11 +278,10 @@ fn endpoints_are_labelled_by_default_port_and_by_config() {
     let dir = scratch_dir("labels");
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = server.local_addr().unwrap().to_string();
-    let config = dir.join("leakmon.toml");
-    std::fs::write(&config, format!("[endpoints]\n\"{addr}\" = \"test-api\"\n")).unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_with_config(
         &dir,
-        &["--config", config.to_str().unwrap(), "--match-comm", "lmw-labels"],
+        &format!("[endpoints]\n\"{addr}\" = \"test-api\"\n"),
+        &["--match-comm", "lmw-labels"],
     );
     let mut workload = Workload::spawn(&dir, "lmw-labels", &["serve"]);
     workload.expect("ready");
@@ -302,7 +301,8 @@ fn endpoints_are_labelled_by_default_port_and_by_config() {
     let snapshot = std::process::Command::new(tests::binary("leakmon", "LEAKMON_BIN"))
         .args(["snapshot", "--pid", &workload.pid.to_string(), "--control-socket"])
         .arg(&daemon.socket)
-        .args(["--config", config.to_str().unwrap()])
+        .arg("--config")
+        .arg(dir.join("leakmon.toml"))
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&snapshot.stdout);

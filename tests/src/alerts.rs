@@ -52,19 +52,11 @@ impl Watched {
     /// file, and the workload run under that name with `args`.
     pub fn start(test: &str, comm: &str, config: &str, args: &[&str]) -> Watched {
         let dir = scratch_dir(test);
-        let config_path = dir.join("leakmon.toml");
-        std::fs::write(&config_path, config).unwrap();
         let alerts = dir.join("alerts.ndjson");
-        let daemon = Daemon::start(
+        let daemon = Daemon::start_with_config(
             &dir,
-            &[
-                "--match-comm",
-                comm,
-                "--config",
-                config_path.to_str().unwrap(),
-                "--alerts-file",
-                alerts.to_str().unwrap(),
-            ],
+            config,
+            &["--match-comm", comm, "--alerts-file", alerts.to_str().unwrap()],
         );
         let mut workload = Workload::spawn(&dir, comm, args);
         let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;

@@ -34,6 +34,21 @@ impl Daemon {
         Daemon::launch(bin, dir, args, &[])
     }
 
+    /// As [`Daemon::start`], with `config` (TOML) written to `dir`/leakmon.toml
+    /// and passed as `--config` (tests that reload it rewrite that file).
+    pub fn start_with_config(dir: &Path, config: &str, args: &[&str]) -> Daemon {
+        Daemon::start_bin_with_config(&crate::binary("leakmon", "LEAKMON_BIN"), dir, config, args)
+    }
+
+    /// As [`Daemon::start_with_config`], with a given leakmon binary.
+    pub fn start_bin_with_config(bin: &Path, dir: &Path, config: &str, args: &[&str]) -> Daemon {
+        let path = dir.join("leakmon.toml");
+        std::fs::write(&path, config).expect("write the daemon's config");
+        let path = path.to_str().expect("a UTF-8 scratch path");
+        let args: Vec<&str> = ["--config", path].iter().chain(args).copied().collect();
+        Daemon::launch(bin, dir, &args, &[])
+    }
+
     fn launch(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let socket = dir.join("leakmon.sock");
         let log = dir.join("daemon.log");

@@ -152,17 +152,14 @@ impl Scenario {
 /// A daemon with [`SCENARIO_RULES`] watching only the harness that lives in
 /// `dir` (`dir`/nova/bin/nova-compute), its alerts in `dir`/alerts.ndjson.
 pub fn daemon_for_harness(dir: &std::path::Path) -> Daemon {
-    let config = dir.join("leakmon.toml");
-    std::fs::write(&config, SCENARIO_RULES).unwrap();
     let harness = regex_escape(&dir.join("nova/bin/nova-compute").to_string_lossy());
     let alerts = dir.join("alerts.ndjson");
-    Daemon::start(
+    Daemon::start_with_config(
         dir,
+        SCENARIO_RULES,
         &[
             "--match-cmdline",
             &harness,
-            "--config",
-            &config.to_string_lossy(),
             "--alerts-file",
             &alerts.to_string_lossy(),
         ],

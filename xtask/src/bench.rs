@@ -107,16 +107,12 @@ impl Beside {
                 dir,
                 &["--match-comm", "lmw-nobody"],
             )),
-            Setting::WatchedShipEach => {
-                let config = dir.join("ship-each.toml");
-                std::fs::write(&config, "[probes]\nhold_back_fds = false\n")?;
-                let config = config.to_string_lossy();
-                Beside::Daemon(Daemon::start_bin(
-                    &bins.leakmon,
-                    dir,
-                    &["--config", &config, "--match-comm", "lmw-bench"],
-                ))
-            }
+            Setting::WatchedShipEach => Beside::Daemon(Daemon::start_bin_with_config(
+                &bins.leakmon,
+                dir,
+                "[probes]\nhold_back_fds = false\n",
+                &["--match-comm", "lmw-bench"],
+            )),
             Setting::Watched => Beside::Daemon(Daemon::start_bin(
                 &bins.leakmon,
                 dir,

@@ -132,13 +132,11 @@ fn rate_label(rate: f64) -> String {
 pub fn run(bins: &Bins, dir: &Path, long_seconds: f64, out: &mut String) -> anyhow::Result<()> {
     // Holding creations back would cancel every pair in the kernel: ship
     // each event, the worst case for delivery.
-    let config = dir.join("delivery.toml");
-    std::fs::write(&config, "[probes]\nhold_back_fds = false\n")?;
-    let config = config.to_string_lossy();
-    let daemon = Daemon::start_bin(
+    let daemon = Daemon::start_bin_with_config(
         &bins.leakmon,
         dir,
-        &["--config", &config, "--match-comm", "lmw-paced"],
+        "[probes]\nhold_back_fds = false\n",
+        &["--match-comm", "lmw-paced"],
     );
     let mut generator = Workload::spawn_bin(&bins.workload, dir, "lmw-paced", &["paced"]);
     let pid = generator.expect("ready")["pid"].as_u64().unwrap();

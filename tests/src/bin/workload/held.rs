@@ -10,12 +10,7 @@ use std::{
 use nix::{sched::CpuSet, unistd::Pid};
 use serde_json::json;
 
-use super::{raw::gettid, say};
-
-fn close(fd: i32) {
-    // SAFETY: closing an fd this module created and owns.
-    unsafe { libc::close(fd) };
-}
+use super::{loops::close, raw::gettid, say};
 
 fn open_null() -> i32 {
     std::fs::File::open("/dev/null").unwrap().into_raw_fd()

@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::json;
 
-fn close(fd: i32) {
-    // SAFETY: closing an fd this loop just created and owns.
+pub fn close(fd: i32) {
+    // SAFETY: closing an fd the caller just created and owns.
     unsafe { libc::close(fd) };
 }
 
