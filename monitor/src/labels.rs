@@ -76,6 +76,12 @@ impl Labels {
 
     /// The label of an `ip:port` string (as sock_diag gives it).
     pub fn label_of(&self, remote: &str) -> Option<&str> {
+        // Without `host:port` entries only the port matters: a snapshot asks
+        // once per socket, and parsing the address cost more than the rest.
+        if self.exact.is_empty() {
+            let (_, port) = remote.rsplit_once(':')?;
+            return self.ports.get(&port.parse().ok()?).map(String::as_str);
+        }
         self.label(&remote.parse().ok()?)
     }
 }

@@ -117,36 +117,59 @@ pub fn vs_lsof(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow
 
 pub fn vs_ss(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow::Result<()> {
     let daemon = Daemon::start_bin(&bins.leakmon, dir, &["--match-comm", "lmw-none-such"]);
-    let mut workload = Workload::spawn_bin(
-        &bins.workload,
-        dir,
-        "lmw-socks",
-        &["bulk", "0", "0", "5000", "0", "0"],
-    );
-    let pid = workload.expect("ready")["pid"].as_u64().unwrap().to_string();
-    let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))?
-        .filter_map(Result::ok)
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
-        .count();
-    let [iter, proc, ss] = snapshot_against(bins, &daemon, &pid, &["ss", "-tanp"], runs)?;
-    workload.send("exit");
-    let per = |s: &Stats| s.median * 1000.0 / sockets as f64;
-    writeln!(out, "## Socket snapshot: {sockets} TCP sockets in one process\n")?;
+    // Two sizes: the difference is the cost of a socket, without the
+    // command's fixed start (process, daemon request, small /proc reads).
+    let mut rows = Vec::new();
+    for pairs in ["2500", "5000"] {
+        let mut workload = Workload::spawn_bin(
+            &bins.workload,
+            dir,
+            "lmw-socks",
+            &["bulk", "0", "0", pairs, "0", "0"],
+        );
+        let pid = workload.expect("ready")["pid"].as_u64().unwrap().to_string();
+        let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+            .filter_map(Result::ok)
+            .filter(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            })
+            .count();
+        rows.push((
+            sockets,
+            snapshot_against(bins, &daemon, &pid, &["ss", "-tanp"], runs)?,
+        ));
+        workload.send("exit");
+        workload.wait();
+    }
+    let ((small, small_times), (large, times)) = (&rows[0], &rows[1]);
     writeln!(
         out,
-        "Wall time of the whole command, median of {runs} (min–max), and per socket (the whole command's \
-         time divided by the sockets, so it includes process start and JSON output).\n"
+        "## Socket snapshot: {small} and {large} TCP sockets in one process\n"
     )?;
-    writeln!(out, "| command | ms | µs per socket |\n| --- | --- | --- |")?;
-    for (label, s) in [
-        (
-            "`leakmon snapshot --json --pid P`, iterator (fds, states, endpoints)",
-            &iter,
-        ),
-        ("`leakmon snapshot --json --pid P`, /proc and sock_diag", &proc),
-        ("`ss -tanp` (every TCP socket on the host, with owners)", &ss),
-    ] {
-        writeln!(out, "| {label} | {} | {:.2} |", ms(s), per(s))?;
+    writeln!(
+        out,
+        "Wall time of the whole command at {large} sockets, median of {runs} (min–max); *per socket*: \
+         that time divided by the sockets (so it includes process start and JSON output); *per \
+         additional socket*: the difference of the medians at {large} and {small} sockets over the \
+         difference in sockets (the fixed start left out).\n"
+    )?;
+    writeln!(
+        out,
+        "| command | ms | µs per socket | µs per additional socket |\n| --- | --- | --- | --- |"
+    )?;
+    let labels = [
+        "`leakmon snapshot --json --pid P`, iterator (fds, states, endpoints)",
+        "`leakmon snapshot --json --pid P`, /proc and sock_diag",
+        "`ss -tanp` (every TCP socket on the host, with owners)",
+    ];
+    for ((label, s), before) in labels.into_iter().zip(times).zip(small_times) {
+        let per_additional = (s.median - before.median) * 1000.0 / (large - small) as f64;
+        writeln!(
+            out,
+            "| {label} | {} | {:.2} | {per_additional:.2} |",
+            ms(s),
+            s.median * 1000.0 / *large as f64
+        )?;
     }
     writeln!(out)?;
     Ok(())

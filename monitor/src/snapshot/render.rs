@@ -158,7 +158,7 @@ pub fn endpoint_line(endpoint: &EndpointSummary) -> String {
         endpoint.label.as_deref().unwrap_or("-"),
         endpoint.endpoint
     );
-    for (state, n) in &endpoint.states {
+    for (state, n) in endpoint.states.iter() {
         let _ = write!(line, "  {state} {n}");
         if state == "CLOSE_WAIT"
             && let Some(age) = endpoint.oldest_close_wait_s

@@ -2,9 +2,12 @@
 //! unix peers, the daemon's state ages and connect records, and one summary
 //! per remote endpoint.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::FdSnapshot;
 use crate::{
@@ -35,7 +38,7 @@ pub struct EndpointSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// TCP sockets to it, by state.
-    pub states: BTreeMap<Cow<'static, str>, usize>,
+    pub states: StateCounts,
     /// Age in CLOSE_WAIT of the oldest such socket (needs the daemon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_close_wait_s: Option<f64>,
@@ -43,6 +46,44 @@ pub struct EndpointSummary {
     /// have thousands of endpoints, few with a connect record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Box<EndpointView>>,
+}
+
+/// Sockets by state name, in name order; a JSON object. A short vector, not
+/// a map: a process can have thousands of endpoints with a socket or two
+/// each, and a map's first node alone is hundreds of bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts(Vec<(Cow<'static, str>, usize)>);
+
+impl StateCounts {
+    pub fn add(&mut self, state: Cow<'static, str>) {
+        match self.0.binary_search_by(|(name, _)| name.as_ref().cmp(&state)) {
+            Ok(at) => self.0[at].1 += 1,
+            Err(at) => {
+                // Most endpoints see one state: no room for four.
+                self.0.reserve_exact(1);
+                self.0.insert(at, (state, 1));
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.0.iter().map(|(name, n)| (name.as_ref(), *n))
+    }
+}
+
+impl Serialize for StateCounts {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for StateCounts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let by_name = BTreeMap::<String, usize>::deserialize(deserializer)?;
+        Ok(StateCounts(
+            by_name.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        ))
+    }
 }
 
 /// sock_diag for the daemon's network namespace, /proc/PID/net for sockets
@@ -98,8 +139,25 @@ pub fn describe(info: SocketInfo, table: &SocketTable, labels: &Labels) -> (Sock
             )
         }
         _ => {
-            let label = label.as_deref().map(|l| format!(" ({l})")).unwrap_or_default();
-            format!("{} -> {}{label} {}", info.local, info.remote, info.state)
+            // Pushed, not formatted: the formatting machinery cost more than the rest.
+            let mut shown = String::with_capacity(
+                info.local.len()
+                    + info.remote.len()
+                    + info.state.len()
+                    + label.as_ref().map_or(0, |l| l.len() + 3)
+                    + 5,
+            );
+            for part in [&info.local, " -> ", &info.remote] {
+                shown.push_str(part);
+            }
+            if let Some(label) = &label {
+                for part in [" (", label, ")"] {
+                    shown.push_str(part);
+                }
+            }
+            shown.push(' ');
+            shown.push_str(&info.state);
+            shown
         }
     };
     (
@@ -125,23 +183,19 @@ pub fn merge_ledger(fds: &mut [FdSnapshot], sockets: &[SocketView]) {
 
 /// One summary per remote endpoint of the process's TCP connections.
 pub fn endpoints(fds: &[FdSnapshot], health: &[EndpointView], labels: &Labels) -> Vec<EndpointSummary> {
-    // Keyed by the sockets' own strings: one allocation per endpoint, not per socket.
-    let mut by_endpoint: BTreeMap<&str, EndpointSummary> = BTreeMap::new();
-    let blank = |endpoint: &str| EndpointSummary {
-        endpoint: endpoint.to_string(),
-        label: labels.label_of(endpoint).map(str::to_string),
-        states: BTreeMap::new(),
-        oldest_close_wait_s: None,
-        health: None,
-    };
+    // Indexed by the sockets' own strings (one allocation per endpoint, not
+    // per socket), sorted once at the end.
+    // At most one per socket: reserved, not grown (untouched pages cost nothing).
+    let sockets = fds.iter().filter(|f| f.socket.is_some()).count() + health.len();
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(sockets);
+    let mut summaries: Vec<EndpointSummary> = Vec::with_capacity(sockets);
     for socket in fds.iter().filter_map(|f| f.socket.as_ref()) {
         let info = &socket.info;
         if info.protocol != Protocol::Tcp || info.state == "LISTEN" {
             continue;
         }
-        let remote = info.remote.as_str();
-        let summary = by_endpoint.entry(remote).or_insert_with(|| blank(remote));
-        *summary.states.entry(info.state.clone()).or_default() += 1;
+        let summary = summary_of(&info.remote, &mut index, &mut summaries, labels);
+        summary.states.add(info.state.clone());
         if info.state == "CLOSE_WAIT"
             && let Some(age) = socket.ledger.as_ref().map(|l| l.age_in_state_s)
         {
@@ -149,10 +203,96 @@ pub fn endpoints(fds: &[FdSnapshot], health: &[EndpointView], labels: &Labels) -
         }
     }
     for view in health {
-        by_endpoint
-            .entry(&view.endpoint)
-            .or_insert_with(|| blank(&view.endpoint))
-            .health = Some(Box::new(view.clone()));
+        summary_of(&view.endpoint, &mut index, &mut summaries, labels).health = Some(Box::new(view.clone()));
     }
-    by_endpoint.into_values().collect()
+    summaries.sort_unstable_by(|a, b| a.endpoint.cmp(&b.endpoint));
+    summaries
+}
+
+/// The summary of `endpoint`, added blank on first sight.
+fn summary_of<'a, 's>(
+    endpoint: &'a str,
+    index: &mut HashMap<&'a str, usize>,
+    summaries: &'s mut Vec<EndpointSummary>,
+    labels: &Labels,
+) -> &'s mut EndpointSummary {
+    let at = *index.entry(endpoint).or_insert_with(|| {
+        summaries.push(EndpointSummary {
+            endpoint: endpoint.to_string(),
+            label: labels.label_of(endpoint).map(str::to_string),
+            states: StateCounts::default(),
+            oldest_close_wait_s: None,
+            health: None,
+        });
+        summaries.len() - 1
+    });
+    &mut summaries[at]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fdkind::FdKind;
+
+    fn tcp(fd: u32, remote: &str, state: &'static str) -> FdSnapshot {
+        let info = SocketInfo {
+            protocol: Protocol::Tcp,
+            inode: 1000 + u64::from(fd),
+            state: state.into(),
+            local: format!("127.0.0.1:{}", 40000 + fd),
+            remote: remote.to_string(),
+            unix_type: None,
+            peer_inode: None,
+        };
+        let (socket, target) = describe(info, &SocketTable::default(), &Labels::default());
+        FdSnapshot {
+            fd,
+            kind: FdKind::SocketTcp,
+            target,
+            socket: Some(Box::new(socket)),
+            birth: None,
+        }
+    }
+
+    #[test]
+    fn one_summary_per_remote_in_order_with_states_by_name() {
+        let fds = [
+            tcp(3, "127.0.0.1:6385", "ESTABLISHED"),
+            tcp(4, "10.0.0.9:5000", "CLOSE_WAIT"),
+            tcp(5, "127.0.0.1:6385", "CLOSE_WAIT"),
+            tcp(6, "127.0.0.1:6385", "ESTABLISHED"),
+            tcp(7, "0.0.0.0:0", "LISTEN"),
+        ];
+        assert_eq!(
+            fds[0].target,
+            "127.0.0.1:40003 -> 127.0.0.1:6385 (ironic-api) ESTABLISHED"
+        );
+        let summaries = endpoints(&fds, &[], &Labels::default());
+        let shown: Vec<_> = summaries
+            .iter()
+            .map(|s| {
+                (
+                    s.endpoint.as_str(),
+                    s.label.as_deref(),
+                    s.states.iter().collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("10.0.0.9:5000", Some("keystone"), vec![("CLOSE_WAIT", 1)]),
+                (
+                    "127.0.0.1:6385",
+                    Some("ironic-api"),
+                    vec![("CLOSE_WAIT", 1), ("ESTABLISHED", 2)]
+                ),
+            ],
+            "a listener is no endpoint"
+        );
+        let json = serde_json::to_value(&summaries[1].states).unwrap();
+        assert_eq!(json, serde_json::json!({"CLOSE_WAIT": 1, "ESTABLISHED": 2}));
+        let back: StateCounts = serde_json::from_value(json).unwrap();
+        assert_eq!(back, summaries[1].states);
+    }
 }
