@@ -102,26 +102,22 @@ pub const RETURNS_FD: [(u32, &str); 24] = [
     (FSOPEN, "fsopen"),
 ];
 
-/// Syscalls whose sys_exit needs the arguments kept at sys_enter (fds
-/// written to user memory, dup sources, fcntl/bpf commands, ancillary data),
-/// with how many arguments the sys_enter program reads: a program reading
-/// the record directly may not read past the record of the syscall it is
-/// attached to, so there is one program per argument count.
-pub const NEEDS_ARGS: [(u32, &str, usize); 13] = [
-    (SOCKET, "socket", 3),
-    (SOCKETPAIR, "socketpair", 4),
-    (PIPE, "pipe", 1),
-    (PIPE2, "pipe2", 1),
-    (DUP, "dup", 1),
-    (DUP2, "dup2", 2),
-    (DUP3, "dup3", 2),
-    (FCNTL, "fcntl", 2),
-    (BPF, "bpf", 1),
-    (SIGNALFD, "signalfd", 1),
-    (SIGNALFD4, "signalfd4", 1),
-    (RECVMSG, "recvmsg", 2),
-    // connect(fd, addr, addrlen): the outcome, the duration and the endpoint.
-    (CONNECT, "connect", 3),
+/// Syscalls whose sys_exit needs their arguments (fds written to user
+/// memory, dup sources, fcntl/bpf commands, ancillary data): it reads them
+/// from the registers saved at entry, so only their sys_exit is hooked.
+pub const ARGS_AT_EXIT: [(u32, &str); 12] = [
+    (SOCKET, "socket"),
+    (SOCKETPAIR, "socketpair"),
+    (PIPE, "pipe"),
+    (PIPE2, "pipe2"),
+    (DUP, "dup"),
+    (DUP2, "dup2"),
+    (DUP3, "dup3"),
+    (FCNTL, "fcntl"),
+    (BPF, "bpf"),
+    (SIGNALFD, "signalfd"),
+    (SIGNALFD4, "signalfd4"),
+    (RECVMSG, "recvmsg"),
 ];
 
 /// Fd-creating syscalls that are hooked when the kernel has them, but whose
@@ -143,13 +139,14 @@ pub fn name(nr: u32) -> Option<&'static str> {
             }
         }
     }
-    for (n, name, _) in NEEDS_ARGS {
+    for (n, name) in ARGS_AT_EXIT {
         if n == nr {
             return Some(name);
         }
     }
     match nr {
         CLOSE => Some("close"),
+        CONNECT => Some("connect"),
         CLOSE_RANGE => Some("close_range"),
         EXECVE => Some("execve"),
         EXECVEAT => Some("execveat"),

@@ -11,4 +11,5 @@ mod defer;
 mod emit;
 mod maps;
 mod probes;
+mod regs;
 mod runtime;

@@ -1,9 +1,10 @@
 //! fd lifecycle from syscall tracepoints.
 //!
 //! - `fd_exit` serves every syscall whose return value is the new fd.
-//! - `args_enter_N`/`args_exit` serve the syscalls that need their arguments at
-//!   exit (fds written to user memory, dup sources, fcntl/bpf commands,
-//!   recvmsg ancillary data).
+//! - `args_exit` serves the syscalls that need their arguments at exit (fds
+//!   written to user memory, dup sources, fcntl/bpf commands, recvmsg
+//!   ancillary data): it reads them from the saved registers (regs.rs).
+//! - `connect_enter`/`connect_exit` keep connect's arguments and start time.
 //! - `close_enter`/`close_range_enter` record releases at sys_enter, before
 //!   the fd number can be reused by another thread, so the ring buffer order
 //!   is the order in which fd numbers change hands.
@@ -25,6 +26,7 @@ use crate::{
     defer,
     emit::{FdExtra, current, fd_created, fd_event, fd_result, header, reserve, submit},
     maps::{PENDING, count, watch_entry},
+    regs::syscall_args,
 };
 
 /// Syscall tracepoint layout (platform.md): `__syscall_nr` at 8, arguments
@@ -85,10 +87,11 @@ pub fn fd_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Whether the sys_exit will need these arguments; skipping the rest keeps
-/// frequent non-creating calls (fcntl F_GETFL, bpf map lookups) off the map.
+/// Whether a call with these arguments can have made what `args_exit`
+/// reports: frequent non-creating calls (fcntl F_GETFL, bpf map lookups)
+/// return at once.
 #[inline(always)]
-fn wants_args(syscall: u32, args: &[u64; 4]) -> bool {
+fn may_report(syscall: u32, args: &[u64; 4]) -> bool {
     match syscall {
         nr::FCNTL => args[1] == nr::F_DUPFD || args[1] == nr::F_DUPFD_CLOEXEC,
         nr::BPF => {
@@ -109,29 +112,19 @@ fn wants_args(syscall: u32, args: &[u64; 4]) -> bool {
     }
 }
 
-/// Keeps the first `N` arguments of a syscall listed in
-/// `syscalls::NEEDS_ARGS` for its sys_exit.
-#[inline(always)]
-fn keep_args<const N: usize>(ctx: &TracePointContext) -> u32 {
+/// sys_enter of connect(fd, addr, addrlen): its exit wants the arguments
+/// and the time the call started.
+#[tracepoint]
+pub fn connect_enter(ctx: TracePointContext) -> u32 {
     if !is_watched_current() {
         return 0;
     }
-    let syscall = syscall_nr(ctx);
-    let mut args = [0u64; 4];
-    let mut i = 0;
-    while i < N {
-        args[i] = arg(ctx, i);
-        i += 1;
-    }
-    if !wants_args(syscall, &args) {
-        return 0;
-    }
     let pending = PendingSyscall {
-        syscall,
+        syscall: nr::CONNECT,
         _pad: 0,
         // SAFETY: helper without preconditions.
         enter_ns: unsafe { bpf_ktime_get_boot_ns() },
-        args,
+        args: [arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), 0],
     };
     if PENDING.insert(bpf_get_current_pid_tgid(), pending, 0).is_err() {
         count(counter::PENDING_MISSED);
@@ -139,41 +132,34 @@ fn keep_args<const N: usize>(ctx: &TracePointContext) -> u32 {
     0
 }
 
-/// sys_enter of `syscalls::NEEDS_ARGS` entries reading one argument.
+/// sys_exit of connect.
 #[tracepoint]
-pub fn args_enter_1(ctx: TracePointContext) -> u32 {
-    keep_args::<1>(&ctx)
-}
-
-#[tracepoint]
-pub fn args_enter_2(ctx: TracePointContext) -> u32 {
-    keep_args::<2>(&ctx)
-}
-
-#[tracepoint]
-pub fn args_enter_3(ctx: TracePointContext) -> u32 {
-    keep_args::<3>(&ctx)
-}
-
-#[tracepoint]
-pub fn args_enter_4(ctx: TracePointContext) -> u32 {
-    keep_args::<4>(&ctx)
-}
-
-/// sys_exit of the syscalls listed in `syscalls::NEEDS_ARGS`.
-#[tracepoint]
-pub fn args_exit(ctx: TracePointContext) -> u32 {
+pub fn connect_exit(ctx: TracePointContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: copied out before the entry is removed.
     let Some(pending) = (unsafe { PENDING.get(key) }).copied() else {
         return 0;
     };
     let _ = PENDING.remove(key);
+    sock::connect_done(&pending, ret(&ctx));
+    0
+}
+
+/// sys_exit of the syscalls listed in `syscalls::ARGS_AT_EXIT`.
+#[tracepoint]
+pub fn args_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, _) = current();
+    if watch_entry(tgid).is_none() {
+        return 0;
+    }
+    let syscall = syscall_nr(&ctx);
+    let args = syscall_args();
+    if !may_report(syscall, &args) {
+        return 0;
+    }
     let ret = ret(&ctx);
-    let args = pending.args;
-    let tgid = (key >> 32) as u32;
     let plain = FdExtra::NONE;
-    match pending.syscall {
+    match syscall {
         nr::SOCKET => {
             let inode = if ret >= 0 {
                 fdtable::remember(tgid, ret as u32).0
@@ -199,7 +185,7 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
             args[3],
             socket_detail(args[0], args[1], args[2]),
         ),
-        nr::PIPE | nr::PIPE2 => fd_pair(pending.syscall, ret, args[0], 0),
+        nr::PIPE | nr::PIPE2 => fd_pair(syscall, ret, args[0], 0),
         nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => {
             // A copy of a tracked socket fd is in SOCK_FDS: its close must reach user space.
             let tracked = ret >= 0 && http::dup_fd(tgid, args[0] as u32, ret as u32);
@@ -207,7 +193,7 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
                 source_fd: args[0] as u32,
                 ..plain
             };
-            fd_result(pending.syscall, ret, extra, !tracked)
+            fd_result(syscall, ret, extra, !tracked)
         }
         nr::BPF => fd_result(
             nr::BPF,
@@ -226,7 +212,6 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
                 http::received_data(args[0], args[1], ret);
             }
         }
-        nr::CONNECT => sock::connect_done(&pending, ret),
         syscall => fd_result(syscall, ret, plain, true),
     }
     0

@@ -15,13 +15,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use monitor_common::{
-    DATA_CAPTURE, DataEvent, EventKind, PendingSyscall, StreamState, data_flags, stream_flags,
-};
+use monitor_common::{DATA_CAPTURE, DataEvent, EventKind, StreamState, data_flags, stream_flags};
 
 use crate::{
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{PENDING, SOCK_FDS, TLS_CALLS, watch_entry},
+    maps::{SOCK_FDS, TLS_CALLS, watch_entry},
+    regs::syscall_args,
 };
 
 const SYSCALL_NR: usize = 8;
@@ -192,44 +191,25 @@ pub fn data_writev(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// sys_enter of read, recvfrom (fd, buf) and readv (fd, iov): the buffer is
-/// filled by the time of sys_exit, so it is kept until then, for sockets.
+/// sys_exit of read, recvfrom (fd, buf) and readv (fd, iov): the buffer is
+/// filled now; the arguments come from the saved registers (regs.rs).
 #[tracepoint]
-pub fn data_read_enter(ctx: TracePointContext) -> u32 {
+pub fn data_read_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if watch_entry((pid_tgid >> 32) as u32).is_none() {
         return 0;
     }
-    let (nr, fd, buf): (i32, u64, u64) = (field(&ctx, SYSCALL_NR), field(&ctx, ARGS), field(&ctx, ARGS + 8));
-    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
-    if SOCK_FDS.get_ptr(key).is_none() && TLS_CALLS.get_ptr(pid_tgid).is_none() {
-        return 0;
-    }
-    let pending = PendingSyscall {
-        syscall: nr as u32,
-        _pad: 0,
-        enter_ns: 0,
-        args: [fd, buf, 0, 0],
-    };
-    let _ = PENDING.insert(pid_tgid, pending, 0);
-    0
-}
-
-/// sys_exit of read, recvfrom and readv.
-#[tracepoint]
-pub fn data_read_exit(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING.get(pid_tgid) }).copied() else {
-        return 0;
-    };
-    let _ = PENDING.remove(pid_tgid);
     let ret: i64 = field(&ctx, RET);
     if ret <= 0 {
         return 0;
     }
-    let [fd, buf, _, _] = pending.args;
-    if pending.syscall == monitor_common::syscalls::READV {
+    let [fd, buf, _, _] = syscall_args();
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
+    if SOCK_FDS.get_ptr(key).is_none() && TLS_CALLS.get_ptr(pid_tgid).is_none() {
+        return 0;
+    }
+    let nr: i32 = field(&ctx, SYSCALL_NR);
+    if nr as u32 == monitor_common::syscalls::READV {
         if let Some((base, len)) = first_iovec(buf) {
             on_data(fd as u32, data_flags::READ, (ret as u64).min(len), base);
         }
@@ -263,10 +243,14 @@ pub fn track_socket_fd(tgid: u32, fd: u32) {
     let _ = SOCK_FDS.insert(((tgid as u64) << 32) | fd as u64, state, 0);
 }
 
-/// A closed fd, or one dup'ed over: forget its stream.
+/// A closed fd, or one dup'ed over: forget its stream. Looked up first: a
+/// delete locks its bucket even when the key is absent, as it is for most fds.
 #[inline(always)]
 pub fn forget_fd(tgid: u32, fd: u32) {
-    let _ = SOCK_FDS.remove(((tgid as u64) << 32) | fd as u64);
+    let key = ((tgid as u64) << 32) | fd as u64;
+    if SOCK_FDS.get_ptr(key).is_some() {
+        let _ = SOCK_FDS.remove(key);
+    }
 }
 
 /// dup of a tracked socket: the new fd is the same stream's. True when it is.

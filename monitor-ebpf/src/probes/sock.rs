@@ -133,11 +133,15 @@ pub fn sock_error_report(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// tp_btf/tcp_destroy_sock(sk): the sock is about to be freed, so its
-/// address may soon belong to another socket.
+/// address may soon belong to another socket. It fires for every TCP socket
+/// on the host: looked up first, since a delete locks its bucket even when
+/// the key is absent.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn sock_destroy(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let _ = SOCKS.remove(sk);
+    if SOCKS.get_ptr(sk).is_some() {
+        let _ = SOCKS.remove(sk);
+    }
     0
 }
 

@@ -71,9 +71,6 @@ pub fn all() -> Vec<Hook> {
         hook("data_write", "syscalls", "sys_enter_sendto", false),
         hook("data_writev", "syscalls", "sys_enter_writev", false),
         hook("data_writev", "syscalls", "sys_enter_sendmsg", false),
-        hook("data_read_enter", "syscalls", "sys_enter_read", false),
-        hook("data_read_enter", "syscalls", "sys_enter_recvfrom", false),
-        hook("data_read_enter", "syscalls", "sys_enter_readv", false),
         hook("data_read_exit", "syscalls", "sys_exit_read", false),
         hook("data_read_exit", "syscalls", "sys_exit_recvfrom", false),
         hook("data_read_exit", "syscalls", "sys_exit_readv", false),
@@ -84,11 +81,12 @@ pub fn all() -> Vec<Hook> {
     for (_, name) in syscalls::RETURNS_FD_OPTIONAL {
         hooks.push(hook("fd_exit", "syscalls", format!("sys_exit_{name}"), false));
     }
-    for (_, name, args) in syscalls::NEEDS_ARGS {
-        let enter = ["args_enter_1", "args_enter_2", "args_enter_3", "args_enter_4"][args - 1];
-        hooks.push(hook(enter, "syscalls", format!("sys_enter_{name}"), true));
+    for (_, name) in syscalls::ARGS_AT_EXIT {
         hooks.push(hook("args_exit", "syscalls", format!("sys_exit_{name}"), true));
     }
+    // connect(): the outcome, the duration and the endpoint.
+    hooks.push(hook("connect_enter", "syscalls", "sys_enter_connect", true));
+    hooks.push(hook("connect_exit", "syscalls", "sys_exit_connect", true));
     hooks
 }
 

@@ -1,0 +1,29 @@
+//! A syscall's arguments at its sys_exit, read from the user registers the
+//! kernel saved at entry (the task's `struct pt_regs`, which the syscall
+//! reads but does not change): no sys_enter program and no map entry to
+//! carry them there. The sys_enter tracepoint of such a syscall stays
+//! unhooked, so no process pays for it.
+
+use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_task_pt_regs};
+
+use crate::btf::load;
+
+/// Offsets in x86_64 `struct pt_regs` (the uapi ptrace layout) of the
+/// registers that carry syscall arguments 1 to 4: di, si, dx, r10.
+const ARG_REGS: [u32; 4] = [112, 104, 96, 56];
+
+/// The current syscall's first four arguments, as it received them.
+#[inline(always)]
+pub fn syscall_args() -> [u64; 4] {
+    // SAFETY: bpf_task_pt_regs takes the task pointer bpf_get_current_task_btf
+    // returns and gives back a BTF pointer to its saved registers, never null.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    let mut args = [0u64; 4];
+    let mut i = 0;
+    while i < args.len() {
+        // SAFETY: an unsigned long member of struct pt_regs at its offset.
+        args[i] = unsafe { load::<u64>(regs, ARG_REGS[i]) };
+        i += 1;
+    }
+    args
+}
