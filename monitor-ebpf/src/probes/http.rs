@@ -19,7 +19,7 @@ use monitor_common::{DATA_CAPTURE, DataEvent, EventKind, StreamState, data_flags
 
 use crate::{
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{SOCK_FDS, TLS_CALLS, watch_entry},
+    maps::{SOCK_FDS, TLS_CALLS, forget, watch_entry},
     regs::syscall_args,
 };
 
@@ -243,14 +243,10 @@ pub fn track_socket_fd(tgid: u32, fd: u32) {
     let _ = SOCK_FDS.insert(((tgid as u64) << 32) | fd as u64, state, 0);
 }
 
-/// A closed fd, or one dup'ed over: forget its stream. Looked up first: a
-/// delete locks its bucket even when the key is absent, as it is for most fds.
+/// A closed fd, or one dup'ed over: forget its stream.
 #[inline(always)]
 pub fn forget_fd(tgid: u32, fd: u32) {
-    let key = ((tgid as u64) << 32) | fd as u64;
-    if SOCK_FDS.get_ptr(key).is_some() {
-        let _ = SOCK_FDS.remove(key);
-    }
+    forget(&SOCK_FDS, ((tgid as u64) << 32) | fd as u64);
 }
 
 /// dup of a tracked socket: the new fd is the same stream's. True when it is.

@@ -17,7 +17,7 @@ use monitor_common::{
 use crate::{
     btf::{AF_INET, AF_INET6, load, read_inet_tuple},
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{SOCKS, TUPLES, config, sock_offsets},
+    maps::{SOCKS, TUPLES, config, forget, sock_offsets},
 };
 
 /// The watched owner of `sk` (a BTF pointer), if it has one.
@@ -134,14 +134,10 @@ pub fn sock_error_report(ctx: BtfTracePointContext) -> i32 {
 
 /// tp_btf/tcp_destroy_sock(sk): the sock is about to be freed, so its
 /// address may soon belong to another socket. It fires for every TCP socket
-/// on the host: looked up first, since a delete locks its bucket even when
-/// the key is absent.
+/// on the host, most of them not ours.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn sock_destroy(ctx: BtfTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    if SOCKS.get_ptr(sk).is_some() {
-        let _ = SOCKS.remove(sk);
-    }
+    forget(&SOCKS, ctx.arg::<u64>(0));
     0
 }
 
