@@ -1,13 +1,15 @@
 //! Kernel structs read at offsets user space took from the kernel's BTF
 //! (Rust probes cannot emit CO-RE relocations): from an fd of the current
-//! task to its struct sock and inode, by probe reads (bpf_get_current_task
-//! gives a plain address, not a BTF pointer).
+//! task to its struct sock and inode. The task, its files and fd table are
+//! BTF pointers (direct loads); the fd array's entries and what they point
+//! at are plain addresses to the verifier (a pointer to pointers), so the
+//! rest of the walk is probe reads.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel};
 use monitor_common::SockOwner;
 
 use crate::{
-    btf::{AF_INET, AF_INET6},
+    btf::{AF_INET, AF_INET6, load},
     maps::{SOCKS, sock_offsets},
 };
 
@@ -32,11 +34,21 @@ pub fn socket_of(fd: u32) -> Option<FoundSock> {
     if !off.known() {
         return None;
     }
-    // SAFETY: helper without preconditions.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task + off.task_files as u64)?;
-    let fdt: u64 = read(files + off.files_fdt as u64)?;
-    let fd_array: u64 = read(fdt + off.fdt_fd as u64)?;
+    // SAFETY: the helper returns the current task as a BTF pointer; `files`,
+    // `fdt` and `fd` are the members at these BTF offsets (a kernel thread
+    // has no files: a load through null reads 0).
+    let fd_array: u64 = unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let files: *const u8 = load(task, off.task_files);
+        if files.is_null() {
+            return None;
+        }
+        let fdt: *const u8 = load(files, off.files_fdt);
+        if fdt.is_null() {
+            return None;
+        }
+        load(fdt, off.fdt_fd)
+    };
     let file: u64 = read(fd_array + (fd as u64) * 8)?;
     let socket: u64 = read(file + off.file_private_data as u64)?;
     let sk: u64 = read(socket + off.socket_sk as u64)?;
