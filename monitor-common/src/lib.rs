@@ -25,7 +25,8 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU event counters, indexed by [`crate::counter`] slots.
     pub const COUNTERS: &str = "COUNTERS";
-    /// pid_tgid -> [`crate::PendingSyscall`]: arguments kept from sys_enter for sys_exit.
+    /// pid_tgid -> [`crate::PendingSyscall`]: connect()'s arguments and start, kept from
+    /// sys_enter for sys_exit (other syscalls read theirs from the saved registers).
     pub const PENDING: &str = "PENDING";
     /// struct sock address -> [`crate::SockOwner`]: sockets of watched processes.
     pub const SOCKS: &str = "SOCKS";
@@ -310,7 +311,8 @@ pub struct PendingSyscall {
 pub mod counter {
     /// Records of kind K that found the ring buffer full are counted at `LOST_BASE + K`.
     pub const LOST_BASE: u32 = 0;
-    /// Syscall exits whose sys_enter arguments were missing (PENDING full or evicted).
+    /// Syscall exits that could not be described: connect()'s kept arguments
+    /// missing (PENDING full), or a pipe's fds unreadable in user memory.
     pub const PENDING_MISSED: u32 = 64;
     /// Forced wakeups issued because `wakeup_bytes` were waiting.
     pub const WAKEUPS: u32 = 65;
