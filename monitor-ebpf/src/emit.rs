@@ -72,7 +72,7 @@ pub fn submit<T>(entry: RingBufEntry<T>) {
 }
 
 /// Submits and wakes the reader now: for the rare events user space must
-/// act on quickly (an exec to match, a child to start tracking).
+/// act on quickly (an exec to match). Costly: an interrupt and a wakeup.
 #[inline(always)]
 pub fn submit_now<T>(entry: RingBufEntry<T>) {
     entry.submit(BPF_RB_FORCE_WAKEUP);
