@@ -332,14 +332,7 @@ fn without_the_flush_program_every_creation_is_shipped_at_once() {
         &["--match-comm", HELD_COMM],
         &[("LEAKMON_TEST_REFUSE_HOOKS", "flush_deferred")],
     );
-    let status = daemon.status();
-    let hook = status["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["program"] == "flush_deferred")
-        .cloned()
-        .unwrap();
+    let hook = daemon.hook("flush_deferred");
     assert_eq!(hook["attached"], false, "{hook}");
     assert!(
         daemon.log_text().contains("shipped one by one"),

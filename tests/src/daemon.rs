@@ -128,6 +128,18 @@ impl Daemon {
         self.request(json!({"request": "status"}))
     }
 
+    /// The status entry of the hook of `program` (the first, for a program
+    /// on several tracepoints).
+    pub fn hook(&self, program: &str) -> Value {
+        let status = self.status();
+        let hooks = status["hooks"].as_array().expect("a hooks list in status");
+        hooks
+            .iter()
+            .find(|h| h["program"] == program)
+            .unwrap_or_else(|| panic!("no hook of {program} in status"))
+            .clone()
+    }
+
     /// Polls `check` on the daemon's status until it holds (an awaited
     /// condition with a deadline, not a sleep).
     pub fn await_status(&self, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
