@@ -130,8 +130,9 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // A thread killed inside a hooked syscall never reaches its sys_exit.
-    forget(&PENDING, ((tgid as u64) << 32) | tid as u64);
-    forget(&TLS_CALLS, ((tgid as u64) << 32) | tid as u64);
+    let thread = ((tgid as u64) << 32) | tid as u64;
+    forget(&PENDING, thread);
+    forget(&TLS_CALLS, thread);
     let offsets = task_offsets();
     // Without the field, user space decides from its thread list whether
     // this exit may be the process's last.
