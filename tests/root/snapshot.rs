@@ -103,6 +103,40 @@ fn agrees_with_lsof_and_ss(pid: u32, snap: &Value, ready: &Value) {
     for fd in ready["close_wait_fds"].as_array().unwrap() {
         assert_eq!(tcp[&fd.as_u64().unwrap()]["socket"]["state"], "CLOSE_WAIT");
     }
+    endpoints_agree(snap);
+}
+
+/// The bulk workload's 500 connections to its own listener (300 open, 200
+/// in CLOSE_WAIT) make one outbound summary; the 300 it accepted one inbound
+/// summary at the listener, not one per client port.
+fn endpoints_agree(snap: &Value) {
+    let tcp: Vec<&Value> = snap["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "socket-tcp")
+        .map(|f| &f["socket"])
+        .collect();
+    let listener = &tcp.iter().find(|s| s["state"] == "LISTEN").unwrap()["local"];
+    let accepted = tcp
+        .iter()
+        .filter(|s| s["local"] == *listener && s["state"] != "LISTEN")
+        .count();
+    let made = tcp.iter().filter(|s| s["remote"] == *listener).count();
+    assert_eq!((accepted, made), (300, 500));
+    let summaries = snap["endpoints"].as_array().unwrap();
+    assert_eq!(summaries.len(), 2, "{summaries:#?}");
+    let count = |s: &Value, state: &str| s["states"][state].as_u64().unwrap_or(0);
+    let inbound = summaries.iter().find(|s| s["inbound"] == true).unwrap();
+    assert_eq!(inbound["endpoint"], *listener);
+    assert_eq!(count(inbound, "ESTABLISHED"), 300, "{inbound}");
+    let outbound = summaries.iter().find(|s| s.get("inbound").is_none()).unwrap();
+    assert_eq!(outbound["endpoint"], *listener);
+    assert_eq!(
+        (count(outbound, "ESTABLISHED"), count(outbound, "CLOSE_WAIT")),
+        (300, 200),
+        "{outbound}"
+    );
 }
 
 #[test]

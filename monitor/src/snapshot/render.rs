@@ -158,6 +158,9 @@ pub fn endpoint_line(endpoint: &EndpointSummary) -> String {
         endpoint.label.as_deref().unwrap_or("-"),
         endpoint.endpoint
     );
+    if endpoint.inbound {
+        line.push_str(" (inbound)");
+    }
     for (state, n) in endpoint.states.iter() {
         let _ = write!(line, "  {state} {n}");
         if state == "CLOSE_WAIT"

@@ -4,7 +4,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
 };
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -34,7 +34,12 @@ pub struct SocketSnapshot {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EndpointSummary {
+    /// The remote address; for `inbound`, the process's own listening address.
     pub endpoint: String,
+    /// Connections the process accepted on its listener at `endpoint`, not
+    /// ones it made: one summary per listener, not one per client port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inbound: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// TCP sockets to it, by state.
@@ -181,20 +186,26 @@ pub fn merge_ledger(fds: &mut [FdSnapshot], sockets: &[SocketView]) {
     }
 }
 
-/// One summary per remote endpoint of the process's TCP connections.
+/// One summary per remote endpoint of the process's TCP connections, and one
+/// per listener of the process for the connections it accepted there.
 pub fn endpoints(fds: &[FdSnapshot], health: &[EndpointView], labels: &Labels) -> Vec<EndpointSummary> {
+    let listeners = Listeners::of(fds);
     // Indexed by the sockets' own strings (one allocation per endpoint, not
     // per socket), sorted once at the end.
     // At most one per socket: reserved, not grown (untouched pages cost nothing).
     let sockets = fds.iter().filter(|f| f.socket.is_some()).count() + health.len();
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(sockets);
+    let mut index: HashMap<(&str, bool), usize> = HashMap::with_capacity(sockets);
     let mut summaries: Vec<EndpointSummary> = Vec::with_capacity(sockets);
     for socket in fds.iter().filter_map(|f| f.socket.as_ref()) {
         let info = &socket.info;
         if info.protocol != Protocol::Tcp || info.state == "LISTEN" {
             continue;
         }
-        let summary = summary_of(&info.remote, &mut index, &mut summaries, labels);
+        let key = match listeners.listener_of(&info.local) {
+            Some(listener) => (listener, true),
+            None => (info.remote.as_str(), false),
+        };
+        let summary = summary_of(key, &mut index, &mut summaries, labels);
         summary.states.add(info.state.clone());
         if info.state == "CLOSE_WAIT"
             && let Some(age) = socket.ledger.as_ref().map(|l| l.age_in_state_s)
@@ -203,22 +214,72 @@ pub fn endpoints(fds: &[FdSnapshot], health: &[EndpointView], labels: &Labels) -
         }
     }
     for view in health {
-        summary_of(&view.endpoint, &mut index, &mut summaries, labels).health = Some(Box::new(view.clone()));
+        summary_of((&view.endpoint, false), &mut index, &mut summaries, labels).health =
+            Some(Box::new(view.clone()));
     }
-    summaries.sort_unstable_by(|a, b| a.endpoint.cmp(&b.endpoint));
+    summaries.sort_unstable_by(|a, b| (&a.endpoint, a.inbound).cmp(&(&b.endpoint, b.inbound)));
     summaries
 }
 
-/// The summary of `endpoint`, added blank on first sight.
+/// The process's TCP listening addresses.
+struct Listeners<'a> {
+    /// By their exact local address.
+    exact: HashSet<&'a str>,
+    /// Listeners on every address (0.0.0.0, ::), by port.
+    any_address: HashMap<u16, &'a str>,
+}
+
+impl<'a> Listeners<'a> {
+    fn of(fds: &'a [FdSnapshot]) -> Listeners<'a> {
+        let mut listeners = Listeners {
+            exact: HashSet::new(),
+            any_address: HashMap::new(),
+        };
+        let listening = fds
+            .iter()
+            .filter_map(|f| f.socket.as_ref())
+            .map(|s| &s.info)
+            .filter(|info| info.protocol == Protocol::Tcp && info.state == "LISTEN");
+        for info in listening {
+            match info.local.rsplit_once(':') {
+                Some(("0.0.0.0" | "[::]", port)) => {
+                    if let Ok(port) = port.parse() {
+                        listeners.any_address.insert(port, &info.local);
+                    }
+                }
+                _ => {
+                    listeners.exact.insert(&info.local);
+                }
+            }
+        }
+        listeners
+    }
+
+    /// The listener a connection with local address `local` was accepted on
+    /// (a connection the process made has an ephemeral port no listener has).
+    fn listener_of(&self, local: &str) -> Option<&'a str> {
+        if self.exact.is_empty() && self.any_address.is_empty() {
+            return None;
+        }
+        if let Some(exact) = self.exact.get(local) {
+            return Some(*exact);
+        }
+        let port = local.rsplit_once(':')?.1.parse().ok()?;
+        self.any_address.get(&port).copied()
+    }
+}
+
+/// The summary of `(endpoint, inbound)`, added blank on first sight.
 fn summary_of<'a, 's>(
-    endpoint: &'a str,
-    index: &mut HashMap<&'a str, usize>,
+    (endpoint, inbound): (&'a str, bool),
+    index: &mut HashMap<(&'a str, bool), usize>,
     summaries: &'s mut Vec<EndpointSummary>,
     labels: &Labels,
 ) -> &'s mut EndpointSummary {
-    let at = *index.entry(endpoint).or_insert_with(|| {
+    let at = *index.entry((endpoint, inbound)).or_insert_with(|| {
         summaries.push(EndpointSummary {
             endpoint: endpoint.to_string(),
+            inbound,
             label: labels.label_of(endpoint).map(str::to_string),
             states: StateCounts::default(),
             oldest_close_wait_s: None,
@@ -235,11 +296,15 @@ mod tests {
     use crate::fdkind::FdKind;
 
     fn tcp(fd: u32, remote: &str, state: &'static str) -> FdSnapshot {
+        tcp_from(fd, &format!("127.0.0.1:{}", 40000 + fd), remote, state)
+    }
+
+    fn tcp_from(fd: u32, local: &str, remote: &str, state: &'static str) -> FdSnapshot {
         let info = SocketInfo {
             protocol: Protocol::Tcp,
             inode: 1000 + u64::from(fd),
             state: state.into(),
-            local: format!("127.0.0.1:{}", 40000 + fd),
+            local: local.to_string(),
             remote: remote.to_string(),
             unix_type: None,
             peer_inode: None,
@@ -294,5 +359,55 @@ mod tests {
         assert_eq!(json, serde_json::json!({"CLOSE_WAIT": 1, "ESTABLISHED": 2}));
         let back: StateCounts = serde_json::from_value(json).unwrap();
         assert_eq!(back, summaries[1].states);
+    }
+
+    #[test]
+    fn accepted_connections_are_summarised_per_listener() {
+        let fds = [
+            tcp_from(3, "127.0.0.1:8080", "0.0.0.0:0", "LISTEN"),
+            tcp_from(4, "127.0.0.1:8080", "127.0.0.1:50001", "ESTABLISHED"),
+            tcp_from(5, "127.0.0.1:8080", "127.0.0.1:50002", "CLOSE_WAIT"),
+            tcp_from(6, "[::]:6385", "[::]:0", "LISTEN"),
+            tcp_from(
+                7,
+                "[::ffff:10.0.0.5]:6385",
+                "[::ffff:10.0.0.9]:50003",
+                "ESTABLISHED",
+            ),
+            // The process's own connection to its listener is outbound.
+            tcp_from(8, "127.0.0.1:50001", "127.0.0.1:8080", "ESTABLISHED"),
+        ];
+        let summaries = endpoints(&fds, &[], &Labels::default());
+        let shown: Vec<_> = summaries
+            .iter()
+            .map(|s| {
+                (
+                    s.endpoint.as_str(),
+                    s.inbound,
+                    s.label.as_deref(),
+                    s.states.iter().collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("127.0.0.1:8080", false, None, vec![("ESTABLISHED", 1)]),
+                (
+                    "127.0.0.1:8080",
+                    true,
+                    None,
+                    vec![("CLOSE_WAIT", 1), ("ESTABLISHED", 1)]
+                ),
+                ("[::]:6385", true, Some("ironic-api"), vec![("ESTABLISHED", 1)]),
+            ]
+        );
+        assert_eq!(serde_json::to_value(&summaries[1]).unwrap()["inbound"], true);
+        assert!(
+            serde_json::to_value(&summaries[0])
+                .unwrap()
+                .get("inbound")
+                .is_none()
+        );
     }
 }
