@@ -217,7 +217,7 @@ pub fn stats(samples: &[f64]) -> Stats {
     }
 }
 
-const LOOPS: [(&str, &str); 9] = [
+const LOOPS: [(&str, &str); 10] = [
     ("open", "open+close /dev/null"),
     ("socket", "socket+close (TCP)"),
     ("pipe2", "pipe2+close+close"),
@@ -226,6 +226,7 @@ const LOOPS: [(&str, &str); 9] = [
     ("epoll", "epoll_create1+close"),
     ("thread", "thread create+join"),
     ("fork", "process fork+exit+wait"),
+    ("exec", "process fork+exec /bin/true+wait"),
     ("tcp", "loopback TCP connect+close (server in another process)"),
 ];
 
@@ -243,6 +244,7 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
                 let (kind, ops) = match *kind {
                     "thread" => (*kind, ops / 20),
                     "fork" => (*kind, ops / 40),
+                    "exec" => (*kind, ops / 200),
                     "tcp" => (tcp.as_str(), ops / 10),
                     _ => (*kind, ops),
                 };

@@ -13,7 +13,10 @@ use crate::{
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-fn ship(kind: EventKind, pid: u32, flags: u32, comm: [u8; 16]) {
+/// Ships a task event; `wake` wakes the reader at once. Anything else waits
+/// for the drain timer or `wakeup_bytes`: a forced wakeup is an interrupt and
+/// a wakeup of the reader, ~15-25 µs under this hypervisor.
+fn ship(kind: EventKind, pid: u32, flags: u32, comm: [u8; 16], wake: bool) {
     let entry: Option<RingBufEntry<TaskEvent>> = reserve(kind);
     if let Some(mut entry) = entry {
         entry.write(TaskEvent {
@@ -22,15 +25,7 @@ fn ship(kind: EventKind, pid: u32, flags: u32, comm: [u8; 16]) {
             flags,
             comm,
         });
-        // User space decides at exec whether to watch (it reads the command
-        // line): that wakes it at once. Anything else waits for the drain
-        // timer or `wakeup_bytes`: a forced wakeup is an interrupt and a
-        // wakeup of the reader, ~15 µs per fork under this hypervisor.
-        if kind == EventKind::Exec {
-            submit_now(entry)
-        } else {
-            submit(entry)
-        }
+        if wake { submit_now(entry) } else { submit(entry) }
     }
 }
 
@@ -78,7 +73,14 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         // SAFETY: offset from the format file.
         let old_pid: u32 =
             unsafe { ctx.read_at::<i32>(task_offsets().exec_old_pid as usize) }.unwrap_or(tid as i32) as u32;
-        ship(EventKind::Exec, old_pid, flags, comm);
+        // A process that is or was watched changed what it runs: user space
+        // decides at once (uprobes to attach, a watch to end). An exec
+        // shipped only for command-line matching waits for the next drain
+        // (100 ms by default): otherwise every exec on the host would pay
+        // for a wakeup, and the first scan finds what the process opened
+        // in the meantime.
+        let wake = before.is_some() || now_watched;
+        ship(EventKind::Exec, old_pid, flags, comm, wake);
     }
     0
 }
@@ -117,6 +119,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         pid,
         flags,
         read_comm(&ctx, offsets.newtask_comm),
+        false,
     );
     0
 }
@@ -150,7 +153,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         let _ = WATCHED.remove(tgid);
     }
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    ship(EventKind::TaskExit, tid, flags, comm);
+    ship(EventKind::TaskExit, tid, flags, comm, false);
     0
 }
 
@@ -171,6 +174,7 @@ pub fn task_rename(ctx: TracePointContext) -> u32 {
         pid as u32,
         0,
         read_comm(&ctx, offsets.rename_newcomm),
+        false,
     );
     0
 }

@@ -17,7 +17,7 @@ pub fn close(fd: i32) {
 
 fn one(kind: &str) {
     // SAFETY (all arms): plain syscalls on fds this loop owns; paths are NUL-terminated literals;
-    // the forked child calls only _exit (async-signal-safe in a threaded parent).
+    // the forked child calls only execv and _exit (async-signal-safe in a threaded parent).
     match kind {
         "open" => close(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }),
         "socket" => close(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }),
@@ -39,6 +39,19 @@ fn one(kind: &str) {
             child => {
                 let mut status = 0;
                 unsafe { libc::waitpid(child, &mut status, 0) };
+            }
+        },
+        // The child runs /bin/true: an exec like any on the host.
+        "exec" => match unsafe { libc::fork() } {
+            0 => unsafe {
+                let argv = [c"true".as_ptr(), std::ptr::null()];
+                libc::execv(c"/bin/true".as_ptr(), argv.as_ptr());
+                libc::_exit(127)
+            },
+            child => {
+                let mut status = 0;
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                assert_eq!(status, 0, "/bin/true failed");
             }
         },
         other => panic!("unknown loop {other}"),
