@@ -7,6 +7,7 @@ pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_CLOSE_WAIT: u8 = 8;
+pub const TCP_LISTEN: u8 = 10;
 
 /// A TCP connection's addresses: the key of TUPLES. IPv4
 /// addresses sit in the first 4 bytes of the 16; ports are host order.
@@ -100,6 +101,9 @@ pub struct SockOffsets {
     /// For the snapshot iterator: struct file's f_path, struct inode's i_mode.
     pub file_f_path: u32,
     pub inode_i_mode: u32,
+    /// From a struct sock to its inode: sock.sk_socket, then socket.file.
+    pub sock_sk_socket: u32,
+    pub socket_file: u32,
 }
 
 impl SockOffsets {
@@ -126,6 +130,8 @@ impl SockOffsets {
         skc_v6_rcv_saddr: 0,
         file_f_path: 0,
         inode_i_mode: 0,
+        sock_sk_socket: 0,
+        socket_file: 0,
     };
 
     pub const fn known(&self) -> bool {
@@ -137,7 +143,7 @@ const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 16);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 24 + 32 + 40);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 24 + 24 + 16);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 76);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 84);
 const _: () = assert!(core::mem::size_of::<FdIterRecord>() == 32 + 40);
 
 /// One open fd as the snapshot iterator (`iter/task_file`) writes it,

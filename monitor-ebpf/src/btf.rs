@@ -19,6 +19,18 @@ pub unsafe fn load<T>(base: *const u8, offset: u32) -> T {
     unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) }
 }
 
+/// The pointer member at `offset` of a BTF-typed kernel object, `None`
+/// when it is null.
+///
+/// # Safety
+/// As for [`load`], the member being a pointer.
+#[inline(always)]
+pub unsafe fn follow(base: *const u8, offset: u32) -> Option<*const u8> {
+    // SAFETY: per the function's contract.
+    let pointer: *const u8 = unsafe { load(base, offset) };
+    (!pointer.is_null()).then_some(pointer)
+}
+
 /// 16 bytes (an IPv6 address) as two 8-byte loads.
 ///
 /// # Safety

@@ -21,7 +21,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
-use btf::{AF_INET, AF_INET6, load, read_inet_tuple};
+use btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple};
 use monitor_common::{FD_TARGET_MAX, FdIterRecord, SockOffsets};
 
 const S_IFMT: u32 = 0o170000;
@@ -85,14 +85,12 @@ unsafe fn write_fd(ctx: &TaskFileContext) {
     // read-only globals, constants to the verifier.
     // SAFETY: f_inode and i_mode/i_ino are the members at these BTF offsets.
     let (mode, inode) = unsafe {
-        let inode = load::<*const u8>(file, off.file_f_inode);
-        if inode.is_null() {
-            (0, 0)
-        } else {
-            (
+        match follow(file, off.file_f_inode) {
+            Some(inode) => (
                 load::<u16>(inode, off.inode_i_mode),
                 load::<u64>(inode, off.inode_i_ino),
-            )
+            ),
+            None => (0, 0),
         }
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -172,10 +170,9 @@ fn describe_socket(file: *const u8, off: &SockOffsets, record: &mut FdIterRecord
     }
     // SAFETY (this and the loads below): members at their BTF offsets in
     // struct socket and struct sock, checked by the verifier.
-    let sk = unsafe { load::<*const u8>(socket, off.socket_sk) };
-    if sk.is_null() {
+    let Some(sk) = (unsafe { follow(socket, off.socket_sk) }) else {
         return false;
-    }
+    };
     let family: u16 = unsafe { load(sk, off.sock_family) };
     record.sock_family = family;
     record.sock_protocol = unsafe { load(sk, off.sock_protocol) };

@@ -51,8 +51,7 @@ pub fn tcp_state_name(state: u8) -> &'static str {
     }
 }
 
-/// TCP_LISTEN.
-pub const TCP_LISTEN: u8 = 10;
+pub use monitor_common::TCP_LISTEN;
 
 /// The state number of a [`tcp_state_name`].
 pub fn tcp_state_number(name: &str) -> Option<u8> {

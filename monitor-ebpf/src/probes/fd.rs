@@ -132,6 +132,20 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// sys_enter of listen(fd, backlog): the socket enters SOCKS before it moves
+/// to LISTEN, after its creation if that is still held back (socket() walks
+/// nothing; connect() registers in sock.rs).
+#[tracepoint]
+pub fn listen_enter(ctx: TracePointContext) -> u32 {
+    let (tgid, _) = current();
+    if watch_entry(tgid).is_none() {
+        return 0;
+    }
+    defer::flush_local();
+    fdtable::remember(tgid, arg(&ctx, 0) as u32);
+    0
+}
+
 /// sys_exit of connect.
 #[tracepoint]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
@@ -161,23 +175,10 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
     let plain = FdExtra::NONE;
     match syscall {
         nr::SOCKET => {
-            let inode = if ret >= 0 {
-                fdtable::remember(tgid, ret as u32).0
-            } else {
-                0
-            };
+            // A TCP socket enters SOCKS when it connects (sock.rs); until
+            // then it is an fd like any other.
             let detail = socket_detail(args[0], args[1], args[2]);
-            // Walked to (SOCKS, SOCK_FDS): shipped at once.
-            fd_result(
-                nr::SOCKET,
-                ret,
-                FdExtra {
-                    detail,
-                    inode,
-                    ..plain
-                },
-                false,
-            );
+            fd_result(nr::SOCKET, ret, FdExtra { detail, ..plain }, false);
         }
         nr::SOCKETPAIR => fd_pair(
             nr::SOCKETPAIR,

@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel};
 use monitor_common::SockOwner;
 
 use crate::{
-    btf::{AF_INET, AF_INET6, load},
+    btf::{AF_INET, AF_INET6, follow, load},
     maps::{SOCKS, sock_offsets},
 };
 
@@ -39,15 +39,8 @@ pub fn socket_of(fd: u32) -> Option<FoundSock> {
     // has no files: a load through null reads 0).
     let fd_array: u64 = unsafe {
         let task = bpf_get_current_task_btf() as *const u8;
-        let files: *const u8 = load(task, off.task_files);
-        if files.is_null() {
-            return None;
-        }
-        let fdt: *const u8 = load(files, off.files_fdt);
-        if fdt.is_null() {
-            return None;
-        }
-        load(fdt, off.fdt_fd)
+        let files = follow(task, off.task_files)?;
+        load(follow(files, off.files_fdt)?, off.fdt_fd)
     };
     let file: u64 = read(fd_array + (fd as u64) * 8)?;
     let socket: u64 = read(file + off.file_private_data as u64)?;

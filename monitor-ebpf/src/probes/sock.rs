@@ -4,21 +4,31 @@
 //! The socket tracepoints fire for every TCP socket on the host, often in
 //! softirq context (the FIN that moves a socket to CLOSE_WAIT), so the
 //! current task says nothing about the owner. BTF tracepoints hand the
-//! programs the struct sock itself: it is looked up in SOCKS (filled at
-//! socket()/accept() in process context), then, for connections opened
-//! before the probes could see them, in TUPLES by address.
+//! programs the struct sock itself: it is looked up in SOCKS, then, for
+//! connections opened before the probes could see them, in TUPLES by
+//! address. SOCKS is filled in process context: at accept(), and when a
+//! watched thread's connect() moves a socket to SYN_SENT (the socket and
+//! its fd are both at hand then; socket() itself walks nothing, so a socket
+//! that never connects costs no more than any fd).
 
-use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
 use monitor_common::{
-    ConnectEvent, EventKind, PendingSyscall, SockEvent, SockOffsets, SockOwner, Tuple, config_flags,
-    syscalls as nr,
+    ConnectEvent, EventKind, PendingSyscall, SockEvent, SockOffsets, SockOwner, TCP_CLOSE, TCP_SYN_SENT,
+    Tuple, config_flags, syscalls as nr,
 };
 
+use super::http;
 use crate::{
-    btf::{AF_INET, AF_INET6, load, read_inet_tuple},
+    btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple},
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{SOCKS, TUPLES, config, forget, sock_offsets},
+    maps::{PENDING, SOCKS, TUPLES, config, forget, sock_offsets},
 };
+
+const IPPROTO_TCP: u16 = 6;
 
 /// The watched owner of `sk` (a BTF pointer), if it has one.
 #[inline(always)]
@@ -59,6 +69,40 @@ unsafe fn tuple_of(sk: *const u8, off: &SockOffsets) -> Option<Tuple> {
     Some(tuple)
 }
 
+/// A TCP socket that a watched thread's connect() moves out of CLOSE: its
+/// owner is that thread's process and connect()'s fd. Runs in that thread's
+/// syscall, so the socket's fd creation (possibly still held back) ships
+/// first: [`ship`] with `in_owner_syscall`.
+#[inline(always)]
+fn register_connecting(sk: *const u8) -> Option<SockOwner> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once. Only watched threads have an entry.
+    let pending = unsafe { PENDING.get(pid_tgid) }.copied()?;
+    if pending.syscall != nr::CONNECT {
+        return None;
+    }
+    let off = sock_offsets();
+    // SAFETY (all loads): members at their BTF offsets of the tracepoint's
+    // struct sock, its struct socket, file and inode; a null pointer reads 0.
+    let inode = unsafe {
+        if load::<u16>(sk, off.sock_protocol) != IPPROTO_TCP {
+            return None;
+        }
+        let socket = follow(sk, off.sock_sk_socket)?;
+        let file = follow(socket, off.socket_file)?;
+        load::<u64>(follow(file, off.file_f_inode)?, off.inode_i_ino)
+    };
+    let owner = SockOwner {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: pending.args[0] as u32,
+        inode,
+    };
+    SOCKS.insert(sk as u64, owner, 0).ok()?;
+    http::track_socket_fd(owner.tgid, owner.fd);
+    Some(owner)
+}
+
+#[inline(always)]
 fn ship(
     kind: EventKind,
     owner: &SockOwner,
@@ -66,10 +110,18 @@ fn ship(
     oldstate: u8,
     newstate: u8,
     error: i32,
-    tuple: Tuple,
+    in_owner_syscall: bool,
 ) {
-    // These programs may run in softirq: they leave the held-back slot alone (defer.rs).
-    if let Some(mut entry) = reserve_unordered::<SockEvent>(kind) {
+    // SAFETY: sk is the tracepoint's struct sock.
+    let tuple = unsafe { tuple_of(sk, &sock_offsets()) }.unwrap_or_default();
+    // These programs may run in softirq: they leave the held-back slot alone
+    // (defer.rs), unless they run in the owner's own syscall.
+    let entry = if in_owner_syscall {
+        reserve::<SockEvent>(kind)
+    } else {
+        reserve_unordered::<SockEvent>(kind)
+    };
+    if let Some(mut entry) = entry {
         let mut head = header(kind, monitor_common::NO_SYSCALL);
         head.tgid = owner.tgid;
         entry.write(SockEvent {
@@ -92,12 +144,18 @@ fn ship(
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    let Some(owner) = owner(sk) else {
-        return 0;
-    };
     let (oldstate, newstate): (i32, i32) = (ctx.arg(1), ctx.arg(2));
-    // SAFETY: sk is the tracepoint's struct sock.
-    let tuple = unsafe { tuple_of(sk, &sock_offsets()) }.unwrap_or_default();
+    let (owner, registered) = match owner(sk) {
+        Some(owner) => (owner, false),
+        // Only connect() moves a socket from CLOSE to SYN_SENT.
+        None if oldstate == TCP_CLOSE as i32 && newstate == TCP_SYN_SENT as i32 => {
+            match register_connecting(sk) {
+                Some(owner) => (owner, true),
+                None => return 0,
+            }
+        }
+        None => return 0,
+    };
     ship(
         EventKind::SockState,
         &owner,
@@ -105,7 +163,7 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
         oldstate as u8,
         newstate as u8,
         0,
-        tuple,
+        registered,
     );
     0
 }
@@ -121,14 +179,8 @@ pub fn sock_error_report(ctx: BtfTracePointContext) -> i32 {
     };
     let off = sock_offsets();
     // SAFETY: members of the tracepoint's struct sock at their BTF offsets.
-    let (error, state, tuple) = unsafe {
-        (
-            load::<i32>(sk, off.sock_err),
-            load::<u8>(sk, off.sock_state),
-            tuple_of(sk, &off).unwrap_or_default(),
-        )
-    };
-    ship(EventKind::SockError, &owner, sk, state, state, error, tuple);
+    let (error, state) = unsafe { (load::<i32>(sk, off.sock_err), load::<u8>(sk, off.sock_state)) };
+    ship(EventKind::SockError, &owner, sk, state, state, error, false);
     0
 }
 

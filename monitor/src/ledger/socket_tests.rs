@@ -31,6 +31,7 @@ fn header(kind: EventKind, syscall: u32, ts_ns: u64) -> EventHeader {
     }
 }
 
+/// As the probes ship it: socket() unwalked (inode 0), accept() walked.
 fn open_socket(ledger: &mut Ledger, fd: u32, syscall: u32, detail: u32) {
     let event = FdEvent {
         header: header(EventKind::FdOpen, syscall, 0),
@@ -38,7 +39,7 @@ fn open_socket(ledger: &mut Ledger, fd: u32, syscall: u32, detail: u32) {
         fd2: NO_FD,
         source_fd: NO_FD,
         detail,
-        inode: INODE,
+        inode: if syscall == nr::SOCKET { 0 } else { INODE },
     };
     ledger.apply(&Event::Fd(EventKind::FdOpen, event));
 }
@@ -88,8 +89,14 @@ fn outcome(ledger: &Ledger) -> ConnectOutcome {
 fn a_connect_is_counted_with_its_latency() {
     let mut ledger = ledger();
     open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
-    assert!(ledger.sockets[&INODE].kernel_seen);
+    assert!(ledger.sockets.is_empty(), "socket() is not walked");
     state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 10 * MS);
+    assert!(ledger.sockets[&INODE].kernel_seen);
+    assert_eq!(
+        ledger.processes[&PID].fds.get(&5).unwrap().inode,
+        INODE,
+        "bound at connect"
+    );
     state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 12 * MS);
     let stats = ironic(&ledger);
     assert_eq!((stats.connects, stats.established, stats.refused), (1, 1, 0));
@@ -99,6 +106,45 @@ fn a_connect_is_counted_with_its_latency() {
     assert_eq!(
         (entry.state, entry.state_since_ns, entry.state_seen),
         (Some(TCP_ESTABLISHED), 12 * MS, true)
+    );
+}
+
+#[test]
+fn only_a_connect_binds_an_unwalked_socket_fd() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    // A late event about an earlier socket that had fd 5 binds nothing.
+    state(&mut ledger, TCP_ESTABLISHED, TCP_CLOSE, 10 * MS);
+    assert!(ledger.sockets.is_empty());
+    assert_eq!(ledger.counters.socket_events_unowned, 1);
+    assert_eq!(ledger.processes[&PID].fds.get(&5).unwrap().inode, 0);
+    // Nor does a connect that happened before this fd was created.
+    let fds = &mut ledger.processes.get_mut(&PID).unwrap().fds;
+    fds.get_mut(&5).unwrap().entry.birth.ts_ns = 20 * MS;
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 15 * MS);
+    assert!(ledger.sockets.is_empty());
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 25 * MS);
+    assert_eq!(ledger.processes[&PID].fds.get(&5).unwrap().inode, INODE);
+}
+
+#[test]
+fn a_listen_binds_an_unwalked_socket_fd() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 6, nr::SOCKET, socket_detail(2, 1, 0));
+    let listen = SockEvent {
+        header: header(EventKind::SockState, NO_SYSCALL, 10 * MS),
+        inode: INODE + 1,
+        fd: 6,
+        oldstate: TCP_CLOSE,
+        newstate: monitor_common::TCP_LISTEN,
+        ..SockEvent::default()
+    };
+    ledger.apply(&Event::Sock(EventKind::SockState, listen));
+    assert_eq!(ledger.processes[&PID].fds.get(&6).unwrap().inode, INODE + 1);
+    let entry = &ledger.sockets[&(INODE + 1)];
+    assert_eq!(
+        (entry.state, entry.state_seen),
+        (Some(monitor_common::TCP_LISTEN), true)
     );
 }
 
@@ -169,6 +215,7 @@ fn an_accepted_socket_arrives_established_but_not_seen_entering() {
 fn a_shared_socket_leaves_with_its_last_holder() {
     let mut ledger = ledger();
     open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 1);
     let dup = FdEvent {
         header: header(EventKind::FdOpen, nr::DUP, 0),
         fd: 6,

@@ -10,7 +10,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use monitor_common::{ConnectEvent, SockEvent, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT, Tuple};
+use monitor_common::{ConnectEvent, SockEvent, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT, Tuple};
 use serde::{Deserialize, Serialize};
 
 use super::Ledger;
@@ -264,8 +264,37 @@ impl Ledger {
         Some(process.endpoints.entry(remote).or_default())
     }
 
+    /// The probes learn a TCP socket when its owner's connect() or listen()
+    /// moves it out of CLOSE: that event may name an fd the ledger holds with
+    /// no inode yet (socket() is not walked), which is bound to the socket
+    /// here. Only those events: a late one about a closed socket could name
+    /// a reused fd.
+    fn bind_socket_fd(&mut self, event: &SockEvent) {
+        let first = event.oldstate == TCP_CLOSE && matches!(event.newstate, TCP_SYN_SENT | TCP_LISTEN);
+        if !first || self.sockets.contains_key(&event.inode) {
+            return;
+        }
+        let (tgid, ts) = (event.header.tgid, event.header.ts_ns);
+        let Some(mut held) = self
+            .processes
+            .get_mut(&tgid)
+            .and_then(|p| p.fds.get_mut(&event.fd))
+        else {
+            return;
+        };
+        let unbound_socket = held.entry.kind.is_socket() || held.entry.provisional;
+        if held.entry.inode != 0 || !unbound_socket || held.entry.birth.ts_ns > ts {
+            return;
+        }
+        held.entry.kind = crate::fdkind::FdKind::SocketTcp;
+        held.entry.provisional = false;
+        held.set_inode(event.inode);
+        self.socket_entry(event.inode, tgid, ts).kernel_seen = true;
+    }
+
     /// A state change of a watched TCP socket.
     pub(super) fn sock_state(&mut self, event: &SockEvent) {
+        self.bind_socket_fd(event);
         let Some(entry) = self.sockets.get_mut(&event.inode) else {
             // Closed by its last fd already: nothing holds it.
             self.counters.socket_events_unowned += 1;

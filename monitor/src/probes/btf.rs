@@ -208,6 +208,8 @@ impl Btf {
             skc_v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
             file_f_path: self.offset("file", "f_path")?,
             inode_i_mode: self.offset("inode", "i_mode")?,
+            sock_sk_socket: self.offset("sock", "sk_socket")?,
+            socket_file: self.offset("socket", "file")?,
         })
     }
 }

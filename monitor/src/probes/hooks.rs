@@ -87,6 +87,8 @@ pub fn all() -> Vec<Hook> {
     // connect(): the outcome, the duration and the endpoint.
     hooks.push(hook("connect_enter", "syscalls", "sys_enter_connect", true));
     hooks.push(hook("connect_exit", "syscalls", "sys_exit_connect", true));
+    // listen(): a listening socket's owner (without it, sock_diag finds it).
+    hooks.push(hook("listen_enter", "syscalls", "sys_enter_listen", false));
     hooks
 }
 
