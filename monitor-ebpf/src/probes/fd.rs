@@ -133,8 +133,8 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
 }
 
 /// sys_enter of listen(fd, backlog): the socket enters SOCKS before it moves
-/// to LISTEN, after its creation if that is still held back (socket() walks
-/// nothing; connect() registers in sock.rs).
+/// to LISTEN (socket() walks nothing; connect() registers in sock.rs). A
+/// held-back creation ships first, so that this CPU's records keep their order.
 #[tracepoint]
 pub fn listen_enter(ctx: TracePointContext) -> u32 {
     let (tgid, _) = current();

@@ -6,10 +6,10 @@
 //! current task says nothing about the owner. BTF tracepoints hand the
 //! programs the struct sock itself: it is looked up in SOCKS, then, for
 //! connections opened before the probes could see them, in TUPLES by
-//! address. SOCKS is filled in process context: at accept(), and when a
-//! watched thread's connect() moves a socket to SYN_SENT (the socket and
-//! its fd are both at hand then; socket() itself walks nothing, so a socket
-//! that never connects costs no more than any fd).
+//! address. SOCKS is filled in process context: at listen() and accept()
+//! (fd.rs), and when a watched thread's connect() moves a socket to
+//! SYN_SENT (the socket and its fd are both at hand then). socket() itself
+//! walks nothing, so a socket that never connects costs no more than any fd.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
@@ -70,9 +70,9 @@ unsafe fn tuple_of(sk: *const u8, off: &SockOffsets) -> Option<Tuple> {
 }
 
 /// A TCP socket that a watched thread's connect() moves out of CLOSE: its
-/// owner is that thread's process and connect()'s fd. Runs in that thread's
-/// syscall, so the socket's fd creation (possibly still held back) ships
-/// first: [`ship`] with `in_owner_syscall`.
+/// owner is that thread's process and connect()'s fd. This runs inside that
+/// syscall, so its record may ship in order with the CPU's other records
+/// (a held-back fd creation first): [`ship`] with `in_owner_syscall`.
 #[inline(always)]
 fn register_connecting(sk: *const u8) -> Option<SockOwner> {
     let pid_tgid = bpf_get_current_pid_tgid();

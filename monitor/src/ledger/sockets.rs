@@ -289,7 +289,7 @@ impl Ledger {
         held.entry.kind = crate::fdkind::FdKind::SocketTcp;
         held.entry.provisional = false;
         held.set_inode(event.inode);
-        self.socket_entry(event.inode, tgid, ts).kernel_seen = true;
+        self.socket_entry(event.inode, tgid, ts);
     }
 
     /// A state change of a watched TCP socket.
