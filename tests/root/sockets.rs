@@ -8,7 +8,11 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{daemon::Daemon, require_root, scratch_dir, truth, watched_workload, workload::Workload};
+use tests::{
+    daemon::Daemon,
+    require_root, scratch_dir, truth, watched_workload,
+    workload::{ForkedChild, Workload},
+};
 
 /// The daemon's view of the socket that `fd` of `pid` holds.
 fn socket_of(daemon: &Daemon, pid: u32, fd: u64) -> Option<Value> {
@@ -175,6 +179,7 @@ fn dup_fork_and_scm_rights_keep_the_owner() {
         shared["dup"].as_u64().unwrap(),
         received["pid"].as_u64().unwrap() as u32,
     );
+    let reaped = ForkedChild(child);
 
     // The peer hangs up: one state change, seen by every holder.
     drop(accepted);
@@ -215,11 +220,7 @@ fn dup_fork_and_scm_rights_keep_the_owner() {
         socket_of(&daemon, child, fd).is_some(),
         "the child still holds it"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    reaped.kill();
     daemon.await_status("the child to be forgotten", Duration::from_secs(10), |s| {
         !s["processes"]
             .as_array()
@@ -228,6 +229,61 @@ fn dup_fork_and_scm_rights_keep_the_owner() {
             .any(|p| p["pid"] == child)
     });
     assert!(holds_no_socket(&daemon, workload.pid));
+}
+
+/// socket() is not walked: a copy made before the connect learns the socket
+/// from the connect (a dup) or from /proc (a forked child).
+#[test]
+fn copies_made_before_the_connect_keep_the_socket() {
+    if !require_root("copies_made_before_the_connect_keep_the_socket") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("early-copies", "lmw-early", &["serve"]);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+
+    // The dup connects; the peer hangs up; the dup is closed first.
+    workload.send(&format!("connect {addr} dupfirst"));
+    let done = workload.expect("connected");
+    let (fd, dup) = (
+        done["fd"].as_u64().unwrap(),
+        done["extra"]["dup"].as_u64().unwrap(),
+    );
+    drop(server.accept().unwrap().0);
+    daemon.await_status("CLOSE_WAIT", Duration::from_secs(10), |_| {
+        socket_of(&daemon, workload.pid, dup).is_some_and(|s| s["state"] == "CLOSE_WAIT")
+    });
+    let socket = socket_of(&daemon, workload.pid, dup).unwrap();
+    assert_eq!(socket["fds"], serde_json::json!([fd, dup]), "{socket}");
+    workload.send(&format!("close {dup}"));
+    workload.expect("closed");
+    let left = socket_of(&daemon, workload.pid, fd).expect("the original fd still holds the socket");
+    assert_eq!(
+        (&left["inode"], &left["state"], left["state_seen"].as_bool()),
+        (&socket["inode"], &socket["state"], Some(true))
+    );
+    workload.send(&format!("close {fd}"));
+    workload.expect("closed");
+    assert!(holds_no_socket(&daemon, workload.pid));
+
+    // A child forked before the parent connects holds the socket too.
+    workload.send(&format!("connect {addr} forkfirst"));
+    let done = workload.expect("connected");
+    let (fd, child) = (
+        done["fd"].as_u64().unwrap(),
+        done["extra"]["child"].as_u64().unwrap() as u32,
+    );
+    let _reaped = ForkedChild(child);
+    let accepted = server.accept().unwrap().0;
+    daemon.await_status("the child's copy to be named", Duration::from_secs(10), |_| {
+        socket_of(&daemon, child, fd).is_some()
+    });
+    workload.send(&format!("close {fd}"));
+    workload.expect("closed");
+    drop(accepted);
+    daemon.await_status("CLOSE_WAIT in the child", Duration::from_secs(10), |_| {
+        socket_of(&daemon, child, fd).is_some_and(|s| s["state"] == "CLOSE_WAIT" && s["state_seen"] == true)
+    });
 }
 
 #[test]

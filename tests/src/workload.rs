@@ -113,3 +113,22 @@ impl Drop for Workload {
         let _ = self.child.wait();
     }
 }
+
+/// A process the workload forked: killed when the test ends, even by a
+/// failed assertion (it would otherwise hold the test's stdout open).
+pub struct ForkedChild(pub u32);
+
+impl ForkedChild {
+    pub fn kill(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+impl Drop for ForkedChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -3,7 +3,7 @@
 use monitor_common::{EventHeader, FdEvent, NO_FD, syscalls as nr};
 
 use super::{
-    Birth, FAILURES_KEPT, FailedSyscall, FdEntry, FollowUp, Ledger, Origin, Process, RANGES_KEPT,
+    Birth, FAILURES_KEPT, FailedSyscall, FdEntry, FdId, FollowUp, Ledger, Origin, Process, RANGES_KEPT,
     ReleasedRange,
 };
 use crate::{
@@ -42,6 +42,13 @@ impl Ledger {
             inode,
         };
         let is_dup_onto = matches!(h.syscall, nr::DUP2 | nr::DUP3);
+        // A dup of a TCP socket that has not connected yet: see copies.rs.
+        let original = source
+            .filter(|s| inode == 0 && s.kind == FdKind::SocketTcp)
+            .map(|s| FdId {
+                fd: event.source_fd,
+                born_ns: s.birth.ts_ns,
+            });
         let mut released = Vec::new();
         for fd in [event.fd, event.fd2] {
             if fd == NO_FD {
@@ -51,6 +58,13 @@ impl Ledger {
             counters.fds_opened += 1;
             let (old, let_go) = process.fds.insert(fd, entry);
             released.extend(let_go);
+            if let Some(original) = original {
+                let fds = &process.fds;
+                let copy = FdId { fd, born_ns: h.ts_ns };
+                process
+                    .unbound_copies
+                    .note(copy, original, |id| fds.is_unbound(id));
+            }
             if old.is_some_and(|o| o.inode != 0) {
                 process.streams_end(fd, h.ts_ns);
             }

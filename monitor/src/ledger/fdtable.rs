@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::FdEntry;
+use super::{FdEntry, FdId};
 
 #[derive(Clone, Debug, Default)]
 pub struct FdTable {
@@ -36,6 +36,13 @@ impl FdTable {
 
     pub fn values(&self) -> impl Iterator<Item = &FdEntry> {
         self.fds.values()
+    }
+
+    /// Whether `id` is still open, as that incarnation, with no socket inode.
+    pub fn is_unbound(&self, id: FdId) -> bool {
+        self.fds
+            .get(&id.fd)
+            .is_some_and(|e| e.birth.ts_ns == id.born_ns && e.inode == 0)
     }
 
     /// Whether any fd of this process holds the socket.
@@ -128,6 +135,13 @@ impl FdEntryMut<'_> {
         if inode != 0 {
             *self.socket_refs.entry(inode).or_default() += 1;
         }
+    }
+
+    /// Binds the fd to the TCP socket its connect() or listen() named.
+    pub fn bind_tcp(&mut self, inode: u64) {
+        self.entry.kind = crate::fdkind::FdKind::SocketTcp;
+        self.entry.provisional = false;
+        self.set_inode(inode);
     }
 }
 

@@ -3,6 +3,7 @@
 //! scans go in, I/O decisions come out as [`FollowUp`]s for the engine.
 
 mod calls;
+mod copies;
 mod fds;
 mod fdtable;
 pub(crate) mod reconcile;
@@ -14,6 +15,7 @@ pub mod view;
 
 use std::collections::HashMap;
 
+pub use copies::FdId;
 use monitor_common::EventKind;
 pub use reconcile::Scan;
 pub use sockets::SocketEntry;

@@ -49,11 +49,15 @@ fn tuple() -> Tuple {
 }
 
 fn state(ledger: &mut Ledger, old: u8, new: u8, ts_ns: u64) {
+    state_on(ledger, 5, old, new, ts_ns);
+}
+
+fn state_on(ledger: &mut Ledger, fd: u32, old: u8, new: u8, ts_ns: u64) {
     let event = SockEvent {
         header: header(EventKind::SockState, NO_SYSCALL, ts_ns),
         inode: INODE,
         skaddr: 1,
-        fd: 5,
+        fd,
         error: 0,
         oldstate: old,
         newstate: new,
@@ -216,15 +220,7 @@ fn a_shared_socket_leaves_with_its_last_holder() {
     let mut ledger = ledger();
     open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
     state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 1);
-    let dup = FdEvent {
-        header: header(EventKind::FdOpen, nr::DUP, 0),
-        fd: 6,
-        fd2: NO_FD,
-        source_fd: 5,
-        detail: 0,
-        inode: 0,
-    };
-    ledger.apply(&Event::Fd(EventKind::FdOpen, dup));
+    dup(&mut ledger, 5, 6, 0);
     assert_eq!(
         ledger.processes[&PID].fds[&6].inode, INODE,
         "a dup holds the same socket"
@@ -237,16 +233,71 @@ fn a_shared_socket_leaves_with_its_last_holder() {
     };
     ledger.apply(&Event::Task(EventKind::TaskNew, fork));
     for fd in [5, 6] {
-        let close = FdEvent {
-            header: header(EventKind::FdClose, nr::CLOSE, 0),
-            fd,
-            ..FdEvent::default()
-        };
-        ledger.apply(&Event::Fd(EventKind::FdClose, close));
+        close(&mut ledger, fd);
     }
     assert!(ledger.sockets.contains_key(&INODE), "the child still holds it");
     ledger.forget(PID + 1);
     assert!(!ledger.sockets.contains_key(&INODE));
+}
+
+fn dup(ledger: &mut Ledger, source: u32, fd: u32, ts_ns: u64) {
+    let dup = FdEvent {
+        header: header(EventKind::FdOpen, nr::DUP, ts_ns),
+        fd,
+        fd2: NO_FD,
+        source_fd: source,
+        detail: 0,
+        inode: 0,
+    };
+    ledger.apply(&Event::Fd(EventKind::FdOpen, dup));
+}
+
+fn close(ledger: &mut Ledger, fd: u32) {
+    let close = FdEvent {
+        header: header(EventKind::FdClose, nr::CLOSE, 0),
+        fd,
+        ..FdEvent::default()
+    };
+    ledger.apply(&Event::Fd(EventKind::FdClose, close));
+}
+
+#[test]
+fn dups_made_before_the_connect_hold_the_socket_whichever_connects() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    dup(&mut ledger, 5, 6, MS);
+    dup(&mut ledger, 6, 7, 2 * MS);
+    // The middle copy connects: the original and the copy of the copy learn it.
+    state_on(&mut ledger, 6, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
+    let fds = &ledger.processes[&PID].fds;
+    assert_eq!([5, 6, 7].map(|fd| fds[&fd].inode), [INODE; 3]);
+    close(&mut ledger, 6);
+    close(&mut ledger, 5);
+    assert!(ledger.sockets.contains_key(&INODE), "fd 7 still holds it");
+    close(&mut ledger, 7);
+    assert!(!ledger.sockets.contains_key(&INODE));
+    assert_eq!(ledger.processes[&PID].unbound_copies.len(), 0);
+}
+
+#[test]
+fn a_socket_forked_before_its_connect_is_looked_up_in_proc_by_both() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    let fork = TaskEvent {
+        header: header(EventKind::TaskNew, NO_SYSCALL, MS),
+        pid: PID + 1,
+        flags: 0,
+        comm: comm_from("child"),
+    };
+    ledger.apply(&Event::Task(EventKind::TaskNew, fork));
+    assert_eq!(ledger.provisional_fds(PID), vec![5]);
+    assert_eq!(ledger.provisional_fds(PID + 1), vec![5]);
+    // The parent connects; /proc names the child's copy.
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
+    ledger.resolve_kind(PID + 1, 5, crate::fdkind::FdKind::SocketTcp, INODE, 6 * MS);
+    close(&mut ledger, 5);
+    assert!(ledger.sockets.contains_key(&INODE), "the child still holds it");
+    assert_eq!(ledger.sockets[&INODE].state, Some(TCP_SYN_SENT));
 }
 
 #[test]

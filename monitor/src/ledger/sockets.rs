@@ -13,7 +13,7 @@ use std::{
 use monitor_common::{ConnectEvent, SockEvent, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT, Tuple};
 use serde::{Deserialize, Serialize};
 
-use super::Ledger;
+use super::{FdId, Ledger};
 use crate::calls::CallRef;
 use crate::sockdiag::SocketTable;
 
@@ -275,20 +275,29 @@ impl Ledger {
             return;
         }
         let (tgid, ts) = (event.header.tgid, event.header.ts_ns);
-        let Some(mut held) = self
-            .processes
-            .get_mut(&tgid)
-            .and_then(|p| p.fds.get_mut(&event.fd))
-        else {
+        let Some(process) = self.processes.get_mut(&tgid) else {
+            return;
+        };
+        let Some(mut held) = process.fds.get_mut(&event.fd) else {
             return;
         };
         let unbound_socket = held.entry.kind.is_socket() || held.entry.provisional;
         if held.entry.inode != 0 || !unbound_socket || held.entry.birth.ts_ns > ts {
             return;
         }
-        held.entry.kind = crate::fdkind::FdKind::SocketTcp;
-        held.entry.provisional = false;
-        held.set_inode(event.inode);
+        let bound = FdId {
+            fd: event.fd,
+            born_ns: held.entry.birth.ts_ns,
+        };
+        held.bind_tcp(event.inode);
+        // dups made before the connect hold the same socket.
+        for copy in process.unbound_copies.take_group(bound) {
+            if process.fds.is_unbound(copy)
+                && let Some(mut entry) = process.fds.get_mut(&copy.fd)
+            {
+                entry.bind_tcp(event.inode);
+            }
+        }
         self.socket_entry(event.inode, tgid, ts);
     }
 

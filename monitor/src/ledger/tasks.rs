@@ -4,7 +4,9 @@ use std::collections::HashSet;
 
 use monitor_common::{NO_SYSCALL, TaskEvent, task_flags};
 
-use super::{Birth, Comm, FdEntry, FollowUp, Ledger, Origin, Process, ThreadEntry, WatchReason, comm_str};
+use super::{
+    Birth, Comm, FdEntry, FdKind, FollowUp, Ledger, Origin, Process, ThreadEntry, WatchReason, comm_str,
+};
 
 impl Ledger {
     pub(super) fn task_new(&mut self, task: &TaskEvent) {
@@ -44,11 +46,34 @@ impl Ledger {
             WatchReason::Parent(h.tgid),
             h.ts_ns,
         );
+        // A TCP socket that has not connected yet has no inode in the ledger,
+        // and the connect() that brings it will name one holder only: both
+        // copies are looked up in /proc instead (within a second).
+        let mut unbound = Vec::new();
         child.fds = parent
             .fds
             .iter()
-            .map(|(fd, entry)| (*fd, FdEntry { birth, ..*entry }))
+            .map(|(fd, entry)| {
+                let not_connected = entry.inode == 0 && entry.kind == FdKind::SocketTcp;
+                if not_connected {
+                    unbound.push(*fd);
+                }
+                let provisional = entry.provisional || not_connected;
+                (
+                    *fd,
+                    FdEntry {
+                        birth,
+                        provisional,
+                        ..*entry
+                    },
+                )
+            })
             .collect();
+        for fd in unbound {
+            if let Some(held) = parent.fds.get_mut(&fd) {
+                held.entry.provisional = true;
+            }
+        }
         child.threads.insert(task.pid, thread);
         counters.processes_watched += 1;
         self.processes.insert(task.pid, child);

@@ -8,7 +8,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use super::fdtable::FdTable;
-use super::sockets::EndpointStats;
+use super::{copies::UnboundCopies, sockets::EndpointStats};
 use crate::{
     calls::{CallLog, CallRef},
     fdkind::FdKind,
@@ -156,6 +156,8 @@ pub struct Process {
     pub released_ranges: VecDeque<ReleasedRange>,
     /// When it last exec'd (boot ns), 0 if not since it was watched.
     pub exec_ns: u64,
+    /// dups of its TCP sockets made before they connected.
+    pub unbound_copies: UnboundCopies,
 }
 
 /// A close_range the ledger applied.
@@ -201,6 +203,7 @@ impl Process {
             released_at: HashMap::new(),
             released_ranges: VecDeque::new(),
             exec_ns: 0,
+            unbound_copies: UnboundCopies::default(),
         }
     }
 

@@ -25,10 +25,22 @@ fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
     socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap()
 }
 
-/// `connect ADDR [plain|nonblock|syncnt1]`: reports the fd and how it went.
+/// `connect ADDR [plain|nonblock|syncnt1|dupfirst|forkfirst]`: reports the
+/// fd and how it went. `dupfirst` dups the socket before it connects and
+/// connects the dup (reported in `extra.dup`); `forkfirst` forks a child
+/// that holds the socket before it connects (`extra.child`).
 pub fn connect_to(addr: &str, how: &str) {
     let addr: SocketAddr = addr.parse().expect("ip:port");
-    let sock = tcp_socket(&addr);
+    let original = tcp_socket(&addr);
+    let mut extra = json!({});
+    let dup = (how == "dupfirst").then(|| nix::unistd::dup(&original).unwrap());
+    if let Some(dup) = &dup {
+        extra["dup"] = dup.as_raw_fd().into();
+    }
+    if how == "forkfirst" {
+        extra["child"] = fork_idle_holder().into();
+    }
+    let sock = dup.as_ref().unwrap_or(&original);
     if how == "syncnt1" {
         // One SYN retry: a dropped SYN times out after ~3 s instead of ~2 min.
         let one: libc::c_int = 1;
@@ -45,25 +57,33 @@ pub fn connect_to(addr: &str, how: &str) {
         assert_eq!(rc, 0, "TCP_SYNCNT");
     }
     if how == "nonblock" {
-        nix::fcntl::fcntl(
-            &sock,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .unwrap();
+        nix::fcntl::fcntl(sock, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
     }
     let target = SockaddrStorage::from(addr);
     let mut result = connect(sock.as_raw_fd(), &target);
     if how == "nonblock" && result == Err(nix::errno::Errno::EINPROGRESS) {
-        let mut fds = [PollFd::new(sock_borrow(&sock), PollFlags::POLLOUT)];
+        let mut fds = [PollFd::new(sock_borrow(sock), PollFlags::POLLOUT)];
         poll(&mut fds, PollTimeout::from(10_000u16)).unwrap();
-        result = match getsockopt(&sock, sockopt::SocketError).unwrap() {
+        result = match getsockopt(sock, sockopt::SocketError).unwrap() {
             0 => Ok(()),
             errno => Err(nix::errno::Errno::from_raw(errno)),
         };
     }
     let errno = result.err().map_or(0, |e| e as i32);
-    let fd = sock.into_raw_fd();
-    crate::say(json!({"event": "connected", "fd": fd, "errno": errno}));
+    let fd = original.into_raw_fd();
+    let _ = dup.map(IntoRawFd::into_raw_fd);
+    crate::say(json!({"event": "connected", "fd": fd, "errno": errno, "extra": extra}));
+}
+
+/// A child that holds every fd of this process and waits to be killed.
+fn fork_idle_holder() -> i32 {
+    // SAFETY: as in `share`: the child only pauses.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => loop {
+            nix::unistd::pause();
+        },
+        nix::unistd::ForkResult::Parent { child } => child.as_raw(),
+    }
 }
 
 fn sock_borrow(sock: &OwnedFd) -> std::os::fd::BorrowedFd<'_> {
