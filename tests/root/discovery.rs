@@ -63,6 +63,21 @@ sys.stdin.readline()
     assert_eq!(file["birth"]["syscall"], "openat");
     assert_eq!(file["birth"]["origin"], "syscall");
 
+    // Awaited, not read once after the sync: in one CI run (parallel root
+    // tests) the exec'd child was still in the ledger, with its pre-exec
+    // fds, right after the sync. The cause is not known yet. A child that
+    // stays watched still fails here.
+    daemon.await_status(
+        "the child that exec'd sleep to be no longer watched",
+        Duration::from_secs(10),
+        |s| {
+            !s["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["pid"] == exec_child)
+        },
+    );
     let err = daemon.try_ledger(exec_child).unwrap_err();
     assert!(
         err.contains("not watched"),
