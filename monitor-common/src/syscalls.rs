@@ -37,6 +37,7 @@ pub const INOTIFY_INIT1: u32 = 294;
 pub const PERF_EVENT_OPEN: u32 = 298;
 pub const FANOTIFY_INIT: u32 = 300;
 pub const OPEN_BY_HANDLE_AT: u32 = 304;
+pub const SENDMMSG: u32 = 307;
 pub const MEMFD_CREATE: u32 = 319;
 pub const BPF: u32 = 321;
 pub const EXECVEAT: u32 = 322;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tests::{
     require_root,
     scenario::{Options, Scenario},
+    truth,
 };
 
 const DETECT: Duration = Duration::from_secs(120);
@@ -19,6 +20,54 @@ fn spawn(s: &mut Scenario, node: usize) -> String {
     let node = s.nodes[node].clone();
     let spawned = s.nova.run(&format!("spawn {node}"), "spawned");
     spawned["instance"].as_str().unwrap().to_string()
+}
+
+/// What the clean scenario saw, sample by sample.
+#[derive(Default)]
+struct CleanRun {
+    close_wait_seen: usize,
+    threads_min: Option<usize>,
+    threads_max: usize,
+    /// What the kernel said (ss) beside what the ledger said: a failure then
+    /// tells a quiet pool from a missed state change.
+    timeline: Vec<String>,
+}
+
+impl CleanRun {
+    /// Samples once a second for `span`: the ledger, ss, and no alert.
+    fn watch(&mut self, s: &Scenario, span: Duration, started: Instant) {
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_secs(1));
+            let kernel = truth::ss_tcp_states(s.nova.pid);
+            let ledger = s.daemon.ledger(s.nova.pid);
+            let sockets = ledger["sockets"].as_array().unwrap();
+            let close_wait = sockets
+                .iter()
+                .filter(|sock| {
+                    sock["state"] == "CLOSE_WAIT" && sock["age_in_state_s"].as_f64().unwrap_or(0.0) >= 5.0
+                })
+                .count();
+            self.close_wait_seen = self.close_wait_seen.max(close_wait);
+            let states: Vec<String> = sockets
+                .iter()
+                .filter(|sock| sock["state"].is_string())
+                .map(|sock| {
+                    let (fds, state, age) = (&sock["fds"], &sock["state"], &sock["age_in_state_s"]);
+                    format!("{fds} {state} {age} s, seen {}", sock["state_seen"])
+                })
+                .collect();
+            self.timeline.push(format!(
+                "{:>5.1} s: kernel {kernel:?} ledger {states:?}",
+                started.elapsed().as_secs_f64()
+            ));
+            let threads = ledger["threads"].as_array().unwrap().len();
+            self.threads_max = self.threads_max.max(threads);
+            self.threads_min = Some(self.threads_min.map_or(threads, |min| min.min(threads)));
+            let alerts = s.alerts();
+            assert!(alerts.is_empty(), "clean operation raised alerts: {alerts:#?}");
+        }
+    }
 }
 
 #[test]
@@ -35,47 +84,36 @@ fn clean_operation_raises_no_alert() {
         },
     );
     // The periodic node-list refresh runs every 20 s, longer than Ironic's
-    // 10 s idle timeout: between refreshes the pooled socket waits in
+    // 10 s idle timeout: between refreshes a pooled socket waits in
     // CLOSE_WAIT for ~10 s, past the rule's min_age_s, as in production.
     s.nova.run("refresh-every 20", "refreshing");
     let nodes = s.nodes.join(" ");
     s.nova.run(&format!("cycle {nodes}"), "cycling");
-    let pid = s.nova.pid;
-    let (mut close_wait_seen, mut threads_max, mut threads_min) = (0, 0, usize::MAX);
     let started = Instant::now();
-    let mut cycling = true;
-    // Busy for 50 s (loops, their threads), then idle for 60 s (the pool).
-    while started.elapsed() < Duration::from_secs(110) {
-        std::thread::sleep(Duration::from_secs(1));
-        if cycling && started.elapsed() > Duration::from_secs(50) {
-            s.nova.run("stop-cycle", "stopping-cycle");
-            cycling = false;
-        }
-        let ledger = s.daemon.ledger(pid);
-        let close_wait = ledger["sockets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|sock| {
-                sock["state"] == "CLOSE_WAIT" && sock["age_in_state_s"].as_f64().unwrap_or(0.0) >= 5.0
-            })
-            .count();
-        close_wait_seen = close_wait_seen.max(close_wait);
-        let threads = ledger["threads"].as_array().unwrap().len();
-        threads_max = threads_max.max(threads);
-        threads_min = threads_min.min(threads);
-        let alerts = s.alerts();
-        assert!(alerts.is_empty(), "clean operation raised alerts: {alerts:#?}");
-    }
+    let mut run = CleanRun::default();
+    // Busy for 50 s (loops, their threads), then, once the cycle's last
+    // round is over (its length varies with the host's speed), idle for
+    // 45 s: within 10 + 20 s of the last call a pooled socket is in
+    // CLOSE_WAIT, and stays there ~10 s.
+    run.watch(&s, Duration::from_secs(50), started);
+    s.nova.run("stop-cycle", "cycle-stopped");
+    let busy_until = started.elapsed();
+    run.watch(&s, Duration::from_secs(45), started);
+    let threads_min = run.threads_min.unwrap_or(0);
     eprintln!(
-        "clean: up to {close_wait_seen} pooled sockets in CLOSE_WAIT for 5 s or more, threads {threads_min}..{threads_max}"
+        "clean: busy {:.0} s, up to {} pooled sockets in CLOSE_WAIT for 5 s or more, threads {threads_min}..{}",
+        busy_until.as_secs_f64(),
+        run.close_wait_seen,
+        run.threads_max
     );
     assert!(
-        close_wait_seen >= 1,
-        "the idle pooled socket never sat in CLOSE_WAIT: the scenario proved nothing"
+        run.close_wait_seen >= 1,
+        "the idle pooled socket never sat in CLOSE_WAIT: the scenario proved nothing\n{}\n{}",
+        run.timeline.join("\n"),
+        s.daemon.log_text()
     );
     assert!(
-        threads_max >= threads_min + 2,
+        run.threads_max >= threads_min + 2,
         "no loop threads came and went: the scenario proved nothing"
     );
 }

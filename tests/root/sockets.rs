@@ -107,8 +107,8 @@ fn close_wait_has_owner_and_growing_age_until_closed() {
 }
 
 #[test]
-fn refused_timed_out_and_nonblocking_connects_count_per_endpoint() {
-    if !require_root("refused_timed_out_and_nonblocking_connects_count_per_endpoint") {
+fn refused_timed_out_nonblocking_and_fast_open_connects_count_per_endpoint() {
+    if !require_root("refused_timed_out_nonblocking_and_fast_open_connects_count_per_endpoint") {
         return;
     }
     let (daemon, mut workload, _) = watched_workload("connects", "lmw-connects", &["serve"]);
@@ -137,6 +137,11 @@ fn refused_timed_out_and_nonblocking_connects_count_per_endpoint() {
     let open_addr = open.local_addr().unwrap().to_string();
     let (fd, errno) = connect(&mut workload, &open_addr, "nonblock");
     assert_eq!(errno, 0);
+    // TCP Fast Open: the SYN leaves from sendto(MSG_FASTOPEN), not connect().
+    let fast = TcpListener::bind("127.0.0.1:0").unwrap();
+    let fast_addr = fast.local_addr().unwrap().to_string();
+    let (fast_fd, errno) = connect(&mut workload, &fast_addr, "fastopen");
+    assert_eq!(errno, 0);
 
     let refused = endpoint(&daemon, workload.pid, &closed);
     assert_eq!(
@@ -161,6 +166,54 @@ fn refused_timed_out_and_nonblocking_connects_count_per_endpoint() {
     assert_eq!(socket["connect"]["outcome"], "established");
     assert_eq!(socket["connect"]["nonblocking"], true);
     assert_eq!(socket["state"], "ESTABLISHED");
+    let fast = endpoint(&daemon, workload.pid, &fast_addr);
+    assert_eq!(
+        (fast["connects"].as_u64(), fast["established"].as_u64()),
+        (Some(1), Some(1)),
+        "{fast}"
+    );
+    let socket = socket_of(&daemon, workload.pid, fast_fd).unwrap();
+    assert_eq!(socket["connect"]["outcome"], "established", "{socket}");
+    assert_eq!(
+        (&socket["state"], &socket["state_seen"]),
+        (&"ESTABLISHED".into(), &true.into()),
+        "the probes saw the Fast Open connection's states, not /proc: {socket}"
+    );
+}
+
+/// socket() on one CPU, connect() from another. Were the creation held back
+/// on the first CPU (as short-lived fds are), it would reach the daemon
+/// after the connect's records and the socket would go unbound until the
+/// next reconciliation, a minute away: socket() is shipped at once for that
+/// reason, and this keeps it so.
+#[test]
+fn a_socket_connected_from_another_cpu_keeps_every_state() {
+    if !require_root("a_socket_connected_from_another_cpu_keeps_every_state") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("migrate", "lmw-migrate", &["serve"]);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    workload.send(&format!("connect {addr} migrate"));
+    let done = workload.expect("connected");
+    if done["cpus"] == 1 {
+        eprintln!("a_socket_connected_from_another_cpu_keeps_every_state: skipped, one CPU");
+        return;
+    }
+    assert_eq!(done["errno"], 0, "{done}");
+    let fd = done["fd"].as_u64().unwrap();
+    let (accepted, _) = server.accept().unwrap();
+    drop(accepted);
+    daemon.await_status("the socket to reach CLOSE_WAIT", Duration::from_secs(5), |_| {
+        socket_of(&daemon, workload.pid, fd).is_some_and(|s| s["state"] == "CLOSE_WAIT")
+    });
+    let socket = socket_of(&daemon, workload.pid, fd).unwrap();
+    assert_eq!(socket["state_seen"], true, "{socket}");
+    assert_eq!(socket["connect"]["outcome"], "established", "{socket}");
+    assert_eq!(endpoint(&daemon, workload.pid, &addr)["connects"], 1);
+    workload.send(&format!("close {fd}"));
+    workload.expect("closed");
+    assert!(holds_no_socket(&daemon, workload.pid));
 }
 
 #[test]

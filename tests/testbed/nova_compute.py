@@ -13,7 +13,9 @@ Commands (one per line), each answered by one JSON line on stdout:
   refresh-every SECONDS        refresh the node cache in a thread, like
                                update_available_resource does
   cycle NODE...                spawn, power off/on, reboot, destroy on each
-                               node, over and over, in a thread (`stop-cycle`)
+                               node, over and over, in a thread
+  stop-cycle                   end the cycle after its round; answered
+                               (`cycle-stopped`) once the thread is done
   exit
 
 Faults the end-to-end scenarios inject (real patterns of the real libraries):
@@ -203,7 +205,12 @@ class Harness:
                 rounds += 1
                 say(event="cycled", rounds=rounds)
 
-        threading.Thread(target=loop, name="cycle", daemon=True).start()
+        self.cycle_thread = threading.Thread(target=loop, name="cycle", daemon=True)
+        self.cycle_thread.start()
+
+    def stop_cycle(self):
+        self.cycling.clear()
+        self.cycle_thread.join()
 
     def conflict(self, uuid_, count):
         instance = self.instances[uuid_]
@@ -248,8 +255,8 @@ def serve(harness):
                 harness.cycle(args)
                 say(event="cycling", nodes=args)
             elif command == "stop-cycle":
-                harness.cycling.clear()
-                say(event="stopping-cycle")
+                harness.stop_cycle()
+                say(event="cycle-stopped")
             elif command == "leak-connections-every":
                 harness.every(float(args[0]), "leak-connections", harness.leak_connection)
                 say(event="leaking", fault="connections")

@@ -8,7 +8,8 @@
 //! connections opened before the probes could see them, in TUPLES by
 //! address. SOCKS is filled in process context: at listen() and accept()
 //! (fd.rs), and when a watched thread's connect() moves a socket to
-//! SYN_SENT (the socket and its fd are both at hand then). socket() itself
+//! SYN_SENT (the socket and its fd are both at hand then; for TCP Fast Open
+//! that is sendto/sendmsg with MSG_FASTOPEN). socket() itself
 //! walks nothing, so a socket that never connects costs no more than any fd.
 
 use aya_ebpf::{
@@ -25,7 +26,8 @@ use super::http;
 use crate::{
     btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple},
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{PENDING, SOCKS, TUPLES, config, forget, sock_offsets},
+    maps::{PENDING, SOCKS, TUPLES, config, forget, sock_offsets, watch_entry},
+    regs,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -69,18 +71,34 @@ unsafe fn tuple_of(sk: *const u8, off: &SockOffsets) -> Option<Tuple> {
     Some(tuple)
 }
 
-/// A TCP socket that a watched thread's connect() moves out of CLOSE: its
-/// owner is that thread's process and connect()'s fd. This runs inside that
-/// syscall, so its record may ship in order with the CPU's other records
-/// (a held-back fd creation first): [`ship`] with `in_owner_syscall`.
+/// The fd a watched thread is connecting, in the syscall that moves a
+/// socket from CLOSE to SYN_SENT: connect()'s, recorded at its sys_enter;
+/// or, for TCP Fast Open, where the SYN leaves from sendto/sendmsg with
+/// MSG_FASTOPEN, that call's fd, read from its saved registers.
+#[inline(always)]
+fn connecting_fd(pid_tgid: u64) -> Option<u32> {
+    // SAFETY: copied out at once. Only watched threads have an entry.
+    if let Some(pending) = unsafe { PENDING.get(pid_tgid) }.copied()
+        && pending.syscall == nr::CONNECT
+    {
+        return Some(pending.args[0] as u32);
+    }
+    watch_entry((pid_tgid >> 32) as u32)?;
+    match regs::syscall_nr() {
+        nr::SENDTO | nr::SENDMSG | nr::SENDMMSG => Some(regs::syscall_args()[0] as u32),
+        _ => None,
+    }
+}
+
+/// A TCP socket that a watched thread's connect() (or Fast Open send)
+/// moves out of CLOSE: its owner is that thread's process and the call's
+/// fd. This runs inside that syscall, so its record may ship in order with
+/// the CPU's other records (a held-back fd creation first): [`ship`] with
+/// `in_owner_syscall`.
 #[inline(always)]
 fn register_connecting(sk: *const u8) -> Option<SockOwner> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once. Only watched threads have an entry.
-    let pending = unsafe { PENDING.get(pid_tgid) }.copied()?;
-    if pending.syscall != nr::CONNECT {
-        return None;
-    }
+    let fd = connecting_fd(pid_tgid)?;
     let off = sock_offsets();
     // SAFETY (all loads): members at their BTF offsets of the tracepoint's
     // struct sock, its struct socket, file and inode; a null pointer reads 0.
@@ -94,7 +112,7 @@ fn register_connecting(sk: *const u8) -> Option<SockOwner> {
     };
     let owner = SockOwner {
         tgid: (pid_tgid >> 32) as u32,
-        fd: pending.args[0] as u32,
+        fd,
         inode,
     };
     SOCKS.insert(sk as u64, owner, 0).ok()?;
@@ -147,7 +165,7 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let (oldstate, newstate): (i32, i32) = (ctx.arg(1), ctx.arg(2));
     let (owner, registered) = match owner(sk) {
         Some(owner) => (owner, false),
-        // Only connect() moves a socket from CLOSE to SYN_SENT.
+        // Only connect() (or a Fast Open send) moves a socket from CLOSE to SYN_SENT.
         None if oldstate == TCP_CLOSE as i32 && newstate == TCP_SYN_SENT as i32 => {
             match register_connecting(sk) {
                 Some(owner) => (owner, true),

@@ -44,10 +44,18 @@ pub fn short_lived(rounds: usize) {
     );
 }
 
-fn pin_to(cpu: usize) {
+pub fn pin_to(cpu: usize) {
     let mut set = CpuSet::new();
     set.set(cpu).unwrap();
     nix::sched::sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    let allowed = nix::sched::sched_getaffinity(Pid::from_raw(0)).unwrap();
+    (0..CpuSet::count())
+        .filter(|c| allowed.is_set(*c).unwrap_or(false))
+        .collect()
 }
 
 /// The threads of an `overtaken` round, between its two commands.
@@ -66,10 +74,7 @@ static ROUND: Mutex<Option<Round>> = Mutex::new(None);
 /// that the creation wakes: the test syncs before `overtaken-go`). Needs two
 /// CPUs (`{"cpus": 1}` otherwise).
 pub fn overtaken_ready() {
-    let allowed = nix::sched::sched_getaffinity(Pid::from_raw(0)).unwrap();
-    let cpus: Vec<usize> = (0..CpuSet::count())
-        .filter(|c| allowed.is_set(*c).unwrap_or(false))
-        .collect();
+    let cpus = allowed_cpus();
     if cpus.len() < 2 {
         say(json!({"event": "overtaken-ready", "cpus": cpus.len()}));
         return;

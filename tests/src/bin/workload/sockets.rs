@@ -10,8 +10,8 @@ use std::{
 use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::socket::{
-        AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrStorage,
-        connect, getsockopt, recvmsg, sendmsg, socket, socketpair, sockopt,
+        AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrLike,
+        SockaddrStorage, connect, getsockopt, recvmsg, sendmsg, socket, socketpair, sockopt,
     },
 };
 use serde_json::json;
@@ -25,13 +25,28 @@ fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
     socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap()
 }
 
-/// `connect ADDR [plain|nonblock|syncnt1|dupfirst|forkfirst]`: reports the
-/// fd and how it went. `dupfirst` dups the socket before it connects and
+/// `connect ADDR [plain|nonblock|syncnt1|fastopen|migrate|dupfirst|forkfirst]`:
+/// reports the fd and how it went. `fastopen` sends a byte with
+/// sendto(MSG_FASTOPEN) instead of calling connect(); `migrate` makes the
+/// socket on one CPU and connects it from another (the creation, held back
+/// on the first CPU, reaches the daemon after the connect's records), and
+/// reports `{"cpus": 1}` instead where there is only one. `dupfirst` dups the socket before it connects and
 /// connects the dup (reported in `extra.dup`); `forkfirst` forks a child
 /// that holds the socket before it connects (`extra.child`).
 pub fn connect_to(addr: &str, how: &str) {
     let addr: SocketAddr = addr.parse().expect("ip:port");
+    let cpus = crate::held::allowed_cpus();
+    if how == "migrate" {
+        if cpus.len() < 2 {
+            crate::say(json!({"event": "connected", "cpus": cpus.len()}));
+            return;
+        }
+        crate::held::pin_to(cpus[0]);
+    }
     let original = tcp_socket(&addr);
+    if how == "migrate" {
+        crate::held::pin_to(cpus[1]);
+    }
     let mut extra = json!({});
     let dup = (how == "dupfirst").then(|| nix::unistd::dup(&original).unwrap());
     if let Some(dup) = &dup {
@@ -60,7 +75,11 @@ pub fn connect_to(addr: &str, how: &str) {
         nix::fcntl::fcntl(sock, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
     }
     let target = SockaddrStorage::from(addr);
-    let mut result = connect(sock.as_raw_fd(), &target);
+    let mut result = if how == "fastopen" {
+        fast_open(sock, &target)
+    } else {
+        connect(sock.as_raw_fd(), &target)
+    };
     if how == "nonblock" && result == Err(nix::errno::Errno::EINPROGRESS) {
         let mut fds = [PollFd::new(sock_borrow(sock), PollFlags::POLLOUT)];
         poll(&mut fds, PollTimeout::from(10_000u16)).unwrap();
@@ -73,6 +92,22 @@ pub fn connect_to(addr: &str, how: &str) {
     let fd = original.into_raw_fd();
     let _ = dup.map(IntoRawFd::into_raw_fd);
     crate::say(json!({"event": "connected", "fd": fd, "errno": errno, "extra": extra}));
+}
+
+/// TCP Fast Open: the SYN leaves from this sendto, no connect() is made.
+fn fast_open(sock: &OwnedFd, target: &SockaddrStorage) -> nix::Result<()> {
+    // SAFETY: a live one-byte buffer and an address of the length passed.
+    let sent = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            b"x".as_ptr().cast(),
+            1,
+            libc::MSG_FASTOPEN,
+            target.as_ptr(),
+            target.len(),
+        )
+    };
+    nix::errno::Errno::result(sent).map(drop)
 }
 
 /// A child that holds every fd of this process and waits to be killed.
