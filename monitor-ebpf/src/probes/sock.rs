@@ -157,6 +157,33 @@ fn ship(
     }
 }
 
+/// Whether the ledger has let go of the socket already: its owner's close()
+/// of it was shipped at that syscall's entry, so what the close itself does
+/// (FIN_WAIT1, or CLOSE with SO_LINGER 0) and what follows once the socket
+/// is an orphan (its struct socket released) would only reach a ledger that
+/// no longer holds it.
+#[inline(always)]
+fn released(owner: &SockOwner, sk: *const u8) -> bool {
+    // SAFETY: a member of the tracepoint's struct sock at its BTF offset.
+    if unsafe { follow(sk, sock_offsets().sock_sk_socket) }.is_none() {
+        return true;
+    }
+    // In softirq the current task may be anyone: only the owner's own
+    // close of this very fd counts.
+    if (bpf_get_current_pid_tgid() >> 32) as u32 != owner.tgid {
+        return false;
+    }
+    let fd = owner.fd as u64;
+    match regs::syscall_nr() {
+        nr::CLOSE => regs::syscall_args()[0] == fd,
+        nr::CLOSE_RANGE => {
+            let [first, last, _, _] = regs::syscall_args();
+            first <= fd && fd <= last
+        }
+        _ => false,
+    }
+}
+
 /// tp_btf/inet_sock_set_state(sk, oldstate, newstate). Its `sk` and
 /// inet_sk_error_report's are BTF pointers: read by direct loads.
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -174,6 +201,9 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
         }
         None => return 0,
     };
+    if !registered && released(&owner, sk) {
+        return 0;
+    }
     ship(
         EventKind::SockState,
         &owner,
@@ -213,8 +243,12 @@ pub fn sock_destroy(ctx: BtfTracePointContext) -> i32 {
 
 /// sys_exit of connect(): the outcome, how long the call took and the
 /// address asked for (read back from user memory, still valid at exit).
+/// A connect() that succeeded says nothing its state changes did not.
 #[inline(always)]
 pub fn connect_done(pending: &PendingSyscall, ret: i64) {
+    if ret == 0 {
+        return;
+    }
     let [fd, user_addr, addr_len, _] = pending.args;
     let mut raw = [0u8; 24];
     let len = (addr_len as usize).min(raw.len());
