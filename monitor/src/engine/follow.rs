@@ -223,7 +223,8 @@ impl Engine {
     /// connections they have not seen created (so their next state change is
     /// caught), and drops kernel socket entries no watched fd holds.
     pub(super) fn reconcile_sockets(&mut self) {
-        let table = match SocketTable::dump() {
+        let held = self.ledger.socket_inodes();
+        let table = match SocketTable::dump_tcp(|inode| held.contains_key(&inode)) {
             Ok(table) => table,
             Err(e) => {
                 warn!(error = %e, "sock_diag dump failed: socket states not reconciled");
@@ -239,7 +240,6 @@ impl Engine {
                 self.probes.seed_tuple(tuple, SockOwner { tgid, fd, inode });
             }
         }
-        let held = self.ledger.socket_inodes();
         let collected = self.probes.collect_sockets(|inode| held.contains_key(&inode));
         if collected > 0 {
             debug!(collected, "dropped kernel entries of sockets no watched fd holds");
