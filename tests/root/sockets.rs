@@ -43,9 +43,21 @@ fn endpoint(daemon: &Daemon, pid: u32, addr: &str) -> Value {
     found.unwrap_or_else(|| panic!("no endpoint {addr} in {:#}", ledger["endpoints"]))
 }
 
-fn connect(workload: &mut Workload, addr: &str, how: &str) -> (u64, i64) {
+/// A loopback listener of this (unwatched) test process, and its address.
+fn listener() -> (TcpListener, String) {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    (server, addr)
+}
+
+/// The workload's whole answer to `connect ADDR HOW`.
+fn connect_reply(workload: &mut Workload, addr: &str, how: &str) -> Value {
     workload.send(&format!("connect {addr} {how}"));
-    let done = workload.expect("connected");
+    workload.expect("connected")
+}
+
+fn connect(workload: &mut Workload, addr: &str, how: &str) -> (u64, i64) {
+    let done = connect_reply(workload, addr, how);
     (done["fd"].as_u64().unwrap(), done["errno"].as_i64().unwrap())
 }
 
@@ -56,8 +68,7 @@ fn close_wait_has_owner_and_growing_age_until_closed() {
     }
     let (daemon, mut workload, _) = watched_workload("close-wait", "lmw-cw", &["serve"]);
     // The server is this (unwatched) test process: it accepts, then hangs up.
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = server.local_addr().unwrap().to_string();
+    let (server, addr) = listener();
     let (fd, errno) = connect(&mut workload, &addr, "plain");
     assert_eq!(errno, 0);
     let (accepted, _) = server.accept().unwrap();
@@ -112,34 +123,27 @@ fn refused_timed_out_nonblocking_and_fast_open_connects_count_per_endpoint() {
         return;
     }
     let (daemon, mut workload, _) = watched_workload("connects", "lmw-connects", &["serve"]);
-    // Refused: a port nobody listens on.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    // Refused: a port nobody listens on (its listener is dropped at once).
+    let closed = listener().1;
     let (_, errno) = connect(&mut workload, &closed, "plain");
     assert_eq!(errno, libc::ECONNREFUSED as i64);
     // Timed out: a listener whose accept queue is full drops further SYNs.
-    let full = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (full, full_addr) = listener();
     // SAFETY: listen(2) again on our own socket, to shrink the backlog to 0.
     assert_eq!(
         unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&full), 0) },
         0
     );
-    let full_addr = full.local_addr().unwrap().to_string();
     // backlog 0 queues one connection: this one.
     let _queued = TcpStream::connect(&full_addr).unwrap();
     let (_, errno) = connect(&mut workload, &full_addr, "syncnt1");
     assert_eq!(errno, libc::ETIMEDOUT as i64);
     // Non-blocking: EINPROGRESS, then established.
-    let open = TcpListener::bind("127.0.0.1:0").unwrap();
-    let open_addr = open.local_addr().unwrap().to_string();
+    let (_open, open_addr) = listener();
     let (fd, errno) = connect(&mut workload, &open_addr, "nonblock");
     assert_eq!(errno, 0);
     // TCP Fast Open: the SYN leaves from sendto(MSG_FASTOPEN), not connect().
-    let fast = TcpListener::bind("127.0.0.1:0").unwrap();
-    let fast_addr = fast.local_addr().unwrap().to_string();
+    let (_fast, fast_addr) = listener();
     let (fast_fd, errno) = connect(&mut workload, &fast_addr, "fastopen");
     assert_eq!(errno, 0);
 
@@ -192,10 +196,8 @@ fn a_socket_connected_from_another_cpu_keeps_every_state() {
         return;
     }
     let (daemon, mut workload, _) = watched_workload("migrate", "lmw-migrate", &["serve"]);
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = server.local_addr().unwrap().to_string();
-    workload.send(&format!("connect {addr} migrate"));
-    let done = workload.expect("connected");
+    let (server, addr) = listener();
+    let done = connect_reply(&mut workload, &addr, "migrate");
     if done["cpus"] == 1 {
         eprintln!("a_socket_connected_from_another_cpu_keeps_every_state: skipped, one CPU");
         return;
@@ -222,8 +224,8 @@ fn dup_fork_and_scm_rights_keep_the_owner() {
         return;
     }
     let (daemon, mut workload, _) = watched_workload("shared", "lmw-shared", &["serve"]);
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (fd, _) = connect(&mut workload, &server.local_addr().unwrap().to_string(), "plain");
+    let (server, addr) = listener();
+    let (fd, _) = connect(&mut workload, &addr, "plain");
     let (accepted, _) = server.accept().unwrap();
     workload.send(&format!("share {fd}"));
     let shared = workload.expect("shared");
@@ -292,12 +294,10 @@ fn copies_made_before_the_connect_keep_the_socket() {
         return;
     }
     let (daemon, mut workload, _) = watched_workload("early-copies", "lmw-early", &["serve"]);
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = server.local_addr().unwrap().to_string();
+    let (server, addr) = listener();
 
     // The dup connects; the peer hangs up; the dup is closed first.
-    workload.send(&format!("connect {addr} dupfirst"));
-    let done = workload.expect("connected");
+    let done = connect_reply(&mut workload, &addr, "dupfirst");
     let (fd, dup) = (
         done["fd"].as_u64().unwrap(),
         done["extra"]["dup"].as_u64().unwrap(),
@@ -320,8 +320,7 @@ fn copies_made_before_the_connect_keep_the_socket() {
     assert!(holds_no_socket(&daemon, workload.pid));
 
     // A child forked before the parent connects holds the socket too.
-    workload.send(&format!("connect {addr} forkfirst"));
-    let done = workload.expect("connected");
+    let done = connect_reply(&mut workload, &addr, "forkfirst");
     let (fd, child) = (
         done["fd"].as_u64().unwrap(),
         done["extra"]["child"].as_u64().unwrap() as u32,
@@ -391,8 +390,7 @@ fn endpoints_are_labelled_by_default_port_and_by_config() {
         return;
     }
     let dir = scratch_dir("labels");
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = server.local_addr().unwrap().to_string();
+    let (server, addr) = listener();
     let daemon = Daemon::start_with_config(
         &dir,
         &format!("[endpoints]\n\"{addr}\" = \"test-api\"\n"),

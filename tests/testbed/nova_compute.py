@@ -98,6 +98,7 @@ class Harness:
         # What the injected faults hold on to, as the leaky code would.
         self.leaked = []
         self.cycling = threading.Event()
+        self.cycle_thread = None
 
     def compute_node(self, node):
         if node not in self.compute_nodes:
@@ -210,7 +211,8 @@ class Harness:
 
     def stop_cycle(self):
         self.cycling.clear()
-        self.cycle_thread.join()
+        if self.cycle_thread is not None:
+            self.cycle_thread.join()
 
     def conflict(self, uuid_, count):
         instance = self.instances[uuid_]

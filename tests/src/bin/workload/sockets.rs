@@ -35,17 +35,19 @@ fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
 /// that holds the socket before it connects (`extra.child`).
 pub fn connect_to(addr: &str, how: &str) {
     let addr: SocketAddr = addr.parse().expect("ip:port");
-    let cpus = crate::held::allowed_cpus();
+    let mut connect_cpu = None;
     if how == "migrate" {
+        let cpus = crate::held::allowed_cpus();
         if cpus.len() < 2 {
             crate::say(json!({"event": "connected", "cpus": cpus.len()}));
             return;
         }
         crate::held::pin_to(cpus[0]);
+        connect_cpu = Some(cpus[1]);
     }
     let original = tcp_socket(&addr);
-    if how == "migrate" {
-        crate::held::pin_to(cpus[1]);
+    if let Some(cpu) = connect_cpu {
+        crate::held::pin_to(cpu);
     }
     let mut extra = json!({});
     let dup = (how == "dupfirst").then(|| nix::unistd::dup(&original).unwrap());
