@@ -25,9 +25,6 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU event counters, indexed by [`crate::counter`] slots.
     pub const COUNTERS: &str = "COUNTERS";
-    /// pid_tgid -> [`crate::PendingSyscall`]: connect()'s arguments and start, kept from
-    /// sys_enter for sys_exit (other syscalls read theirs from the saved registers).
-    pub const PENDING: &str = "PENDING";
     /// struct sock address -> [`crate::SockOwner`]: sockets of watched processes.
     pub const SOCKS: &str = "SOCKS";
     /// (tgid << 32 | fd) -> [`crate::StreamState`]: TCP socket fds of watched
@@ -296,23 +293,12 @@ pub struct DeferredOpen {
 /// The flush program's return value when the slot was busy: run it again.
 pub const FLUSH_BUSY: u32 = 1;
 
-/// Arguments kept from a sys_enter until the matching sys_exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingSyscall {
-    pub syscall: u32,
-    pub _pad: u32,
-    /// When sys_enter ran (CLOCK_BOOTTIME ns): syscall durations, e.g. connect.
-    pub enter_ns: u64,
-    pub args: [u64; 4],
-}
-
 /// Slots of the COUNTERS per-CPU array.
 pub mod counter {
     /// Records of kind K that found the ring buffer full are counted at `LOST_BASE + K`.
     pub const LOST_BASE: u32 = 0;
-    /// Syscall exits that could not be described: connect()'s kept arguments
-    /// missing (PENDING full), or a pipe's fds unreadable in user memory.
+    /// Syscall exits that could not be described: a pipe's or socketpair's
+    /// fds unreadable in user memory.
     pub const PENDING_MISSED: u32 = 64;
     /// Forced wakeups issued because `wakeup_bytes` were waiting.
     pub const WAKEUPS: u32 = 65;
@@ -329,7 +315,6 @@ const _: () = assert!(core::mem::size_of::<RecvFdsEvent>() == 32 + CMSG_CAPTURE)
 const _: () = assert!(core::mem::size_of::<WatchEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<PendingSyscall>() == 48);
 const _: () = assert!(core::mem::size_of::<DeferredOpen>() == 56);
 
 #[cfg(feature = "user")]
@@ -340,8 +325,6 @@ mod pod {
     unsafe impl aya::Pod for WatchEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelConfig {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for PendingSyscall {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TaskOffsets {}
     // SAFETY: as above.

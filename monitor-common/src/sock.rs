@@ -9,6 +9,24 @@ pub const TCP_CLOSE: u8 = 7;
 pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const TCP_LISTEN: u8 = 10;
 
+/// connect()'s errno values (x86_64 and most Linux architectures) that the
+/// probe and the ledger tell apart.
+pub mod errno {
+    pub const EINTR: i32 = 4;
+    pub const ETIMEDOUT: i32 = 110;
+    pub const ECONNREFUSED: i32 = 111;
+    pub const EALREADY: i32 = 114;
+    pub const EINPROGRESS: i32 = 115;
+    pub const EISCONN: i32 = 106;
+
+    /// EINTR, or one of the kernel's restart codes (ERESTARTSYS..
+    /// ERESTART_RESTARTBLOCK, 512-516) that a sys_exit tracepoint sees
+    /// before the syscall is restarted.
+    pub const fn interrupted(errno: i32) -> bool {
+        errno == EINTR || (errno >= 512 && errno <= 516)
+    }
+}
+
 /// A TCP connection's addresses: the key of TUPLES. IPv4
 /// addresses sit in the first 4 bytes of the 16; ports are host order.
 #[repr(C)]
@@ -55,9 +73,8 @@ pub struct SockEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectEvent {
+    /// `ts_ns` is the time connect() returned.
     pub header: EventHeader,
-    /// sys_enter time; `header.ts_ns` is sys_exit.
-    pub enter_ns: u64,
     pub fd: u32,
     /// 0, or -errno (-EINPROGRESS for a non-blocking connect under way).
     pub ret: i32,
@@ -142,7 +159,7 @@ impl SockOffsets {
 const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 16);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 24 + 32 + 40);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 24 + 24 + 16);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 24 + 16 + 16);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 84);
 const _: () = assert!(core::mem::size_of::<FdIterRecord>() == 32 + 40);
 

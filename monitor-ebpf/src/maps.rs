@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    DeferredOpen, KernelConfig, PendingSyscall, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall,
-    Tuple, WatchEntry, counter,
+    DeferredOpen, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall, Tuple, WatchEntry,
+    counter,
 };
 
 #[map]
@@ -24,11 +24,6 @@ pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
-
-/// A plain preallocated hash (cheaper than LRU on this hot path); a thread
-/// that dies between sys_enter and sys_exit has its entry removed at exit.
-#[map]
-pub static PENDING: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 pub static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(65536, 0);

@@ -51,6 +51,20 @@ fn listener() -> (TcpListener, String) {
 }
 
 /// The workload's whole answer to `connect ADDR HOW`.
+/// A listener whose accept queue is full, so that it drops further SYNs;
+/// the connection that fills it comes along (keep all three).
+fn full_listener() -> (TcpListener, String, TcpStream) {
+    let (full, addr) = listener();
+    // SAFETY: listen(2) again on our own socket, to shrink the backlog to 0.
+    assert_eq!(
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&full), 0) },
+        0
+    );
+    // backlog 0 queues one connection: this one.
+    let queued = TcpStream::connect(&addr).unwrap();
+    (full, addr, queued)
+}
+
 fn connect_reply(workload: &mut Workload, addr: &str, how: &str) -> Value {
     workload.send(&format!("connect {addr} {how}"));
     workload.expect("connected")
@@ -128,20 +142,22 @@ fn refused_timed_out_nonblocking_and_fast_open_connects_count_per_endpoint() {
     let (_, errno) = connect(&mut workload, &closed, "plain");
     assert_eq!(errno, libc::ECONNREFUSED as i64);
     // Timed out: a listener whose accept queue is full drops further SYNs.
-    let (full, full_addr) = listener();
-    // SAFETY: listen(2) again on our own socket, to shrink the backlog to 0.
-    assert_eq!(
-        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&full), 0) },
-        0
-    );
-    // backlog 0 queues one connection: this one.
-    let _queued = TcpStream::connect(&full_addr).unwrap();
+    let (_full, full_addr, _queued) = full_listener();
     let (_, errno) = connect(&mut workload, &full_addr, "syncnt1");
     assert_eq!(errno, libc::ETIMEDOUT as i64);
     // Non-blocking: EINPROGRESS, then established.
     let (_open, open_addr) = listener();
     let (fd, errno) = connect(&mut workload, &open_addr, "nonblock");
     assert_eq!(errno, 0);
+    // eventlet's way, to a peer that drops the SYN: EINPROGRESS, connect()
+    // again (EALREADY), wait until writable, connect() again (the error).
+    let (_again_full, again_addr, _queued_too) = full_listener();
+    let reply = connect_reply(&mut workload, &again_addr, "askagain");
+    assert_eq!(
+        (&reply["extra"]["again"], &reply["errno"]),
+        (&libc::EALREADY.into(), &libc::ETIMEDOUT.into()),
+        "{reply}"
+    );
     // TCP Fast Open: the SYN leaves from sendto(MSG_FASTOPEN), not connect().
     let (_fast, fast_addr) = listener();
     let (fast_fd, errno) = connect(&mut workload, &fast_addr, "fastopen");
@@ -170,6 +186,16 @@ fn refused_timed_out_nonblocking_and_fast_open_connects_count_per_endpoint() {
     assert_eq!(socket["connect"]["outcome"], "established");
     assert_eq!(socket["connect"]["nonblocking"], true);
     assert_eq!(socket["state"], "ESTABLISHED");
+    let again = endpoint(&daemon, workload.pid, &again_addr);
+    assert_eq!(
+        (
+            again["connects"].as_u64(),
+            again["timeouts"].as_u64(),
+            again["errors"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "asking again is no new connect: {again}"
+    );
     let fast = endpoint(&daemon, workload.pid, &fast_addr);
     assert_eq!(
         (fast["connects"].as_u64(), fast["established"].as_u64()),

@@ -4,28 +4,25 @@
 //! - `args_exit` serves the syscalls that need their arguments at exit (fds
 //!   written to user memory, dup sources, fcntl/bpf commands, recvmsg
 //!   ancillary data): it reads them from the saved registers (regs.rs).
-//! - `connect_enter`/`connect_exit` keep connect's arguments and start time.
+//! - `connect_exit` reports a connect() that did not simply succeed, with
+//!   its arguments from the saved registers.
 //! - `close_enter`/`close_range_enter` record releases at sys_enter, before
 //!   the fd number can be reused by another thread, so the ring buffer order
 //!   is the order in which fd numbers change hands.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
-    },
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use monitor_common::{
-    CMSG_CAPTURE, EventKind, PendingSyscall, RecvFdsEvent, counter, socket_detail, syscalls as nr,
-};
+use monitor_common::{CMSG_CAPTURE, EventKind, RecvFdsEvent, counter, socket_detail, syscalls as nr};
 
 use super::{fdtable, http, sock};
 use crate::{
     defer,
     emit::{FdExtra, current, fd_created, fd_event, fd_result, header, reserve, submit},
-    maps::{PENDING, count, watch_entry},
+    maps::{count, watch_entry},
     regs::syscall_args,
 };
 
@@ -112,26 +109,6 @@ fn may_report(syscall: u32, args: &[u64; 4]) -> bool {
     }
 }
 
-/// sys_enter of connect(fd, addr, addrlen): its exit wants the arguments
-/// and the time the call started.
-#[tracepoint]
-pub fn connect_enter(ctx: TracePointContext) -> u32 {
-    if !is_watched_current() {
-        return 0;
-    }
-    let pending = PendingSyscall {
-        syscall: nr::CONNECT,
-        _pad: 0,
-        // SAFETY: helper without preconditions.
-        enter_ns: unsafe { bpf_ktime_get_boot_ns() },
-        args: [arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), 0],
-    };
-    if PENDING.insert(bpf_get_current_pid_tgid(), pending, 0).is_err() {
-        count(counter::PENDING_MISSED);
-    }
-    0
-}
-
 /// sys_enter of listen(fd, backlog): the socket enters SOCKS before it moves
 /// to LISTEN (socket() walks nothing; connect() registers in sock.rs). A
 /// held-back creation ships first, so that this CPU's records keep their order.
@@ -146,16 +123,17 @@ pub fn listen_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// sys_exit of connect.
+/// sys_exit of connect(fd, addr, addrlen): its arguments are still in the
+/// saved registers, and its start is the socket's SYN_SENT record, so no
+/// sys_enter program keeps them.
 #[tracepoint]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING.get(key) }).copied() else {
+    let ret = ret(&ctx);
+    // The return value first: most connects succeed, and then say nothing.
+    if !sock::connect_reportable(ret) || !is_watched_current() {
         return 0;
-    };
-    let _ = PENDING.remove(key);
-    sock::connect_done(&pending, ret(&ctx));
+    }
+    sock::connect_done(syscall_args(), ret);
     0
 }
 

@@ -18,15 +18,16 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    ConnectEvent, EventKind, PendingSyscall, SockEvent, SockOffsets, SockOwner, TCP_CLOSE, TCP_SYN_SENT,
-    Tuple, config_flags, syscalls as nr,
+    ConnectEvent, EventKind, SockEvent, SockOffsets, SockOwner, TCP_CLOSE, TCP_SYN_SENT, Tuple, config_flags,
+    errno::{EALREADY, EISCONN},
+    syscalls as nr,
 };
 
 use super::http;
 use crate::{
     btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple},
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{PENDING, SOCKS, TUPLES, config, forget, sock_offsets, watch_entry},
+    maps::{SOCKS, TUPLES, config, forget, sock_offsets, watch_entry},
     regs,
 };
 
@@ -72,20 +73,14 @@ unsafe fn tuple_of(sk: *const u8, off: &SockOffsets) -> Option<Tuple> {
 }
 
 /// The fd a watched thread is connecting, in the syscall that moves a
-/// socket from CLOSE to SYN_SENT: connect()'s, recorded at its sys_enter;
-/// or, for TCP Fast Open, where the SYN leaves from sendto/sendmsg with
-/// MSG_FASTOPEN, that call's fd, read from its saved registers.
+/// socket from CLOSE to SYN_SENT: connect()'s or, for TCP Fast Open, where
+/// the SYN leaves from sendto/sendmsg with MSG_FASTOPEN, that call's; its
+/// first argument, read from the saved registers.
 #[inline(always)]
 fn connecting_fd(pid_tgid: u64) -> Option<u32> {
-    // SAFETY: copied out at once. Only watched threads have an entry.
-    if let Some(pending) = unsafe { PENDING.get(pid_tgid) }.copied()
-        && pending.syscall == nr::CONNECT
-    {
-        return Some(pending.args[0] as u32);
-    }
     watch_entry((pid_tgid >> 32) as u32)?;
     match regs::syscall_nr() {
-        nr::SENDTO | nr::SENDMSG | nr::SENDMMSG => Some(regs::syscall_args()[0] as u32),
+        nr::CONNECT | nr::SENDTO | nr::SENDMSG | nr::SENDMMSG => Some(regs::syscall_args()[0] as u32),
         _ => None,
     }
 }
@@ -241,15 +236,20 @@ pub fn sock_destroy(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// sys_exit of connect(): the outcome, how long the call took and the
-/// address asked for (read back from user memory, still valid at exit).
-/// A connect() that succeeded says nothing its state changes did not.
+/// Whether connect()'s return value says what its socket's state changes do
+/// not: not when it succeeded, nor when it reports on an earlier call
+/// (EISCONN: connected already; EALREADY: still under way).
 #[inline(always)]
-pub fn connect_done(pending: &PendingSyscall, ret: i64) {
-    if ret == 0 {
-        return;
-    }
-    let [fd, user_addr, addr_len, _] = pending.args;
+pub fn connect_reportable(ret: i64) -> bool {
+    let errno = -ret as i32;
+    ret != 0 && errno != EISCONN && errno != EALREADY
+}
+
+/// sys_exit of a [`connect_reportable`] connect(fd, addr, addrlen): the
+/// outcome and the address asked for (read back from user memory, still
+/// valid at exit).
+#[inline(always)]
+pub fn connect_done([fd, user_addr, addr_len, _]: [u64; 4], ret: i64) {
     let mut raw = [0u8; 24];
     let len = (addr_len as usize).min(raw.len());
     // SAFETY: user memory the kernel just read; a fault makes the read fail.
@@ -267,7 +267,6 @@ pub fn connect_done(pending: &PendingSyscall, ret: i64) {
     if let Some(mut entry) = reserve::<ConnectEvent>(EventKind::Connect) {
         entry.write(ConnectEvent {
             header: header(EventKind::Connect, nr::CONNECT),
-            enter_ns: pending.enter_ns,
             fd: fd as u32,
             ret: ret as i32,
             family,

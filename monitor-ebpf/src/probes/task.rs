@@ -8,7 +8,7 @@ use monitor_common::{EventKind, NO_SYSCALL, TaskEvent, WatchEntry, config_flags,
 
 use crate::{
     emit::{current, header, reserve, submit, submit_now},
-    maps::{PENDING, TLS_CALLS, WATCH_COMMS, WATCHED, config, forget, task_offsets, watch_entry},
+    maps::{TLS_CALLS, WATCH_COMMS, WATCHED, config, forget, task_offsets, watch_entry},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -134,7 +134,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     // A thread killed inside a hooked syscall never reaches its sys_exit.
     let thread = ((tgid as u64) << 32) | tid as u64;
-    forget(&PENDING, thread);
     forget(&TLS_CALLS, thread);
     let offsets = task_offsets();
     // Without the field, user space decides from its thread list whether

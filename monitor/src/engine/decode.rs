@@ -156,13 +156,12 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         ),
         EventKind::Connect => Event::Connect(ConnectEvent {
             header,
-            enter_ns: fields.u64(HEADER),
-            fd: fields.u32(HEADER + 8),
-            ret: fields.u32(HEADER + 12) as i32,
-            family: fields.u16(HEADER + 16),
-            port: fields.u16(HEADER + 18),
+            fd: fields.u32(HEADER),
+            ret: fields.u32(HEADER + 4) as i32,
+            family: fields.u16(HEADER + 8),
+            port: fields.u16(HEADER + 10),
             _pad: 0,
-            addr: fields.comm(HEADER + 24),
+            addr: fields.comm(HEADER + 16),
         }),
         EventKind::Data => {
             let captured = fields.u32(HEADER + 20);
@@ -319,7 +318,6 @@ pub(crate) mod tests {
             ..Default::default()
         });
         bytes.truncate(HEADER);
-        bytes.extend_from_slice(&5u64.to_ne_bytes());
         bytes.extend_from_slice(&4u32.to_ne_bytes());
         bytes.extend_from_slice(&(-115i32).to_ne_bytes());
         bytes.extend_from_slice(&2u16.to_ne_bytes());
@@ -330,8 +328,8 @@ pub(crate) mod tests {
             panic!("not a connect event");
         };
         assert_eq!(
-            (connect.enter_ns, connect.fd, connect.ret, connect.port),
-            (5, 4, -115, 6385)
+            (connect.fd, connect.ret, connect.port, connect.addr[..4].to_vec()),
+            (4, -115, 6385, tuple.daddr[..4].to_vec())
         );
     }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use monitor_common::{
     ConnectEvent, EventHeader, EventKind, FdEvent, NO_FD, NO_SYSCALL, SockEvent, TCP_CLOSE, TCP_ESTABLISHED,
-    TCP_SYN_SENT, TaskEvent, Tuple, socket_detail, syscalls as nr,
+    TCP_SYN_SENT, TaskEvent, Tuple, errno, socket_detail, syscalls as nr,
 };
 
 use super::{sockets::ConnectOutcome, *};
@@ -188,23 +188,96 @@ fn a_connect_closed_without_error_is_abandoned_after_the_grace_period() {
     assert_eq!(ironic(&ledger).timeouts, 1);
 }
 
-#[test]
-fn a_failure_before_any_syn_is_counted_from_connect() {
-    let mut ledger = ledger();
-    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+/// connect() on fd 5 returned `ret` (the probe ships no success).
+fn connect_returned(ledger: &mut Ledger, ret: i32) {
     let event = ConnectEvent {
         header: header(EventKind::Connect, nr::CONNECT, 5 * MS),
-        enter_ns: 4 * MS,
         fd: 5,
-        ret: -101, // ENETUNREACH
+        ret,
         family: 2,
         port: 6385,
         _pad: 0,
         addr: tuple().daddr,
     };
     ledger.apply(&Event::Connect(event));
+}
+
+const ENETUNREACH: i32 = 101;
+
+#[test]
+fn a_failure_before_any_syn_is_counted_from_connect() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    connect_returned(&mut ledger, -ENETUNREACH);
     let stats = ironic(&ledger);
     assert_eq!((stats.connects, stats.errors), (1, 1));
+}
+
+#[test]
+fn a_refused_blocking_connect_counts_once() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    state(&mut ledger, TCP_SYN_SENT, TCP_CLOSE, 2 * MS);
+    error(&mut ledger, errno::ECONNREFUSED);
+    connect_returned(&mut ledger, -errno::ECONNREFUSED);
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.refused, stats.errors), (1, 1, 0));
+}
+
+#[test]
+fn a_nonblocking_connect_is_marked_even_when_established_before_it_returned() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    // Loopback: the handshake completes inside connect(), at release_sock.
+    state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 2 * MS);
+    connect_returned(&mut ledger, -errno::EINPROGRESS);
+    assert!(ledger.sockets[&INODE].connect.as_ref().unwrap().nonblocking);
+    assert_eq!((ironic(&ledger).connects, ironic(&ledger).established), (1, 1));
+}
+
+#[test]
+fn asking_again_once_writable_adds_no_connect() {
+    // eventlet: connect_ex() -> EINPROGRESS, wait until writable, connect_ex()
+    // again -> EISCONN (or EALREADY while still under way).
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    connect_returned(&mut ledger, -errno::EINPROGRESS);
+    connect_returned(&mut ledger, -errno::EALREADY);
+    state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 3 * MS);
+    connect_returned(&mut ledger, -errno::EISCONN);
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.established, stats.errors), (1, 1, 0));
+    assert_eq!(outcome(&ledger), ConnectOutcome::Established { latency_ms: 2.0 });
+}
+
+#[test]
+fn asking_again_after_a_refused_nonblocking_connect_adds_nothing() {
+    // connect() again, instead of getsockopt(SO_ERROR), returns the error.
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    connect_returned(&mut ledger, -errno::EINPROGRESS);
+    state(&mut ledger, TCP_SYN_SENT, TCP_CLOSE, 2 * MS);
+    error(&mut ledger, errno::ECONNREFUSED);
+    connect_returned(&mut ledger, -errno::ECONNREFUSED);
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.refused, stats.errors), (1, 1, 0));
+}
+
+#[test]
+fn a_connect_interrupted_by_a_signal_goes_on() {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    connect_returned(&mut ledger, -errno::EINTR);
+    connect_returned(&mut ledger, -512); // ERESTARTSYS, as sys_exit sees a restarted call
+    assert_eq!(outcome(&ledger), ConnectOutcome::InProgress);
+    state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 3 * MS);
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.established, stats.errors), (1, 1, 0));
 }
 
 #[test]

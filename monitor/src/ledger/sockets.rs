@@ -10,7 +10,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use monitor_common::{ConnectEvent, SockEvent, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT, Tuple};
+use monitor_common::{
+    ConnectEvent, SockEvent, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT, Tuple,
+    errno::{EALREADY, ECONNREFUSED, EINPROGRESS, EISCONN, ETIMEDOUT, interrupted},
+};
 use serde::{Deserialize, Serialize};
 
 use super::{FdId, Ledger};
@@ -19,9 +22,6 @@ use crate::sockdiag::SocketTable;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const ECONNREFUSED: i32 = 111;
-const ETIMEDOUT: i32 = 110;
-const EINPROGRESS: i32 = 115;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SocketEntry {
@@ -392,10 +392,14 @@ impl Ledger {
         self.finish_connect(event.inode, Verdict::Errno(event.error));
     }
 
-    /// connect() returned. Only failures before any SYN was sent (no route,
-    /// no free port) are counted here; the rest is counted from state changes.
+    /// connect() returned, not simply with success. Only failures before any
+    /// SYN was sent (no route, no free port) are counted here; the rest is
+    /// counted from state changes. EISCONN and EALREADY report on an earlier
+    /// call (eventlet asks again once the socket is writable): no attempt.
     pub(super) fn connect_returned(&mut self, event: &ConnectEvent) {
-        if event.family != AF_INET && event.family != AF_INET6 {
+        let errno = -event.ret;
+        let ip_family = event.family == AF_INET || event.family == AF_INET6;
+        if !ip_family || errno <= 0 || errno == EISCONN || errno == EALREADY {
             return;
         }
         let h = &event.header;
@@ -409,22 +413,27 @@ impl Ledger {
             return;
         };
         let remote = SocketAddr::new(ip(event.family, &event.addr), event.port);
-        let attempt = self
-            .sockets
-            .get(&inode)
-            .and_then(|e| e.connect.as_ref())
-            .is_some_and(|r| r.started_ns >= event.enter_ns);
-        if event.ret == -EINPROGRESS {
-            if let Some(record) = self.sockets.get_mut(&inode).and_then(|e| e.connect.as_mut()) {
+        let record = self.sockets.get_mut(&inode).and_then(|e| e.connect.as_mut());
+        if errno == EINPROGRESS {
+            // The SYN left in this very call: the record is its.
+            if let Some(record) = record {
                 record.nonblocking = true;
             }
-        } else if event.ret < 0 && attempt {
-            self.finish_connect(inode, Verdict::Errno(-event.ret));
-        } else if event.ret < 0
-            && let Some(stats) = self.endpoint(h.tgid, remote)
-        {
+            return;
+        }
+        if interrupted(errno) {
+            // A signal: the connection goes on without the caller, as if non-blocking.
+            return;
+        }
+        // A failure of the attempt the socket's record follows (this call's
+        // SYN, or an earlier non-blocking one's error asked for again),
+        // unless that connection was made; else one that sent no SYN.
+        let attempt = record.is_some_and(|r| !matches!(r.outcome, ConnectOutcome::Established { .. }));
+        if attempt {
+            self.finish_connect(inode, Verdict::Errno(errno));
+        } else if let Some(stats) = self.endpoint(h.tgid, remote) {
             stats.connects += 1;
-            stats.count(outcome_of_errno(-event.ret));
+            stats.count(outcome_of_errno(errno));
         }
     }
 

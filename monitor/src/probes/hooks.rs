@@ -84,8 +84,7 @@ pub fn all() -> Vec<Hook> {
     for (_, name) in syscalls::ARGS_AT_EXIT {
         hooks.push(hook("args_exit", "syscalls", format!("sys_exit_{name}"), true));
     }
-    // connect(): the outcome, the duration and the endpoint.
-    hooks.push(hook("connect_enter", "syscalls", "sys_enter_connect", true));
+    // connect(): a failure's endpoint and errno (its arguments from the saved registers).
     hooks.push(hook("connect_exit", "syscalls", "sys_exit_connect", true));
     // listen(): a listening socket's owner (without it, sock_diag finds it).
     hooks.push(hook("listen_enter", "syscalls", "sys_enter_listen", false));

@@ -25,8 +25,12 @@ fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
     socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap()
 }
 
-/// `connect ADDR [plain|nonblock|syncnt1|fastopen|migrate|dupfirst|forkfirst]`:
-/// reports the fd and how it went. `fastopen` sends a byte with
+/// `connect ADDR [plain|nonblock|askagain|syncnt1|fastopen|migrate|dupfirst|forkfirst]`:
+/// reports the fd and how it went. `askagain` connects without blocking,
+/// calls connect() again at once (EALREADY while the handshake is under way,
+/// reported in `extra.again`) and once the socket is writable, as eventlet
+/// does (0 or EISCONN: connected; else the attempt's error); like `syncnt1`
+/// it gives up a dropped SYN after one retry. `fastopen` sends a byte with
 /// sendto(MSG_FASTOPEN) instead of calling connect(); `migrate` makes the
 /// socket on one CPU and connects it from another (the creation, held back
 /// on the first CPU, reaches the daemon after the connect's records), and
@@ -58,7 +62,7 @@ pub fn connect_to(addr: &str, how: &str) {
         extra["child"] = fork_idle_holder().into();
     }
     let sock = dup.as_ref().unwrap_or(&original);
-    if how == "syncnt1" {
+    if how == "syncnt1" || how == "askagain" {
         // One SYN retry: a dropped SYN times out after ~3 s instead of ~2 min.
         let one: libc::c_int = 1;
         // SAFETY: `one` is a live c_int of the size passed.
@@ -73,7 +77,8 @@ pub fn connect_to(addr: &str, how: &str) {
         };
         assert_eq!(rc, 0, "TCP_SYNCNT");
     }
-    if how == "nonblock" {
+    let nonblocking = how == "nonblock" || how == "askagain";
+    if nonblocking {
         nix::fcntl::fcntl(sock, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
     }
     let target = SockaddrStorage::from(addr);
@@ -82,12 +87,23 @@ pub fn connect_to(addr: &str, how: &str) {
     } else {
         connect(sock.as_raw_fd(), &target)
     };
-    if how == "nonblock" && result == Err(nix::errno::Errno::EINPROGRESS) {
+    if how == "askagain" && result == Err(nix::errno::Errno::EINPROGRESS) {
+        let again = connect(sock.as_raw_fd(), &target);
+        extra["again"] = again.err().map_or(0, |e| e as i32).into();
+    }
+    if nonblocking && result == Err(nix::errno::Errno::EINPROGRESS) {
         let mut fds = [PollFd::new(sock_borrow(sock), PollFlags::POLLOUT)];
         poll(&mut fds, PollTimeout::from(10_000u16)).unwrap();
-        result = match getsockopt(sock, sockopt::SocketError).unwrap() {
-            0 => Ok(()),
-            errno => Err(nix::errno::Errno::from_raw(errno)),
+        result = if how == "askagain" {
+            match connect(sock.as_raw_fd(), &target) {
+                Err(nix::errno::Errno::EISCONN) => Ok(()),
+                other => other,
+            }
+        } else {
+            match getsockopt(sock, sockopt::SocketError).unwrap() {
+                0 => Ok(()),
+                errno => Err(nix::errno::Errno::from_raw(errno)),
+            }
         };
     }
     let errno = result.err().map_or(0, |e| e as i32);
