@@ -212,7 +212,9 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// tp_btf/inet_sk_error_report(sk): refused, timed out, unreachable, reset.
-/// The kernel reports it after it moved the socket to CLOSE.
+/// The kernel reports it after it moved the socket to CLOSE. A close with
+/// SO_LINGER 0 reports ECONNRESET on its own socket (tcp_disconnect): that
+/// socket has left the ledger, like the state changes of its close.
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn sock_error_report(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
@@ -220,6 +222,9 @@ pub fn sock_error_report(ctx: BtfTracePointContext) -> i32 {
     let Some(owner) = (unsafe { SOCKS.get(sk as u64) }).copied() else {
         return 0;
     };
+    if released(&owner, sk) {
+        return 0;
+    }
     let off = sock_offsets();
     // SAFETY: members of the tracepoint's struct sock at their BTF offsets.
     let (error, state) = unsafe { (load::<i32>(sk, off.sock_err), load::<u8>(sk, off.sock_state)) };

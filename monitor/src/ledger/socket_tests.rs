@@ -268,6 +268,13 @@ fn asking_again_after_a_refused_nonblocking_connect_adds_nothing() {
 }
 
 #[test]
+fn an_error_of_a_socket_no_fd_holds_is_unowned() {
+    let mut ledger = ledger();
+    error(&mut ledger, errno::ECONNREFUSED);
+    assert_eq!(ledger.counters.socket_events_unowned, 1);
+}
+
+#[test]
 fn a_connect_interrupted_by_a_signal_goes_on() {
     let mut ledger = ledger();
     open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));

@@ -387,8 +387,14 @@ impl Ledger {
         }
     }
 
-    /// A connecting watched socket was refused, timed out or unreachable.
+    /// A watched socket's error: refused, timed out, unreachable (a connect's
+    /// verdict), or reset.
     pub(super) fn sock_error(&mut self, event: &SockEvent) {
+        if !self.sockets.contains_key(&event.inode) {
+            // Closed by its last fd already: nothing holds it.
+            self.counters.socket_events_unowned += 1;
+            return;
+        }
         self.finish_connect(event.inode, Verdict::Errno(event.error));
     }
 

@@ -63,8 +63,14 @@ fn one(kind: &str) {
 /// otherwise pile up and make port allocation, not the probes, the cost.
 fn tcp_cycle(server: SocketAddr) {
     let stream = TcpStream::connect(server).unwrap();
+    reset_on_close(&stream);
+    drop(stream);
+}
+
+/// SO_LINGER 0: close() sends a reset and leaves no TIME_WAIT behind.
+pub fn reset_on_close(stream: &TcpStream) {
     nix::sys::socket::setsockopt(
-        &stream,
+        stream,
         nix::sys::socket::sockopt::Linger,
         &libc::linger {
             l_onoff: 1,
@@ -72,7 +78,6 @@ fn tcp_cycle(server: SocketAddr) {
         },
     )
     .unwrap();
-    drop(stream);
 }
 
 /// A request and a response of the sizes nova and Ironic exchange for a

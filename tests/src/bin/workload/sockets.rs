@@ -207,13 +207,17 @@ pub fn share(fd: RawFd) {
 }
 
 /// `churn N KEEP`: N connect/accept/close cycles through a local listener,
-/// then KEEP connections left open (both ends).
+/// then KEEP connections left open (both ends). Every other client closes
+/// with a reset (SO_LINGER 0), the others with a FIN.
 pub fn churn(cycles: usize, keep: usize) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    for _ in 0..cycles {
+    for cycle in 0..cycles {
         let client = TcpStream::connect(addr).unwrap();
         let (server, _) = listener.accept().unwrap();
+        if cycle % 2 == 1 {
+            crate::loops::reset_on_close(&client);
+        }
         drop(client);
         drop(server);
     }
