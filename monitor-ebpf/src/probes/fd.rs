@@ -167,7 +167,10 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
         nr::PIPE | nr::PIPE2 => fd_pair(syscall, ret, args[0], 0),
         nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => {
             // A copy of a tracked socket fd is in SOCK_FDS: its close must reach user space.
-            let tracked = ret >= 0 && http::dup_fd(tgid, args[0] as u32, ret as u32);
+            // dup2/dup3 may have closed a tracked fd at the target; dup and
+            // F_DUPFD take a free number, which no entry names.
+            let replaces = syscall == nr::DUP2 || syscall == nr::DUP3;
+            let tracked = ret >= 0 && http::dup_fd(tgid, args[0] as u32, ret as u32, replaces);
             let extra = FdExtra {
                 source_fd: args[0] as u32,
                 ..plain

@@ -249,16 +249,19 @@ pub fn forget_fd(tgid: u32, fd: u32) {
     forget(&SOCK_FDS, ((tgid as u64) << 32) | fd as u64);
 }
 
-/// dup of a tracked socket: the new fd is the same stream's. True when it is.
+/// dup of a tracked socket: the new fd is the same stream's. True when it
+/// is. `replaces`: the call closed whatever `fd` was (dup2, dup3).
 #[inline(always)]
-pub fn dup_fd(tgid: u32, source: u32, fd: u32) -> bool {
+pub fn dup_fd(tgid: u32, source: u32, fd: u32, replaces: bool) -> bool {
     let base = (tgid as u64) << 32;
     // SAFETY: copied out at once.
     if let Some(state) = unsafe { SOCK_FDS.get(base | source as u64) }.copied() {
         let _ = SOCK_FDS.insert(base | fd as u64, state, 0);
         true
     } else {
-        forget_fd(tgid, fd);
+        if replaces {
+            forget_fd(tgid, fd);
+        }
         false
     }
 }
