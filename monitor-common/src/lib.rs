@@ -299,7 +299,7 @@ pub mod counter {
     pub const LOST_BASE: u32 = 0;
     /// Syscall exits that could not be described: a pipe's or socketpair's
     /// fds unreadable in user memory.
-    pub const PENDING_MISSED: u32 = 64;
+    pub const RESULT_UNREADABLE: u32 = 64;
     /// Forced wakeups issued because `wakeup_bytes` were waiting.
     pub const WAKEUPS: u32 = 65;
     /// fds closed while their creation was still held back: neither was shipped.

@@ -222,7 +222,7 @@ fn fd_pair(syscall: u32, ret: i64, user_fds: u64, detail: u32) {
             true,
         ),
         // The fds exist but we cannot name them: reconciliation will.
-        Err(_) => count(counter::PENDING_MISSED),
+        Err(_) => count(counter::RESULT_UNREADABLE),
     }
 }
 

@@ -42,7 +42,9 @@ pub struct KernelCounters {
     /// Records that found the ring buffer full, by event kind.
     pub lost: std::collections::BTreeMap<String, u64>,
     pub lost_total: u64,
-    pub pending_missed: u64,
+    /// pipe/socketpair results the probes could not read from user memory
+    /// (the fds exist; reconciliation names them).
+    pub results_unreadable: u64,
     pub wakeups: u64,
     /// fds closed on the CPU that created them before their creation was
     /// shipped: neither record was (see `DEFER_OPENS`).
@@ -297,7 +299,7 @@ impl Probes {
             }
             counters.lost_total += lost;
         }
-        counters.pending_missed = read(counter::PENDING_MISSED);
+        counters.results_unreadable = read(counter::RESULT_UNREADABLE);
         counters.wakeups = read(counter::WAKEUPS);
         counters.short_lived_fds = read(counter::SHORT_LIVED);
         counters.held_back = self.deferral.as_ref().map(|d| d.counters.clone());
