@@ -13,11 +13,11 @@ pub const TCP_LISTEN: u8 = 10;
 /// probe and the ledger tell apart.
 pub mod errno {
     pub const EINTR: i32 = 4;
+    pub const EISCONN: i32 = 106;
     pub const ETIMEDOUT: i32 = 110;
     pub const ECONNREFUSED: i32 = 111;
     pub const EALREADY: i32 = 114;
     pub const EINPROGRESS: i32 = 115;
-    pub const EISCONN: i32 = 106;
 
     /// EINTR, or one of the kernel's restart codes (ERESTARTSYS..
     /// ERESTART_RESTARTBLOCK, 512-516) that a sys_exit tracepoint sees
