@@ -204,6 +204,20 @@ fn connect_returned(ledger: &mut Ledger, ret: i32) {
 
 const ENETUNREACH: i32 = 101;
 
+/// A watched socket on fd 5 whose connect sent its SYN at 1 ms.
+fn connecting() -> Ledger {
+    let mut ledger = ledger();
+    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    ledger
+}
+
+/// The peer answered the SYN with a reset.
+fn refused(ledger: &mut Ledger) {
+    state(ledger, TCP_SYN_SENT, TCP_CLOSE, 2 * MS);
+    error(ledger, errno::ECONNREFUSED);
+}
+
 #[test]
 fn a_failure_before_any_syn_is_counted_from_connect() {
     let mut ledger = ledger();
@@ -215,11 +229,8 @@ fn a_failure_before_any_syn_is_counted_from_connect() {
 
 #[test]
 fn a_refused_blocking_connect_counts_once() {
-    let mut ledger = ledger();
-    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
-    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
-    state(&mut ledger, TCP_SYN_SENT, TCP_CLOSE, 2 * MS);
-    error(&mut ledger, errno::ECONNREFUSED);
+    let mut ledger = connecting();
+    refused(&mut ledger);
     connect_returned(&mut ledger, -errno::ECONNREFUSED);
     let stats = ironic(&ledger);
     assert_eq!((stats.connects, stats.refused, stats.errors), (1, 1, 0));
@@ -227,9 +238,7 @@ fn a_refused_blocking_connect_counts_once() {
 
 #[test]
 fn a_nonblocking_connect_is_marked_even_when_established_before_it_returned() {
-    let mut ledger = ledger();
-    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
-    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    let mut ledger = connecting();
     // Loopback: the handshake completes inside connect(), at release_sock.
     state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 2 * MS);
     connect_returned(&mut ledger, -errno::EINPROGRESS);
@@ -240,10 +249,9 @@ fn a_nonblocking_connect_is_marked_even_when_established_before_it_returned() {
 #[test]
 fn asking_again_once_writable_adds_no_connect() {
     // eventlet: connect_ex() -> EINPROGRESS, wait until writable, connect_ex()
-    // again -> EISCONN (or EALREADY while still under way).
-    let mut ledger = ledger();
-    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
-    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    // again: EALREADY while under way, 0 once connected (not shipped), EISCONN
+    // if asked once more.
+    let mut ledger = connecting();
     connect_returned(&mut ledger, -errno::EINPROGRESS);
     connect_returned(&mut ledger, -errno::EALREADY);
     state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 3 * MS);
@@ -256,12 +264,9 @@ fn asking_again_once_writable_adds_no_connect() {
 #[test]
 fn asking_again_after_a_refused_nonblocking_connect_adds_nothing() {
     // connect() again, instead of getsockopt(SO_ERROR), returns the error.
-    let mut ledger = ledger();
-    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
-    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    let mut ledger = connecting();
     connect_returned(&mut ledger, -errno::EINPROGRESS);
-    state(&mut ledger, TCP_SYN_SENT, TCP_CLOSE, 2 * MS);
-    error(&mut ledger, errno::ECONNREFUSED);
+    refused(&mut ledger);
     connect_returned(&mut ledger, -errno::ECONNREFUSED);
     let stats = ironic(&ledger);
     assert_eq!((stats.connects, stats.refused, stats.errors), (1, 1, 0));
@@ -276,9 +281,7 @@ fn an_error_of_a_socket_no_fd_holds_is_unowned() {
 
 #[test]
 fn a_connect_interrupted_by_a_signal_goes_on() {
-    let mut ledger = ledger();
-    open_socket(&mut ledger, 5, nr::SOCKET, socket_detail(2, 1, 0));
-    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, MS);
+    let mut ledger = connecting();
     connect_returned(&mut ledger, -errno::EINTR);
     connect_returned(&mut ledger, -512); // ERESTARTSYS, as sys_exit sees a restarted call
     assert_eq!(outcome(&ledger), ConnectOutcome::InProgress);
