@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod engine;
 pub mod fditer;
 pub mod fdkind;
+pub mod fuzzing;
 pub mod http;
 pub mod labels;
 pub mod ledger;

@@ -8,24 +8,20 @@ use crate::util::{exec, root_dir, step};
 
 pub const TARGETS: [&str; 3] = ["http_parser", "event_decoder", "config_loader"];
 
-/// Runs every target (or `only`) for `seconds` each. With `keep`, what it
-/// finds joins the kept corpus; without (the suite's smoke run), a scratch one.
-pub fn run(seconds: u64, only: Option<&str>, keep: bool) -> anyhow::Result<()> {
+/// Runs every target (or `only`) for `seconds` each; what it finds joins the
+/// kept corpus, which the unit suite replays (`monitor::fuzzing`).
+pub fn run(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
     crate::setup::cargo_fuzz()?;
     for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
         step(&format!("fuzz {target} for {seconds}s"));
         let kept = root_dir().join("monitor/fuzz/corpus").join(target);
         std::fs::create_dir_all(&kept)?;
-        // libFuzzer adds new inputs to the first corpus directory only.
-        let scratch = std::env::temp_dir().join(format!("leakmon-fuzz-{target}-{}", std::process::id()));
-        std::fs::create_dir_all(&scratch)?;
-        let dirs = if keep { vec![&kept] } else { vec![&scratch, &kept] };
-        let result = exec(
+        exec(
             Command::new("cargo")
                 .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
                 .arg(root_dir().join("monitor/fuzz"))
                 .arg(target)
-                .args(dirs)
+                .arg(&kept)
                 .args([
                     "--",
                     &format!("-max_total_time={seconds}"),
@@ -33,9 +29,7 @@ pub fn run(seconds: u64, only: Option<&str>, keep: bool) -> anyhow::Result<()> {
                 ])
                 // The parsers need no kernel object: skip building it under sanitizers.
                 .env("AYA_BUILD_SKIP", "1"),
-        );
-        let _ = std::fs::remove_dir_all(&scratch);
-        result?;
+        )?;
     }
     Ok(())
 }

@@ -123,6 +123,6 @@ fn main() -> anyhow::Result<()> {
                 accel: accel.as_deref(),
             })
         }),
-        Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref(), true),
+        Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
     }
 }

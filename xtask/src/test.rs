@@ -26,8 +26,6 @@ pub fn run_suite(filter: Option<&str>) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    step("fuzz smoke: each cargo-fuzz target 15 s from the kept corpus (`cargo xtask fuzz` runs longer)");
-    crate::fuzz::run(15, None, false)?;
     step("build (daemon, CLI, workloads)");
     exec(cargo().args(["build", "--bins"]))?;
     step(if is_root() {

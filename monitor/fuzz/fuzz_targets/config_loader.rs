@@ -3,8 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = monitor::config::Config::parse(text);
-    }
-});
+fuzz_target!(|data: &[u8]| monitor::fuzzing::config_loader(data));

@@ -4,6 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = monitor::engine::decode::decode(data);
-});
+fuzz_target!(|data: &[u8]| monitor::fuzzing::event_decoder(data));
