@@ -304,8 +304,10 @@ pub mod counter {
     pub const WAKEUPS: u32 = 65;
     /// fds closed while their creation was still held back: neither was shipped.
     pub const SHORT_LIVED: u32 = 66;
+    /// Execs of watched processes that woke the reader at once.
+    pub const EXEC_WAKEUPS: u32 = 67;
     /// Number of slots.
-    pub const SLOTS: u32 = 67;
+    pub const SLOTS: u32 = 68;
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);

@@ -4,18 +4,20 @@ use aya_ebpf::{
     helpers::bpf_get_current_comm, macros::tracepoint, maps::ring_buf::RingBufEntry,
     programs::TracePointContext,
 };
-use monitor_common::{EventKind, NO_SYSCALL, TaskEvent, WatchEntry, config_flags, task_flags, watch_flags};
+use monitor_common::{
+    EventKind, NO_SYSCALL, TaskEvent, WatchEntry, config_flags, counter, task_flags, watch_flags,
+};
 
 use crate::{
     emit::{current, header, reserve, submit, submit_now},
-    maps::{TLS_CALLS, WATCH_COMMS, WATCHED, config, forget, task_offsets, watch_entry},
+    maps::{TLS_CALLS, WATCH_COMMS, WATCHED, config, count, forget, task_offsets, watch_entry},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-/// Ships a task event; `wake` wakes the reader at once. Anything else waits
-/// for the drain timer or `wakeup_bytes`: a forced wakeup is an interrupt and
-/// a wakeup of the reader, ~15-25 µs under this hypervisor.
+/// Ships a task event; `wake` (an exec, counted) wakes the reader at once.
+/// Anything else waits for the drain timer or `wakeup_bytes`: a forced wakeup
+/// is an interrupt and a wakeup of the reader, ~15-25 µs under this hypervisor.
 fn ship(kind: EventKind, pid: u32, flags: u32, comm: [u8; 16], wake: bool) {
     let entry: Option<RingBufEntry<TaskEvent>> = reserve(kind);
     if let Some(mut entry) = entry {
@@ -25,7 +27,12 @@ fn ship(kind: EventKind, pid: u32, flags: u32, comm: [u8; 16], wake: bool) {
             flags,
             comm,
         });
-        if wake { submit_now(entry) } else { submit(entry) }
+        if wake {
+            count(counter::EXEC_WAKEUPS);
+            submit_now(entry)
+        } else {
+            submit(entry)
+        }
     }
 }
 
@@ -73,13 +80,16 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         // SAFETY: offset from the format file.
         let old_pid: u32 =
             unsafe { ctx.read_at::<i32>(task_offsets().exec_old_pid as usize) }.unwrap_or(tid as i32) as u32;
-        // A process that is or was watched changed what it runs: user space
-        // decides at once (uprobes to attach, a watch to end). An exec
-        // shipped only for command-line matching waits for the next drain
-        // (100 ms by default): otherwise every exec on the host would pay
-        // for a wakeup, and the first scan finds what the process opened
-        // in the meantime.
-        let wake = before.is_some() || now_watched;
+        // A process still watched (user space chose it, or its new comm
+        // matches) changed what it runs: user space decides at once
+        // (uprobes to attach, a watch to end). Any other exec waits for the
+        // next drain (100 ms by default): one shipped only for command-line
+        // matching (otherwise every exec on the host would pay for a wakeup;
+        // the first scan finds what the process opened in the meantime), and
+        // a child that inherited the watch and runs something else now, which
+        // is unwatched above (otherwise a watched process's every fork+exec
+        // would pay for it).
+        let wake = now_watched;
         ship(EventKind::Exec, old_pid, flags, comm, wake);
     }
     0

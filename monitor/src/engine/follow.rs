@@ -140,8 +140,13 @@ impl Engine {
     fn stop_watching(&mut self, pid: u32, why: &str) {
         self.probes.unwatch(pid);
         self.probes.detach_tls(pid);
-        if let Some(process) = self.ledger.forget(pid) {
-            info!(pid, comm = %process.comm, why, "no longer watched");
+        match self.ledger.forget(pid) {
+            // Children come and go with their parent's watch unlogged.
+            Some(process) if matches!(process.reason, WatchReason::Parent(_)) => {
+                debug!(pid, comm = %process.comm, why, "child no longer watched");
+            }
+            Some(process) => info!(pid, comm = %process.comm, why, "no longer watched"),
+            None => {}
         }
     }
 

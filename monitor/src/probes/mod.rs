@@ -46,6 +46,9 @@ pub struct KernelCounters {
     /// (the fds exist; reconciliation names them).
     pub results_unreadable: u64,
     pub wakeups: u64,
+    /// Execs that woke the reader at once: of processes still watched after
+    /// them (a watched child that runs something else waits for the drain).
+    pub exec_wakeups: u64,
     /// fds closed on the CPU that created them before their creation was
     /// shipped: neither record was (see `DEFER_OPENS`).
     pub short_lived_fds: u64,
@@ -301,6 +304,7 @@ impl Probes {
         }
         counters.results_unreadable = read(counter::RESULT_UNREADABLE);
         counters.wakeups = read(counter::WAKEUPS);
+        counters.exec_wakeups = read(counter::EXEC_WAKEUPS);
         counters.short_lived_fds = read(counter::SHORT_LIVED);
         counters.held_back = self.deferral.as_ref().map(|d| d.counters.clone());
         counters
