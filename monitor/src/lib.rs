@@ -23,6 +23,8 @@ pub mod metrics_server;
 pub mod probes;
 pub mod proc;
 pub mod procnet;
+#[cfg(test)]
+mod readme_tests;
 pub mod redact;
 pub mod snapshot;
 pub mod sockdiag;
