@@ -36,6 +36,19 @@ fn section<'a>(text: &'a str, start: &str) -> &'a str {
     &text[from..end]
 }
 
+/// The cells of each table row in `text` that starts with a backticked name.
+fn rows(text: &str) -> Vec<Vec<&str>> {
+    text.lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| line[2..].trim_end_matches(" |").split(" | ").collect())
+        .collect()
+}
+
+/// The names a first cell lists: "`a`, `b`" gives a and b.
+fn names(cell: &str) -> impl Iterator<Item = &str> {
+    cell.split(", ").map(|name| name.trim_matches('`'))
+}
+
 /// The flags the `## CLI` synopsis gives each subcommand.
 fn synopsis(readme: &str) -> BTreeMap<String, BTreeSet<String>> {
     let block = section(readme, "## CLI")
@@ -99,14 +112,9 @@ fn as_toml(value: &Value) -> Option<String> {
 fn the_config_reference_has_every_key_with_its_default() {
     let readme = readme();
     // `| `key` | default | meaning |` rows.
-    let rows: BTreeMap<&str, &str> = section(&readme, "## Configuration")
-        .lines()
-        .filter_map(|line| {
-            let mut cells = line.strip_prefix("| `")?.splitn(2, "` | ");
-            let key = cells.next()?;
-            let default = cells.next()?.split(" | ").next()?;
-            Some((key, default))
-        })
+    let rows: BTreeMap<&str, &str> = rows(section(&readme, "## Configuration"))
+        .into_iter()
+        .map(|cells| (cells[0].trim_matches('`'), cells[1]))
         .collect();
     let mut expected: BTreeMap<String, Option<String>> = BTreeMap::new();
     let defaults = serde_json::to_value(Config::default()).unwrap();
@@ -222,21 +230,14 @@ fn the_alert_schema_lists_every_field_an_alert_has() {
     let readme = readme();
     let schema = section(&readme, "### Alert schema (NDJSON, one alert per line)");
     // `| `a`, `b` | meaning |`: the fields named in each row's first cell.
-    let rows: Vec<(Vec<&str>, &str)> = schema
-        .lines()
-        .filter_map(|line| {
-            let (first, meaning) = line.strip_prefix("| `")?.split_once(" | ")?;
-            let names = first.split(", ").map(|name| name.trim_matches('`')).collect();
-            Some((names, meaning))
-        })
-        .collect();
-    let documented: BTreeSet<&str> = rows.iter().flat_map(|(names, _)| names.iter().copied()).collect();
+    let rows = rows(schema);
+    let documented: BTreeSet<&str> = rows.iter().flat_map(|cells| names(cells[0])).collect();
     let fields: BTreeSet<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         documented, fields,
         "the schema table (left) against an alert's fields (right)"
     );
-    let (_, process) = rows.iter().find(|(names, _)| names == &["process"]).unwrap();
+    let process = rows.iter().find(|cells| cells[0] == "`process`").unwrap()[1];
     for key in json["process"].as_object().unwrap().keys() {
         assert!(
             process.contains(&format!("`{key}`")),
@@ -273,15 +274,7 @@ fn the_metrics_table_lists_every_metric_served() {
     assert!(served.len() > 20, "found only {served:?}");
     let readme = readme();
     let table = section(&readme, "### Prometheus metrics");
-    let documented: BTreeSet<&str> = table
-        .lines()
-        .filter_map(|line| {
-            line.strip_prefix("| `")?
-                .split_once(" | ")
-                .map(|(first, _)| first)
-        })
-        .flat_map(|first| first.split(", ").map(|name| name.trim_matches('`')))
-        .collect();
+    let documented: BTreeSet<&str> = rows(table).iter().flat_map(|cells| names(cells[0])).collect();
     assert_eq!(
         documented, served,
         "the metrics table (left) against the code (right)"

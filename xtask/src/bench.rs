@@ -274,7 +274,7 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
         .map(|(_, n)| *n)
         .chain(["getppid (unrelated syscall)"])
         .collect();
-    let baselines: Vec<Stats> = (0..names.len()).map(|l| stats(&samples[0][l])).collect();
+    let mut baselines = Vec::new();
     for (l, name) in names.iter().enumerate() {
         let st: Vec<Stats> = (0..Setting::ALL.len()).map(|s| stats(&samples[s][l])).collect();
         let cell = |s: &Stats| format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max);
@@ -282,6 +282,7 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
         let cells: Vec<String> = st.iter().map(cell).collect();
         let ratios: Vec<String> = st[1..].iter().map(ratio).collect();
         writeln!(out, "| {name} | {} | {} |", cells.join(" | "), ratios.join(" | "))?;
+        baselines.extend(st.into_iter().next());
     }
     let noise = noise(&baselines);
     let verdict = if noise > NOISY {
@@ -406,24 +407,20 @@ pub fn run(runs: usize, ops: u64, only: Option<&str>) -> anyhow::Result<()> {
 mod noise_tests {
     use super::*;
 
-    fn baseline(runs: &[f64]) -> Stats {
-        stats(runs)
-    }
-
     #[test]
     fn one_slow_run_is_not_noise_but_slow_medians_are() {
         // 7ad710c's quiet run: open, TCP and thread rows.
         let quiet = [
-            baseline(&[2705.0, 2771.0, 2844.0, 2760.0, 2790.0]),
-            baseline(&[30447.0, 30655.0, 31204.0, 30600.0, 30700.0]),
-            baseline(&[41885.0, 45118.0, 51810.0, 44000.0, 46000.0]),
+            stats(&[2705.0, 2771.0, 2844.0, 2760.0, 2790.0]),
+            stats(&[30447.0, 30655.0, 31204.0, 30600.0, 30700.0]),
+            stats(&[41885.0, 45118.0, 51810.0, 44000.0, 46000.0]),
         ];
         assert!(noise(&quiet) < NOISY, "{}", noise(&quiet));
         // A noisy day: the same rows with their medians well above the fastest run.
         let noisy = [
-            baseline(&[2755.0, 2966.0, 3407.0, 2900.0, 3000.0]),
-            baseline(&[31375.0, 33977.0, 35793.0, 33000.0, 34500.0]),
-            baseline(&[47240.0, 54317.0, 61384.0, 52000.0, 56000.0]),
+            stats(&[2755.0, 2966.0, 3407.0, 2900.0, 3000.0]),
+            stats(&[31375.0, 33977.0, 35793.0, 33000.0, 34500.0]),
+            stats(&[47240.0, 54317.0, 61384.0, 52000.0, 56000.0]),
         ];
         assert!(noise(&noisy) > NOISY, "{}", noise(&noisy));
     }
