@@ -1,7 +1,7 @@
 //! The README's CLI synopsis, configuration reference, rule table, alert
-//! schema and metrics table against the code: a flag, key, rule, default,
-//! alert field or metric added, renamed or changed without its
-//! documentation fails here.
+//! schema, status reference and metrics table against the code: a flag,
+//! key, rule, default, alert or status field, counter or metric added,
+//! renamed or changed without its documentation fails here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -279,4 +279,48 @@ fn the_metrics_table_lists_every_metric_served() {
         documented, served,
         "the metrics table (left) against the code (right)"
     );
+}
+
+#[test]
+fn the_status_reference_names_every_field_and_counter() {
+    let status = crate::engine::example_status_json();
+    let readme = readme();
+    let reference = section(&readme, "### Status");
+    let rows = rows(reference);
+    let documented: BTreeSet<&str> = rows.iter().flat_map(|cells| names(cells[0])).collect();
+    // Top-level fields, and each counter as `section.name` (`kernel.held_back.flushes`).
+    let mut fields = BTreeSet::new();
+    for (key, value) in status.as_object().unwrap() {
+        fields.insert(key.clone());
+        if ["kernel", "engine", "ledger", "alert_sinks", "alertmanager"].contains(&key.as_str()) {
+            for (name, counter) in value.as_object().unwrap() {
+                match counter.as_object() {
+                    Some(nested) if name != "lost" => {
+                        fields.extend(nested.keys().map(|inner| format!("{key}.{name}.{inner}")));
+                    }
+                    _ => {
+                        fields.insert(format!("{key}.{name}"));
+                    }
+                }
+            }
+        }
+    }
+    let fields: BTreeSet<&str> = fields.iter().map(String::as_str).collect();
+    assert_eq!(
+        documented, fields,
+        "the status reference (left) against a status's fields (right)"
+    );
+    // The fields of each hook, TLS attachment and process, in its row.
+    for list in ["hooks", "tls", "processes"] {
+        let row = rows
+            .iter()
+            .find(|cells| names(cells[0]).any(|name| name == list))
+            .unwrap();
+        for key in status[list][0].as_object().unwrap().keys() {
+            assert!(
+                row[1].contains(&format!("`{key}`")),
+                "`{list}[].{key}` is not described"
+            );
+        }
+    }
 }

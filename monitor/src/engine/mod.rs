@@ -9,6 +9,8 @@ pub mod decode;
 mod follow;
 mod metrics;
 mod status;
+#[cfg(test)]
+pub(crate) use status::example_json as example_status_json;
 
 use std::time::Duration;
 

@@ -105,3 +105,60 @@ pub fn fixes_since(before: &LedgerCounters, after: &LedgerCounters) -> serde_jso
         "threads_removed": after.reconcile_threads_removed - before.reconcile_threads_removed,
     })
 }
+
+/// A status with every optional part set, as JSON: the README test checks
+/// that its reference names each field.
+#[cfg(test)]
+pub(crate) fn example_json() -> serde_json::Value {
+    use crate::{alerts::alertmanager, container::Placement, detect::Rule, probes::tls::TlsAttachment};
+    let hooks = [HookStatus {
+        program: "p",
+        tracepoint: "t".into(),
+        essential: true,
+        attached: false,
+        error: Some("e".into()),
+    }];
+    let kernel = KernelCounters {
+        lost: [("FdOpen".to_string(), 1)].into(),
+        held_back: Some(Default::default()),
+        ..KernelCounters::default()
+    };
+    let status = StatusView {
+        version: "v",
+        daemon_pid: 1,
+        started: "t".into(),
+        uptime_s: 1.0,
+        tracefs_mounted_by_daemon: false,
+        socket_walk_missing: Some("no BTF"),
+        hooks_attached: 0,
+        hooks_total: 1,
+        hooks: &hooks,
+        tls: vec![TlsAttachment {
+            pid: 1,
+            library: "l".into(),
+            symbols: vec!["SSL_write"],
+        }],
+        tls_attached_total: 1,
+        tls_detached_total: 0,
+        processes: vec![ProcessSummary {
+            pid: 1,
+            comm: "c".into(),
+            reason: WatchReason::Parent(2),
+            fds: 1,
+            threads: 1,
+            watched_since: "t".into(),
+            placement: Placement {
+                ns_pid: Some(1),
+                container_id: Some("c".into()),
+            },
+        }],
+        ledger: &LedgerCounters::default(),
+        kernel,
+        engine: &EngineCounters::default(),
+        probes: &crate::config::Probes::default(),
+        alerts_firing: [(Rule::FdLeak, 1)].into(),
+        alert_sinks: &crate::alerts::sinks::SinkCounters::default(),
+        alertmanager: Some(alertmanager::Counters::default()),
+    };
+    serde_json::to_value(status).expect("serializable")
+}
