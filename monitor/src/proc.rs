@@ -313,3 +313,43 @@ mod tests {
         assert_eq!(argv_basenames(&direct).collect::<Vec<_>>(), ["nova-compute"]);
     }
 }
+
+/// Resident anonymous memory of a process (its heap and stacks), from
+/// /proc/PID/statm: resident minus shared (file-backed and shmem) pages.
+/// Page cache that comes and goes with file reads is left out.
+pub fn anon_resident_bytes(pid: u32) -> Result<u64, ProcError> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).map_err(unreadable(pid, "statm"))?;
+    anon_of_statm(&statm).ok_or_else(|| ProcError::Unreadable {
+        pid,
+        what: "statm",
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected content {statm:?}"),
+        ),
+    })
+}
+
+fn anon_of_statm(statm: &str) -> Option<u64> {
+    let mut pages = statm.split_whitespace().skip(1).map(|n| n.parse::<u64>().ok());
+    let (resident, shared) = (pages.next()??, pages.next()??);
+    Some(resident.saturating_sub(shared) * procfs::page_size())
+}
+
+#[cfg(test)]
+mod statm_tests {
+    use super::*;
+
+    #[test]
+    fn anon_memory_is_resident_minus_shared_pages() {
+        let page = procfs::page_size();
+        assert_eq!(anon_of_statm("5000 1200 200 10 0 900 0\n"), Some(1000 * page));
+        assert_eq!(anon_of_statm("5000 100"), None, "cut short");
+        assert_eq!(anon_of_statm("5000 x 200"), None);
+        let own = anon_resident_bytes(std::process::id()).unwrap();
+        assert!(own > 0, "this test's own heap");
+        assert!(matches!(
+            anon_resident_bytes(u32::MAX),
+            Err(ProcError::NoSuchProcess(_))
+        ));
+    }
+}

@@ -63,6 +63,40 @@ fn thread_leak_fires_but_a_burst_that_exits_does_not() {
 }
 
 #[test]
+fn a_growing_heap_fires_memory_leak_but_a_step_that_levels_off_does_not() {
+    if !require_root("a_growing_heap_fires_memory_leak_but_a_step_that_levels_off_does_not") {
+        return;
+    }
+    let mut w = Watched::start("alert-memory-leak", "lm-memleak", FAST_RULES, &["serve"]);
+    // 64 MiB at once (a start-up, a cache filled), then nothing more.
+    w.workload.send("drip memory 0 1 64");
+    w.workload.expect_within("dripped", FIRE);
+    w.assert_silent("memory_leak", Duration::from_secs(10));
+    // 4 MiB every 400 ms: ~20 MiB more in each quarter of the 8 s window.
+    w.workload.send("drip memory 400 40 4");
+    let alert = w.await_alert("memory_leak", "firing", FIRE);
+    assert_eq!(alert["key"], "memory");
+    let evidence = &alert["evidence"];
+    assert!(evidence["growth_mib"].as_f64().unwrap() >= 16.0, "{alert:#}");
+    assert!(evidence["anon_mib"].as_f64().unwrap() >= 64.0 + 16.0, "{alert:#}");
+    let floors: Vec<f64> = evidence["quarter_floors_mib"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_f64().unwrap())
+        .collect();
+    assert!(floors.windows(2).all(|w| w[1] > w[0]), "{alert:#}");
+    assert!(
+        alert["summary"].as_str().unwrap().contains("leaking memory"),
+        "{alert:#}"
+    );
+    w.workload.expect_within("dripped", FIRE);
+    w.workload.send("free memory");
+    w.workload.expect("freed");
+    w.await_alert("memory_leak", "resolved", FIRE);
+}
+
+#[test]
 fn close_wait_sockets_beyond_the_pool_fire_but_a_pooled_one_does_not() {
     if !require_root("close_wait_sockets_beyond_the_pool_fire_but_a_pooled_one_does_not") {
         return;

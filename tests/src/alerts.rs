@@ -23,6 +23,9 @@ min_growth = 10
 [rules.thread_leak]
 window_s = 8
 min_growth = 10
+[rules.memory_leak]
+window_s = 8
+min_growth_mib = 16
 [rules.socket_close_wait_leak]
 min_age_s = 1
 window_s = 8

@@ -29,6 +29,9 @@ min_growth = 8
 [rules.thread_leak]
 window_s = 40
 min_growth = 8
+[rules.memory_leak]
+window_s = 40
+min_growth_mib = 8
 [rules.socket_close_wait_leak]
 min_age_s = 5
 window_s = 40

@@ -13,6 +13,7 @@ pub struct Rules {
     pub fd_leak: FdLeak,
     pub socket_close_wait_leak: CloseWaitLeak,
     pub thread_leak: ThreadLeak,
+    pub memory_leak: MemoryLeak,
     pub fd_exhaustion: Exhaustion,
     pub emfile: Emfile,
     pub thread_exhaustion: Exhaustion,
@@ -41,6 +42,16 @@ pub struct ThreadLeak {
     /// A burst that falls back within a quarter of it never fires.
     pub window_s: u64,
     pub min_growth: u32,
+}
+
+/// Resident anonymous memory that rises in every quarter of a window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryLeak {
+    pub enabled: bool,
+    /// Long: a heap grows in steps for a while after start (imports, caches).
+    pub window_s: u64,
+    pub min_growth_mib: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,6 +142,7 @@ impl Default for Rules {
             fd_leak: FdLeak::default(),
             socket_close_wait_leak: CloseWaitLeak::default(),
             thread_leak: ThreadLeak::default(),
+            memory_leak: MemoryLeak::default(),
             fd_exhaustion: Exhaustion::default(),
             emfile: Emfile::default(),
             thread_exhaustion: Exhaustion::default(),
@@ -168,6 +180,16 @@ impl Default for ThreadLeak {
             enabled: true,
             window_s: 600,
             min_growth: 20,
+        }
+    }
+}
+
+impl Default for MemoryLeak {
+    fn default() -> Self {
+        MemoryLeak {
+            enabled: true,
+            window_s: 3600,
+            min_growth_mib: 128,
         }
     }
 }
@@ -282,6 +304,11 @@ impl Rules {
         positive("rules.fd_leak.min_growth", self.fd_leak.min_growth.into())?;
         positive("rules.thread_leak.window_s", self.thread_leak.window_s)?;
         positive("rules.thread_leak.min_growth", self.thread_leak.min_growth.into())?;
+        positive("rules.memory_leak.window_s", self.memory_leak.window_s)?;
+        positive(
+            "rules.memory_leak.min_growth_mib",
+            self.memory_leak.min_growth_mib.into(),
+        )?;
         let cw = &self.socket_close_wait_leak;
         positive("rules.socket_close_wait_leak.window_s", cw.window_s)?;
         positive("rules.socket_close_wait_leak.min_growth", cw.min_growth.into())?;
@@ -316,7 +343,8 @@ impl Rules {
         Ok(())
     }
 
-    /// The longest window any rule looks back over: how much history to keep.
+    /// The longest window any rule looks back over in the per-second samples:
+    /// how many to keep (memory has a sparser series of its own).
     pub fn longest_window_s(&self) -> u64 {
         [
             self.fd_leak.window_s,

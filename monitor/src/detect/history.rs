@@ -1,6 +1,6 @@
 //! What the detectors look back on: one sample per process per tick of the
 //! counts that leak (fds by kind, threads, sockets per endpoint), kept for
-//! the longest window a rule uses.
+//! the longest window a rule uses; and a sparser series of its memory.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -80,6 +80,25 @@ impl Sample {
 #[derive(Clone, Debug, Default)]
 pub struct History {
     pub samples: VecDeque<Sample>,
+    /// About 60 per `memory_leak` window (see [`MemorySample::every_ns`]).
+    pub memory: VecDeque<MemorySample>,
+}
+
+/// A process's resident anonymous memory, and the API requests it had sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemorySample {
+    pub ts_ns: u64,
+    pub anon_bytes: u64,
+    /// Its HTTP requests since it was first watched (`calls.parse.requests`).
+    pub requests: u64,
+}
+
+impl MemorySample {
+    /// How often to take one for a window: ~60 per window, 1 s to 1 min apart
+    /// (an hour's window keeps 60 samples, not 3600).
+    pub fn every_ns(window_s: u64) -> u64 {
+        (window_s / 60).clamp(1, 60) * 1_000_000_000
+    }
 }
 
 impl History {
@@ -87,13 +106,22 @@ impl History {
     pub fn push(&mut self, sample: Sample, keep_ns: u64) {
         let now = sample.ts_ns;
         self.samples.push_back(sample);
-        while self
-            .samples
-            .front()
-            .is_some_and(|s| now.saturating_sub(s.ts_ns) > keep_ns)
-        {
-            self.samples.pop_front();
-        }
+        forget_older(&mut self.samples, |s| s.ts_ns, now, keep_ns);
+    }
+
+    /// Adds a memory sample and forgets those older than `keep_ns`.
+    pub fn push_memory(&mut self, sample: MemorySample, keep_ns: u64) {
+        let now = sample.ts_ns;
+        self.memory.push_back(sample);
+        forget_older(&mut self.memory, |s| s.ts_ns, now, keep_ns);
+    }
+
+    /// Whether a memory sample is due at `now_ns`.
+    pub fn memory_due(&self, now_ns: u64, every_ns: u64) -> bool {
+        self.memory
+            .back()
+            // A tenth early: ticks are a second apart, give or take.
+            .is_none_or(|last| now_ns.saturating_sub(last.ts_ns) >= every_ns - every_ns / 10)
     }
 
     /// (time, value) over the last `window_ns`, oldest first.
@@ -112,3 +140,13 @@ impl History {
 
 /// Histories of every watched process.
 pub type Histories = HashMap<u32, History>;
+
+/// Drops the oldest entries, those more than `keep_ns` before `now`.
+fn forget_older<T>(entries: &mut VecDeque<T>, ts_ns: impl Fn(&T) -> u64, now: u64, keep_ns: u64) {
+    while entries
+        .front()
+        .is_some_and(|e| now.saturating_sub(ts_ns(e)) > keep_ns)
+    {
+        entries.pop_front();
+    }
+}

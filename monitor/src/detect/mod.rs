@@ -7,6 +7,7 @@ mod calls;
 pub mod config;
 pub mod history;
 pub mod limits;
+mod memory;
 mod network;
 mod resources;
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub enum Rule {
     FdLeak,
     SocketCloseWaitLeak,
     ThreadLeak,
+    MemoryLeak,
     FdExhaustion,
     Emfile,
     ThreadExhaustion,
@@ -39,10 +41,11 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 13] = [
         Rule::FdLeak,
         Rule::SocketCloseWaitLeak,
         Rule::ThreadLeak,
+        Rule::MemoryLeak,
         Rule::FdExhaustion,
         Rule::Emfile,
         Rule::ThreadExhaustion,
@@ -59,6 +62,7 @@ impl Rule {
             Rule::FdLeak => "fd_leak",
             Rule::SocketCloseWaitLeak => "socket_close_wait_leak",
             Rule::ThreadLeak => "thread_leak",
+            Rule::MemoryLeak => "memory_leak",
             Rule::FdExhaustion => "fd_exhaustion",
             Rule::Emfile => "emfile",
             Rule::ThreadExhaustion => "thread_exhaustion",
@@ -144,6 +148,9 @@ pub fn evaluate(input: &Input<'_>) -> Vec<Finding> {
     }
     if rules.thread_leak.enabled {
         findings.extend(resources::thread_leak(input));
+    }
+    if rules.memory_leak.enabled {
+        findings.extend(memory::memory_leak(input));
     }
     if rules.fd_exhaustion.enabled {
         findings.extend(resources::fd_exhaustion(input));

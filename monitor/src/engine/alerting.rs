@@ -4,14 +4,18 @@
 
 use std::collections::HashMap;
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Engine;
 use crate::{
     alerts::{self, Alert, ProcessRef, sinks::Sinks},
     config::Config,
-    detect::{self, Input, Limits, history::Sample},
-    redact, time,
+    detect::{
+        self, History, Input, Limits, Rules,
+        history::{MemorySample, Sample},
+    },
+    ledger::Process,
+    proc, redact, time,
 };
 
 const NS: u64 = 1_000_000_000;
@@ -45,6 +49,28 @@ impl Alerting {
     }
 }
 
+/// Adds a memory sample to `history` when one is due. A process that
+/// cannot be read (it is exiting) misses a sample: the rule needs its
+/// window covered, so a gap never fires it.
+fn sample_memory(history: &mut History, pid: u32, process: &Process, rules: &Rules, now: u64) {
+    let window_s = rules.memory_leak.window_s;
+    let every = MemorySample::every_ns(window_s);
+    if !rules.memory_leak.enabled || !history.memory_due(now, every) {
+        return;
+    }
+    match proc::anon_resident_bytes(pid) {
+        Ok(anon_bytes) => {
+            let sample = MemorySample {
+                ts_ns: now,
+                anon_bytes,
+                requests: process.calls.parse.requests,
+            };
+            history.push_memory(sample, window_s * NS + 2 * every);
+        }
+        Err(e) => debug!(pid, error = %e, "no memory sample"),
+    }
+}
+
 impl Engine {
     pub(super) fn detect(&mut self) {
         let now = time::boot_ns();
@@ -54,6 +80,7 @@ impl Engine {
         for (pid, process) in &self.ledger.processes {
             let history = alerting.histories.entry(*pid).or_default();
             history.push(Sample::of(&self.ledger, process, now), keep_ns);
+            sample_memory(history, *pid, process, &self.config.rules, now);
             let limits = alerting
                 .limits
                 .entry(*pid)

@@ -1,7 +1,8 @@
 //! Commands for the alert tests: resources that leak at a steady pace, and
 //! requests that carry a token or wait for an answer.
 //!   drip files|threads MS N   one more every MS ms, N times, in the background
-//!   free files|threads        close the dripped files / end the dripped threads
+//!   drip memory MS N MIB      MIB MiB more heap (written, so resident) every MS ms, N times
+//!   free files|threads|memory close the dripped files / end the dripped threads / free the heap
 //!   burst N MS                N threads that exit after MS ms
 //!   rlimit N                  RLIMIT_NOFILE soft limit to N
 //!   http ADDR METHOD PATH [token|-] [BODY]
@@ -28,6 +29,7 @@ pub struct Drip {
     files: Arc<Mutex<Vec<i32>>>,
     stop_threads: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
+    memory: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Drip {
@@ -62,6 +64,22 @@ impl Drip {
                     thread::sleep(Duration::from_millis(ms));
                 }
                 crate::say(json!({"event": "dripped", "what": "threads"}));
+            }
+            ("drip", "memory") => {
+                let memory = self.memory.clone();
+                let (ms, n, mib) = (number(2), number(3), number(4) as usize);
+                thread::spawn(move || {
+                    for _ in 0..n {
+                        // Large blocks are mmap'ed: freed, they leave the process at once.
+                        memory.lock().unwrap().push(vec![1u8; mib << 20]);
+                        thread::sleep(Duration::from_millis(ms));
+                    }
+                    crate::say(json!({"event": "dripped", "what": "memory"}));
+                });
+            }
+            ("free", "memory") => {
+                self.memory.lock().unwrap().clear();
+                crate::say(json!({"event": "freed", "what": "memory"}));
             }
             ("free", "files") => {
                 for fd in self.files.lock().unwrap().drain(..) {
