@@ -43,7 +43,9 @@ pub fn run_suite(filter: Option<&str>) -> anyhow::Result<()> {
     }
     exec(&mut test)?;
     if is_root() && filter.is_none() {
-        step("second kernel: the ledger tests in a VM on Debian 12's 6.1 (`cargo xtask vm` runs them all)");
+        step(
+            "second kernel: the ledger and socket tests in a VM on Debian 12's 6.1 (`cargo xtask vm` runs them all)",
+        );
         crate::vm::run(&crate::vm::Options::smoke())?;
     }
     Ok(())

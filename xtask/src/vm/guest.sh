@@ -32,7 +32,7 @@ echo "LEAKMON_VM_DOCTOR_BEGIN"
 echo "LEAKMON_VM_DOCTOR_END"
 
 if cd "$repo/tests"; then
-    # shellcheck disable=SC2086 # the filter is one word or none
+    # shellcheck disable=SC2086 # the filter is words (each a test-name filter) or none
     "$test_binary" $filter
     echo "LEAKMON_VM_EXIT=$?"
 else

@@ -59,7 +59,7 @@ impl Options<'static> {
     pub fn smoke() -> Self {
         Options {
             kernel_package: "linux-image-amd64",
-            filter: Some("ledger"),
+            filter: Some("ledger sockets::"),
             memory_mib: 6144,
             timeout: Duration::from_secs(15 * 60),
             accel: None,

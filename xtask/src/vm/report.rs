@@ -62,7 +62,7 @@ pub fn markdown(host_json: &str, guest: &GuestRun, filter: Option<&str>) -> Stri
         None => "did not finish".to_string(),
     };
     let which = filter.map_or("the whole root integration suite".to_string(), |f| {
-        format!("the root integration tests matching `{f}` (`cargo xtask vm {f}`)")
+        format!("the root integration tests matching `{f}` (`cargo xtask vm {f:?}`)")
     });
     let _ = writeln!(
         out,
