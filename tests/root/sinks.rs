@@ -212,6 +212,7 @@ fn prometheus_scrapes_the_fd_count_of_the_watched_process() {
     assert_eq!(status, 200);
     for family in [
         "process_thread_count",
+        "process_anon_memory_bytes",
         "leakmon_alerts_firing",
         "leakmon_ring_events_lost_total",
         "leakmon_hooks_attached",
@@ -221,6 +222,22 @@ fn prometheus_scrapes_the_fd_count_of_the_watched_process() {
             "{family} missing from /metrics"
         );
     }
+    // The workload is idle: its heap as /proc/PID/statm gives it now is what was sampled.
+    let statm = std::fs::read_to_string(format!("/proc/{}/statm", w.pid)).unwrap();
+    let pages: Vec<u64> = statm.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .unwrap()
+        .unwrap() as u64;
+    let anon = ((pages[1] - pages[2]) * page) as f64;
+    let exported: f64 = text
+        .lines()
+        .find(|l| l.starts_with(&format!("process_anon_memory_bytes{{pid=\"{}\"", w.pid)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("a memory sample of the workload");
+    assert!(
+        (exported - anon).abs() <= anon / 4.0,
+        "/metrics says {exported} bytes, /proc {anon}"
+    );
     assert_eq!(http_get(&metrics_addr, "/other").unwrap().0, 404);
 }
 

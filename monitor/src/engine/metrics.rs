@@ -134,6 +134,16 @@ impl Engine {
                 &who,
                 process.threads.len() as f64,
             );
+            let history = self.alerting.histories.get(&process.pid);
+            if let Some(memory) = history.and_then(|h| h.memory.back()) {
+                x.add(
+                    "process_anon_memory_bytes",
+                    "gauge",
+                    "Resident anonymous memory of a watched process, as memory_leak last sampled it.",
+                    &who,
+                    memory.anon_bytes as f64,
+                );
+            }
             let mut sockets: BTreeMap<(String, &str), u64> = BTreeMap::new();
             for inode in process.fds.sockets() {
                 let Some(socket) = self.ledger.sockets.get(&inode) else {
