@@ -314,12 +314,18 @@ mod tests {
     }
 }
 
-/// Resident anonymous memory of a process (its heap and stacks), from
-/// /proc/PID/statm: resident minus shared (file-backed and shmem) pages.
-/// Page cache that comes and goes with file reads is left out.
-pub fn anon_resident_bytes(pid: u32) -> Result<u64, ProcError> {
+/// A process's resident memory, from /proc/PID/statm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Memory {
+    pub resident_bytes: u64,
+    /// Resident minus shared (file-backed and shmem) pages: its heap and
+    /// stacks, without page cache that comes and goes with file reads.
+    pub anon_bytes: u64,
+}
+
+pub fn memory(pid: u32) -> Result<Memory, ProcError> {
     let statm = fs::read_to_string(format!("/proc/{pid}/statm")).map_err(unreadable(pid, "statm"))?;
-    anon_of_statm(&statm).ok_or_else(|| ProcError::Unreadable {
+    memory_of_statm(&statm).ok_or_else(|| ProcError::Unreadable {
         pid,
         what: "statm",
         source: io::Error::new(
@@ -329,10 +335,19 @@ pub fn anon_resident_bytes(pid: u32) -> Result<u64, ProcError> {
     })
 }
 
-fn anon_of_statm(statm: &str) -> Option<u64> {
+/// Resident anonymous memory of a process (see [`Memory::anon_bytes`]).
+pub fn anon_resident_bytes(pid: u32) -> Result<u64, ProcError> {
+    Ok(memory(pid)?.anon_bytes)
+}
+
+fn memory_of_statm(statm: &str) -> Option<Memory> {
     let mut pages = statm.split_whitespace().skip(1).map(|n| n.parse::<u64>().ok());
     let (resident, shared) = (pages.next()??, pages.next()??);
-    Some(resident.saturating_sub(shared) * procfs::page_size())
+    let page = procfs::page_size();
+    Some(Memory {
+        resident_bytes: resident * page,
+        anon_bytes: resident.saturating_sub(shared) * page,
+    })
 }
 
 #[cfg(test)]
@@ -342,9 +357,13 @@ mod statm_tests {
     #[test]
     fn anon_memory_is_resident_minus_shared_pages() {
         let page = procfs::page_size();
-        assert_eq!(anon_of_statm("5000 1200 200 10 0 900 0\n"), Some(1000 * page));
-        assert_eq!(anon_of_statm("5000 100"), None, "cut short");
-        assert_eq!(anon_of_statm("5000 x 200"), None);
+        let memory = memory_of_statm("5000 1200 200 10 0 900 0\n").unwrap();
+        assert_eq!(
+            (memory.resident_bytes, memory.anon_bytes),
+            (1200 * page, 1000 * page)
+        );
+        assert_eq!(memory_of_statm("5000 100"), None, "cut short");
+        assert_eq!(memory_of_statm("5000 x 200"), None);
         let own = anon_resident_bytes(std::process::id()).unwrap();
         assert!(own > 0, "this test's own heap");
         assert!(matches!(

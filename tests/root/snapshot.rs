@@ -87,6 +87,19 @@ fn agrees_with_lsof_and_ss(pid: u32, snap: &Value, ready: &Value) {
         .collect();
     assert_eq!(counts, lsof_counts);
     assert!(snap["fds"].as_array().unwrap().len() > 3000);
+    // The workload is idle: its resident memory is what `ps` says now.
+    let ps = std::process::Command::new("ps")
+        .args(["-o", "rss=", "-p", &pid.to_string()])
+        .output()
+        .unwrap();
+    let ps_kib: f64 = String::from_utf8_lossy(&ps.stdout).trim().parse().unwrap();
+    let memory = &snap["memory"];
+    let resident_kib = memory["resident_bytes"].as_f64().unwrap() / 1024.0;
+    assert!(
+        (resident_kib - ps_kib).abs() <= ps_kib / 10.0,
+        "snapshot {resident_kib} KiB resident, ps {ps_kib}"
+    );
+    assert!(memory["anon_bytes"].as_u64().unwrap() <= memory["resident_bytes"].as_u64().unwrap());
 
     let ss = truth::ss_tcp_states(pid);
     let tcp: BTreeMap<u64, &Value> = snap["fds"]

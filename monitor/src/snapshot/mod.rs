@@ -32,6 +32,9 @@ pub struct Snapshot {
     #[serde(flatten)]
     pub placement: crate::container::Placement,
     pub limits: Limits,
+    /// Resident memory; absent when /proc/PID/statm could not be read (see `problems`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<proc::Memory>,
     pub counts: BTreeMap<FdKind, usize>,
     pub fds: Vec<FdSnapshot>,
     pub threads: Vec<ThreadSnapshot>,
@@ -99,6 +102,7 @@ pub fn take(pid: u32, control_socket: &Path, labels: &Labels) -> Result<Snapshot
     let most_fds = nofile_soft.map_or(usize::MAX, |n| n as usize);
     let (mut fds, fd_source) = listing::list(pid, control_socket, labels, most_fds, &mut problems)?;
 
+    let memory = proc::memory(pid).map_err(|e| problems.push(e.to_string())).ok();
     let threads = match proc::list_threads(pid) {
         Ok(threads) => threads,
         Err(e) => {
@@ -150,6 +154,7 @@ pub fn take(pid: u32, control_socket: &Path, labels: &Labels) -> Result<Snapshot
             nofile_soft,
             nofile_hard,
         },
+        memory,
         counts,
         fds,
         threads,

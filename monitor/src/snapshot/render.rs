@@ -40,7 +40,19 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         ),
         _ => "no soft limit".to_string(),
     };
-    let _ = writeln!(out, "fds {open} ({limit})   threads {}", snapshot.threads.len());
+    let memory = snapshot.memory.map_or(String::new(), |m| {
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        format!(
+            "   memory {:.0} MiB resident, {:.0} MiB anonymous",
+            mib(m.resident_bytes),
+            mib(m.anon_bytes)
+        )
+    });
+    let _ = writeln!(
+        out,
+        "fds {open} ({limit})   threads {}{memory}",
+        snapshot.threads.len()
+    );
     let mut counts: Vec<(FdKind, usize)> = snapshot.counts.iter().map(|(k, n)| (*k, *n)).collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let by_kind: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
