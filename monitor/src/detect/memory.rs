@@ -15,7 +15,10 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub fn memory_leak(input: &Input<'_>) -> Vec<Finding> {
     let rule = &input.rules.memory_leak;
     let (window, now) = (rule.window_s * NS, input.now_ns);
-    let samples: Vec<_> = (input.history.memory.iter())
+    let samples: Vec<_> = input
+        .history
+        .memory
+        .iter()
         .filter(|s| now.saturating_sub(s.ts_ns) <= window)
         .collect();
     let series: Vec<(u64, f64)> = samples.iter().map(|s| (s.ts_ns, s.anon_bytes as f64)).collect();
@@ -34,9 +37,10 @@ pub fn memory_leak(input: &Input<'_>) -> Vec<Finding> {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         return Vec::new();
     };
-    // Per request: the change over the same span as the requests counted.
+    // Rates: the change from the window's first sample to its last.
     let requests = last.requests.saturating_sub(first.requests);
     let grown = last.anon_bytes.saturating_sub(first.anon_bytes) as f64;
+    let hours = last.ts_ns.saturating_sub(first.ts_ns).max(1) as f64 / (3600.0 * NS as f64);
     let per_request = (requests > 0).then(|| grown / requests as f64 / 1024.0);
     let per_call_text = per_request
         .map(|kib| format!(", {kib:.1} KiB per API request over {requests}"))
@@ -58,7 +62,7 @@ pub fn memory_leak(input: &Input<'_>) -> Vec<Finding> {
             "window_s": rule.window_s,
             "min_growth_mib": rule.min_growth_mib,
             "quarter_floors_mib": floors.map(|f| round(f / MIB)),
-            "mib_per_hour": round(growth / MIB * 3600.0 / rule.window_s as f64),
+            "mib_per_hour": round(grown / MIB / hours),
             "api_requests": requests,
             "kib_per_request": per_request.map(round),
         }),
@@ -135,6 +139,7 @@ mod tests {
         assert_eq!(evidence["growth_mib"], 135.0);
         assert_eq!(evidence["anon_mib"], 330.0);
         assert_eq!(evidence["api_requests"], 3600);
+        assert_eq!(evidence["mib_per_hour"], 180.0);
         // 180 MiB over 3600 requests.
         assert_eq!(evidence["kib_per_request"], 51.2);
         let summary = &findings[0].summary;

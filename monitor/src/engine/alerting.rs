@@ -49,9 +49,9 @@ impl Alerting {
     }
 }
 
-/// Adds a memory sample to `history` when one is due. A process that
-/// cannot be read (it is exiting) misses a sample: the rule needs its
-/// window covered, so a gap never fires it.
+/// Adds a memory sample to `history` when one is due. A process whose
+/// statm cannot be read (it is exiting) misses one: that only thins the
+/// series, and the rule still needs a sample in every quarter.
 fn sample_memory(history: &mut History, pid: u32, process: &Process, rules: &Rules, now: u64) {
     let window_s = rules.memory_leak.window_s;
     let every = MemorySample::every_ns(window_s);
