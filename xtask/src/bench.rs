@@ -262,7 +262,9 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
          *raw floor* a do-nothing program on `raw_syscalls` sys_enter/sys_exit, the other possible design. \
          *Watched, each shipped*: the loop watched with `probes.hold_back_fds = false`, so every fd \
          creation and close is a ring-buffer record; *watched*: the default, where a creation waits \
-         in a per-CPU slot and a close on the same CPU cancels both.\n"
+         in a per-CPU slot and a close on the same CPU cancels both. The thread loop runs pinned to \
+         one CPU (creating and joining a thread on another CPU wakes it each time, which under this \
+         hypervisor spreads runs by ±20 %); the others run where the scheduler puts them.\n"
     )?;
     writeln!(
         out,

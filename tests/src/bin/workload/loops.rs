@@ -150,7 +150,10 @@ impl Op {
 /// Runs `ops` iterations of `kind` (see [`Op::parse`]) after a `go` line;
 /// reports ns per op.
 pub fn bench(kind: &str, ops: u64, commands: &mut impl Iterator<Item = String>) {
-    if kind.starts_with("http:") {
+    // Thread create+join across two CPUs wakes the other one for each
+    // thread (an IPI, an idle exit): under a hypervisor that is slow and
+    // erratic (unpinned runs spread 40-60 µs), and it hides the probes' cost.
+    if kind.starts_with("http:") || kind == "thread" {
         pin_to_last_cpu();
     }
     let mut op = Op::parse(kind);
