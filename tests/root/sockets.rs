@@ -404,10 +404,18 @@ fn twenty_thousand_cycles_leave_the_ledger_equal_to_ss() {
     );
     // A socket leaves the ledger when its close begins: the probes ship
     // nothing of what that close (a reset's own ECONNRESET report too) and
-    // the orphan's end do to it.
-    assert_eq!(
-        status["ledger"]["socket_events_unowned"], 0,
-        "state changes or errors of released sockets reached the daemon"
+    // the orphan's end do to it. One race remains: a packet the other CPU's
+    // softirq handles between the close's entry (which ships the close) and
+    // the close taking the socket's lock changes its state with nothing in
+    // the socket to say a close has begun. Such a change is counted and
+    // dropped. It happened to 1 socket of these 20,000 in one CI run (0 in
+    // six runs beside two CPU hogs); before the probes learned about closes,
+    // 100,000 changes arrived late.
+    let unowned = status["ledger"]["socket_events_unowned"].as_u64().unwrap();
+    eprintln!("churn: {unowned} socket events of released sockets");
+    assert!(
+        unowned <= 20,
+        "{unowned} state changes or errors of released sockets reached the daemon"
     );
 }
 
