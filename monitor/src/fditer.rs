@@ -93,12 +93,11 @@ pub struct KernelFd {
     /// is `socket:[inode]`, left to the reader) or when the kernel could not
     /// render it.
     pub target: Option<String>,
-    // Boxed: most fds are not sockets, and a 48-byte entry keeps the vector
-    // (one per fd) small enough to become the snapshot's in place.
-    pub socket: Option<Box<KernelSocket>>,
+    /// Inline: a record lives only until the snapshot has built its entry.
+    pub socket: Option<KernelSocket>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelSocket {
     pub family: u16,
     pub protocol: u16,
@@ -107,39 +106,60 @@ pub struct KernelSocket {
     pub tuple: Option<Tuple>,
 }
 
-/// Reads an iterator to its end, decoding as it goes (one reused buffer:
-/// a 100k-fd process yields megabytes). `most_fds` bounds the count (the
-/// process's RLIMIT_NOFILE): reserving that much up front costs no memory
-/// until it is written, and spares a growing vector its copies and faults.
-pub fn read_all(iter: OwnedFd, most_fds: usize) -> io::Result<Vec<KernelFd>> {
-    let mut file = std::fs::File::from(iter);
-    let mut fds = Vec::with_capacity(most_fds.min(MAX_RESERVED_FDS));
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut filled = 0;
-    loop {
-        let n = file.read(&mut buf[filled..])?;
-        if n == 0 {
-            break;
+/// Reads an iterator to its end on a thread of its own and hands the records
+/// to `consume` in batches as they arrive, so that the kernel's side of the
+/// read (mostly cache misses on the sockets' cold memory) overlaps the
+/// caller's work on the batches before. Fails on a read error or when the
+/// output ends inside a record; `consume` may have seen some batches then.
+pub fn read_overlapped(iter: OwnedFd, mut consume: impl FnMut(Vec<KernelFd>)) -> io::Result<()> {
+    // A few chunks in flight: enough to keep the reader busy, bounded memory.
+    let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> io::Result<()> {
+            let mut file = std::fs::File::from(iter);
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let n = file.read(&mut chunk)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                chunk.truncate(n);
+                if chunks.send(chunk).is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let mut carried: Vec<u8> = Vec::new();
+        let mut records = 0;
+        for chunk in received {
+            let bytes = if carried.is_empty() {
+                chunk
+            } else {
+                carried.extend_from_slice(&chunk);
+                std::mem::take(&mut carried)
+            };
+            let mut batch = Vec::with_capacity(bytes.len() / RECORD);
+            let used = decode_into(&bytes, &mut batch);
+            carried.extend_from_slice(&bytes[used..]);
+            records += batch.len();
+            consume(batch);
         }
-        filled += n;
-        let used = decode_into(&buf[..filled], &mut fds);
-        buf.copy_within(used..filled, 0);
-        filled -= used;
-    }
-    if filled > 0 {
-        let at = fds.len();
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the fd iterator's output ends inside record {at}"),
-        ));
-    }
-    Ok(fds)
+        reader.join().expect("the iterator reader does not panic")?;
+        if carried.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the fd iterator's output ends inside record {records}"),
+            ))
+        }
+    })
 }
 
+/// Bytes asked for per read: the kernel's iterator buffer is 8 pages, and a
+/// read returns at most what it holds.
+const CHUNK: usize = 32 * 1024;
 const RECORD: usize = std::mem::size_of::<FdIterRecord>();
-/// The largest reservation [`read_all`] makes (48 MiB of address space).
-const MAX_RESERVED_FDS: usize = 1 << 20;
-const _: () = assert!(std::mem::size_of::<KernelFd>() == 48);
 
 /// Decodes the iterator's output; a record cut short fails with its offset.
 pub fn decode(bytes: &[u8]) -> Result<Vec<KernelFd>, usize> {
@@ -172,13 +192,11 @@ fn decode_into(bytes: &[u8], fds: &mut Vec<KernelFd>) -> usize {
             mode: u32_at(4),
             inode: u64::from_ne_bytes(record[8..16].try_into().expect("8 bytes")),
             target: (target_len > 0).then(|| String::from_utf8_lossy(target).into_owned()),
-            socket: (family != 0).then(|| {
-                Box::new(KernelSocket {
-                    family,
-                    protocol,
-                    state,
-                    tuple: (tuple.family != 0).then_some(tuple),
-                })
+            socket: (family != 0).then_some(KernelSocket {
+                family,
+                protocol,
+                state,
+                tuple: (tuple.family != 0).then_some(tuple),
             }),
         });
         at += RECORD + target_len;
@@ -224,6 +242,54 @@ mod tests {
         let tuple = socket.tuple.unwrap();
         assert_eq!((tuple.sport, tuple.dport), (40112, 6385));
         assert_eq!(fds[2].target, None, "0 bytes: the kernel could not render it");
+    }
+
+    /// The iterator's output through a pipe, written in pieces that cut
+    /// records apart, as reads of the kernel's buffer can.
+    fn read_in_pieces(bytes: Vec<u8>, piece: usize) -> (io::Result<()>, Vec<KernelFd>) {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let feeder = std::thread::spawn(move || {
+            for part in bytes.chunks(piece) {
+                std::io::Write::write_all(&mut writer, part).unwrap();
+            }
+        });
+        let mut fds = Vec::new();
+        let result = read_overlapped(OwnedFd::from(reader), |batch| fds.extend(batch));
+        feeder.join().unwrap();
+        (result, fds)
+    }
+
+    #[test]
+    fn records_cut_between_reads_are_joined_in_order() {
+        let mut bytes = Vec::new();
+        for fd in 0..3000 {
+            let target = if fd % 3 == 0 {
+                String::new()
+            } else {
+                format!("/var/lib/nova/{fd}")
+            };
+            bytes.extend(record(fd, 0o100644, &target, if fd % 3 == 0 { 2 } else { 0 }));
+        }
+        for piece in [7, 100, 4096, 1 << 20] {
+            let (result, fds) = read_in_pieces(bytes.clone(), piece);
+            result.unwrap();
+            assert_eq!(fds.len(), 3000, "pieces of {piece}");
+            assert!(fds.iter().enumerate().all(|(i, f)| f.fd == i as u32), "in order");
+            assert_eq!(fds[4].target.as_deref(), Some("/var/lib/nova/4"));
+            assert!(fds[3].socket.is_some());
+        }
+    }
+
+    #[test]
+    fn output_ending_inside_a_record_is_an_error_naming_it() {
+        let mut bytes = record(3, 0o100644, "/etc/hosts", 0);
+        bytes.extend(record(4, 0o100644, "/etc/passwd", 0));
+        bytes.truncate(bytes.len() - 3);
+        let (result, fds) = read_in_pieces(bytes, 5);
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("inside record 1"), "{err}");
+        assert_eq!(fds.len(), 1, "the whole record before it was delivered");
     }
 
     #[test]

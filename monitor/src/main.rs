@@ -48,10 +48,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             // Streamed: a large process's snapshot is megabytes of JSON.
             let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
             if args.json && args.target.pid.is_some() {
-                serde_json::to_writer_pretty(&mut out, &snapshots[0])?;
+                snapshot::write_pretty_json(&mut out, &snapshots[0])?;
                 writeln!(out)?;
             } else if args.json {
-                serde_json::to_writer_pretty(&mut out, &snapshots)?;
+                snapshot::write_pretty_json(&mut out, &snapshots)?;
                 writeln!(out)?;
             } else {
                 let tables: Vec<String> = snapshots.iter().map(snapshot::render_table).collect();

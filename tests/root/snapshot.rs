@@ -53,6 +53,16 @@ fn assert_same_fds(iter: &Value, proc: &Value) {
             })
             .collect()
     };
+    let numbers: Vec<u64> = iter["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["fd"].as_u64().unwrap())
+        .collect();
+    assert!(
+        numbers.is_sorted(),
+        "the iterator's fds in fd order, as /proc lists them"
+    );
     let (iter, proc) = (key(iter), key(proc));
     assert_eq!(iter.len(), proc.len());
     for (fd, seen) in &iter {

