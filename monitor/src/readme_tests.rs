@@ -1,7 +1,8 @@
 //! The README's CLI synopsis, configuration reference, rule table, alert
-//! schema, status reference and metrics table against the code: a flag,
-//! key, rule, default, alert or status field, counter or metric added,
-//! renamed or changed without its documentation fails here.
+//! schema, snapshot and status references and metrics table against the
+//! code: a flag, key, rule, default, alert, snapshot or status field,
+//! counter or metric added, renamed or changed without its documentation
+//! fails here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -322,5 +323,96 @@ fn the_status_reference_names_every_field_and_counter() {
                 "`{list}[].{key}` is not described"
             );
         }
+    }
+}
+
+/// Every key path of `value` (`fds[].socket.state`). Call references and
+/// maps keyed by data (fd kinds, state names) end a path.
+fn key_paths(value: &Value, path: &str, paths: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                let at = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                let opaque = ["counts", "states"].contains(&key.as_str()) || key.ends_with("call");
+                if !opaque {
+                    key_paths(inner, &at, paths);
+                }
+                paths.insert(at);
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| key_paths(item, &format!("{path}[]"), paths)),
+        _ => {}
+    }
+}
+
+/// The rows of a reference table by full name (`threads[].tid`, `.name` gives
+/// `threads[].tid` and `threads[].name`), each with its meaning cell.
+fn named_rows<'a>(rows: &[Vec<&'a str>]) -> BTreeMap<String, &'a str> {
+    let mut named = BTreeMap::new();
+    for cells in rows {
+        let mut parent = "";
+        for name in names(cells[0]) {
+            let full = match name.strip_prefix('.') {
+                Some(relative) => format!("{parent}.{relative}"),
+                None => {
+                    parent = name.rsplit_once('.').map_or("", |(head, _)| head);
+                    name.to_string()
+                }
+            };
+            named.insert(full, cells[1]);
+        }
+    }
+    named
+}
+
+#[test]
+fn the_snapshot_reference_describes_every_field() {
+    let mut paths = BTreeSet::new();
+    key_paths(
+        &serde_json::to_value(crate::snapshot::example::snapshot()).unwrap(),
+        "",
+        &mut paths,
+    );
+    let readme = readme();
+    let reference = section(&readme, "### Snapshot JSON");
+    let named = named_rows(&rows(reference));
+    let mut undescribed = Vec::new();
+    for path in &paths {
+        // Named in the first column, or a part of what is (`fds` of `fds[].fd`).
+        let under =
+            |name: &String| name.starts_with(&format!("{path}.")) || name.starts_with(&format!("{path}[]"));
+        if named.contains_key(path) || named.keys().any(under) {
+            continue;
+        }
+        // Else the nearest named parent's meaning lists it.
+        let leaf = path.rsplit('.').next().unwrap();
+        let parent = named
+            .iter()
+            .filter(|(name, _)| path.starts_with(&format!("{name}.")))
+            .max_by_key(|(name, _)| name.len());
+        if !parent.is_some_and(|(_, meaning)| meaning.contains(&format!("`{leaf}`"))) {
+            undescribed.push(path.as_str());
+        }
+    }
+    assert!(
+        undescribed.is_empty(),
+        "not in the snapshot reference: {undescribed:?}"
+    );
+    // A call reference's fields, in the paragraph that describes them.
+    let call = serde_json::to_value(&crate::snapshot::example::snapshot().threads[0].birth_call).unwrap();
+    let keys: Vec<&String> = call.as_object().unwrap().keys().collect();
+    let listed = format!("`{{{}}}`", ["id", "kind", "pattern", "node"].join(", "));
+    assert!(
+        reference.contains(&format!("is {listed}")),
+        "the call reference paragraph"
+    );
+    for key in keys {
+        assert!(listed.contains(key.as_str()), "call reference field `{key}`");
     }
 }

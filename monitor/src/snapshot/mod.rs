@@ -1,6 +1,8 @@
 //! `leakmon snapshot`: a process's open resources from /proc and sock_diag,
 //! with birth records from the daemon's ledger when a daemon runs.
 
+#[cfg(test)]
+pub mod example;
 mod listing;
 mod pretty;
 mod render;
