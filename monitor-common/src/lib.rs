@@ -19,6 +19,12 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// tgid -> [`crate::WatchEntry`]: the in-kernel watched set.
     pub const WATCHED: &str = "WATCHED";
+    /// One byte per pid, 1 while [`WATCHED`] has the pid: the check every
+    /// hooked syscall makes first (an array index, several times cheaper
+    /// than the hash lookup, for the many processes that are not watched).
+    /// Elements of 8 bytes hold 8 pids (pid / 8, byte pid % 8); the map is
+    /// mmapable, so user space and the probes each store single bytes.
+    pub const WATCHED_PIDS: &str = "WATCHED_PIDS";
     /// comm (16 bytes, NUL padded) -> 1: processes to watch from the moment they exec.
     pub const WATCH_COMMS: &str = "WATCH_COMMS";
     /// One [`crate::KernelConfig`] at index 0.

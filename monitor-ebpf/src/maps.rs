@@ -16,6 +16,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 pub static WATCHED: HashMap<u32, WatchEntry> = HashMap::with_max_entries(4096, 0);
 
+/// See `monitor_common::maps::WATCHED_PIDS`. User space sizes it to pid_max.
+#[map]
+pub static WATCHED_PIDS: Array<[u8; 8]> = Array::with_max_entries(32768 / 8, BPF_F_MMAPABLE);
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 #[map]
 pub static WATCH_COMMS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(64, 0);
 
@@ -82,6 +87,43 @@ pub fn config() -> KernelConfig {
     match CONFIG.get(0) {
         Some(config) => *config,
         None => KernelConfig::default(),
+    }
+}
+
+/// Whether `tgid` is watched: its byte in WATCHED_PIDS, or for a pid above
+/// the pid_max user space saw at start, its WATCHED entry.
+#[inline(always)]
+pub fn is_watched(tgid: u32) -> bool {
+    match WATCHED_PIDS.get(tgid / 8) {
+        Some(bytes) => bytes[(tgid % 8) as usize] != 0,
+        None => watch_entry(tgid).is_some(),
+    }
+}
+
+/// Adds `tgid` to the watched set: the entry first, then its byte, so that
+/// a probe that sees the byte finds the entry.
+#[inline(always)]
+pub fn watch(tgid: u32, entry: WatchEntry) -> bool {
+    let added = WATCHED.insert(tgid, entry, 0).is_ok();
+    if added {
+        set_watched_byte(tgid, 1);
+    }
+    added
+}
+
+/// Takes `tgid` out of the watched set: the byte first, then the entry.
+#[inline(always)]
+pub fn unwatch(tgid: u32) {
+    set_watched_byte(tgid, 0);
+    let _ = WATCHED.remove(tgid);
+}
+
+#[inline(always)]
+fn set_watched_byte(tgid: u32, value: u8) {
+    if let Some(bytes) = WATCHED_PIDS.get_ptr_mut(tgid / 8) {
+        // SAFETY: a live map value; one byte store, which cannot tear the
+        // other pids' bytes that user space or another CPU may be storing.
+        unsafe { core::ptr::write_volatile(bytes.cast::<u8>().add((tgid % 8) as usize), value) }
     }
 }
 

@@ -46,6 +46,9 @@ sys.stdin.readline()
     );
     let ledger = daemon.ledger(pid);
     assert_eq!(ledger["reason"], json!({"by": "name", "value": "lmw-argv.py"}));
+    // The probes' first check: a byte per pid, set by user space here.
+    assert!(daemon.watched_byte(pid), "user space marked the pid it chose");
+    assert!(!daemon.watched_byte(std::process::id()), "an unwatched pid");
 
     let mut stdin = python.stdin.take().unwrap();
     std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
@@ -87,8 +90,16 @@ sys.stdin.readline()
         err.contains("not watched"),
         "a child that exec'd sleep is not the watched program: {err}"
     );
+    assert!(
+        !daemon.watched_byte(exec_child),
+        "the probes cleared the exec'd child's byte"
+    );
     let child = daemon.ledger(fork_child);
     assert_eq!(child["reason"], json!({"by": "parent", "value": pid}));
+    assert!(
+        daemon.watched_byte(fork_child),
+        "the probes marked the forked child"
+    );
     assert!(
         child["fds"].as_array().unwrap().iter().any(|f| f["fd"] == fd),
         "inherits the parent's fds"
@@ -107,6 +118,10 @@ sys.stdin.readline()
             .iter()
             .any(|p| p["pid"] == fork_child)
     });
+    assert!(
+        !daemon.watched_byte(fork_child),
+        "the probes cleared an exited child's byte"
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(exec_child as i32),
         nix::sys::signal::Signal::SIGKILL,

@@ -162,6 +162,49 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Whether the probes' fast check says `pid` is watched: its byte in
+    /// this daemon's WATCHED_PIDS map (found among the daemon's fds), read
+    /// with bpftool.
+    pub fn watched_byte(&self, pid: u32) -> bool {
+        let id = self.map_id("WATCHED_PIDS");
+        let key = (pid / 8).to_le_bytes().map(|b| b.to_string());
+        let out = Command::new("bpftool")
+            .args(["map", "lookup", "id", &id.to_string(), "key"])
+            .args(&key)
+            .arg("-j")
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool map lookup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let entry: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        entry["value"][(pid % 8) as usize] != "0x00"
+    }
+
+    /// The id of this daemon's map `name`.
+    fn map_id(&self, name: &str) -> u32 {
+        let fdinfo = format!("/proc/{}/fdinfo", self.pid());
+        let ids: std::collections::BTreeSet<u32> = std::fs::read_dir(&fdinfo)
+            .expect("the daemon's fdinfo")
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("map_id:")?.trim().parse().ok())
+            })
+            .collect();
+        ids.into_iter()
+            .find(|id| {
+                let out = Command::new("bpftool")
+                    .args(["map", "show", "id", &id.to_string(), "-j"])
+                    .output()
+                    .expect("bpftool");
+                serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|m| m["name"] == name)
+            })
+            .unwrap_or_else(|| panic!("the daemon holds no map {name}"))
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()

@@ -22,7 +22,7 @@ use super::{fdtable, http, sock};
 use crate::{
     defer,
     emit::{FdExtra, current, fd_created, fd_event, fd_result, header, reserve, submit},
-    maps::{count, watch_entry},
+    maps::{count, is_watched},
     regs::syscall_args,
 };
 
@@ -59,14 +59,14 @@ fn ret(ctx: &TracePointContext) -> i64 {
 }
 
 fn is_watched_current() -> bool {
-    watch_entry(current().0).is_some()
+    is_watched(current().0)
 }
 
 /// sys_exit of syscalls that return the new fd.
 #[tracepoint]
 pub fn fd_exit(ctx: TracePointContext) -> u32 {
     let (tgid, _) = current();
-    if watch_entry(tgid).is_none() {
+    if !is_watched(tgid) {
         return 0;
     }
     let (syscall, ret) = (syscall_nr(&ctx), ret(&ctx));
@@ -115,7 +115,7 @@ fn may_report(syscall: u32, args: &[u64; 4]) -> bool {
 #[tracepoint]
 pub fn listen_enter(ctx: TracePointContext) -> u32 {
     let (tgid, _) = current();
-    if watch_entry(tgid).is_none() {
+    if !is_watched(tgid) {
         return 0;
     }
     defer::flush_local();
@@ -141,7 +141,7 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn args_exit(ctx: TracePointContext) -> u32 {
     let (tgid, _) = current();
-    if watch_entry(tgid).is_none() {
+    if !is_watched(tgid) {
         return 0;
     }
     let syscall = syscall_nr(&ctx);
@@ -269,7 +269,7 @@ fn received_control(msghdr: u64) {
 #[tracepoint]
 pub fn close_enter(ctx: TracePointContext) -> u32 {
     let (tgid, _) = current();
-    if watch_entry(tgid).is_none() {
+    if !is_watched(tgid) {
         return 0;
     }
     let fd = arg(&ctx, 0) as u32;

@@ -19,7 +19,7 @@ use monitor_common::{DATA_CAPTURE, DataEvent, EventKind, StreamState, data_flags
 
 use crate::{
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{SOCK_FDS, TLS_CALLS, forget, watch_entry},
+    maps::{SOCK_FDS, TLS_CALLS, forget, is_watched},
     regs::syscall_args,
 };
 
@@ -143,7 +143,7 @@ fn note_tls_fd(pid_tgid: u64, fd: u32) -> bool {
 }
 
 fn watched() -> bool {
-    watch_entry((bpf_get_current_pid_tgid() >> 32) as u32).is_some()
+    is_watched((bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
 /// sys_enter of write and sendto: (fd, buf, len).
@@ -196,7 +196,7 @@ pub fn data_writev(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn data_read_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if watch_entry((pid_tgid >> 32) as u32).is_none() {
+    if !is_watched((pid_tgid >> 32) as u32) {
         return 0;
     }
     let ret: i64 = field(&ctx, RET);

@@ -27,7 +27,7 @@ use super::http;
 use crate::{
     btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple},
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{SOCKS, TUPLES, config, forget, sock_offsets, watch_entry},
+    maps::{SOCKS, TUPLES, config, forget, is_watched, sock_offsets},
     regs,
 };
 
@@ -78,7 +78,9 @@ unsafe fn tuple_of(sk: *const u8, off: &SockOffsets) -> Option<Tuple> {
 /// first argument, read from the saved registers.
 #[inline(always)]
 fn connecting_fd(pid_tgid: u64) -> Option<u32> {
-    watch_entry((pid_tgid >> 32) as u32)?;
+    if !is_watched((pid_tgid >> 32) as u32) {
+        return None;
+    }
     match regs::syscall_nr() {
         nr::CONNECT | nr::SENDTO | nr::SENDMSG | nr::SENDMMSG => Some(regs::syscall_args()[0] as u32),
         _ => None,

@@ -10,7 +10,9 @@ use monitor_common::{
 
 use crate::{
     emit::{current, header, reserve, submit, submit_now},
-    maps::{TLS_CALLS, WATCH_COMMS, WATCHED, config, count, forget, task_offsets, watch_entry},
+    maps::{
+        TLS_CALLS, WATCH_COMMS, config, count, forget, is_watched, task_offsets, unwatch, watch, watch_entry,
+    },
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -60,10 +62,10 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             flags: watch_flags::MATCHED,
             _pad: 0,
         };
-        WATCHED.insert(tgid, entry, 0).is_ok()
+        watch(tgid, entry)
     } else {
         if before.is_some() {
-            let _ = WATCHED.remove(tgid);
+            unwatch(tgid);
         }
         false
     };
@@ -100,7 +102,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let (tgid, _) = current();
-    if watch_entry(tgid).is_none() {
+    if !is_watched(tgid) {
         return 0;
     }
     let offsets = task_offsets();
@@ -121,7 +123,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
             flags: watch_flags::INHERITED,
             _pad: 0,
         };
-        let _ = WATCHED.insert(pid, entry, 0);
+        watch(pid, entry);
     }
     let flags = if is_thread { task_flags::THREAD } else { 0 };
     ship(
@@ -139,7 +141,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current();
-    if watch_entry(tgid).is_none() {
+    if !is_watched(tgid) {
         return 0;
     }
     // A thread killed inside a hooked syscall never reaches its sys_exit.
@@ -159,7 +161,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         }
     };
     if flags & task_flags::GROUP_DEAD != 0 {
-        let _ = WATCHED.remove(tgid);
+        unwatch(tgid);
     }
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ship(EventKind::TaskExit, tid, flags, comm, false);
@@ -170,7 +172,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn task_rename(ctx: TracePointContext) -> u32 {
     let (tgid, _) = current();
-    if watch_entry(tgid).is_none() {
+    if !is_watched(tgid) {
         return 0;
     }
     let offsets = task_offsets();

@@ -11,12 +11,12 @@ use aya_ebpf::{
 use monitor_common::{NO_FD, StreamState, TlsCall, data_flags};
 
 use super::http::{message_start, ship_data};
-use crate::maps::{SSL_STATE, TLS_CALLS, watch_entry};
+use crate::maps::{SSL_STATE, TLS_CALLS, is_watched};
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if watch_entry((pid_tgid >> 32) as u32).is_none() {
+    if !is_watched((pid_tgid >> 32) as u32) {
         return 0;
     }
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {

@@ -6,6 +6,7 @@ mod gc;
 pub mod hooks;
 pub mod tls;
 pub mod tracefs;
+mod watched;
 
 use std::time::Instant;
 
@@ -63,6 +64,7 @@ pub struct Probes {
     sock_fds: HashMap<MapData, u64, StreamState>,
     pub tls: tls::Tls,
     watched: HashMap<MapData, u32, WatchEntry>,
+    watched_pids: watched::WatchedPids,
     comms: HashMap<MapData, Comm, u32>,
     config: Array<MapData, KernelConfig>,
     /// What CONFIG holds now.
@@ -114,6 +116,7 @@ impl Probes {
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, settings.ring_buffer_bytes)
+            .map_max_entries(maps::WATCHED_PIDS, watched::elements())
             .override_global(TaskOffsets::GLOBAL, &offsets, true)
             .override_global(SockOffsets::GLOBAL, &sock_offsets, true)
             .load(OBJECT)
@@ -158,6 +161,10 @@ impl Probes {
         let ring = take(&mut ebpf, maps::EVENTS)?;
         let probes = Probes {
             watched: take(&mut ebpf, maps::WATCHED)?,
+            watched_pids: watched::WatchedPids::map(
+                ebpf.take_map(maps::WATCHED_PIDS)
+                    .context("the eBPF object has no map WATCHED_PIDS")?,
+            )?,
             comms: take(&mut ebpf, maps::WATCH_COMMS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
             socks: take(&mut ebpf, maps::SOCKS)?,
@@ -184,13 +191,17 @@ impl Probes {
         }
     }
 
+    /// Adds `pid` to the in-kernel watched set: its entry, then its byte (as the probes do).
     pub fn watch(&mut self, pid: u32, flags: u32) -> anyhow::Result<()> {
         self.watched
             .insert(pid, WatchEntry { flags, _pad: 0 }, 0)
-            .with_context(|| format!("adding pid {pid} to the in-kernel watched set (full?)"))
+            .with_context(|| format!("adding pid {pid} to the in-kernel watched set (full?)"))?;
+        self.watched_pids.set(pid, true);
+        Ok(())
     }
 
     pub fn unwatch(&mut self, pid: u32) {
+        self.watched_pids.set(pid, false);
         // Absent already (the kernel drops exited and re-exec'd children itself).
         let _ = self.watched.remove(&pid);
     }

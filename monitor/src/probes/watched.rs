@@ -1,0 +1,83 @@
+//! The probes' watched bytes (`monitor_common::maps::WATCHED_PIDS`): one
+//! byte per pid, mapped into the daemon so that it stores single bytes as
+//! the probes do. A map update would write a whole 8-byte element and could
+//! undo a probe's store to a neighbouring pid's byte.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData};
+
+/// The largest pid_max Linux allows (PID_MAX_LIMIT on 64-bit).
+const PID_MAX_LIMIT: usize = 4 << 20;
+
+/// Map elements (of 8 pids each) for this host's pid_max.
+pub fn elements() -> u32 {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .unwrap_or(PID_MAX_LIMIT)
+        .min(PID_MAX_LIMIT);
+    pid_max.div_ceil(8) as u32
+}
+
+pub struct WatchedPids {
+    bytes: NonNull<u8>,
+    len: usize,
+    // Keeps the map alive as long as the mapping.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is shared memory owned by this value; every access is
+// a single-byte volatile store through `&mut self`.
+unsafe impl Send for WatchedPids {}
+
+impl WatchedPids {
+    pub fn map(map: Map) -> anyhow::Result<WatchedPids> {
+        let Map::Array(data) = map else {
+            anyhow::bail!("map WATCHED_PIDS is not an array");
+        };
+        let len = data.info()?.max_entries() as usize * 8;
+        // SAFETY: a shared mapping of the map's values, which the kernel
+        // allows for an array created with BPF_F_MMAPABLE; `len` is within them.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping WATCHED_PIDS");
+        }
+        let bytes = NonNull::new(ptr.cast::<u8>()).context("mmap returned null")?;
+        Ok(WatchedPids {
+            bytes,
+            len,
+            _map: data,
+        })
+    }
+
+    /// Marks `pid` watched or not. A pid above the map (pid_max raised since
+    /// the start) has no byte: the probes look up its WATCHED entry instead.
+    pub fn set(&mut self, pid: u32, watched: bool) {
+        let at = pid as usize;
+        if at < self.len {
+            // SAFETY: within the mapping; a one-byte store, as the probes make.
+            unsafe { std::ptr::write_volatile(self.bytes.as_ptr().add(at), u8::from(watched)) }
+        }
+    }
+}
+
+impl Drop for WatchedPids {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.bytes.as_ptr().cast(), self.len) };
+    }
+}
