@@ -147,7 +147,10 @@ impl Scenario {
                 .append(true)
                 .open(path)
                 .unwrap();
-            writeln!(file, "{line}").unwrap();
+            // One write per line: scenarios run in parallel, and `writeln!`
+            // writes a JSON value in pieces that another test's line could
+            // land between (seen: two socket scenarios' lines interleaved).
+            file.write_all(format!("{line}\n").as_bytes()).unwrap();
         }
     }
 }
