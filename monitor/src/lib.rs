@@ -13,6 +13,7 @@ pub mod detect;
 pub mod discovery;
 pub mod doctor;
 pub mod engine;
+pub mod fastmap;
 pub mod fditer;
 pub mod fdkind;
 pub mod fuzzing;

@@ -7,7 +7,7 @@ pub mod loops;
 pub mod view;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     net::SocketAddr,
 };
 
@@ -16,6 +16,7 @@ pub use loops::PollLoop;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    fastmap::FastMap,
     http::parse::{self, Parsed, Request, Response},
     ledger::sockets::Histogram,
 };
@@ -131,7 +132,7 @@ pub struct CallLog {
     next_id: u64,
     in_flight: BTreeMap<u64, Call>,
     recent: VecDeque<Call>,
-    streams: HashMap<StreamKey, Stream>,
+    streams: FastMap<StreamKey, Stream>,
     /// (kind, status; 0 for calls without an answer) -> statistics.
     pub stats: BTreeMap<(CallKind, u16), CallStats>,
     pub loops: loops::Loops,
@@ -336,7 +337,7 @@ impl CallLog {
     }
 
     /// Streams whose key names an fd (plain) or an SSL object on that fd.
-    pub fn keys_on_fd(&self, fd: u32, ssl_fds: &HashMap<u64, u32>) -> Vec<StreamKey> {
+    pub fn keys_on_fd(&self, fd: u32, ssl_fds: &FastMap<u64, u32>) -> Vec<StreamKey> {
         self.streams
             .keys()
             .copied()

@@ -2,15 +2,14 @@
 //! the count of fds holding each socket stays right whatever path closed
 //! them (close, close_range, dup2 over, exec, reconciliation).
 
-use std::collections::HashMap;
-
 use super::{FdEntry, FdId};
+use crate::fastmap::FastMap;
 
 #[derive(Clone, Debug, Default)]
 pub struct FdTable {
-    fds: HashMap<u32, FdEntry>,
+    fds: FastMap<u32, FdEntry>,
     /// socket inode -> how many of this process's fds hold it.
-    socket_refs: HashMap<u64, u32>,
+    socket_refs: FastMap<u64, u32>,
 }
 
 impl FdTable {
@@ -114,7 +113,7 @@ impl FdTable {
 /// the counts stay right.
 pub struct FdEntryMut<'a> {
     pub entry: &'a mut FdEntry,
-    socket_refs: &'a mut HashMap<u64, u32>,
+    socket_refs: &'a mut FastMap<u64, u32>,
 }
 
 impl FdEntryMut<'_> {

@@ -13,15 +13,13 @@ mod tasks;
 mod types;
 pub mod view;
 
-use std::collections::HashMap;
-
 pub use copies::FdId;
 use monitor_common::EventKind;
 pub use reconcile::Scan;
 pub use sockets::SocketEntry;
 pub use types::*;
 
-use crate::{engine::decode::Event, fdkind::FdKind};
+use crate::{engine::decode::Event, fastmap::FastMap, fdkind::FdKind};
 
 /// Work the engine must do (with I/O) after an event.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,9 +40,9 @@ pub enum FollowUp {
 
 #[derive(Debug, Default)]
 pub struct Ledger {
-    pub processes: HashMap<u32, Process>,
+    pub processes: FastMap<u32, Process>,
     /// Sockets held by watched processes, by inode.
-    pub sockets: HashMap<u64, SocketEntry>,
+    pub sockets: FastMap<u64, SocketEntry>,
     pub counters: LedgerCounters,
 }
 

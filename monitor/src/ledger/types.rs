@@ -1,9 +1,6 @@
 //! What the ledger keeps per watched process.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +8,7 @@ pub use super::fdtable::FdTable;
 use super::{copies::UnboundCopies, sockets::EndpointStats};
 use crate::{
     calls::{CallLog, CallRef},
+    fastmap::{FastMap, FastSet},
     fdkind::FdKind,
 };
 
@@ -139,9 +137,9 @@ pub struct Process {
     pub reason: WatchReason,
     pub watched_since_ns: u64,
     pub fds: FdTable,
-    pub threads: HashMap<u32, ThreadEntry>,
+    pub threads: FastMap<u32, ThreadEntry>,
     /// Connection health per remote address of its TCP sockets.
-    pub endpoints: HashMap<SocketAddr, EndpointStats>,
+    pub endpoints: FastMap<SocketAddr, EndpointStats>,
     pub failures: VecDeque<FailedSyscall>,
     pub failures_total: u64,
     /// What events changed while a reconciliation scan was in flight.
@@ -149,10 +147,10 @@ pub struct Process {
     /// Its API calls (HTTP and HTTPS), loops and their statistics.
     pub calls: CallLog,
     /// SSL object -> the socket fd under it, as the probes saw it.
-    pub ssl_fds: HashMap<u64, u32>,
+    pub ssl_fds: FastMap<u64, u32>,
     /// When each fd number was last released, and the last close_ranges:
     /// what tells a late creation (`FdOpenLate`) that it is stale.
-    pub released_at: HashMap<u32, u64>,
+    pub released_at: FastMap<u32, u64>,
     pub released_ranges: VecDeque<ReleasedRange>,
     /// When it last exec'd (boot ns), 0 if not since it was watched.
     pub exec_ns: u64,
@@ -172,8 +170,8 @@ pub struct ReleasedRange {
 /// of them may be older than the ledger's, so reconciliation leaves them be.
 #[derive(Clone, Debug, Default)]
 pub struct Touched {
-    pub fds: HashSet<u32>,
-    pub threads: HashSet<u32>,
+    pub fds: FastSet<u32>,
+    pub threads: FastSet<u32>,
 }
 
 impl Process {
@@ -193,14 +191,14 @@ impl Process {
             reason,
             watched_since_ns: now_ns,
             fds: FdTable::default(),
-            threads: HashMap::new(),
-            endpoints: HashMap::new(),
+            threads: FastMap::default(),
+            endpoints: FastMap::default(),
             failures: VecDeque::new(),
             failures_total: 0,
             touched: None,
             calls: CallLog::default(),
-            ssl_fds: HashMap::new(),
-            released_at: HashMap::new(),
+            ssl_fds: FastMap::default(),
+            released_at: FastMap::default(),
             released_ranges: VecDeque::new(),
             exec_ns: 0,
             unbound_copies: UnboundCopies::default(),

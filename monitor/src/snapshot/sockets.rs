@@ -2,10 +2,7 @@
 //! unix peers, the daemon's state ages and connect records, and one summary
 //! per remote endpoint.
 
-use std::{
-    borrow::Cow,
-    collections::{BTreeMap, HashMap, HashSet},
-};
+use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -17,10 +14,9 @@ use crate::{
     sockdiag::{Protocol, SocketInfo, SocketTable},
 };
 
-/// Maps keyed by addresses, one lookup per socket: foldhash (seeded per
-/// process) halves the endpoint summaries' time against SipHash.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+// Maps keyed by addresses, one lookup per socket: foldhash halves the
+// endpoint summaries' time against SipHash.
+use crate::fastmap::{FastMap, FastSet};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SocketSnapshot {
