@@ -67,6 +67,14 @@ pub struct SockEvent {
     pub newstate: u8,
     pub _pad: [u8; 6],
     pub tuple: Tuple,
+    /// SockState from CLOSE to SYN_SENT only: when the connecting thread's
+    /// socket() created the fd, if that creation rides along in this record
+    /// (held back on this CPU: a socket that never connects costs no record
+    /// if it is closed there too), else 0.
+    pub born_ns: u64,
+    /// With `born_ns`: socket()'s arguments, as `FdEvent.detail` carries them.
+    pub born_detail: u32,
+    pub _pad2: u32,
 }
 
 /// connect() as the calling thread saw it.
@@ -158,7 +166,7 @@ impl SockOffsets {
 
 const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 16);
-const _: () = assert!(core::mem::size_of::<SockEvent>() == 24 + 32 + 40);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 24 + 32 + 40 + 16);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 24 + 16 + 16);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 84);
 const _: () = assert!(core::mem::size_of::<FdIterRecord>() == 32 + 40);

@@ -17,12 +17,16 @@
 //! slot `busy` while they read or change it and the flush leaves a busy slot
 //! alone (user space runs it again). BTF tracepoints can fire in softirq,
 //! which may also interrupt a probe, and uprobe programs run preemptible
-//! (migrate_disable only): neither touches the slot.
+//! (migrate_disable only): neither touches the slot, except the socket
+//! state program in its owner's own connect() (process context: see
+//! `take_socket`), which a softirq run of it cannot nest in.
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use monitor_common::{DeferredOpen, EventKind, FLUSH_BUSY, FdEvent, NO_FD, config_flags, counter};
+use monitor_common::{
+    DeferredOpen, EventKind, FLUSH_BUSY, FdEvent, NO_FD, config_flags, counter, syscalls as nr,
+};
 
 use crate::{
     emit::{reserve_unordered, submit},
@@ -133,6 +137,35 @@ pub fn cancel(tgid: u32, fd: u32) -> bool {
         count(counter::SHORT_LIVED);
     }
     cancelled
+}
+
+/// connect() of `fd` by thread `tid` of `tgid` moves it to SYN_SENT: if
+/// this CPU holds back that thread's socket() of it, the creation is taken
+/// out of the slot to ride in the SYN_SENT record (`SockEvent.born_ns`).
+/// Called in that connect(), a process-context BTF tracepoint program, so
+/// it owns the slot like the syscall probes do (marks it busy).
+#[inline(always)]
+pub fn take_socket(tgid: u32, tid: u32, fd: u32) -> Option<FdEvent> {
+    let slot = slot()?;
+    // SAFETY: as in flush_local.
+    unsafe {
+        if read_volatile(addr_of!((*slot).full)) == 0 {
+            return None;
+        }
+        write_volatile(addr_of_mut!((*slot).busy), 1);
+        let event = read_volatile(addr_of!((*slot).event));
+        let taken = read_volatile(addr_of!((*slot).full)) != 0
+            && event.header.tgid == tgid
+            && event.header.tid == tid
+            && event.header.syscall == nr::SOCKET
+            && event.fd == fd
+            && event.fd2 == NO_FD;
+        if taken {
+            write_volatile(addr_of_mut!((*slot).full), 0);
+        }
+        write_volatile(addr_of_mut!((*slot).busy), 0);
+        taken.then_some(event)
+    }
 }
 
 /// Run by user space (BPF_PROG_TEST_RUN on one CPU), never attached: ships

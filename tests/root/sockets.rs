@@ -211,11 +211,11 @@ fn refused_timed_out_nonblocking_and_fast_open_connects_count_per_endpoint() {
     );
 }
 
-/// socket() on one CPU, connect() from another. Were the creation held back
-/// on the first CPU (as short-lived fds are), it would reach the daemon
-/// after the connect's records and the socket would go unbound until the
-/// next reconciliation, a minute away: socket() is shipped at once for that
-/// reason, and this keeps it so.
+/// socket() on one CPU, connect() from another. The creation is held back on
+/// the first CPU (as short-lived fds are), so it reaches the daemon after the
+/// connect's records: the ledger must keep the socket and bind the fd when
+/// the creation arrives, not leave it unbound until the next reconciliation,
+/// a minute away (which would show `state_seen: false`).
 #[test]
 fn a_socket_connected_from_another_cpu_keeps_every_state() {
     if !require_root("a_socket_connected_from_another_cpu_keeps_every_state") {

@@ -154,9 +154,10 @@ pub fn args_exit(ctx: TracePointContext) -> u32 {
     match syscall {
         nr::SOCKET => {
             // A TCP socket enters SOCKS when it connects (sock.rs); until
-            // then it is an fd like any other.
+            // then it is an fd like any other, held back like one: a
+            // connect on this CPU takes the creation into its SYN_SENT record.
             let detail = socket_detail(args[0], args[1], args[2]);
-            fd_result(nr::SOCKET, ret, FdExtra { detail, ..plain }, false);
+            fd_result(nr::SOCKET, ret, FdExtra { detail, ..plain }, true);
         }
         nr::SOCKETPAIR => fd_pair(
             nr::SOCKETPAIR,

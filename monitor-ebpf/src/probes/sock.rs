@@ -18,7 +18,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    ConnectEvent, EventKind, SockEvent, SockOffsets, SockOwner, TCP_CLOSE, TCP_SYN_SENT, Tuple, config_flags,
+    ConnectEvent, EventKind, FdEvent, SockEvent, SockOffsets, SockOwner, TCP_CLOSE, TCP_SYN_SENT, Tuple,
+    config_flags,
     errno::{EALREADY, EISCONN},
     syscalls as nr,
 };
@@ -26,6 +27,7 @@ use monitor_common::{
 use super::http;
 use crate::{
     btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple},
+    defer,
     emit::{header, reserve, reserve_unordered, submit},
     maps::{SOCKS, TUPLES, config, forget, is_watched, sock_offsets},
     regs,
@@ -117,16 +119,19 @@ fn register_connecting(sk: *const u8) -> Option<SockOwner> {
     Some(owner)
 }
 
-#[inline(always)]
-fn ship(
+/// What a [`SockEvent`] reports.
+struct Change {
     kind: EventKind,
-    owner: &SockOwner,
-    sk: *const u8,
     oldstate: u8,
     newstate: u8,
     error: i32,
-    in_owner_syscall: bool,
-) {
+}
+
+/// Ships a [`SockEvent`]; `born` is the socket() creation it carries (see
+/// `SockEvent.born_ns`).
+#[inline(always)]
+fn ship(change: &Change, owner: &SockOwner, sk: *const u8, in_owner_syscall: bool, born: Option<FdEvent>) {
+    let kind = change.kind;
     // SAFETY: sk is the tracepoint's struct sock.
     let tuple = unsafe { tuple_of(sk, &sock_offsets()) }.unwrap_or_default();
     // These programs may run in softirq: they leave the held-back slot alone
@@ -144,11 +149,14 @@ fn ship(
             inode: owner.inode,
             skaddr: sk as u64,
             fd: owner.fd,
-            error,
-            oldstate,
-            newstate,
+            error: change.error,
+            oldstate: change.oldstate,
+            newstate: change.newstate,
             _pad: [0; 6],
             tuple,
+            born_ns: born.map_or(0, |b| b.header.ts_ns),
+            born_detail: born.map_or(0, |b| b.detail),
+            _pad2: 0,
         });
         submit(entry);
     }
@@ -201,15 +209,20 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if !registered && released(&owner, sk) {
         return 0;
     }
-    ship(
-        EventKind::SockState,
-        &owner,
-        sk,
-        oldstate as u8,
-        newstate as u8,
-        0,
-        registered,
-    );
+    // The connecting thread's socket() of this fd, if this CPU holds it
+    // back: one record says both.
+    let born = if registered {
+        defer::take_socket(owner.tgid, bpf_get_current_pid_tgid() as u32, owner.fd)
+    } else {
+        None
+    };
+    let change = Change {
+        kind: EventKind::SockState,
+        oldstate: oldstate as u8,
+        newstate: newstate as u8,
+        error: 0,
+    };
+    ship(&change, &owner, sk, registered, born);
     0
 }
 
@@ -230,7 +243,13 @@ pub fn sock_error_report(ctx: BtfTracePointContext) -> i32 {
     let off = sock_offsets();
     // SAFETY: members of the tracepoint's struct sock at their BTF offsets.
     let (error, state) = unsafe { (load::<i32>(sk, off.sock_err), load::<u8>(sk, off.sock_state)) };
-    ship(EventKind::SockError, &owner, sk, state, state, error, false);
+    let change = Change {
+        kind: EventKind::SockError,
+        oldstate: state,
+        newstate: state,
+        error,
+    };
+    ship(&change, &owner, sk, false, None);
     0
 }
 

@@ -152,6 +152,9 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 newstate: record[HEADER + 25],
                 _pad: [0; 6],
                 tuple: fields.tuple(HEADER + 32),
+                born_ns: fields.u64(HEADER + 72),
+                born_detail: fields.u32(HEADER + 80),
+                _pad2: 0,
             },
         ),
         EventKind::Connect => Event::Connect(ConnectEvent {
@@ -305,12 +308,15 @@ pub(crate) mod tests {
         }
         bytes.extend_from_slice(&tuple.saddr);
         bytes.extend_from_slice(&tuple.daddr);
+        bytes.extend_from_slice(&1234u64.to_ne_bytes()); // born_ns
+        bytes.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0]); // born_detail, pad
         let Ok(Event::Sock(EventKind::SockState, sock)) = decode(&bytes) else {
             panic!("not a socket event: {:?}", decode(&bytes));
         };
         assert_eq!((sock.inode, sock.fd, sock.error), (77, 9, -111));
         assert_eq!((sock.oldstate, sock.newstate), (1, 8));
         assert_eq!(sock.tuple, tuple);
+        assert_eq!((sock.born_ns, sock.born_detail), (1234, 5));
         assert!(matches!(decode(&bytes[..60]), Err(DecodeError::Truncated { .. })));
 
         let mut bytes = bytes_of_fd(&FdEvent {

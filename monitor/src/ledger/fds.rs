@@ -58,6 +58,13 @@ impl Ledger {
             counters.fds_opened += 1;
             let (old, let_go) = process.fds.insert(fd, entry);
             released.extend(let_go);
+            // Its connect arrived first (bind_socket_fd).
+            if let Some((socket, bound_ns)) = process.early_binds.remove(&fd) {
+                match process.fds.get_mut(&fd) {
+                    Some(mut held) if inode == 0 && h.ts_ns <= bound_ns => held.bind_tcp(socket),
+                    _ => released.push(socket),
+                }
+            }
             if let Some(original) = original {
                 let fds = &process.fds;
                 let copy = FdId { fd, born_ns: h.ts_ns };
@@ -140,6 +147,9 @@ impl Ledger {
         };
         process.touch(fd);
         process.released_at.insert(fd, h.ts_ns);
+        // Closed before its held-back creation arrived: that creation will
+        // be dropped as stale, and the connect's socket goes with it.
+        let never_held = process.early_binds.remove(&fd).map(|(socket, _)| socket);
         let (old, released) = process.fds.remove(&fd);
         if old.is_some_and(|o| o.inode != 0) {
             process.streams_end(fd, h.ts_ns);
@@ -149,7 +159,7 @@ impl Ledger {
         } else {
             counters.unknown_closes += 1;
         }
-        if let Some(inode) = released {
+        for inode in released.into_iter().chain(never_held) {
             self.release_socket(inode);
         }
     }
@@ -177,7 +187,14 @@ impl Ledger {
             process.streams_end(*fd, h.ts_ns);
         }
         counters.fds_closed += closing.len() as u64;
-        let released = process.fds.retain(|fd, _| !(first..=last).contains(fd));
+        let mut released = process.fds.retain(|fd, _| !(first..=last).contains(fd));
+        process.early_binds.retain(|fd, (socket, _)| {
+            let closed = (first..=last).contains(fd);
+            if closed {
+                released.push(*socket);
+            }
+            !closed
+        });
         for inode in released {
             self.release_socket(inode);
         }

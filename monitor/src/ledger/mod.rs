@@ -123,7 +123,8 @@ impl Ledger {
     pub fn forget(&mut self, pid: u32) -> Option<Process> {
         let process = self.processes.remove(&pid)?;
         self.counters.processes_forgotten += 1;
-        for inode in process.fds.sockets() {
+        let early = process.early_binds.values().map(|(inode, _)| *inode);
+        for inode in process.fds.sockets().chain(early) {
             self.release_socket(inode);
         }
         Some(process)

@@ -61,8 +61,8 @@ fn state_on(ledger: &mut Ledger, fd: u32, old: u8, new: u8, ts_ns: u64) {
         error: 0,
         oldstate: old,
         newstate: new,
-        _pad: [0; 6],
         tuple: tuple(),
+        ..SockEvent::default()
     };
     ledger.apply(&Event::Sock(EventKind::SockState, event));
 }
@@ -111,6 +111,86 @@ fn a_connect_is_counted_with_its_latency() {
         (entry.state, entry.state_since_ns, entry.state_seen),
         (Some(TCP_ESTABLISHED), 12 * MS, true)
     );
+}
+
+#[test]
+fn a_connect_that_carries_its_socket_creation_creates_the_fd() {
+    let mut ledger = ledger();
+    let event = SockEvent {
+        header: header(EventKind::SockState, NO_SYSCALL, 10 * MS),
+        inode: INODE,
+        fd: 5,
+        oldstate: TCP_CLOSE,
+        newstate: TCP_SYN_SENT,
+        tuple: tuple(),
+        born_ns: 4 * MS,
+        born_detail: socket_detail(2, 1, 0),
+        ..SockEvent::default()
+    };
+    ledger.apply(&Event::Sock(EventKind::SockState, event));
+    let held = ledger.processes[&PID].fds.get(&5).copied().unwrap();
+    assert_eq!(
+        (held.kind, held.inode, held.birth.ts_ns, held.birth.syscall),
+        (crate::fdkind::FdKind::SocketTcp, INODE, 4 * MS, nr::SOCKET)
+    );
+    assert_eq!(ledger.sockets[&INODE].state, Some(TCP_SYN_SENT));
+    assert_eq!(ledger.counters.fds_opened, 1);
+}
+
+fn late_socket(ledger: &mut Ledger, fd: u32, ts_ns: u64) {
+    let event = FdEvent {
+        header: header(EventKind::FdOpenLate, nr::SOCKET, ts_ns),
+        fd,
+        fd2: NO_FD,
+        source_fd: NO_FD,
+        detail: socket_detail(2, 1, 0),
+        inode: 0,
+    };
+    ledger.apply(&Event::Fd(EventKind::FdOpenLate, event));
+}
+
+fn close_at(ledger: &mut Ledger, fd: u32, ts_ns: u64) {
+    let event = FdEvent {
+        header: header(EventKind::FdClose, nr::CLOSE, ts_ns),
+        fd,
+        ..FdEvent::default()
+    };
+    ledger.apply(&Event::Fd(EventKind::FdClose, event));
+}
+
+/// The thread left the CPU that holds its socket() back before it connected:
+/// the connect's records arrive before the creation.
+#[test]
+fn a_connect_before_its_held_back_creation_is_bound_when_it_arrives() {
+    let mut ledger = ledger();
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 10 * MS);
+    state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 12 * MS);
+    assert_eq!(
+        ironic(&ledger).established,
+        1,
+        "the socket is known before its fd"
+    );
+    assert!(ledger.processes[&PID].fds.get(&5).is_none());
+    late_socket(&mut ledger, 5, 4 * MS);
+    assert_eq!(ledger.processes[&PID].fds.get(&5).unwrap().inode, INODE);
+    assert_eq!(ledger.sockets[&INODE].state, Some(TCP_ESTABLISHED));
+    close_at(&mut ledger, 5, 20 * MS);
+    assert!(ledger.sockets.is_empty(), "released with its fd");
+    assert!(ledger.processes[&PID].early_binds.is_empty());
+}
+
+#[test]
+fn a_connect_whose_fd_closed_before_its_creation_arrived_leaves_nothing() {
+    let mut ledger = ledger();
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 10 * MS);
+    close_at(&mut ledger, 5, 20 * MS);
+    late_socket(&mut ledger, 5, 4 * MS);
+    assert!(
+        ledger.processes[&PID].fds.get(&5).is_none(),
+        "stale creation dropped"
+    );
+    assert!(ledger.sockets.is_empty());
+    assert!(ledger.processes[&PID].early_binds.is_empty());
 }
 
 #[test]
@@ -336,12 +416,7 @@ fn dup(ledger: &mut Ledger, source: u32, fd: u32, ts_ns: u64) {
 }
 
 fn close(ledger: &mut Ledger, fd: u32) {
-    let close = FdEvent {
-        header: header(EventKind::FdClose, nr::CLOSE, 0),
-        fd,
-        ..FdEvent::default()
-    };
-    ledger.apply(&Event::Fd(EventKind::FdClose, close));
+    close_at(ledger, fd, 0);
 }
 
 #[test]

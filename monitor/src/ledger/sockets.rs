@@ -11,8 +11,10 @@ use std::{
 };
 
 use monitor_common::{
-    ConnectEvent, SockEvent, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT, Tuple,
+    ConnectEvent, EventHeader, EventKind, FdEvent, NO_FD, SockEvent, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN,
+    TCP_SYN_SENT, Tuple,
     errno::{EALREADY, ECONNREFUSED, EINPROGRESS, EISCONN, ETIMEDOUT, interrupted},
+    syscalls as nr,
 };
 use serde::{Deserialize, Serialize};
 
@@ -279,6 +281,10 @@ impl Ledger {
             return;
         };
         let Some(mut held) = process.fds.get_mut(&event.fd) else {
+            // Its creation is still held back on the CPU the thread left
+            // after socket(): it will be bound when that record arrives.
+            process.early_binds.insert(event.fd, (event.inode, ts));
+            self.socket_entry(event.inode, tgid, ts);
             return;
         };
         let unbound_socket = held.entry.kind.is_socket() || held.entry.provisional;
@@ -303,6 +309,9 @@ impl Ledger {
 
     /// A state change of a watched TCP socket.
     pub(super) fn sock_state(&mut self, event: &SockEvent) {
+        if event.born_ns != 0 {
+            self.fd_open(&creation_of(event));
+        }
         self.bind_socket_fd(event);
         let Some(entry) = self.sockets.get_mut(&event.inode) else {
             // Closed by its last fd already: nothing holds it.
@@ -484,6 +493,24 @@ impl Ledger {
             .iter()
             .map(|(inode, e)| (*inode, e.owner_pid))
             .collect()
+    }
+}
+
+/// The socket() creation a SYN_SENT record carries (`SockEvent.born_ns`):
+/// the connecting thread's, held back on its CPU until the connect.
+fn creation_of(event: &SockEvent) -> FdEvent {
+    FdEvent {
+        header: EventHeader {
+            kind: EventKind::FdOpen as u32,
+            syscall: nr::SOCKET,
+            ts_ns: event.born_ns,
+            ..event.header
+        },
+        fd: event.fd,
+        fd2: NO_FD,
+        source_fd: NO_FD,
+        detail: event.born_detail,
+        inode: 0,
     }
 }
 

@@ -156,6 +156,10 @@ pub struct Process {
     pub exec_ns: u64,
     /// dups of its TCP sockets made before they connected.
     pub unbound_copies: UnboundCopies,
+    /// fd -> (socket inode, when) for connects that arrived before their
+    /// fd's creation: socket() held back on a CPU the thread has left since
+    /// (bind_socket_fd). The creation, when it arrives, is bound to it.
+    pub early_binds: FastMap<u32, (u64, u64)>,
 }
 
 /// A close_range the ledger applied.
@@ -202,6 +206,7 @@ impl Process {
             released_ranges: VecDeque::new(),
             exec_ns: 0,
             unbound_copies: UnboundCopies::default(),
+            early_binds: FastMap::default(),
         }
     }
 
