@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     DeferredOpen, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall, Tuple, WatchEntry,
-    counter,
+    counter, watch_flags,
 };
 
 #[map]
@@ -96,42 +96,52 @@ pub fn config() -> KernelConfig {
 pub fn is_watched(tgid: u32) -> bool {
     match WATCHED_PIDS.get(tgid / 8) {
         Some(bytes) => bytes[(tgid % 8) as usize] != 0,
-        None => watch_entry(tgid).is_some(),
+        None => WATCHED.get_ptr(tgid).is_some(),
     }
 }
 
-/// Adds `tgid` to the watched set: the entry first, then its byte, so that
-/// a probe that sees the byte finds the entry.
+/// How `tgid` is watched: 0 if it is not, else its byte (the watch flags
+/// and [`watch_flags::BYTE_WATCHED`]). A plain integer, not an Option of the
+/// entry: the verifier rejected the code LLVM made of that.
+#[inline(always)]
+pub fn watch_state(tgid: u32) -> u32 {
+    match WATCHED_PIDS.get(tgid / 8) {
+        Some(bytes) => bytes[(tgid % 8) as usize] as u32,
+        // SAFETY: the value is read at once; a concurrent delete can at
+        // worst make us read a stale entry, which the caller tolerates.
+        None => match unsafe { WATCHED.get(tgid) } {
+            Some(entry) => watch_flags::byte(entry.flags) as u32,
+            None => 0,
+        },
+    }
+}
+
+/// Adds `tgid` to the watched set; false if it has no byte and WATCHED is full.
 #[inline(always)]
 pub fn watch(tgid: u32, entry: WatchEntry) -> bool {
-    let added = WATCHED.insert(tgid, entry, 0).is_ok();
-    if added {
-        set_watched_byte(tgid, 1);
+    match WATCHED_PIDS.get_ptr_mut(tgid / 8) {
+        Some(bytes) => {
+            store_byte(bytes, tgid, watch_flags::byte(entry.flags));
+            true
+        }
+        None => WATCHED.insert(tgid, entry, 0).is_ok(),
     }
-    added
 }
 
-/// Takes `tgid` out of the watched set: the byte first, then the entry.
+/// Takes `tgid` out of the watched set.
 #[inline(always)]
 pub fn unwatch(tgid: u32) {
-    set_watched_byte(tgid, 0);
-    let _ = WATCHED.remove(tgid);
-}
-
-#[inline(always)]
-fn set_watched_byte(tgid: u32, value: u8) {
-    if let Some(bytes) = WATCHED_PIDS.get_ptr_mut(tgid / 8) {
-        // SAFETY: a live map value; one byte store, which cannot tear the
-        // other pids' bytes that user space or another CPU may be storing.
-        unsafe { core::ptr::write_volatile(bytes.cast::<u8>().add((tgid % 8) as usize), value) }
+    match WATCHED_PIDS.get_ptr_mut(tgid / 8) {
+        Some(bytes) => store_byte(bytes, tgid, 0),
+        None => forget(&WATCHED, tgid),
     }
 }
 
 #[inline(always)]
-pub fn watch_entry(tgid: u32) -> Option<WatchEntry> {
-    // SAFETY: the value is copied out at once; a concurrent delete can at
-    // worst make us read a stale entry, which the caller tolerates.
-    unsafe { WATCHED.get(tgid) }.copied()
+fn store_byte(bytes: *mut [u8; 8], tgid: u32, value: u8) {
+    // SAFETY: a live map value; one byte store, which cannot tear the
+    // other pids' bytes that user space or another CPU may be storing.
+    unsafe { core::ptr::write_volatile(bytes.cast::<u8>().add((tgid % 8) as usize), value) }
 }
 
 #[inline(always)]

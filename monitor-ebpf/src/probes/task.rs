@@ -11,7 +11,7 @@ use monitor_common::{
 use crate::{
     emit::{current, header, reserve, submit, submit_now},
     maps::{
-        TLS_CALLS, WATCH_COMMS, config, count, forget, is_watched, task_offsets, unwatch, watch, watch_entry,
+        TLS_CALLS, WATCH_COMMS, config, count, forget, is_watched, task_offsets, unwatch, watch, watch_state,
     },
 };
 
@@ -50,11 +50,11 @@ fn read_comm(ctx: &TracePointContext, offset: u16) -> [u8; 16] {
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current();
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let before = watch_entry(tgid);
-    let before_flags = before.map_or(0, |entry| entry.flags);
+    let before = watch_state(tgid);
+    let was_watched = before != 0;
     let comm_matches = WATCH_COMMS.get_ptr(comm).is_some();
 
-    let now_watched = if before_flags & (watch_flags::PINNED | watch_flags::MATCHED) != 0 {
+    let now_watched = if before & (watch_flags::PINNED | watch_flags::MATCHED) != 0 {
         // User space decides for processes it chose (it has the command line).
         true
     } else if comm_matches {
@@ -64,16 +64,16 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         };
         watch(tgid, entry)
     } else {
-        if before.is_some() {
+        if was_watched {
             unwatch(tgid);
         }
         false
     };
 
     let ship_all = config().flags & config_flags::SHIP_ALL_EXECS != 0;
-    if ship_all || before.is_some() || now_watched {
+    if ship_all || was_watched || now_watched {
         let mut flags = 0;
-        if before.is_some() {
+        if was_watched {
             flags |= task_flags::WAS_WATCHED;
         }
         if now_watched {

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 use super::Engine;
 use crate::{
     fdkind::FdKind,
-    ledger::{Comm, FollowUp, Origin, Process, Scan, WatchReason},
+    ledger::{Comm, FollowUp, MAX_PROCESSES, Origin, Process, Scan, WatchReason},
     proc::{self, FdDir, ProcError, ProcessInfo},
     sockdiag::SocketTable,
     time,
@@ -55,6 +55,7 @@ impl Engine {
             FollowUp::Reconcile(pid) => {
                 self.reconcile_soon.insert(pid);
             }
+            FollowUp::Unwatch(pid) => self.probes.unwatch(pid),
         }
     }
 
@@ -102,11 +103,19 @@ impl Engine {
         } else {
             watch_flags::MATCHED
         };
+        if self.ledger.is_full() {
+            // The kernel may watch it already (its comm matched at exec).
+            self.probes.unwatch(pid);
+            self.ledger.counters.processes_refused += 1;
+            warn!(pid, comm = %info.comm, "not watched: leakmon follows {MAX_PROCESSES} processes already");
+            return;
+        }
         // Into the kernel first, then /proc: whatever happens after the scan
         // arrives as events, and replaying them on top of the scan converges.
         if let Err(e) = self.probes.watch(pid, flags) {
-            self.counters.watch_map_full += 1;
-            warn!(pid, error = %e, "not watched in the kernel; only reconciliation will track it");
+            self.ledger.counters.processes_refused += 1;
+            warn!(pid, error = %e, "not watched: the kernel had no room for it");
+            return;
         }
         let now = time::boot_ns();
         let process = Process::new(

@@ -364,13 +364,13 @@ impl Engine {
         for (what, n) in [
             ("endpoints", c.endpoints_evicted),
             ("calls_in_flight", in_flight_dropped),
-            ("watched_processes", self.counters.watch_map_full),
+            ("watched_processes", c.processes_refused),
         ] {
             x.add(
                 "leakmon_evictions_total",
                 "counter",
-                "Entries dropped at a hard cap (per-process endpoints and calls in flight; processes the \
-                 kernel's watched set had no room for).",
+                "Entries dropped at a hard cap (per-process endpoints and calls in flight; processes \
+                 beyond the 4096 leakmon follows).",
                 &[("what", what)],
                 n as f64,
             );

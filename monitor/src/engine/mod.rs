@@ -48,7 +48,6 @@ pub struct EngineCounters {
     /// The kernel's loss total as of the last reconciliation after a loss:
     /// when it equals `lost_total`, every loss so far has been repaired.
     pub lost_reconciled: u64,
-    pub watch_map_full: u64,
 }
 
 pub struct Engine {

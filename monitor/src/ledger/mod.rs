@@ -36,7 +36,14 @@ pub enum FollowUp {
     MaybeGone(u32),
     /// Something about this process was not fully seen: reconcile it with /proc.
     Reconcile(u32),
+    /// A child the ledger had no room for: the kernel must stop watching it.
+    Unwatch(u32),
 }
+
+/// The most processes the ledger follows: what a fork storm in a watched
+/// process can cost the daemon is bounded (each child holds a copy of its
+/// parent's fds). Beyond it a process is refused and counted.
+pub const MAX_PROCESSES: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -47,6 +54,11 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Whether the ledger follows [`MAX_PROCESSES`] already.
+    pub fn is_full(&self) -> bool {
+        self.processes.len() >= MAX_PROCESSES
+    }
+
     pub fn apply(&mut self, event: &Event<'_>) -> FollowUp {
         self.counters.events += 1;
         match event {
@@ -73,10 +85,7 @@ impl Ledger {
                         comm: task.comm,
                     }
                 }
-                EventKind::TaskNew => {
-                    self.task_new(task);
-                    FollowUp::None
-                }
+                EventKind::TaskNew => self.task_new(task),
                 EventKind::TaskExit => self.task_exit(task),
                 EventKind::TaskRename => {
                     self.task_rename(task);

@@ -9,10 +9,11 @@ use super::{
 };
 
 impl Ledger {
-    pub(super) fn task_new(&mut self, task: &TaskEvent) {
+    pub(super) fn task_new(&mut self, task: &TaskEvent) -> FollowUp {
         let h = &task.header;
+        let full = self.is_full();
         let (Some(parent), counters) = self.process_mut(h.tgid) else {
-            return;
+            return FollowUp::None;
         };
         // The new task's first thread, created by the calling thread now.
         let thread = ThreadEntry {
@@ -27,7 +28,12 @@ impl Ledger {
             parent.touch_thread(task.pid);
             parent.threads.insert(task.pid, thread);
             counters.threads_started += 1;
-            return;
+            return FollowUp::None;
+        }
+        if full {
+            // The kernel watches a child on its own; this one it must not.
+            counters.processes_refused += 1;
+            return FollowUp::Unwatch(task.pid);
         }
         // A forked child: same fds as the parent at this instant.
         let birth = Birth {
@@ -77,6 +83,7 @@ impl Ledger {
         child.threads.insert(task.pid, thread);
         counters.processes_watched += 1;
         self.processes.insert(task.pid, child);
+        FollowUp::None
     }
 
     pub(super) fn task_exit(&mut self, task: &TaskEvent) -> FollowUp {

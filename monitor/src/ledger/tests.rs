@@ -193,6 +193,39 @@ fn a_forked_child_inherits_the_parents_fds() {
 }
 
 #[test]
+fn a_full_ledger_refuses_a_forked_child_and_has_the_kernel_drop_it() {
+    let mut ledger = ledger_with_process();
+    for pid in 1..MAX_PROCESSES as u32 {
+        let other = 10_000 + pid;
+        ledger.watch(Process::new(
+            other,
+            "other".into(),
+            vec![],
+            1,
+            WatchReason::Pid,
+            1,
+        ));
+    }
+    assert!(ledger.is_full());
+    assert_eq!(
+        task(&mut ledger, EventKind::TaskNew, 200, 0, PID),
+        FollowUp::Unwatch(200)
+    );
+    assert!(!ledger.processes.contains_key(&200));
+    assert_eq!(ledger.counters.processes_refused, 1);
+    // Threads of a followed process are not processes: still followed.
+    assert_eq!(
+        task(&mut ledger, EventKind::TaskNew, 101, task_flags::THREAD, PID),
+        FollowUp::None
+    );
+    assert!(ledger.processes[&PID].threads.contains_key(&101));
+    // Once one goes, a child fits again.
+    ledger.forget(10_001);
+    assert_eq!(task(&mut ledger, EventKind::TaskNew, 201, 0, PID), FollowUp::None);
+    assert!(ledger.processes.contains_key(&201));
+}
+
+#[test]
 fn exec_keeps_only_the_fds_still_open_and_one_thread() {
     let mut ledger = ledger_with_process();
     task(&mut ledger, EventKind::TaskNew, 101, task_flags::THREAD, PID);

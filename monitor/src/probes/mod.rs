@@ -18,7 +18,7 @@ use aya::{
 };
 use monitor_common::{
     EventKind, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, Tuple, WatchEntry,
-    config_flags, counter, data_flags, maps,
+    config_flags, counter, data_flags, maps, watch_flags,
 };
 use serde::Serialize;
 use tracing::{debug, error, warn};
@@ -191,19 +191,22 @@ impl Probes {
         }
     }
 
-    /// Adds `pid` to the in-kernel watched set: its entry, then its byte (as the probes do).
+    /// Adds `pid` to the in-kernel watched set: its byte, or for a pid above
+    /// the pid_max seen at start, its WATCHED entry.
     pub fn watch(&mut self, pid: u32, flags: u32) -> anyhow::Result<()> {
+        if self.watched_pids.set(pid, watch_flags::byte(flags)) {
+            return Ok(());
+        }
         self.watched
             .insert(pid, WatchEntry { flags, _pad: 0 }, 0)
-            .with_context(|| format!("adding pid {pid} to the in-kernel watched set (full?)"))?;
-        self.watched_pids.set(pid, true);
-        Ok(())
+            .with_context(|| format!("adding pid {pid} to the in-kernel watched set (full?)"))
     }
 
     pub fn unwatch(&mut self, pid: u32) {
-        self.watched_pids.set(pid, false);
-        // Absent already (the kernel drops exited and re-exec'd children itself).
-        let _ = self.watched.remove(&pid);
+        if !self.watched_pids.set(pid, 0) {
+            // Absent already (the kernel drops exited and re-exec'd children itself).
+            let _ = self.watched.remove(&pid);
+        }
     }
 
     pub fn set_comms(&mut self, comms: &[Comm]) -> anyhow::Result<()> {

@@ -64,14 +64,16 @@ impl WatchedPids {
         })
     }
 
-    /// Marks `pid` watched or not. A pid above the map (pid_max raised since
-    /// the start) has no byte: the probes look up its WATCHED entry instead.
-    pub fn set(&mut self, pid: u32, watched: bool) {
+    /// Stores `pid`'s byte; false if it has none (a pid above the map:
+    /// pid_max raised since the start), and then its WATCHED entry counts.
+    pub fn set(&mut self, pid: u32, byte: u8) -> bool {
         let at = pid as usize;
-        if at < self.len {
-            // SAFETY: within the mapping; a one-byte store, as the probes make.
-            unsafe { std::ptr::write_volatile(self.bytes.as_ptr().add(at), u8::from(watched)) }
+        if at >= self.len {
+            return false;
         }
+        // SAFETY: within the mapping; a one-byte store, as the probes make.
+        unsafe { std::ptr::write_volatile(self.bytes.as_ptr().add(at), byte) };
+        true
     }
 }
 
