@@ -240,7 +240,8 @@ pub mod watch_flags {
     pub const INHERITED: u32 = 1 << 1;
     /// Asked for by pid: watched whatever it execs.
     pub const PINNED: u32 = 1 << 2;
-    /// Set in a watched pid's byte in WATCHED_PIDS, the flags above below it.
+    /// The top bit of a watched pid's byte in WATCHED_PIDS; the flags above
+    /// fill the bits below it.
     pub const BYTE_WATCHED: u8 = 0x80;
 
     /// A watched pid's byte in WATCHED_PIDS.
