@@ -87,6 +87,9 @@ pub struct Discovery {
     pub cmdline_regex: Vec<String>,
     /// Watch these pids whatever they run.
     pub pids: Vec<u32>,
+    /// The most processes watched at once (matches and their children):
+    /// bounds what a fork storm in a watched process costs the daemon.
+    pub max_processes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -120,12 +123,16 @@ pub struct Probes {
     pub hold_back_fds: bool,
 }
 
+/// The largest pid_max Linux allows: more processes than that cannot exist.
+const PID_MAX_LIMIT: usize = 4 << 20;
+
 impl Default for Discovery {
     fn default() -> Self {
         Discovery {
             names: vec!["nova-compute".to_string()],
             cmdline_regex: Vec::new(),
             pids: Vec::new(),
+            max_processes: crate::ledger::DEFAULT_MAX_PROCESSES,
         }
     }
 }
@@ -189,6 +196,15 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=PID_MAX_LIMIT).contains(&self.discovery.max_processes) {
+            return Err(invalid(
+                "discovery.max_processes",
+                format!(
+                    "must be 1 to {PID_MAX_LIMIT}, got {}",
+                    self.discovery.max_processes
+                ),
+            ));
+        }
         for regex in &self.discovery.cmdline_regex {
             Regex::new(regex).map_err(|e| invalid("discovery.cmdline_regex", e.to_string()))?;
         }
@@ -338,6 +354,7 @@ mod tests {
             ),
             ("[discovery]\nnames = [\"/usr/bin/x\"]\n", "discovery.names"),
             ("[discovery]\npids = [0]\n", "discovery.pids"),
+            ("[discovery]\nmax_processes = 0\n", "discovery.max_processes"),
             ("[daemon]\nlog_format = \"xml\"\n", "log_format"),
             ("[probes]\nring_buffer_bytes = \"big\"\n", "ring_buffer_bytes"),
             ("[endpoints]\n\"ironic:6385\" = \"x\"\n", "endpoints"),

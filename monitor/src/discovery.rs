@@ -94,6 +94,7 @@ mod tests {
             names: names.iter().map(|s| s.to_string()).collect(),
             cmdline_regex: regexes.iter().map(|s| s.to_string()).collect(),
             pids: pids.to_vec(),
+            ..Default::default()
         })
         .unwrap()
     }

@@ -182,6 +182,64 @@ fn children_that_exec_something_else_are_dropped_without_waking_the_daemon() {
     );
 }
 
+fn watched_pids(status: &Value) -> Vec<u64> {
+    let mut pids: Vec<u64> = status["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    pids.sort();
+    pids
+}
+
+#[test]
+fn beyond_max_processes_a_match_is_refused_once_and_watched_when_room_frees() {
+    if !require_root("beyond_max_processes_a_match_is_refused_once_and_watched_when_room_frees") {
+        return;
+    }
+    let dir = scratch_dir("max-processes");
+    let daemon = Daemon::start_with_config(
+        &dir,
+        "[discovery]\nmax_processes = 2\n[probes]\nreconcile_interval_s = 1\n",
+        &["--match-comm", "lmw-cap"],
+    );
+    let mut workloads: Vec<Workload> = (0..3)
+        .map(|_| {
+            let mut workload = Workload::spawn(&dir, "lmw-cap", &["serve"]);
+            workload.expect("ready");
+            workload
+        })
+        .collect();
+    let pids: Vec<u64> = workloads.iter().map(|w| w.pid as u64).collect();
+    let refused = |s: &Value| s["ledger"]["processes_refused"].as_u64().unwrap_or(0);
+    let status = daemon.await_status("two watched, one refused", Duration::from_secs(10), |s| {
+        watched_pids(s).len() == 2 && refused(s) == 1
+    });
+    let watched = watched_pids(&status);
+    assert_eq!(watched, pids[..2], "the first two to exec are watched");
+    // Rediscovery finds the third again and again: refused once, logged once.
+    let passes = status["engine"]["discovery_passes"].as_u64().unwrap();
+    let status = daemon.await_status("two more discovery passes", Duration::from_secs(10), |s| {
+        s["engine"]["discovery_passes"].as_u64().unwrap() >= passes + 2
+    });
+    assert_eq!(refused(&status), 1, "{}", status["ledger"]);
+    assert_eq!(watched_pids(&status), watched);
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("not watched: leakmon follows 2 processes").count(),
+        1,
+        "{log}"
+    );
+    // Room frees: the next pass watches it.
+    workloads.remove(0).exit();
+    let status = daemon.await_status("the refused one watched", Duration::from_secs(10), |s| {
+        watched_pids(s) == pids[1..]
+    });
+    assert_eq!(refused(&status), 1);
+    assert!(daemon.stop().success());
+}
+
 #[test]
 fn a_pid_that_does_not_exist_is_reported_and_the_daemon_runs_on() {
     if !require_root("a_pid_that_does_not_exist_is_reported_and_the_daemon_runs_on") {

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 use super::Engine;
 use crate::{
     fdkind::FdKind,
-    ledger::{Comm, FollowUp, MAX_PROCESSES, Origin, Process, Scan, WatchReason},
+    ledger::{Comm, FollowUp, Origin, Process, Scan, WatchReason},
     proc::{self, FdDir, ProcError, ProcessInfo},
     sockdiag::SocketTable,
     time,
@@ -78,7 +78,11 @@ impl Engine {
     /// in case an exec was not seen).
     pub(super) fn discover_all(&mut self, ring: &mut RingBuf<MapData>) {
         self.drain(ring);
-        for pid in proc::all_pids() {
+        self.counters.discovery_passes += 1;
+        let pids = proc::all_pids();
+        let live: HashSet<u32> = pids.iter().copied().collect();
+        self.refused.retain(|(pid, _)| live.contains(pid));
+        for pid in pids {
             if self.ledger.processes.contains_key(&pid) {
                 continue;
             }
@@ -106,8 +110,11 @@ impl Engine {
         if self.ledger.is_full() {
             // The kernel may watch it already (its comm matched at exec).
             self.probes.unwatch(pid);
-            self.ledger.counters.processes_refused += 1;
-            warn!(pid, comm = %info.comm, "not watched: leakmon follows {MAX_PROCESSES} processes already");
+            if self.refused.insert((pid, info.start_ns)) {
+                self.ledger.counters.processes_refused += 1;
+                let max = self.ledger.max_processes;
+                warn!(pid, comm = %info.comm, "not watched: leakmon follows {max} processes already (discovery.max_processes)");
+            }
             return;
         }
         // Into the kernel first, then /proc: whatever happens after the scan

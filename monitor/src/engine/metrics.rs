@@ -370,7 +370,7 @@ impl Engine {
                 "leakmon_evictions_total",
                 "counter",
                 "Entries dropped at a hard cap (per-process endpoints and calls in flight; processes \
-                 beyond the 4096 leakmon follows).",
+                 beyond discovery.max_processes).",
                 &[("what", what)],
                 n as f64,
             );

@@ -48,6 +48,8 @@ pub struct EngineCounters {
     /// The kernel's loss total as of the last reconciliation after a loss:
     /// when it equals `lost_total`, every loss so far has been repaired.
     pub lost_reconciled: u64,
+    /// Scans of /proc for matching processes not yet watched.
+    pub discovery_passes: u64,
 }
 
 pub struct Engine {
@@ -61,6 +63,9 @@ pub struct Engine {
     reconcile_soon: std::collections::HashSet<u32>,
     /// Leaders seen exiting whose process may live on, since when (boot ns).
     maybe_gone: std::collections::HashMap<u32, u64>,
+    /// Matching processes not watched because the ledger was full, by (pid,
+    /// start time): counted and logged once, not at every rediscovery.
+    refused: std::collections::HashSet<(u32, u64)>,
     labels: crate::labels::Labels,
     alerting: alerting::Alerting,
 }
@@ -99,7 +104,10 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     probes.set_comms(&matcher.kernel_comms())?;
 
     let mut engine = Engine {
-        ledger: Ledger::default(),
+        ledger: Ledger {
+            max_processes: config.discovery.max_processes,
+            ..Ledger::default()
+        },
         probes,
         matcher,
         config: config.clone(),
@@ -107,6 +115,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         started_ns: time::boot_ns(),
         reconcile_soon: Default::default(),
         maybe_gone: Default::default(),
+        refused: Default::default(),
         labels: crate::labels::Labels::new(&config.endpoints).map_err(anyhow::Error::msg)?,
         alerting: alerting::Alerting::new(&config)?,
     };

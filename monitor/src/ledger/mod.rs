@@ -40,23 +40,37 @@ pub enum FollowUp {
     Unwatch(u32),
 }
 
-/// The most processes the ledger follows: what a fork storm in a watched
-/// process can cost the daemon is bounded (each child holds a copy of its
-/// parent's fds). Beyond it a process is refused and counted.
-pub const MAX_PROCESSES: usize = 4096;
+/// How many processes the ledger follows unless the config says otherwise
+/// (`discovery.max_processes`): what a fork storm in a watched process can
+/// cost the daemon is bounded (each child holds a copy of its parent's fds).
+/// Beyond it a process is refused and counted.
+pub const DEFAULT_MAX_PROCESSES: usize = 4096;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
     pub processes: FastMap<u32, Process>,
     /// Sockets held by watched processes, by inode.
     pub sockets: FastMap<u64, SocketEntry>,
     pub counters: LedgerCounters,
+    /// The most processes it follows ([`DEFAULT_MAX_PROCESSES`] by default).
+    pub max_processes: usize,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            processes: FastMap::default(),
+            sockets: FastMap::default(),
+            counters: LedgerCounters::default(),
+            max_processes: DEFAULT_MAX_PROCESSES,
+        }
+    }
 }
 
 impl Ledger {
-    /// Whether the ledger follows [`MAX_PROCESSES`] already.
+    /// Whether the ledger follows `max_processes` already.
     pub fn is_full(&self) -> bool {
-        self.processes.len() >= MAX_PROCESSES
+        self.processes.len() >= self.max_processes
     }
 
     pub fn apply(&mut self, event: &Event<'_>) -> FollowUp {

@@ -195,7 +195,7 @@ fn a_forked_child_inherits_the_parents_fds() {
 #[test]
 fn a_full_ledger_refuses_a_forked_child_and_has_the_kernel_drop_it() {
     let mut ledger = ledger_with_process();
-    for pid in 1..MAX_PROCESSES as u32 {
+    for pid in 1..DEFAULT_MAX_PROCESSES as u32 {
         let other = 10_000 + pid;
         ledger.watch(Process::new(
             other,

@@ -270,7 +270,7 @@ pub struct LedgerCounters {
     pub threads_exited: u64,
     pub processes_watched: u64,
     pub processes_forgotten: u64,
-    /// Processes not followed because the ledger was full ([`super::MAX_PROCESSES`]).
+    /// Processes not followed because the ledger was full (`max_processes`).
     pub processes_refused: u64,
     pub failed_syscalls: u64,
     /// Events for a process user space does not track (raced with an unwatch).

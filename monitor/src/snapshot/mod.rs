@@ -201,6 +201,7 @@ pub fn pids_named(name: &str) -> Vec<u32> {
         names: vec![name.to_string()],
         cmdline_regex: vec![],
         pids: vec![],
+        ..Default::default()
     };
     let matcher = crate::discovery::Matcher::new(&discovery).expect("no regex");
     let mut pids: Vec<u32> = proc::all_pids()
