@@ -254,8 +254,8 @@ fn dup_fork_and_scm_rights_keep_the_owner() {
     let (fd, _) = connect(&mut workload, &addr, "plain");
     let (accepted, _) = server.accept().unwrap();
     workload.send(&format!("share {fd}"));
-    let shared = workload.expect("shared");
     let received = workload.expect("received");
+    let shared = workload.expect("shared");
     let (dup, child) = (
         shared["dup"].as_u64().unwrap(),
         received["pid"].as_u64().unwrap() as u32,

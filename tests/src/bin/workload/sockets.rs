@@ -186,6 +186,9 @@ pub fn share(fd: RawFd) {
                 })
                 .collect();
             crate::say(json!({"event": "received", "pid": std::process::id(), "fd": received[0]}));
+            // The parent says "shared" only after this byte, so the test
+            // reads the two lines in one order.
+            nix::unistd::write(&child_end, b"y").unwrap();
             loop {
                 nix::unistd::pause();
             }
@@ -200,6 +203,8 @@ pub fn share(fd: RawFd) {
                 None,
             )
             .unwrap();
+            let mut ack = [0u8; 1];
+            nix::unistd::read(&parent_end, &mut ack).unwrap();
             let _ = (parent_end.into_raw_fd(), child_end.into_raw_fd());
             crate::say(json!({"event": "shared", "dup": dup, "child": child.as_raw()}));
         }
