@@ -72,7 +72,8 @@ impl Workload {
         self.expect_within(event, Duration::from_secs(60))
     }
 
-    /// As [`Workload::expect`], with a deadline; an `error` event fails at once.
+    /// As [`Workload::expect`], with a deadline; an `error` event fails at once,
+    /// and other events before it are skipped.
     pub fn expect_within(&mut self, event: &str, timeout: Duration) -> Value {
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -86,6 +87,9 @@ impl Workload {
                 return value;
             }
             assert!(value["event"] != "error", "workload {} failed: {line}", self.pid);
+            // Captured, so shown only if the test fails: a line skipped here
+            // that a later expect wanted is then plain to see.
+            println!("workload {} said {line} while {event:?} was awaited", self.pid);
         }
     }
 
