@@ -1,6 +1,12 @@
 //! leakmon as a library: everything the `leakmon` binary runs, also built
 //! for the fuzz targets (monitor/fuzz) that drive the parsers directly.
 
+// The probes read x86_64 syscall numbers and saved registers (monitor-common's
+// `syscalls`, monitor-ebpf's regs.rs), and the decoder x86_64 `struct cmsghdr`:
+// elsewhere they would misattribute silently, so the build says so instead.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("leakmon supports x86_64 hosts only: its probes read x86_64 syscall numbers and registers");
+
 pub mod alerts;
 pub mod alerts_cmd;
 pub mod calls;
