@@ -138,8 +138,23 @@ impl Beside {
     }
 }
 
-/// CPU time (user + system) a process has used so far, in ns.
+/// CPU time a process has used so far, in ns: the sum of its threads'
+/// schedstat run times (ns exact), else utime + stime from /proc/PID/stat,
+/// whose clock ticks (10 ms) are too coarse for a short loop.
 fn cpu_ns(pid: u32) -> f64 {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    let run_ns: Option<f64> = threads
+        .map(|t| {
+            let schedstat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            schedstat.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum();
+    if let Some(ns) = run_ns.filter(|ns| *ns > 0.0) {
+        return ns;
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised comm: utime and stime are the 12th and 13th.
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
@@ -230,6 +245,20 @@ const LOOPS: [(&str, &str); 10] = [
     ("tcp", "loopback TCP connect+close (server in another process)"),
 ];
 
+/// The workload's loop argument for `kind` and its operations, from the
+/// fd loops' count: a fork costs ~50 fd loop iterations, a connect ~10;
+/// `tcp` is the loop argument that names the TCP server.
+pub fn scaled_loop<'a>(kind: &'a str, ops: u64, tcp: &'a str) -> (&'a str, u64) {
+    match kind {
+        "thread" => (kind, ops / 20),
+        "fork" => (kind, ops / 40),
+        "exec" => (kind, ops / 200),
+        "tcp" => (tcp, ops / 10),
+        "getppid" => (kind, ops * 5),
+        _ => (kind, ops),
+    }
+}
+
 fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut String) -> anyhow::Result<()> {
     // The TCP loop's server: its own process, never watched.
     let mut server = Workload::spawn_bin(&bins.workload, dir, "lmw-tcpsrv", &["tcp-server"]);
@@ -241,16 +270,11 @@ fn syscall_loops(bins: &Bins, dir: &Path, runs: usize, ops: u64, out: &mut Strin
             println!("    run {}/{runs}: {}", run + 1, setting.label());
             let beside = Beside::start(*setting, bins, dir)?;
             for (l, (kind, _)) in LOOPS.iter().enumerate() {
-                let (kind, ops) = match *kind {
-                    "thread" => (*kind, ops / 20),
-                    "fork" => (*kind, ops / 40),
-                    "exec" => (*kind, ops / 200),
-                    "tcp" => (tcp.as_str(), ops / 10),
-                    _ => (*kind, ops),
-                };
+                let (kind, ops) = scaled_loop(kind, ops, &tcp);
                 samples[s][l].push(run_loop(bins, dir, &beside, kind, ops).ns);
             }
-            samples[s][LOOPS.len()].push(run_loop(bins, dir, &beside, "getppid", ops * 5).ns);
+            let (getppid, ops) = scaled_loop("getppid", ops, &tcp);
+            samples[s][LOOPS.len()].push(run_loop(bins, dir, &beside, getppid, ops).ns);
             beside.stop();
         }
     }

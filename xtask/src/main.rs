@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_calls;
+mod bench_compare;
 mod bench_delivery;
 mod bench_scenarios;
 mod bench_snapshot;
@@ -65,6 +66,27 @@ enum Task {
         #[arg(long, value_parser = ["loops", "snapshot", "sockets", "delivery", "calls", "scenarios"])]
         only: Option<String>,
     },
+    /// A/B one loop: no daemon, another leakmon binary watching it (A) and
+    /// this build's (B), interleaved; prints ratios (docs/benchmarks.md is
+    /// not written).
+    Compare {
+        /// The other leakmon binary (A), e.g. a release build of an earlier commit.
+        #[arg(long)]
+        against: std::path::PathBuf,
+        /// The loop: open, socket, pipe2, dup, eventfd, epoll, thread, fork, exec, tcp, getppid.
+        #[arg(long = "loop", default_value = "open")]
+        kind: String,
+        /// Interleaved repetitions.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Operations per fd loop run (other loops scale it as `bench` does).
+        #[arg(long, default_value_t = 200_000)]
+        ops: u64,
+        /// Turn on kernel.bpf_stats_enabled for the run and print each program's time
+        /// (the loop timings are then inflated: read them as attribution only).
+        #[arg(long)]
+        programs: bool,
+    },
     /// Run the cargo-fuzz targets (HTTP parser, event decoder, config loader).
     Fuzz {
         /// Seconds per target.
@@ -122,6 +144,19 @@ fn main() -> anyhow::Result<()> {
                 timeout: std::time::Duration::from_secs(timeout_minutes * 60),
                 accel: accel.as_deref(),
             })
+        }),
+        Task::Compare {
+            against,
+            kind,
+            runs,
+            ops,
+            programs,
+        } => bench_compare::run(&bench_compare::Options {
+            against,
+            kind,
+            runs,
+            ops,
+            programs,
         }),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
     }
