@@ -146,14 +146,16 @@ fn cpu_ns(pid: u32) -> f64 {
         .into_iter()
         .flatten()
         .flatten();
-    let run_ns: Option<f64> = threads
-        .map(|t| {
+    // A thread gone between the listing and the read counts 0, rather than
+    // switching this reading (but not the one it is compared with) to ticks.
+    let run_ns: f64 = threads
+        .filter_map(|t| {
             let schedstat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
             schedstat.split_whitespace().next()?.parse::<f64>().ok()
         })
         .sum();
-    if let Some(ns) = run_ns.filter(|ns| *ns > 0.0) {
-        return ns;
+    if run_ns > 0.0 {
+        return run_ns;
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised comm: utime and stime are the 12th and 13th.
