@@ -12,22 +12,48 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// Makes sure tracepoint events are visible; mounts tracefs if it must.
 /// Returns whether this call mounted it.
 pub fn ensure_mounted() -> io::Result<bool> {
-    if Path::new(TRACEFS).join("events").is_dir() {
+    let mounted = ensure_mounted_with(
+        || Path::new(TRACEFS).join("events").is_dir(),
+        || {
+            mount(
+                Some("tracefs"),
+                TRACEFS,
+                Some("tracefs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+        },
+    )?;
+    if mounted {
+        info!(
+            path = TRACEFS,
+            "mounted tracefs (it was not mounted); classic tracepoints need it"
+        );
+    }
+    Ok(mounted)
+}
+
+/// [`ensure_mounted`] with its two operations given. Another process (a
+/// second daemon, `leakmon doctor`, an operator) may mount tracefs between
+/// the check and our mount, which then fails (EBUSY: the same tracefs on
+/// itself): what counts is whether the events are visible afterwards.
+fn ensure_mounted_with(
+    events_visible: impl Fn() -> bool,
+    mount: impl FnOnce() -> nix::Result<()>,
+) -> io::Result<bool> {
+    if events_visible() {
         return Ok(false);
     }
-    mount(
-        Some("tracefs"),
-        TRACEFS,
-        Some("tracefs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| io::Error::other(format!("mount -t tracefs tracefs {TRACEFS}: {e}")))?;
-    info!(
-        path = TRACEFS,
-        "mounted tracefs (it was not mounted); classic tracepoints need it"
-    );
-    Ok(true)
+    match mount() {
+        Ok(()) => Ok(true),
+        Err(_) if events_visible() => {
+            info!(path = TRACEFS, "tracefs was mounted meanwhile by another process");
+            Ok(false)
+        }
+        Err(e) => Err(io::Error::other(format!(
+            "mount -t tracefs tracefs {TRACEFS}: {e}"
+        ))),
+    }
 }
 
 pub fn event_exists(category: &str, event: &str) -> bool {
@@ -139,6 +165,30 @@ print fmt: \"comm=%s pid=%d\", REC->comm, REC->pid
                 .to_string()
                 .contains("missing")
         );
+    }
+
+    #[test]
+    fn a_mount_lost_to_another_process_still_counts_as_mounted() {
+        use std::cell::Cell;
+        let visible = Cell::new(false);
+        let raced = || {
+            // Another daemon mounted it after our check: ours fails.
+            visible.set(true);
+            Err(nix::errno::Errno::EBUSY)
+        };
+        assert!(!ensure_mounted_with(|| visible.get(), raced).unwrap());
+        // Already there: no mount at all.
+        assert!(!ensure_mounted_with(|| true, || panic!("mounted twice")).unwrap());
+        // Ours: mounted.
+        let mounted = Cell::new(false);
+        let ours = || {
+            mounted.set(true);
+            Ok(())
+        };
+        assert!(ensure_mounted_with(|| mounted.get(), ours).unwrap());
+        // A real failure is an error that names the mount.
+        let err = ensure_mounted_with(|| false, || Err(nix::errno::Errno::EPERM)).unwrap_err();
+        assert!(err.to_string().contains("mount -t tracefs"), "{err}");
     }
 
     #[test]
