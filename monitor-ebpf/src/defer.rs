@@ -145,12 +145,14 @@ pub fn cancel(tgid: u32, fd: u32) -> bool {
 /// Called in that connect(), a process-context BTF tracepoint program, so
 /// it owns the slot like the syscall probes do (marks it busy).
 #[inline(always)]
-pub fn take_socket(tgid: u32, tid: u32, fd: u32) -> Option<FdEvent> {
-    let slot = slot()?;
+pub fn take_socket(tgid: u32, tid: u32, fd: u32) -> Born {
+    let Some(slot) = slot() else {
+        return Born::NONE;
+    };
     // SAFETY: as in flush_local.
     unsafe {
         if read_volatile(addr_of!((*slot).full)) == 0 {
-            return None;
+            return Born::NONE;
         }
         write_volatile(addr_of_mut!((*slot).busy), 1);
         let event = read_volatile(addr_of!((*slot).event));
@@ -164,8 +166,29 @@ pub fn take_socket(tgid: u32, tid: u32, fd: u32) -> Option<FdEvent> {
             write_volatile(addr_of_mut!((*slot).full), 0);
         }
         write_volatile(addr_of_mut!((*slot).busy), 0);
-        taken.then_some(event)
+        if taken {
+            Born {
+                ts_ns: event.header.ts_ns,
+                detail: event.detail,
+            }
+        } else {
+            Born::NONE
+        }
     }
+}
+
+/// What [`take_socket`] found: the creation's time and detail, or zeros.
+/// Plain values, not an `Option<FdEvent>`: LLVM reads an absent option's
+/// payload from the stack and keeps the value or not, and verifiers before
+/// 6.x (Ubuntu 22.04's 5.15) refuse that read of stack never written.
+#[derive(Clone, Copy)]
+pub struct Born {
+    pub ts_ns: u64,
+    pub detail: u32,
+}
+
+impl Born {
+    pub const NONE: Born = Born { ts_ns: 0, detail: 0 };
 }
 
 /// Run by user space (BPF_PROG_TEST_RUN on one CPU), never attached: ships

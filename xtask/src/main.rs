@@ -96,10 +96,11 @@ enum Task {
         #[arg(long, value_parser = fuzz::TARGETS)]
         target: Option<String>,
     },
-    /// The root integration suite in a VM on a second kernel (Debian's kernel
-    /// package under qemu/KVM); writes docs/kernels.md.
+    /// The root integration suite in a VM on a second kernel (a Debian or pinned
+    /// Ubuntu kernel under qemu); writes its section of docs/kernels.md.
     Vm {
-        /// Debian kernel package to boot (a metapackage resolves to its image).
+        /// Debian kernel package to boot (a metapackage resolves to its image), or
+        /// `ubuntu-22.04` (Ubuntu's first 22.04 kernel, 5.15, pinned by SHA-256).
         #[arg(long, default_value = "linux-image-amd64")]
         kernel_package: String,
         /// Only run root tests whose name contains this.

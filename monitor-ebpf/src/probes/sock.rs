@@ -18,8 +18,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    ConnectEvent, EventKind, FdEvent, SockEvent, SockOffsets, SockOwner, TCP_CLOSE, TCP_SYN_SENT, Tuple,
-    config_flags,
+    ConnectEvent, EventKind, SockEvent, SockOffsets, SockOwner, TCP_CLOSE, TCP_SYN_SENT, Tuple, config_flags,
     errno::{EALREADY, EISCONN},
     syscalls as nr,
 };
@@ -27,7 +26,7 @@ use monitor_common::{
 use super::http;
 use crate::{
     btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple},
-    defer,
+    defer::{self, Born},
     emit::{header, reserve, reserve_unordered, submit},
     maps::{SOCKS, TUPLES, config, forget, is_watched, sock_offsets},
     regs,
@@ -130,7 +129,7 @@ struct Change {
 /// Ships a [`SockEvent`]; `born` is the socket() creation it carries (see
 /// `SockEvent.born_ns`).
 #[inline(always)]
-fn ship(change: &Change, owner: &SockOwner, sk: *const u8, in_owner_syscall: bool, born: Option<FdEvent>) {
+fn ship(change: &Change, owner: &SockOwner, sk: *const u8, in_owner_syscall: bool, born: Born) {
     let kind = change.kind;
     // SAFETY: sk is the tracepoint's struct sock.
     let tuple = unsafe { tuple_of(sk, &sock_offsets()) }.unwrap_or_default();
@@ -154,8 +153,8 @@ fn ship(change: &Change, owner: &SockOwner, sk: *const u8, in_owner_syscall: boo
             newstate: change.newstate,
             _pad: [0; 6],
             tuple,
-            born_ns: born.map_or(0, |b| b.header.ts_ns),
-            born_detail: born.map_or(0, |b| b.detail),
+            born_ns: born.ts_ns,
+            born_detail: born.detail,
             _pad2: 0,
         });
         submit(entry);
@@ -214,7 +213,7 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let born = if registered {
         defer::take_socket(owner.tgid, bpf_get_current_pid_tgid() as u32, owner.fd)
     } else {
-        None
+        Born::NONE
     };
     let change = Change {
         kind: EventKind::SockState,
@@ -249,7 +248,7 @@ pub fn sock_error_report(ctx: BtfTracePointContext) -> i32 {
         newstate: state,
         error,
     };
-    ship(&change, &owner, sk, false, None);
+    ship(&change, &owner, sk, false, Born::NONE);
     0
 }
 

@@ -1,5 +1,6 @@
-//! The guest kernel: a Debian kernel package, fetched with apt and cached as
-//! just its vmlinuz and the few modules the initramfs loads.
+//! The guest kernel: a Debian kernel package fetched with apt, or a pinned
+//! kernel of another distribution (Ubuntu's), cached as just its vmlinuz and
+//! the few modules the initramfs loads.
 
 use std::{
     collections::HashMap,
@@ -22,21 +23,65 @@ pub struct Kernel {
     pub modules: HashMap<String, PathBuf>,
 }
 
-/// `package` may be a metapackage (`linux-image-amd64`): it is resolved to
-/// the versioned image it depends on, which is what gets cached.
+/// A kernel from outside Debian's archive, named by an alias: its packages'
+/// addresses and SHA-256 sums, pinned as the test bed pins PyPI. Each comes
+/// from a distribution's release pocket, which never changes.
+struct Pinned {
+    alias: &'static str,
+    release: &'static str,
+    /// (address, SHA-256) of each package: the image and its modules.
+    debs: &'static [(&'static str, &'static str)],
+}
+
+const UBUNTU: &str = "http://archive.ubuntu.com/ubuntu/pool/main/l";
+
+/// Ubuntu 22.04's first kernel (5.15): the oldest kernel an operator of
+/// that LTS runs, and the oldest the probes are tested on.
+const PINNED: &[Pinned] = &[Pinned {
+    alias: "ubuntu-22.04",
+    release: "5.15.0-25-generic",
+    debs: &[
+        (
+            "linux-signed/linux-image-5.15.0-25-generic_5.15.0-25.25_amd64.deb",
+            "ad56f8c442a54d4f5ff2dff010d00321d53e32b543f3a92f3ba4e042d20a71da",
+        ),
+        (
+            "linux/linux-modules-5.15.0-25-generic_5.15.0-25.25_amd64.deb",
+            "d0ba4087d9e1d497925b3481d3531fba6c2a852855f8019d73b0b1385aa4da1f",
+        ),
+    ],
+}];
+
+/// `package` is a Debian package or an alias of [`PINNED`]. A metapackage
+/// (`linux-image-amd64`) is resolved to the versioned image it depends on,
+/// which is what gets cached.
 pub fn fetch(package: &str) -> anyhow::Result<Kernel> {
     step(&format!("guest kernel: {package}"));
-    let image = resolve(package)?;
-    let release = image
-        .strip_prefix("linux-image-")
-        .with_context(|| format!("{image} is not a linux-image-* package"))?
-        .to_string();
+    let pinned = PINNED.iter().find(|p| p.alias == package);
+    let (image, release) = match pinned {
+        Some(pinned) => (package.to_string(), pinned.release.to_string()),
+        None => {
+            let image = resolve(package)?;
+            let release = image
+                .strip_prefix("linux-image-")
+                .with_context(|| format!("{image} is not a linux-image-* package"))?
+                .to_string();
+            (image, release)
+        }
+    };
     let dir = root_dir().join(".cache/vm").join(&release);
     let vmlinuz = dir.join("vmlinuz");
     if vmlinuz.exists() {
         println!("    {image} already cached in {}", dir.display());
     } else {
-        download(&image, &release, &dir)?;
+        let scratch = dir.with_file_name(format!("{release}.download"));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)?;
+        match pinned {
+            Some(pinned) => download_pinned(pinned, &scratch)?,
+            None => download(&image, &scratch)?,
+        }
+        keep_boot_files(&scratch, &release, &dir)?;
     }
     let modules = MODULES
         .iter()
@@ -69,18 +114,14 @@ fn resolve(package: &str) -> anyhow::Result<String> {
         .with_context(|| format!("{package} depends on no linux-image-* package"))
 }
 
-/// Downloads the package, keeps vmlinuz and the initramfs modules, and
-/// drops the rest (the unpacked package is ~400 MB).
-fn download(image: &str, release: &str, dir: &Path) -> anyhow::Result<()> {
-    let scratch = dir.with_file_name(format!("{release}.download"));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch)?;
+/// Downloads the Debian package into `scratch` with apt.
+fn download(image: &str, scratch: &Path) -> anyhow::Result<()> {
     println!("    downloading {image} (about 70 MB)");
     // Into the scratch directory (`exec` would run it in the workspace root).
     let download = || {
         Command::new("apt-get")
             .args(["download", "-q", image])
-            .current_dir(&scratch)
+            .current_dir(scratch)
             .status()
     };
     if !download()?.success() {
@@ -88,13 +129,54 @@ fn download(image: &str, release: &str, dir: &Path) -> anyhow::Result<()> {
         exec(Command::new("apt-get").args(["update", "-q"]))?;
         anyhow::ensure!(download()?.success(), "apt-get download {image} failed");
     }
-    let deb = std::fs::read_dir(&scratch)?
+    Ok(())
+}
+
+/// Downloads a pinned kernel's packages into `scratch` and checks each
+/// against its SHA-256 sum.
+fn download_pinned(pinned: &Pinned, scratch: &Path) -> anyhow::Result<()> {
+    for (path, sha256) in pinned.debs {
+        let url = format!("{UBUNTU}/{path}");
+        let name = path.rsplit('/').next().unwrap_or(path);
+        println!("    downloading {url}");
+        exec(
+            Command::new("curl")
+                .args(["-fsSL", "--retry", "3", "-o"])
+                .arg(scratch.join(name))
+                .arg(&url),
+        )?;
+        let sums = format!("{sha256}  {name}\n");
+        let mut check = Command::new("sha256sum")
+            .args(["--check", "--quiet", "-"])
+            .current_dir(scratch)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("starting sha256sum")?;
+        std::io::Write::write_all(
+            &mut check.stdin.take().context("sha256sum stdin")?,
+            sums.as_bytes(),
+        )?;
+        anyhow::ensure!(
+            check.wait()?.success(),
+            "{name} does not have the pinned SHA-256 {sha256}"
+        );
+    }
+    Ok(())
+}
+
+/// Unpacks the packages in `scratch`, keeps vmlinuz and the initramfs
+/// modules in `dir`, and drops the rest (unpacked, a kernel is ~400 MB).
+fn keep_boot_files(scratch: &Path, release: &str, dir: &Path) -> anyhow::Result<()> {
+    let unpacked = scratch.join("root");
+    let debs: Vec<PathBuf> = std::fs::read_dir(scratch)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    let unpacked = scratch.join("root");
-    exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    anyhow::ensure!(!debs.is_empty(), "the download left no .deb");
+    for deb in &debs {
+        exec(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&unpacked))?;
+    }
     std::fs::create_dir_all(dir)?;
     let modules_root = unpacked.join("lib/modules").join(release);
     for module in MODULES {
@@ -104,11 +186,11 @@ fn download(image: &str, release: &str, dir: &Path) -> anyhow::Result<()> {
     }
     let boot = unpacked.join("boot").join(format!("vmlinuz-{release}"));
     if !boot.exists() {
-        bail!("{image} has no /boot/vmlinuz-{release}");
+        bail!("the packages have no /boot/vmlinuz-{release}");
     }
     // Last: its presence marks a complete cache.
     std::fs::copy(&boot, dir.join("vmlinuz"))?;
-    std::fs::remove_dir_all(&scratch)?;
+    std::fs::remove_dir_all(scratch)?;
     Ok(())
 }
 

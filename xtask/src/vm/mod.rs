@@ -103,11 +103,23 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         kernel.release
     ));
     let accel = accelerator(options.accel)?;
-    let guest = boot(&kernel, &initramfs, accel, options)?;
+    let mut guest = boot(&kernel, &initramfs, accel, options)?;
+    if guest.release.is_empty() {
+        // The guest never said: name the section after the package's release.
+        guest.release = kernel.release.clone();
+    }
     step("doctor on this host, for the side-by-side report");
     let host_doctor = report::host_doctor()?;
     let path = root_dir().join("docs/kernels.md");
-    std::fs::write(&path, report::markdown(&host_doctor, &guest, options.filter))?;
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let markdown = report::markdown(
+        &existing,
+        options.kernel_package,
+        &host_doctor,
+        &guest,
+        options.filter,
+    );
+    std::fs::write(&path, markdown)?;
     println!("    wrote {}", path.display());
     print!("{}", report::summary(&guest));
     match guest.exit {

@@ -1,5 +1,5 @@
-//! docs/kernels.md: `leakmon doctor` on this host and in the VM, side by
-//! side, and how the root suite ended on the VM's kernel.
+//! docs/kernels.md: per guest kernel, `leakmon doctor` on this host and in
+//! the VM side by side, and how the root suite ended on that kernel.
 
 use std::fmt::Write as _;
 
@@ -44,30 +44,64 @@ fn release_of(checks: &[(String, String, String)]) -> String {
         .map_or("?".into(), |(.., detail)| detail.clone())
 }
 
-pub fn markdown(host_json: &str, guest: &GuestRun, filter: Option<&str>) -> String {
+const INTRO: &str = "# Kernels\n\n\
+Written by `cargo xtask vm` (as root): it boots a kernel under qemu (KVM, or software emulation \
+where this host's KVM cannot boot it) on this host's root filesystem shared read-only, runs \
+`leakmon doctor` and the root integration suite there, and compares with `leakmon doctor` here. \
+`--kernel-package` takes a Debian kernel package (default `linux-image-amd64`, Debian 12's 6.1) \
+or `ubuntu-22.04` (Ubuntu 22.04's first kernel, 5.15, pinned by SHA-256). Each run rewrites its \
+kernel's section and keeps the others.\n";
+
+/// docs/kernels.md with this run's section put in place of the one for the
+/// same kernel release (or added), the other sections kept.
+pub fn markdown(
+    existing: &str,
+    package: &str,
+    host_json: &str,
+    guest: &GuestRun,
+    filter: Option<&str>,
+) -> String {
+    let heading = format!("## Linux {}", guest.release);
+    let mut sections: Vec<String> = existing
+        .split("\n## ")
+        .skip(1)
+        .map(|s| format!("## {}", s.trim_end()))
+        .collect();
+    let this = section(&heading, package, host_json, guest, filter);
+    match sections
+        .iter_mut()
+        .find(|s| s.lines().next() == Some(heading.as_str()))
+    {
+        Some(old) => *old = this,
+        None => sections.push(this),
+    }
+    let mut out = INTRO.to_string();
+    for section in sections {
+        let _ = write!(out, "\n{}\n", section.trim_end());
+    }
+    out
+}
+
+fn section(heading: &str, package: &str, host_json: &str, guest: &GuestRun, filter: Option<&str>) -> String {
     let host = checks(host_json);
     let vm = checks(&guest.doctor);
     let mut out = String::new();
-    let _ = writeln!(out, "# Kernels\n");
-    let _ = writeln!(
-        out,
-        "Written by `cargo xtask vm` (as root): it boots Debian's kernel package (default \
-         `linux-image-amd64`, Debian 12's 6.1) under qemu (KVM, or software emulation where this host's KVM cannot boot it), on this host's root filesystem \
-         shared read-only, runs `leakmon doctor` and the whole root integration suite there, and \
-         compares with `leakmon doctor` here. `--kernel-package` picks another Debian kernel.\n"
-    );
+    let _ = writeln!(out, "{heading}\n");
     let suite = match guest.exit {
         Some(0) => "passed".to_string(),
         Some(code) => format!("failed (exit {code})"),
         None => "did not finish".to_string(),
     };
     let which = filter.map_or("the whole root integration suite".to_string(), |f| {
-        format!("the root integration tests matching `{f}` (`cargo xtask vm {f:?}`)")
+        format!("the root integration tests matching `{f}`")
     });
+    let command = match filter {
+        Some(f) => format!("cargo xtask vm {f:?} --kernel-package {package}"),
+        None => format!("cargo xtask vm --kernel-package {package}"),
+    };
     let _ = writeln!(
         out,
-        "Last run: {which} on {}: **{suite}**, `{}` ({:.0} s including boot, qemu accel={}).\n",
-        guest.release,
+        "Last run (`{command}`): {which}: **{suite}**, `{}` ({:.0} s including boot, qemu accel={}).\n",
         guest.result,
         guest.elapsed.as_secs_f64(),
         guest.accel
@@ -112,4 +146,50 @@ pub fn summary(guest: &GuestRun) -> String {
         guest.exit,
         guest.elapsed.as_secs_f64()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(release: &str) -> GuestRun {
+        GuestRun {
+            release: release.into(),
+            exit: Some(0),
+            result: "test result: ok.".into(),
+            ..GuestRun::default()
+        }
+    }
+
+    #[test]
+    fn a_run_replaces_its_kernels_section_and_keeps_the_others() {
+        let first = markdown("", "linux-image-amd64", "[]", &run("6.1.0-56-amd64"), None);
+        let both = markdown(
+            &first,
+            "ubuntu-22.04",
+            "[]",
+            &run("5.15.0-25-generic"),
+            Some("ledger"),
+        );
+        assert!(both.starts_with(INTRO));
+        assert_eq!(both.matches("\n## Linux ").count(), 2);
+        let mut failed = run("6.1.0-56-amd64");
+        failed.exit = Some(101);
+        let again = markdown(&both, "linux-image-amd64", "[]", &failed, None);
+        assert_eq!(again.matches("\n## Linux ").count(), 2);
+        let debian = &again[again.find("## Linux 6.1").unwrap()..again.find("## Linux 5.15").unwrap()];
+        assert!(debian.contains("**failed (exit 101)**") && !debian.contains("**passed**"));
+        // 5.15's section is untouched, and stays after 6.1's.
+        let ubuntu = &again[again.find("## Linux 5.15").unwrap()..];
+        assert!(ubuntu.contains("--kernel-package ubuntu-22.04"));
+        assert!(ubuntu.contains("**passed**"));
+    }
+
+    #[test]
+    fn a_file_without_sections_keeps_only_the_new_one() {
+        let old = "# Kernels\n\nLast run: something.\n\n| check | a | b |\n";
+        let new = markdown(old, "linux-image-amd64", "[]", &run("6.1.0-56-amd64"), None);
+        assert!(!new.contains("something"));
+        assert!(new.contains("## Linux 6.1.0-56-amd64"));
+    }
 }
