@@ -178,11 +178,16 @@ fn hooks() -> Vec<Check> {
             Verdict::Degraded
         };
         let error = hook.error.clone().unwrap_or_default();
+        let fix = if hook.program == "fd_iter" {
+            "snapshots read /proc instead: the same result, slower"
+        } else {
+            "what it sees is repaired by /proc reconciliation, later; see README \"How it works\""
+        };
         checks.push(check(
             "hook",
             verdict,
             format!("{} ({}) does not attach: {error}", hook.tracepoint, hook.program),
-            Some("what it sees is repaired by /proc reconciliation, later; see README \"How it works\""),
+            Some(fix),
         ));
     }
     checks

@@ -12,7 +12,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use aya::{EbpfLoader, programs::Iter};
 use monitor_common::{FdIterRecord, SockOffsets, Tuple};
 
@@ -20,6 +20,11 @@ use monitor_common::{FdIterRecord, SockOffsets, Tuple};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakmon-fditer"));
 
 const PROGRAM: &str = "fd_iter";
+
+/// Why a kernel before 6.1 has no snapshot iterator (tests match on "6.1").
+pub const NEEDS_6_1: &str =
+    "this kernel cannot scope a task iterator to one process (Linux 6.1 and later can): snapshots read /proc";
+
 /// UAPI numbers (linux/bpf.h): bpf_cmd and bpf_attach_type values.
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -47,7 +52,14 @@ impl Program {
             .map_err(|e| anyhow::anyhow!("the verifier refused fd_iter: {:#}", anyhow::Error::from(e)))?;
         // The program stays loaded as long as this fd: the object can go.
         let prog = program.fd()?.as_fd().try_clone_to_owned()?;
-        Ok(Program { prog })
+        let program = Program { prog };
+        // Scoping a task iterator to one process is Linux 6.1's: before it
+        // the kernel refuses the link's pid (E2BIG: a field it does not know).
+        match program.open_for(std::process::id()) {
+            Ok(_) => Ok(program),
+            Err(e) if e.raw_os_error() == Some(libc::E2BIG) => bail!("{NEEDS_6_1}"),
+            Err(e) => Err(e).context("opening a test iterator over the daemon's own fds"),
+        }
     }
 
     /// An iterator over the fds of process `pid` (a thread-group id): read it

@@ -36,6 +36,28 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// Whether the running kernel is `major.minor` or later (from `uname -r`,
+/// e.g. `5.15.0-25-generic`): for hooks a kernel gained in that release.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = nix::sys::utsname::uname().expect("uname");
+    let release = release.release().to_string_lossy();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version >= (major, minor)
+}
+
+/// What `snapshot`'s `fd_source` is with a daemon on this kernel: the BPF
+/// iterator, which needs a task iterator scoped to one process (6.1).
+pub fn snapshot_source_with_daemon() -> &'static str {
+    if kernel_at_least(6, 1) {
+        "bpf_iterator"
+    } else {
+        "proc"
+    }
+}
+
 /// The workspace's target directory for the profile the tests were built with.
 pub fn target_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
