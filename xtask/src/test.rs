@@ -43,10 +43,12 @@ pub fn run_suite(filter: Option<&str>) -> anyhow::Result<()> {
     }
     exec(&mut test)?;
     if is_root() && filter.is_none() {
-        step(
-            "second kernel: the ledger and socket tests in a VM on Debian 12's 6.1 (`cargo xtask vm` runs them all)",
-        );
-        crate::vm::run(&crate::vm::Options::smoke())?;
+        for package in crate::vm::SMOKE_KERNELS {
+            step(&format!(
+                "other kernels: the ledger and socket tests in a VM on {package} (`cargo xtask vm` runs them all)"
+            ));
+            crate::vm::run(&crate::vm::Options::smoke(package))?;
+        }
     }
     Ok(())
 }
