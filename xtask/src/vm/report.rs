@@ -50,10 +50,11 @@ where this host's KVM cannot boot it) on this host's root filesystem shared read
 `leakmon doctor` and the root integration suite there, and compares with `leakmon doctor` here. \
 `--kernel-package` takes a Debian kernel package (default `linux-image-amd64`, Debian 12's 6.1) \
 or `ubuntu-22.04` (Ubuntu 22.04's first kernel, 5.15, pinned by SHA-256). Each run rewrites its \
-kernel's section and keeps the others.\n";
+package's section and keeps the others.\n";
 
 /// docs/kernels.md with this run's section put in place of the one for the
-/// same kernel release (or added), the other sections kept.
+/// same package (or added), the other sections kept: a metapackage that now
+/// resolves to a newer kernel replaces its older section.
 pub fn markdown(
     existing: &str,
     package: &str,
@@ -61,7 +62,8 @@ pub fn markdown(
     guest: &GuestRun,
     filter: Option<&str>,
 ) -> String {
-    let heading = format!("## Linux {}", guest.release);
+    let key = format!("(`{package}`)");
+    let heading = format!("## Linux {} {key}", guest.release);
     let mut sections: Vec<String> = existing
         .split("\n## ")
         .skip(1)
@@ -70,7 +72,7 @@ pub fn markdown(
     let this = section(&heading, package, host_json, guest, filter);
     match sections
         .iter_mut()
-        .find(|s| s.lines().next() == Some(heading.as_str()))
+        .find(|s| s.lines().next().is_some_and(|first| first.ends_with(&key)))
     {
         Some(old) => *old = this,
         None => sections.push(this),
@@ -162,8 +164,8 @@ mod tests {
     }
 
     #[test]
-    fn a_run_replaces_its_kernels_section_and_keeps_the_others() {
-        let first = markdown("", "linux-image-amd64", "[]", &run("6.1.0-56-amd64"), None);
+    fn a_run_replaces_its_packages_section_and_keeps_the_others() {
+        let first = markdown("", "linux-image-amd64", "[]", &run("6.1.0-55-amd64"), None);
         let both = markdown(
             &first,
             "ubuntu-22.04",
@@ -177,6 +179,10 @@ mod tests {
         failed.exit = Some(101);
         let again = markdown(&both, "linux-image-amd64", "[]", &failed, None);
         assert_eq!(again.matches("\n## Linux ").count(), 2);
+        assert!(
+            !again.contains("6.1.0-55"),
+            "the package's older kernel is replaced"
+        );
         let debian = &again[again.find("## Linux 6.1").unwrap()..again.find("## Linux 5.15").unwrap()];
         assert!(debian.contains("**failed (exit 101)**") && !debian.contains("**passed**"));
         // 5.15's section is untouched, and stays after 6.1's.
