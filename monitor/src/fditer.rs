@@ -21,8 +21,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/le
 
 const PROGRAM: &str = "fd_iter";
 
-/// Why a kernel before 6.1 has no snapshot iterator (tests match on "6.1").
-pub const NEEDS_6_1: &str =
+/// Why a kernel before 6.1 has no snapshot iterator (tests/root/ledger.rs matches "Linux 6.1").
+const NEEDS_6_1: &str =
     "this kernel cannot scope a task iterator to one process (Linux 6.1 and later can): snapshots read /proc";
 
 /// UAPI numbers (linux/bpf.h): bpf_cmd and bpf_attach_type values.
