@@ -100,7 +100,8 @@ enum Task {
     /// Ubuntu kernel under qemu); writes its section of docs/kernels.md.
     Vm {
         /// Debian kernel package to boot (a metapackage resolves to its image), or
-        /// `ubuntu-22.04` (Ubuntu's first 22.04 kernel, 5.15, pinned by SHA-256).
+        /// `ubuntu-22.04` / `ubuntu-24.04` (Ubuntu's first kernel of that release,
+        /// 5.15 / 6.8, pinned by SHA-256).
         #[arg(long, default_value = "linux-image-amd64")]
         kernel_package: String,
         /// Only run root tests whose name contains this.

@@ -35,22 +35,39 @@ struct Pinned {
 
 const UBUNTU: &str = "http://archive.ubuntu.com/ubuntu/pool/main/l";
 
-/// Ubuntu 22.04's first kernel (5.15): the oldest kernel an operator of
-/// that LTS runs, and the oldest the probes are tested on.
-const PINNED: &[Pinned] = &[Pinned {
-    alias: "ubuntu-22.04",
-    release: "5.15.0-25-generic",
-    debs: &[
-        (
-            "linux-signed/linux-image-5.15.0-25-generic_5.15.0-25.25_amd64.deb",
-            "ad56f8c442a54d4f5ff2dff010d00321d53e32b543f3a92f3ba4e042d20a71da",
-        ),
-        (
-            "linux/linux-modules-5.15.0-25-generic_5.15.0-25.25_amd64.deb",
-            "d0ba4087d9e1d497925b3481d3531fba6c2a852855f8019d73b0b1385aa4da1f",
-        ),
-    ],
-}];
+/// The first kernel of each Ubuntu LTS an OpenStack host runs: 22.04's
+/// (5.15) is the oldest the probes are tested on; 24.04's (6.8) ships its
+/// modules zstd-compressed.
+const PINNED: &[Pinned] = &[
+    Pinned {
+        alias: "ubuntu-22.04",
+        release: "5.15.0-25-generic",
+        debs: &[
+            (
+                "linux-signed/linux-image-5.15.0-25-generic_5.15.0-25.25_amd64.deb",
+                "ad56f8c442a54d4f5ff2dff010d00321d53e32b543f3a92f3ba4e042d20a71da",
+            ),
+            (
+                "linux/linux-modules-5.15.0-25-generic_5.15.0-25.25_amd64.deb",
+                "d0ba4087d9e1d497925b3481d3531fba6c2a852855f8019d73b0b1385aa4da1f",
+            ),
+        ],
+    },
+    Pinned {
+        alias: "ubuntu-24.04",
+        release: "6.8.0-31-generic",
+        debs: &[
+            (
+                "linux-signed/linux-image-6.8.0-31-generic_6.8.0-31.31_amd64.deb",
+                "fd2ed023c84163e62c73d3b7b613a9b004bd31e335641c23d42bd249e489fbe6",
+            ),
+            (
+                "linux/linux-modules-6.8.0-31-generic_6.8.0-31.31_amd64.deb",
+                "3f17f2c279257eb50e40da44390bdf8272c440ca078831c348773d1314b5c2fe",
+            ),
+        ],
+    },
+];
 
 /// `package` is a Debian package or an alias of [`PINNED`]. A metapackage
 /// (`linux-image-amd64`) is resolved to the versioned image it depends on,
@@ -138,27 +155,20 @@ fn download_pinned(pinned: &Pinned, scratch: &Path) -> anyhow::Result<()> {
     for (path, sha256) in pinned.debs {
         let url = format!("{UBUNTU}/{path}");
         let name = path.rsplit('/').next().unwrap_or(path);
+        let file = scratch.join(name);
         println!("    downloading {url}");
         exec(
             Command::new("curl")
                 .args(["-fsSL", "--retry", "3", "-o"])
-                .arg(scratch.join(name))
+                .arg(&file)
                 .arg(&url),
         )?;
-        let sums = format!("{sha256}  {name}\n");
-        let mut check = Command::new("sha256sum")
-            .args(["--check", "--quiet", "-"])
-            .current_dir(scratch)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .context("starting sha256sum")?;
-        std::io::Write::write_all(
-            &mut check.stdin.take().context("sha256sum stdin")?,
-            sums.as_bytes(),
-        )?;
+        let sum = output("sha256sum", &[file.to_str().context("UTF-8 download path")?]);
+        let sum = sum.as_deref().and_then(|out| out.split_whitespace().next());
         anyhow::ensure!(
-            check.wait()?.success(),
-            "{name} does not have the pinned SHA-256 {sha256}"
+            sum == Some(*sha256),
+            "{name} does not have the pinned SHA-256 {sha256} (sha256sum: {})",
+            sum.unwrap_or("failed")
         );
     }
     Ok(())
@@ -181,7 +191,7 @@ fn keep_boot_files(scratch: &Path, release: &str, dir: &Path) -> anyhow::Result<
     let modules_root = unpacked.join("lib/modules").join(release);
     for module in MODULES {
         if let Some(found) = find_module(&modules_root, module)? {
-            std::fs::copy(&found, dir.join(format!("{module}.ko")))?;
+            keep_module(&found, &dir.join(format!("{module}.ko")))?;
         }
     }
     let boot = unpacked.join("boot").join(format!("vmlinuz-{release}"));
@@ -194,10 +204,14 @@ fn keep_boot_files(scratch: &Path, release: &str, dir: &Path) -> anyhow::Result<
     Ok(())
 }
 
-/// `name.ko` anywhere under `root` (compressed modules are not handled:
-/// busybox insmod passes the bytes to init_module as they are).
+/// `name.ko` anywhere under `root`, or its compressed form (`.ko.zst`,
+/// `.ko.xz`).
 fn find_module(root: &Path, name: &str) -> anyhow::Result<Option<PathBuf>> {
-    let wanted = format!("{name}.ko");
+    let wanted = [
+        format!("{name}.ko"),
+        format!("{name}.ko.zst"),
+        format!("{name}.ko.xz"),
+    ];
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -205,10 +219,35 @@ fn find_module(root: &Path, name: &str) -> anyhow::Result<Option<PathBuf>> {
             let path = entry.path();
             if entry.file_type()?.is_dir() {
                 stack.push(path);
-            } else if entry.file_name() == wanted.as_str() {
+            } else if wanted.iter().any(|w| entry.file_name() == w.as_str()) {
                 return Ok(Some(path));
             }
         }
     }
     Ok(None)
+}
+
+/// Copies a module to `to`, decompressed: busybox insmod hands the bytes to
+/// init_module as they are, and the kernel takes only an ELF there.
+fn keep_module(found: &Path, to: &Path) -> anyhow::Result<()> {
+    let decompressor = match found.extension().and_then(|e| e.to_str()) {
+        Some("zst") => "zstd",
+        Some("xz") => "xz",
+        _ => {
+            std::fs::copy(found, to)?;
+            return Ok(());
+        }
+    };
+    let status = Command::new(decompressor)
+        .args(["-d", "-q", "-c"])
+        .arg(found)
+        .stdout(std::fs::File::create(to)?)
+        .status()
+        .with_context(|| format!("starting {decompressor}"))?;
+    anyhow::ensure!(
+        status.success(),
+        "{decompressor} -d {} failed ({status})",
+        found.display()
+    );
+    Ok(())
 }

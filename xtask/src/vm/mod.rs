@@ -23,7 +23,7 @@ use crate::util::{cargo, cargo_test_root, exec, root_dir, step};
 
 /// Debian packages the VM run needs besides the test suite's (curl fetches
 /// the pinned Ubuntu kernel).
-const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "curl"];
+const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "curl", "zstd", "xz-utils"];
 
 /// The guest's PID 1 after the switch to the shared root.
 const GUEST_SCRIPT: &str = include_str!("guest.sh");
@@ -55,9 +55,10 @@ pub struct Options<'a> {
 }
 
 /// The kernels `cargo xtask test` runs [`Options::smoke`] on besides this
-/// host's: Debian 12's 6.1 and Ubuntu 22.04's first 5.15, whose verifier
-/// refuses code that 6.x verifiers accept.
-pub const SMOKE_KERNELS: &[&str] = &["linux-image-amd64", "ubuntu-22.04"];
+/// host's: Debian 12's 6.1, Ubuntu 22.04's first 5.15, whose verifier
+/// refuses code that 6.x verifiers accept, and Ubuntu 24.04's first 6.8, the
+/// kernel most new OpenStack compute hosts start on.
+pub const SMOKE_KERNELS: &[&str] = &["linux-image-amd64", "ubuntu-22.04", "ubuntu-24.04"];
 
 impl Options<'static> {
     /// What `cargo xtask test` runs: the ledger and socket tests (every fd

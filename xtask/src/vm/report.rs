@@ -49,8 +49,8 @@ Written by `cargo xtask vm` (as root): it boots a kernel under qemu (KVM, or sof
 where this host's KVM cannot boot it) on this host's root filesystem shared read-only, runs \
 `leakmon doctor` and the root integration suite there, and compares with `leakmon doctor` here. \
 `--kernel-package` takes a Debian kernel package (default `linux-image-amd64`, Debian 12's 6.1) \
-or `ubuntu-22.04` (Ubuntu 22.04's first kernel, 5.15, pinned by SHA-256). Each run rewrites its \
-package's section and keeps the others.\n";
+or `ubuntu-22.04` / `ubuntu-24.04` (the first kernel of that Ubuntu release, 5.15 / 6.8, pinned by \
+SHA-256). Each run rewrites its package's section and keeps the others.\n";
 
 /// docs/kernels.md with this run's section put in place of the one for the
 /// same package (or added), the other sections kept: a metapackage that now
