@@ -92,7 +92,8 @@ impl Ledger {
             return FollowUp::None;
         };
         process.touch_thread(task.pid);
-        if process.threads.remove(&task.pid).is_some() {
+        if let Some(thread) = process.threads.remove(&task.pid) {
+            process.thread_exited(task.pid, thread.name);
             counters.threads_exited += 1;
         }
         // Without group_dead (kernels before 6.2), the leader's exit or any

@@ -150,6 +150,11 @@ fn threads_come_and_go_and_the_last_exit_forgets_the_process() {
 
     task(&mut ledger, EventKind::TaskExit, 101, 0, 101);
     assert!(!ledger.processes[&PID].threads.contains_key(&101));
+    // A creation it made on a CPU it left arrives after its exit: still named.
+    let mut event = fd_event(EventKind::FdOpenLate, nr::EVENTFD2, 6, NO_FD, NO_FD, 0);
+    event.header.tid = 101;
+    ledger.apply(&Event::Fd(EventKind::FdOpenLate, event));
+    assert_eq!(comm_str(&ledger.processes[&PID].fds[&6].birth.thread), "worker");
     assert_eq!(
         task(&mut ledger, EventKind::TaskExit, PID, task_flags::GROUP_DEAD, PID),
         FollowUp::None

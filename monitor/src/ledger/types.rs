@@ -160,6 +160,10 @@ pub struct Process {
     /// fd's creation: socket() held back on a CPU the thread has left since
     /// (bind_socket_fd). The creation, when it arrives, is bound to it.
     pub early_binds: FastMap<u32, (u64, u64)>,
+    /// (tid, name) of its last threads to exit, newest last: a creation held
+    /// back on a CPU its thread left arrives after that thread's exit from
+    /// the other CPU (probes/defer.rs), and is still named after it.
+    pub exited_threads: VecDeque<(u32, Comm)>,
 }
 
 /// A close_range the ledger applied.
@@ -177,6 +181,11 @@ pub struct Touched {
     pub fds: FastSet<u32>,
     pub threads: FastSet<u32>,
 }
+
+/// Exited threads whose names a process keeps: creations held back in the
+/// kernel wait at most one drain interval (100 ms), and a process rarely
+/// ends this many threads in one.
+const EXITED_THREADS_KEPT: usize = 64;
 
 impl Process {
     pub fn new(
@@ -207,6 +216,7 @@ impl Process {
             exec_ns: 0,
             unbound_copies: UnboundCopies::default(),
             early_binds: FastMap::default(),
+            exited_threads: VecDeque::new(),
         }
     }
 
@@ -223,9 +233,23 @@ impl Process {
     }
 
     pub fn thread_name(&self, tid: u32) -> Comm {
-        self.threads
-            .get(&tid)
-            .map_or_else(|| comm_from(&self.comm), |t| t.name)
+        if let Some(thread) = self.threads.get(&tid) {
+            return thread.name;
+        }
+        self.exited_threads
+            .iter()
+            .rev()
+            .find(|(exited, _)| *exited == tid)
+            .map_or_else(|| comm_from(&self.comm), |(_, name)| *name)
+    }
+
+    /// Keeps an exited thread's name for the creations that may still
+    /// arrive from it (a few drain intervals' worth of exits at most).
+    pub fn thread_exited(&mut self, tid: u32, name: Comm) {
+        if self.exited_threads.len() == EXITED_THREADS_KEPT {
+            self.exited_threads.pop_front();
+        }
+        self.exited_threads.push_back((tid, name));
     }
 
     /// Open fds per kind.
