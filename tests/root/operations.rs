@@ -1,5 +1,6 @@
 //! Operations: `leakmon doctor`, a nova-compute in its own pid namespace
-//! (kolla's container), and a host where tracefs is not mounted.
+//! (kolla's container), a host where tracefs is not mounted, and one in
+//! kernel lockdown.
 
 use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
@@ -277,4 +278,67 @@ fn a_hook_that_fails_to_attach_degrades_the_daemon_and_is_reported() {
         "reconciliation repairs what the missing hook did not see"
     );
     workload.send("exit");
+}
+
+/// Under kernel lockdown=confidentiality tracing is off and BPF may not read
+/// kernel memory: the daemon stops at once and names the lockdown, doctor
+/// fails that check, and a snapshot still reads /proc. `cargo xtask test`
+/// runs this in a VM booted so (xtask/src/vm); on other kernels it skips.
+#[test]
+fn confidentiality_lockdown_stops_the_daemon_and_says_why() {
+    let test = "confidentiality_lockdown_stops_the_daemon_and_says_why";
+    if !require_root(test) {
+        return;
+    }
+    let mode = std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
+    if !mode.contains("[confidentiality]") {
+        eprintln!(
+            "skipping {test}: this kernel is not in lockdown=confidentiality (`cargo xtask test` \
+             runs it in a VM booted so)"
+        );
+        return;
+    }
+    let dir = scratch_dir("lockdown");
+    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
+    let socket = dir.join("leakmon.sock");
+    let mut daemon = Command::new(&leakmon)
+        .arg("run")
+        .arg("--control-socket")
+        .arg(&socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            daemon.kill().unwrap();
+            panic!("the daemon still runs under lockdown=confidentiality after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("lockdown=confidentiality"), "{log}");
+
+    let out = Command::new(&leakmon)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let lockdown = checks.iter().find(|c| c["name"] == "lockdown").unwrap();
+    assert_eq!(lockdown["verdict"], "fail", "{checks:#?}");
+    let bpf = checks.iter().find(|c| c["name"] == "bpf").unwrap();
+    assert!(
+        bpf["verdict"] == "fail" && bpf["detail"].as_str().unwrap().contains("lockdown"),
+        "{checks:#?}"
+    );
+
+    let snapshot = tests::snapshot_json(&leakmon, std::process::id(), &socket);
+    assert_eq!(snapshot["fd_source"], "proc", "{snapshot:#}");
+    assert!(!snapshot["fds"].as_array().unwrap().is_empty(), "{snapshot:#}");
 }

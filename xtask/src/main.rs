@@ -115,6 +115,10 @@ enum Task {
         /// qemu accelerator: kvm or tcg [default: kvm, or tcg where KVM cannot boot a stock kernel].
         #[arg(long, value_parser = ["kvm", "tcg"])]
         accel: Option<String>,
+        /// Kernel parameters for the guest, e.g. `lockdown=integrity` (the
+        /// lockdown Secure Boot puts Ubuntu hosts in).
+        #[arg(long)]
+        append: Option<String>,
     },
     /// Build and install the daemon, its systemd unit and a default config (kept if present).
     Install {
@@ -138,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             memory,
             timeout_minutes,
             accel,
+            append,
         } => setup::run_all().and_then(|()| {
             vm::run(&vm::Options {
                 kernel_package: &kernel_package,
@@ -145,6 +150,7 @@ fn main() -> anyhow::Result<()> {
                 memory_mib: memory,
                 timeout: std::time::Duration::from_secs(timeout_minutes * 60),
                 accel: accel.as_deref(),
+                append: append.as_deref(),
             })
         }),
         Task::Compare {

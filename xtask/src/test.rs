@@ -43,11 +43,14 @@ pub fn run_suite(filter: Option<&str>) -> anyhow::Result<()> {
     }
     exec(&mut test)?;
     if is_root() && filter.is_none() {
-        for package in crate::vm::SMOKE_KERNELS {
+        for smoke in crate::vm::Options::smokes() {
             step(&format!(
-                "other kernels: the ledger and socket tests in a VM on {package} (`cargo xtask vm` runs them all)"
+                "other kernels: `{}` in a VM on {}{} (`cargo xtask vm` runs every test)",
+                smoke.filter.unwrap_or_default(),
+                smoke.kernel_package,
+                smoke.append.map(|a| format!(" with {a}")).unwrap_or_default(),
             ));
-            crate::vm::run(&crate::vm::Options::smoke(package))?;
+            crate::vm::run(&smoke)?;
         }
     }
     Ok(())

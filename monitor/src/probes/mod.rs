@@ -4,6 +4,7 @@ pub mod btf;
 mod defer;
 mod gc;
 pub mod hooks;
+pub mod lockdown;
 pub mod tls;
 pub mod tracefs;
 mod watched;
@@ -100,6 +101,13 @@ impl Probes {
             bail!(
                 "this leakmon binary was built without its kernel probes (AYA_BUILD_SKIP); \
                  build it with nightly rust-src and bpf-linker installed (`cargo xtask setup`)"
+            );
+        }
+        // Checked first: under it tracefs mounts, empty, and nothing else says why.
+        if lockdown::Lockdown::read().is_confidentiality() {
+            bail!(
+                "{}: boot with lockdown=integrity (or none)",
+                lockdown::CONFIDENTIALITY
             );
         }
         let tracefs_mounted_by_us = tracefs::ensure_mounted().context("tracefs is needed for tracepoints")?;

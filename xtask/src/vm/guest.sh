@@ -10,6 +10,8 @@ repo=$1 test_binary=$2 filter=${3:-}
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+# Where systemd mounts it: the lockdown state is read there.
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts

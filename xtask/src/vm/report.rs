@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::GuestRun;
+use super::{GuestRun, Options};
 use crate::util::root_dir;
 
 /// `leakmon doctor --json` here (the binary the VM also ran).
@@ -50,26 +50,25 @@ where this host's KVM cannot boot it) on this host's root filesystem shared read
 `leakmon doctor` and the root integration suite there, and compares with `leakmon doctor` here. \
 `--kernel-package` takes a Debian kernel package (default `linux-image-amd64`, Debian 12's 6.1) \
 or `ubuntu-22.04` / `ubuntu-24.04` (the first kernel of that Ubuntu release, 5.15 / 6.8, pinned by \
-SHA-256). Each run rewrites its package's section and keeps the others.\n";
+SHA-256); `--append` adds kernel parameters (`lockdown=integrity`). Each run rewrites the section of \
+its package and parameters and keeps the others.\n";
 
 /// docs/kernels.md with this run's section put in place of the one for the
 /// same package (or added), the other sections kept: a metapackage that now
 /// resolves to a newer kernel replaces its older section.
-pub fn markdown(
-    existing: &str,
-    package: &str,
-    host_json: &str,
-    guest: &GuestRun,
-    filter: Option<&str>,
-) -> String {
-    let key = format!("(`{package}`)");
+pub fn markdown(existing: &str, asked: &Options, host_json: &str, guest: &GuestRun) -> String {
+    let package = asked.kernel_package;
+    let key = match asked.append {
+        Some(append) => format!("(`{package}`, `{append}`)"),
+        None => format!("(`{package}`)"),
+    };
     let heading = format!("## Linux {} {key}", guest.release);
     let mut sections: Vec<String> = existing
         .split("\n## ")
         .skip(1)
         .map(|s| format!("## {}", s.trim_end()))
         .collect();
-    let this = section(&heading, package, host_json, guest, filter);
+    let this = section(&heading, asked, host_json, guest);
     match sections
         .iter_mut()
         .find(|s| s.lines().next().is_some_and(|first| first.ends_with(&key)))
@@ -84,7 +83,7 @@ pub fn markdown(
     out
 }
 
-fn section(heading: &str, package: &str, host_json: &str, guest: &GuestRun, filter: Option<&str>) -> String {
+fn section(heading: &str, asked: &Options, host_json: &str, guest: &GuestRun) -> String {
     let host = checks(host_json);
     let vm = checks(&guest.doctor);
     let mut out = String::new();
@@ -94,13 +93,19 @@ fn section(heading: &str, package: &str, host_json: &str, guest: &GuestRun, filt
         Some(code) => format!("failed (exit {code})"),
         None => "did not finish".to_string(),
     };
-    let which = filter.map_or("the whole root integration suite".to_string(), |f| {
-        format!("the root integration tests matching `{f}`")
-    });
-    let command = match filter {
-        Some(f) => format!("cargo xtask vm {f:?} --kernel-package {package}"),
-        None => format!("cargo xtask vm --kernel-package {package}"),
-    };
+    let which = asked
+        .filter
+        .map_or("the whole root integration suite".to_string(), |f| {
+            format!("the root integration tests matching `{f}`")
+        });
+    let mut command = String::from("cargo xtask vm");
+    if let Some(filter) = asked.filter {
+        let _ = write!(command, " {filter:?}");
+    }
+    let _ = write!(command, " --kernel-package {}", asked.kernel_package);
+    if let Some(append) = asked.append {
+        let _ = write!(command, " --append {append:?}");
+    }
     let _ = writeln!(
         out,
         "Last run (`{command}`): {which}: **{suite}**, `{}` ({:.0} s including boot, qemu accel={}).\n",
@@ -163,21 +168,30 @@ mod tests {
         }
     }
 
+    fn asked(
+        package: &'static str,
+        filter: Option<&'static str>,
+        append: Option<&'static str>,
+    ) -> Options<'static> {
+        Options {
+            kernel_package: package,
+            filter,
+            append,
+            ..Options::smokes()[0]
+        }
+    }
+
     #[test]
     fn a_run_replaces_its_packages_section_and_keeps_the_others() {
-        let first = markdown("", "linux-image-amd64", "[]", &run("6.1.0-55-amd64"), None);
-        let both = markdown(
-            &first,
-            "ubuntu-22.04",
-            "[]",
-            &run("5.15.0-25-generic"),
-            Some("ledger"),
-        );
+        let debian = asked("linux-image-amd64", None, None);
+        let first = markdown("", &debian, "[]", &run("6.1.0-55-amd64"));
+        let ubuntu = asked("ubuntu-22.04", Some("ledger"), None);
+        let both = markdown(&first, &ubuntu, "[]", &run("5.15.0-25-generic"));
         assert!(both.starts_with(INTRO));
         assert_eq!(both.matches("\n## Linux ").count(), 2);
         let mut failed = run("6.1.0-56-amd64");
         failed.exit = Some(101);
-        let again = markdown(&both, "linux-image-amd64", "[]", &failed, None);
+        let again = markdown(&both, &debian, "[]", &failed);
         assert_eq!(again.matches("\n## Linux ").count(), 2);
         assert!(
             !again.contains("6.1.0-55"),
@@ -187,14 +201,32 @@ mod tests {
         assert!(debian.contains("**failed (exit 101)**") && !debian.contains("**passed**"));
         // 5.15's section is untouched, and stays after 6.1's.
         let ubuntu = &again[again.find("## Linux 5.15").unwrap()..];
-        assert!(ubuntu.contains("--kernel-package ubuntu-22.04"));
+        assert!(ubuntu.contains("cargo xtask vm \"ledger\" --kernel-package ubuntu-22.04`"));
         assert!(ubuntu.contains("**passed**"));
+    }
+
+    #[test]
+    fn kernel_parameters_make_a_section_of_their_own() {
+        let plain = asked("ubuntu-24.04", None, None);
+        let locked = asked("ubuntu-24.04", None, Some("lockdown=integrity"));
+        let first = markdown("", &plain, "[]", &run("6.8.0-31-generic"));
+        let both = markdown(&first, &locked, "[]", &run("6.8.0-31-generic"));
+        assert_eq!(both.matches("\n## Linux 6.8.0-31-generic").count(), 2);
+        assert!(both.contains("## Linux 6.8.0-31-generic (`ubuntu-24.04`, `lockdown=integrity`)"));
+        assert!(both.contains("--kernel-package ubuntu-24.04 --append \"lockdown=integrity\"`"));
+        let again = markdown(&both, &locked, "[]", &run("6.8.0-31-generic"));
+        assert_eq!(again, both);
     }
 
     #[test]
     fn a_file_without_sections_keeps_only_the_new_one() {
         let old = "# Kernels\n\nLast run: something.\n\n| check | a | b |\n";
-        let new = markdown(old, "linux-image-amd64", "[]", &run("6.1.0-56-amd64"), None);
+        let new = markdown(
+            old,
+            &asked("linux-image-amd64", None, None),
+            "[]",
+            &run("6.1.0-56-amd64"),
+        );
         assert!(!new.contains("something"));
         assert!(new.contains("## Linux 6.1.0-56-amd64"));
     }
