@@ -5,7 +5,7 @@
 
 use std::io;
 
-pub const PATH: &str = "/sys/kernel/security/lockdown";
+const PATH: &str = "/sys/kernel/security/lockdown";
 
 /// Where systemd mounts securityfs; without it the mode cannot be read.
 const SECURITYFS: &str = "/sys/kernel/security";
