@@ -54,7 +54,7 @@ SHA-256); `--append` adds kernel parameters (`lockdown=integrity`). Each run rew
 its package and parameters and keeps the others.\n";
 
 /// docs/kernels.md with this run's section put in place of the one for the
-/// same package (or added), the other sections kept: a metapackage that now
+/// same package and kernel parameters (or added), the other sections kept: a metapackage that now
 /// resolves to a newer kernel replaces its older section.
 pub fn markdown(existing: &str, asked: &Options, host_json: &str, guest: &GuestRun) -> String {
     let package = asked.kernel_package;
