@@ -88,14 +88,9 @@ pub fn run(config_path: Option<&Path>) -> Vec<Check> {
 }
 
 fn lockdown() -> Check {
-    use probes::lockdown::{CONFIDENTIALITY, Lockdown};
+    use probes::lockdown::{CONFIDENTIALITY, FIX, Lockdown};
     match Lockdown::read() {
-        mode if mode.is_confidentiality() => check(
-            "lockdown",
-            Verdict::Fail,
-            CONFIDENTIALITY,
-            Some("boot with lockdown=integrity (what Secure Boot sets on Ubuntu) or none"),
-        ),
+        mode if mode.is_confidentiality() => check("lockdown", Verdict::Fail, CONFIDENTIALITY, Some(FIX)),
         Lockdown::Mode(mode) => check(
             "lockdown",
             Verdict::Ok,

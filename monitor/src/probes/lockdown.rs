@@ -13,6 +13,9 @@ const SECURITYFS: &str = "/sys/kernel/security";
 pub const CONFIDENTIALITY: &str = "kernel lockdown=confidentiality disables tracing and BPF reads of kernel \
      memory, which the probes need";
 
+/// What to do about [`CONFIDENTIALITY`].
+pub const FIX: &str = "boot with lockdown=integrity (what Secure Boot sets on Ubuntu) or none";
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lockdown {
     /// The mode in effect: `none`, `integrity` or `confidentiality`.

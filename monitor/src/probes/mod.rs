@@ -105,10 +105,7 @@ impl Probes {
         }
         // Checked first: under it tracefs mounts, empty, and nothing else says why.
         if lockdown::Lockdown::read().is_confidentiality() {
-            bail!(
-                "{}: boot with lockdown=integrity (or none)",
-                lockdown::CONFIDENTIALITY
-            );
+            bail!("{}: {}", lockdown::CONFIDENTIALITY, lockdown::FIX);
         }
         let tracefs_mounted_by_us = tracefs::ensure_mounted().context("tracefs is needed for tracepoints")?;
         let offsets = tracefs::task_offsets().context("reading task tracepoint formats")?;
