@@ -113,6 +113,16 @@ fn section(heading: &str, asked: &Options, host_json: &str, guest: &GuestRun) ->
         guest.elapsed.as_secs_f64(),
         guest.accel
     );
+    if let Some(panic) = &guest.panic {
+        let _ = writeln!(out, "The guest kernel panicked: `{panic}`.\n");
+    }
+    if let Some(panic) = &guest.earlier_panic {
+        let _ = writeln!(
+            out,
+            "A first boot under multi-threaded emulation panicked (`{panic}`); \
+             this is the second, with one emulation thread.\n"
+        );
+    }
     let _ = writeln!(
         out,
         "| check | {} | {} (VM) |",
@@ -216,6 +226,24 @@ mod tests {
         assert!(both.contains("--kernel-package ubuntu-24.04 --append \"lockdown=integrity\"`"));
         let again = markdown(&both, &locked, "[]", &run("6.8.0-31-generic"));
         assert_eq!(again, both);
+    }
+
+    #[test]
+    fn a_panic_and_a_retry_after_one_are_reported() {
+        let debian = asked("linux-image-amd64", None, None);
+        let line = "Kernel panic - not syncing: Fatal exception in interrupt";
+        let mut panicked = run("6.1.0-56-amd64");
+        panicked.exit = None;
+        panicked.panic = Some(line.to_string());
+        let text = markdown("", &debian, "[]", &panicked);
+        assert!(text.contains(&format!("The guest kernel panicked: `{line}`.")));
+        let mut retried = run("6.1.0-56-amd64");
+        retried.earlier_panic = Some(line.to_string());
+        let text = markdown("", &debian, "[]", &retried);
+        assert!(text.contains(&format!(
+            "A first boot under multi-threaded emulation panicked (`{line}`)"
+        )));
+        assert!(!text.contains("The guest kernel panicked"));
     }
 
     #[test]
