@@ -313,12 +313,24 @@ impl CallLog {
         }
     }
 
-    /// The call a thread is waiting on, if any (the newest).
-    pub fn in_flight_on(&self, tid: u32) -> Option<CallRef> {
+    /// The call a thread was waiting on at `ts_ns`, if any (the newest). A
+    /// creation applied late (held back on another CPU until the next
+    /// drain) still names the call in flight at its birth, even one that
+    /// has finished since: only calls finished after `ts_ns` are looked at
+    /// among the recent ones, so an on-time creation costs one comparison.
+    pub fn in_flight_on(&self, tid: u32, ts_ns: u64) -> Option<CallRef> {
+        let open_then = |c: &&Call| c.tid == tid && c.started_ns <= ts_ns;
         self.in_flight
             .values()
             .rev()
-            .find(|c| c.tid == tid)
+            .find(open_then)
+            .or_else(|| {
+                self.recent
+                    .iter()
+                    .rev()
+                    .take_while(|c| c.finished_ns.is_some_and(|f| f > ts_ns))
+                    .find(open_then)
+            })
             .map(Call::reference)
     }
 

@@ -50,7 +50,8 @@ fn requests_and_responses_pair_in_order_per_stream() {
         false,
         origin(11, S),
     );
-    assert_eq!(log.in_flight_on(10), Some(first[0]));
+    assert_eq!(log.in_flight_on(10, S), Some(first[0]));
+    assert!(log.in_flight_on(10, S - 1).is_none(), "not started yet then");
     log.read(tls, &response(404), 2 * S);
     log.read(plain, &response(200), 3 * S);
     let done: Vec<&Call> = log.recent().collect();
@@ -65,7 +66,11 @@ fn requests_and_responses_pair_in_order_per_stream() {
         Some("req-200")
     );
     assert_eq!(done[1].finished_ns, Some(3 * S));
-    assert!(log.in_flight_on(10).is_none());
+    assert!(log.in_flight_on(10, 3 * S).is_none());
+    // A creation applied after the call finished, born while it was in flight.
+    assert_eq!(log.in_flight_on(10, 2 * S), Some(first[0]));
+    assert_eq!(log.in_flight_on(11, S + 1), Some(other[0]));
+    assert!(log.in_flight_on(11, 2 * S).is_none());
     assert_eq!(log.stats[&(CallKind::NodeList, 200)].count, 1);
     // The token was seen as a token, and its value kept nowhere.
     assert!(done.iter().all(|c| c.request.token));

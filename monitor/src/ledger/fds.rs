@@ -36,7 +36,7 @@ impl Ledger {
                 thread: process.thread_name(h.tid),
                 syscall: h.syscall,
                 origin: Origin::Syscall,
-                call: process.calls.in_flight_on(h.tid),
+                call: process.calls.in_flight_on(h.tid, h.ts_ns),
             },
             source_fd: event.source_fd,
             inode,
@@ -229,7 +229,7 @@ impl Ledger {
             thread: process.thread_name(h.tid),
             syscall: h.syscall,
             origin: Origin::ScmRights,
-            call: process.calls.in_flight_on(h.tid),
+            call: process.calls.in_flight_on(h.tid, h.ts_ns),
         };
         let mut released = Vec::new();
         for fd in fds {

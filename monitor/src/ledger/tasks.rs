@@ -21,7 +21,7 @@ impl Ledger {
             start_ns: h.ts_ns,
             creator: Some(h.tid),
             origin: Origin::Syscall,
-            birth_call: parent.calls.in_flight_on(h.tid),
+            birth_call: parent.calls.in_flight_on(h.tid, h.ts_ns),
             first_call: None,
         };
         if task.flags & task_flags::THREAD != 0 {

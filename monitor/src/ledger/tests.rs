@@ -9,7 +9,7 @@ use monitor_common::{
 use super::*;
 use crate::ledger::reconcile::ScanFixes;
 use crate::{
-    engine::decode::Event,
+    engine::decode::{DataMeta, Event},
     fdkind::FdKind,
     proc::{FdLink, ThreadInfo},
 };
@@ -497,4 +497,43 @@ fn a_late_creation_from_before_an_exec_sends_the_ledger_to_proc() {
     assert!(fds(&ledger).is_empty());
     assert_eq!(late(&mut ledger, nr::OPENAT, 5, NO_FD, 400), FollowUp::None);
     assert_eq!(fds(&ledger), [5]);
+}
+
+#[test]
+fn a_late_creation_names_the_call_in_flight_at_its_birth_though_it_has_ended() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::SOCKET, 7);
+    let data = |flags, ts_ns, bytes: &str| {
+        let meta = DataMeta {
+            header: header(EventKind::Data, nr::WRITE, PID, ts_ns),
+            ssl: 0,
+            fd: 7,
+            flags,
+            len: bytes.len() as u32,
+        };
+        (meta, bytes.as_bytes().to_vec())
+    };
+    let request = format!(
+        "GET /v1/nodes HTTP/1.1\r\nX-Auth-Token: {}\r\n\r\n",
+        crate::http::FAKE_TOKEN
+    );
+    let response = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    for (meta, bytes) in [
+        data(0, 100, &request),
+        data(monitor_common::data_flags::READ, 300, response),
+    ] {
+        ledger.apply(&Event::Data(meta, &bytes));
+    }
+    let call = ledger.processes[&PID]
+        .calls
+        .recent()
+        .next()
+        .map(|c| c.reference());
+    assert!(call.is_some(), "the call was recorded");
+    // An eventfd made at 200, while the call waited, applied after its answer.
+    late(&mut ledger, nr::EVENTFD2, 8, NO_FD, 200);
+    late(&mut ledger, nr::EVENTFD2, 9, NO_FD, 350);
+    let fds = &ledger.processes[&PID].fds;
+    assert_eq!(fds[&8].birth.call, call);
+    assert_eq!(fds[&9].birth.call, None, "born after the answer");
 }
