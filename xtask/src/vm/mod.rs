@@ -129,7 +129,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         // to run an int3 the kernel had already patched away (text_poke_bp,
         // when tracepoints attach or detach), a stale translation of
         // code another vCPU modified. One emulation thread cannot race so.
-        // A kernel that panics again fails the run.
+        // Any panic gets the retry (a soft lockup of a vCPU starved by the
+        // emulator panics too); a kernel that panics again fails the run.
         println!(
             "    the guest kernel panicked under multi-threaded emulation: booting once more \
              with one emulation thread (tcg,thread=single), which rules out cross-vCPU \
