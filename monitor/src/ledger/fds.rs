@@ -18,9 +18,8 @@ impl Ledger {
             return;
         };
         let source = (event.source_fd != NO_FD)
-            .then(|| process.fds.get(&event.source_fd))
-            .flatten()
-            .copied();
+            .then(|| process.source_at(event.source_fd, h.ts_ns))
+            .flatten();
         let guess = fdkind::from_syscall(h.syscall, event.detail, source.map(|s| s.kind));
         let inode = if event.inode != 0 {
             event.inode
@@ -154,7 +153,8 @@ impl Ledger {
         if old.is_some_and(|o| o.inode != 0) {
             process.streams_end(fd, h.ts_ns);
         }
-        if old.is_some() {
+        if let Some(old) = old {
+            process.fd_closed(fd, h.ts_ns, old);
             counters.fds_closed += 1;
         } else {
             counters.unknown_closes += 1;
@@ -260,6 +260,24 @@ impl Ledger {
 }
 
 impl Process {
+    /// What fd number `fd` held at `ts_ns`, for a dup made then: the live
+    /// entry, unless the ledger saw it created after `ts_ns` (the number was
+    /// closed and reused since a late dup's birth), else the entry a close
+    /// after `ts_ns` took (newest first, stopping at the first close before
+    /// it, so an on-time dup whose source is live costs no scan).
+    fn source_at(&self, fd: u32, ts_ns: u64) -> Option<FdEntry> {
+        let alive_then = |e: &FdEntry| e.birth.ts_ns <= ts_ns || e.birth.origin.is_unseen();
+        if let Some(live) = self.fds.get(&fd).filter(|e| alive_then(e)) {
+            return Some(*live);
+        }
+        self.closed_fds
+            .iter()
+            .rev()
+            .take_while(|c| c.closed_ns >= ts_ns)
+            .find(|c| c.fd == fd && alive_then(&c.entry))
+            .map(|c| c.entry)
+    }
+
     /// Whether fd number `fd` was released, or created by an event the
     /// ledger saw, at or after `ts_ns`: then a creation from `ts_ns` is stale.
     fn superseded(&self, fd: u32, ts_ns: u64) -> bool {

@@ -537,3 +537,24 @@ fn a_late_creation_names_the_call_in_flight_at_its_birth_though_it_has_ended() {
     assert_eq!(fds[&8].birth.call, call);
     assert_eq!(fds[&9].birth.call, None, "born after the answer");
 }
+
+#[test]
+fn a_late_dup_copies_its_source_as_it_was_though_closed_and_reused_since() {
+    let mut ledger = ledger_with_process();
+    ledger.apply(&at(EventKind::FdOpen, nr::EVENTFD2, 5, NO_FD, 100));
+    // dup2(5, 1) at 200 is held back; 5 is closed at 300 and its number
+    // taken by a file at 400, both from another CPU and applied first.
+    ledger.apply(&at(EventKind::FdClose, nr::CLOSE, 5, NO_FD, 300));
+    ledger.apply(&at(EventKind::FdOpen, nr::OPENAT, 5, NO_FD, 400));
+    let dup = |kind, fd, ts_ns| {
+        let mut event = fd_event(kind, nr::DUP2, fd, NO_FD, 5, 0);
+        event.header.ts_ns = ts_ns;
+        Event::Fd(kind, event)
+    };
+    ledger.apply(&dup(EventKind::FdOpenLate, 1, 200));
+    // An on-time dup of the new fd 5 copies the file.
+    ledger.apply(&dup(EventKind::FdOpen, 7, 500));
+    let fds = &ledger.processes[&PID].fds;
+    assert_eq!((fds[&1].kind, fds[&1].provisional), (FdKind::Eventfd, false));
+    assert_eq!(fds[&7].kind, FdKind::File);
+}

@@ -164,6 +164,18 @@ pub struct Process {
     /// back on a CPU its thread left arrives after that thread's exit from
     /// the other CPU (probes/defer.rs), and is still named after it.
     pub exited_threads: VecDeque<(u32, Comm)>,
+    /// Its last fds closed, newest last: a dup held back on a CPU its
+    /// thread left may arrive after its source's close from the other CPU,
+    /// and still copies the source's kind and socket.
+    pub closed_fds: VecDeque<ClosedFd>,
+}
+
+/// An fd the ledger saw closed, as it was.
+#[derive(Clone, Copy, Debug)]
+pub struct ClosedFd {
+    pub fd: u32,
+    pub closed_ns: u64,
+    pub entry: FdEntry,
 }
 
 /// A close_range the ledger applied.
@@ -186,6 +198,9 @@ pub struct Touched {
 /// kernel wait at most one drain interval (100 ms), and a process rarely
 /// ends this many threads in one.
 const EXITED_THREADS_KEPT: usize = 64;
+
+/// Closed fds a process keeps, for the same reason (one drain's closes).
+const CLOSED_FDS_KEPT: usize = 64;
 
 impl Process {
     pub fn new(
@@ -217,6 +232,7 @@ impl Process {
             unbound_copies: UnboundCopies::default(),
             early_binds: FastMap::default(),
             exited_threads: VecDeque::new(),
+            closed_fds: VecDeque::new(),
         }
     }
 
@@ -250,6 +266,14 @@ impl Process {
             self.exited_threads.pop_front();
         }
         self.exited_threads.push_back((tid, name));
+    }
+
+    /// Keeps a closed fd's entry for the late dups that may copy it.
+    pub fn fd_closed(&mut self, fd: u32, closed_ns: u64, entry: FdEntry) {
+        if self.closed_fds.len() == CLOSED_FDS_KEPT {
+            self.closed_fds.pop_front();
+        }
+        self.closed_fds.push_back(ClosedFd { fd, closed_ns, entry });
     }
 
     /// Open fds per kind.
