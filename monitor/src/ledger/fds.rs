@@ -76,6 +76,8 @@ impl Ledger {
             }
             if let Some(old) = old {
                 if is_dup_onto {
+                    // dup2 closed what the number held: a late dup may copy it.
+                    process.fd_closed(fd, h.ts_ns, old);
                     counters.replaced_by_dup += 1;
                 } else if !old.birth.origin.is_unseen() {
                     counters.missed_releases += 1;
@@ -185,6 +187,9 @@ impl Ledger {
         for fd in &closing {
             process.touch(*fd);
             process.streams_end(*fd, h.ts_ns);
+            if let Some(entry) = process.fds.get(fd).copied() {
+                process.fd_closed(*fd, h.ts_ns, entry);
+            }
         }
         counters.fds_closed += closing.len() as u64;
         let mut released = process.fds.retain(|fd, _| !(first..=last).contains(fd));

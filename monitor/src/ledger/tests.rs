@@ -554,7 +554,21 @@ fn a_late_dup_copies_its_source_as_it_was_though_closed_and_reused_since() {
     ledger.apply(&dup(EventKind::FdOpenLate, 1, 200));
     // An on-time dup of the new fd 5 copies the file.
     ledger.apply(&dup(EventKind::FdOpen, 7, 500));
+    // Sources released by close_range, or by a dup2 onto their number.
+    ledger.apply(&at(EventKind::FdOpen, nr::EPOLL_CREATE1, 10, NO_FD, 100));
+    ledger.apply(&at(EventKind::FdOpen, nr::PIPE2, 11, 12, 100));
+    ledger.apply(&at(EventKind::FdCloseRange, nr::CLOSE_RANGE, 10, 10, 300));
+    let mut onto = fd_event(EventKind::FdOpen, nr::DUP2, 11, NO_FD, 7, 0);
+    onto.header.ts_ns = 600;
+    ledger.apply(&Event::Fd(EventKind::FdOpen, onto));
+    for (fd, source) in [(20, 10), (21, 11)] {
+        let mut late = fd_event(EventKind::FdOpenLate, nr::DUP, fd, NO_FD, source, 0);
+        late.header.ts_ns = 250;
+        ledger.apply(&Event::Fd(EventKind::FdOpenLate, late));
+    }
     let fds = &ledger.processes[&PID].fds;
     assert_eq!((fds[&1].kind, fds[&1].provisional), (FdKind::Eventfd, false));
     assert_eq!(fds[&7].kind, FdKind::File);
+    assert_eq!(fds[&11].kind, FdKind::File, "dup2 put a copy of the file there");
+    assert_eq!((fds[&20].kind, fds[&21].kind), (FdKind::Epoll, FdKind::Pipe));
 }
