@@ -9,6 +9,7 @@ compile_error!("leakmon supports x86_64 hosts only: its probes read x86_64 sysca
 
 pub mod alerts;
 pub mod alerts_cmd;
+pub mod bounded;
 pub mod calls;
 pub mod calls_cmd;
 pub mod cli;

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::{Call, CallKind};
+use crate::bounded::push_bounded;
 
 /// A state change older than this does not start a loop any more.
 const TRIGGER_WINDOW_NS: u64 = 120_000_000_000;
@@ -73,10 +74,7 @@ impl PollLoop {
     }
 
     fn poll(&mut self, ts_ns: u64) {
-        if self.gaps_ns.len() == GAPS_KEPT {
-            self.gaps_ns.pop_front();
-        }
-        self.gaps_ns.push_back(ts_ns.saturating_sub(self.last_ns));
+        push_bounded(&mut self.gaps_ns, ts_ns.saturating_sub(self.last_ns), GAPS_KEPT);
         self.polls += 1;
         self.last_ns = ts_ns;
     }
@@ -225,10 +223,7 @@ impl Loops {
             .collect();
         for key in ended {
             if let Some(finished) = self.active.remove(&key) {
-                if self.done.len() == DONE_KEPT {
-                    self.done.pop_front();
-                }
-                self.done.push_back(finished);
+                push_bounded(&mut self.done, finished, DONE_KEPT);
             }
         }
     }

@@ -16,6 +16,7 @@ pub use loops::PollLoop;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    bounded::push_bounded,
     fastmap::FastMap,
     http::parse::{self, Parsed, Request, Response},
     ledger::sockets::Histogram,
@@ -298,10 +299,7 @@ impl CallLog {
         stats
             .latency
             .observe(ts_ns.saturating_sub(call.started_ns) as f64 / 1e6);
-        if self.recent.len() == RECENT {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(call);
+        push_bounded(&mut self.recent, call, RECENT);
     }
 
     /// A stream ended (its fd closed): calls still waiting never get an answer.

@@ -7,6 +7,7 @@ use super::{
     ReleasedRange,
 };
 use crate::{
+    bounded::push_bounded,
     engine::cmsg,
     fdkind::{self, FdKind},
 };
@@ -170,14 +171,15 @@ impl Ledger {
         let (Some(process), counters) = self.process_mut(h.tgid) else {
             return;
         };
-        if process.released_ranges.len() == RANGES_KEPT {
-            process.released_ranges.pop_front();
-        }
-        process.released_ranges.push_back(ReleasedRange {
-            first,
-            last,
-            ts_ns: h.ts_ns,
-        });
+        push_bounded(
+            &mut process.released_ranges,
+            ReleasedRange {
+                first,
+                last,
+                ts_ns: h.ts_ns,
+            },
+            RANGES_KEPT,
+        );
         let closing: Vec<u32> = process
             .fds
             .keys()
@@ -210,15 +212,16 @@ impl Ledger {
         let (Some(process), counters) = self.process_mut(h.tgid) else {
             return;
         };
-        if process.failures.len() == FAILURES_KEPT {
-            process.failures.pop_front();
-        }
-        process.failures.push_back(FailedSyscall {
-            ts_ns: h.ts_ns,
-            tid: h.tid,
-            syscall: h.syscall,
-            errno: event.detail,
-        });
+        push_bounded(
+            &mut process.failures,
+            FailedSyscall {
+                ts_ns: h.ts_ns,
+                tid: h.tid,
+                syscall: h.syscall,
+                errno: event.detail,
+            },
+            FAILURES_KEPT,
+        );
         process.failures_total += 1;
         counters.failed_syscalls += 1;
     }

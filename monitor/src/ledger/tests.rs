@@ -399,6 +399,13 @@ fn at(kind: EventKind, syscall: u32, fd: u32, fd2: u32, ts_ns: u64) -> Event<'st
     Event::Fd(kind, event)
 }
 
+/// A copy of `source_fd` (dup, dup2, fcntl) made at `ts_ns`.
+fn copy_at(kind: EventKind, syscall: u32, fd: u32, source_fd: u32, ts_ns: u64) -> Event<'static> {
+    let mut event = fd_event(kind, syscall, fd, NO_FD, source_fd, 0);
+    event.header.ts_ns = ts_ns;
+    Event::Fd(kind, event)
+}
+
 fn late(ledger: &mut Ledger, syscall: u32, fd: u32, fd2: u32, ts_ns: u64) -> FollowUp {
     ledger.apply(&at(EventKind::FdOpenLate, syscall, fd, fd2, ts_ns))
 }
@@ -546,25 +553,16 @@ fn a_late_dup_copies_its_source_as_it_was_though_closed_and_reused_since() {
     // taken by a file at 400, both from another CPU and applied first.
     ledger.apply(&at(EventKind::FdClose, nr::CLOSE, 5, NO_FD, 300));
     ledger.apply(&at(EventKind::FdOpen, nr::OPENAT, 5, NO_FD, 400));
-    let dup = |kind, fd, ts_ns| {
-        let mut event = fd_event(kind, nr::DUP2, fd, NO_FD, 5, 0);
-        event.header.ts_ns = ts_ns;
-        Event::Fd(kind, event)
-    };
-    ledger.apply(&dup(EventKind::FdOpenLate, 1, 200));
+    ledger.apply(&copy_at(EventKind::FdOpenLate, nr::DUP2, 1, 5, 200));
     // An on-time dup of the new fd 5 copies the file.
-    ledger.apply(&dup(EventKind::FdOpen, 7, 500));
+    ledger.apply(&copy_at(EventKind::FdOpen, nr::DUP2, 7, 5, 500));
     // Sources released by close_range, or by a dup2 onto their number.
     ledger.apply(&at(EventKind::FdOpen, nr::EPOLL_CREATE1, 10, NO_FD, 100));
     ledger.apply(&at(EventKind::FdOpen, nr::PIPE2, 11, 12, 100));
     ledger.apply(&at(EventKind::FdCloseRange, nr::CLOSE_RANGE, 10, 10, 300));
-    let mut onto = fd_event(EventKind::FdOpen, nr::DUP2, 11, NO_FD, 7, 0);
-    onto.header.ts_ns = 600;
-    ledger.apply(&Event::Fd(EventKind::FdOpen, onto));
+    ledger.apply(&copy_at(EventKind::FdOpen, nr::DUP2, 11, 7, 600));
     for (fd, source) in [(20, 10), (21, 11)] {
-        let mut late = fd_event(EventKind::FdOpenLate, nr::DUP, fd, NO_FD, source, 0);
-        late.header.ts_ns = 250;
-        ledger.apply(&Event::Fd(EventKind::FdOpenLate, late));
+        ledger.apply(&copy_at(EventKind::FdOpenLate, nr::DUP, fd, source, 250));
     }
     let fds = &ledger.processes[&PID].fds;
     assert_eq!((fds[&1].kind, fds[&1].provisional), (FdKind::Eventfd, false));

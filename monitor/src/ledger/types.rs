@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use super::fdtable::FdTable;
 use super::{copies::UnboundCopies, sockets::EndpointStats};
 use crate::{
+    bounded::push_bounded,
     calls::{CallLog, CallRef},
     fastmap::{FastMap, FastSet},
     fdkind::FdKind,
@@ -262,18 +263,16 @@ impl Process {
     /// Keeps an exited thread's name for the creations that may still
     /// arrive from it (a few drain intervals' worth of exits at most).
     pub fn thread_exited(&mut self, tid: u32, name: Comm) {
-        if self.exited_threads.len() == EXITED_THREADS_KEPT {
-            self.exited_threads.pop_front();
-        }
-        self.exited_threads.push_back((tid, name));
+        push_bounded(&mut self.exited_threads, (tid, name), EXITED_THREADS_KEPT);
     }
 
     /// Keeps a closed fd's entry for the late dups that may copy it.
     pub fn fd_closed(&mut self, fd: u32, closed_ns: u64, entry: FdEntry) {
-        if self.closed_fds.len() == CLOSED_FDS_KEPT {
-            self.closed_fds.pop_front();
-        }
-        self.closed_fds.push_back(ClosedFd { fd, closed_ns, entry });
+        push_bounded(
+            &mut self.closed_fds,
+            ClosedFd { fd, closed_ns, entry },
+            CLOSED_FDS_KEPT,
+        );
     }
 
     /// Open fds per kind.
