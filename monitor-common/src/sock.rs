@@ -129,6 +129,8 @@ pub struct SockOffsets {
     /// From a struct sock to its inode: sock.sk_socket, then socket.file.
     pub sock_sk_socket: u32,
     pub socket_file: u32,
+    /// struct task_struct's tgid: the host-wide iterator keeps one process's fds.
+    pub task_tgid: u32,
 }
 
 impl SockOffsets {
@@ -157,6 +159,7 @@ impl SockOffsets {
         inode_i_mode: 0,
         sock_sk_socket: 0,
         socket_file: 0,
+        task_tgid: 0,
     };
 
     pub const fn known(&self) -> bool {
@@ -168,7 +171,7 @@ const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 16);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 24 + 32 + 40 + 16);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 24 + 16 + 16);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 84);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 88);
 const _: () = assert!(core::mem::size_of::<FdIterRecord>() == 32 + 40);
 
 /// One open fd as the snapshot iterator (`iter/task_file`) writes it,
@@ -196,6 +199,15 @@ pub struct FdIterRecord {
 
 /// Longest link target the iterator renders (PATH_MAX).
 pub const FD_TARGET_MAX: usize = 4096;
+
+/// The iterator's global (a `u32`, set before load): 1 where the kernel
+/// cannot scope a task iterator to one process (before Linux 6.1). The
+/// iterator then walks every process and keeps the fds of the one its
+/// reader asked for, found in [`FD_ITER_READERS`].
+pub const FD_ITER_HOST_WIDE: &str = "FD_ITER_HOST_WIDE";
+/// The iterator's map, host-wide mode only: reader tgid -> the tgid whose
+/// fds that reader gets (written by the daemon as it hands the iterator out).
+pub const FD_ITER_READERS: &str = "FD_ITER_READERS";
 
 #[cfg(feature = "user")]
 mod pod {

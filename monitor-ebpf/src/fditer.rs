@@ -6,7 +6,10 @@
 //!
 //! A separate object from the probes: it needs none of their maps. The
 //! daemon loads it once and hands the CLI an iterator scoped to one pid
-//! (monitor/src/fditer.rs).
+//! (monitor/src/fditer.rs). A kernel before 6.1 cannot scope it: there it
+//! walks every process, and keeps the fds of the process the daemon
+//! registered for the reader (the reader's tgid is the current task's,
+//! since the program runs inside its `read`).
 #![no_std]
 #![no_main]
 
@@ -17,9 +20,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::path,
-    helpers::{bpf_d_path, bpf_seq_write, bpf_sock_from_file},
+    helpers::{bpf_d_path, bpf_get_current_pid_tgid, bpf_seq_write, bpf_sock_from_file},
     macros::map,
-    maps::PerCpuArray,
+    maps::{LruHashMap, PerCpuArray},
 };
 use btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple};
 use monitor_common::{FD_TARGET_MAX, FdIterRecord, SockOffsets};
@@ -55,9 +58,19 @@ struct Scratch {
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Host-wide mode: reader tgid -> the tgid it may read
+/// (monitor_common::FD_ITER_READERS). LRU: an entry is stale once its
+/// reader has read, and a new reader evicts the oldest.
+#[map]
+static FD_ITER_READERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0);
+
 /// From the kernel's BTF, set by user space before load.
 #[unsafe(no_mangle)]
 static SOCK_OFFSETS: SockOffsets = SockOffsets::UNKNOWN;
+
+/// 1 where the iterator walks every process (monitor_common::FD_ITER_HOST_WIDE).
+#[unsafe(no_mangle)]
+static FD_ITER_HOST_WIDE: u32 = 0;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task_file")]
@@ -79,6 +92,10 @@ unsafe fn write_fd(ctx: &TaskFileContext) {
     // SAFETY: read-only offsets the loader wrote; volatile so the defaults
     // above are not folded into the code.
     let off = unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) };
+    // SAFETY: as above.
+    if unsafe { core::ptr::read_volatile(&FD_ITER_HOST_WIDE) } != 0 && !readers_process(ctx, &off) {
+        return;
+    }
     // Direct loads: `file` is a BTF pointer, so the verifier checks each
     // field access against the kernel's types and the JIT makes it a
     // fault-safe load, cheaper than a probe-read helper call. The offsets are
@@ -134,6 +151,24 @@ unsafe fn write_fd(ctx: &TaskFileContext) {
     };
     scratch.record.target_len = target_len;
     write_out(ctx, scratch);
+}
+
+/// Host-wide mode: whether the fd belongs to the process the daemon
+/// registered for this reader. An unregistered reader gets nothing.
+#[inline(always)]
+fn readers_process(ctx: &TaskFileContext, off: &SockOffsets) -> bool {
+    let task = ctx.task as *const u8;
+    if task.is_null() {
+        return false;
+    }
+    let reader = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a plain map lookup; the value is read at once.
+    let Some(&wanted) = (unsafe { FD_ITER_READERS.get(reader) }) else {
+        return false;
+    };
+    // SAFETY: tgid is the member at this BTF offset of the iterated task.
+    let tgid: i32 = unsafe { load(task, off.task_tgid) };
+    tgid as u32 == wanted
 }
 
 /// Writes the record and its target to the iterator's output.

@@ -5,25 +5,29 @@
 //! The daemon loads the program once (it needs the kernel's BTF, which takes
 //! tens of milliseconds to parse) and, on a root client's `fd_iter` request,
 //! creates an iterator scoped to one pid and passes its fd over the control
-//! socket. Without a daemon the snapshot reads /proc, with the same result.
+//! socket. A kernel before 6.1 cannot scope a task iterator: there the
+//! iterator walks every process's fds and the program keeps those of the pid
+//! the daemon registered for the requesting client (its reader). Without a
+//! daemon the snapshot reads /proc, with the same result.
 
 use std::{
     io::{self, Read as _},
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::Mutex,
 };
 
-use anyhow::{Context as _, bail};
-use aya::{EbpfLoader, programs::Iter};
-use monitor_common::{FdIterRecord, SockOffsets, Tuple};
+use anyhow::Context as _;
+use aya::{
+    EbpfLoader,
+    maps::{HashMap, MapData},
+    programs::Iter,
+};
+use monitor_common::{FD_ITER_HOST_WIDE, FD_ITER_READERS, FdIterRecord, SockOffsets, Tuple};
 
 /// The compiled iterator (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakmon-fditer"));
 
 const PROGRAM: &str = "fd_iter";
-
-/// Why a kernel before 6.1 has no snapshot iterator (tests/root/ledger.rs matches "Linux 6.1").
-const NEEDS_6_1: &str =
-    "this kernel cannot scope a task iterator to one process (Linux 6.1 and later can): snapshots read /proc";
 
 /// UAPI numbers (linux/bpf.h): bpf_cmd and bpf_attach_type values.
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -33,14 +37,39 @@ const BPF_TRACE_ITER: u32 = 28;
 /// The loaded iterator program.
 pub struct Program {
     prog: OwnedFd,
+    /// Host-wide mode (kernels before 6.1): reader tgid -> the tgid it reads.
+    readers: Option<Mutex<HashMap<MapData, u32, u32>>>,
 }
 
 impl Program {
-    /// Loads the iterator with the struct offsets found in the kernel's BTF.
-    pub fn load(offsets: &SockOffsets, btf: &aya::Btf) -> anyhow::Result<Program> {
+    /// Loads the iterator with the struct offsets found in the kernel's BTF:
+    /// scoped to one process where the kernel can, else host-wide (also when
+    /// `host_wide` asks for it: a test switch, since this host's kernel can).
+    pub fn load(offsets: &SockOffsets, btf: &aya::Btf, host_wide: bool) -> anyhow::Result<Program> {
         anyhow::ensure!(!OBJECT.is_empty(), "built without kernel probes (AYA_BUILD_SKIP)");
+        let own = std::process::id();
+        if !host_wide {
+            let program = Program::load_mode(offsets, btf, false)?;
+            // Scoping a task iterator to one process is Linux 6.1's: before
+            // it the kernel refuses the link's pid (E2BIG: a field it does
+            // not know).
+            match program.open_scoped(own) {
+                Ok(_) => return Ok(program),
+                Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {}
+                Err(e) => return Err(e).context("opening a test iterator over the daemon's own fds"),
+            }
+        }
+        let program = Program::load_mode(offsets, btf, true)?;
+        program
+            .open_for(own, own)
+            .context("opening a host-wide test iterator over the daemon's own fds")?;
+        Ok(program)
+    }
+
+    fn load_mode(offsets: &SockOffsets, btf: &aya::Btf, host_wide: bool) -> anyhow::Result<Program> {
         let mut ebpf = EbpfLoader::new()
             .override_global(SockOffsets::GLOBAL, offsets, true)
+            .override_global(FD_ITER_HOST_WIDE, &u32::from(host_wide), true)
             .load(OBJECT)
             .context("loading the fd iterator object")?;
         let program: &mut Iter = ebpf
@@ -52,28 +81,61 @@ impl Program {
             .map_err(|e| anyhow::anyhow!("the verifier refused fd_iter: {:#}", anyhow::Error::from(e)))?;
         // The program stays loaded as long as this fd: the object can go.
         let prog = program.fd()?.as_fd().try_clone_to_owned()?;
-        let program = Program { prog };
-        // Scoping a task iterator to one process is Linux 6.1's: before it
-        // the kernel refuses the link's pid (E2BIG: a field it does not know).
-        match program.open_for(std::process::id()) {
-            Ok(_) => Ok(program),
-            Err(e) if e.raw_os_error() == Some(libc::E2BIG) => bail!("{NEEDS_6_1}"),
-            Err(e) => Err(e).context("opening a test iterator over the daemon's own fds"),
-        }
+        let readers = if host_wide {
+            let map = ebpf
+                .take_map(FD_ITER_READERS)
+                .context("no FD_ITER_READERS map in the iterator object")?;
+            Some(Mutex::new(HashMap::try_from(map)?))
+        } else {
+            None
+        };
+        Ok(Program { prog, readers })
     }
 
-    /// An iterator over the fds of process `pid` (a thread-group id): read it
-    /// to the end for [`FdIterRecord`]s. Fails with ESRCH for no such process.
-    pub fn open_for(&self, pid: u32) -> io::Result<OwnedFd> {
+    /// Whether the iterator walks every process (the kernel cannot scope it).
+    pub fn host_wide(&self) -> bool {
+        self.readers.is_some()
+    }
+
+    /// An iterator over the fds of process `pid` (a thread-group id) for the
+    /// process `reader` to read to the end for [`FdIterRecord`]s. Fails with
+    /// ESRCH for no such process.
+    pub fn open_for(&self, pid: u32, reader: u32) -> io::Result<OwnedFd> {
+        let Some(readers) = &self.readers else {
+            return self.open_scoped(pid);
+        };
+        // The scoped link checks the pid; here it is checked first.
+        let is_process = procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.status())
+            .is_ok_and(|status| status.tgid == pid as i32);
+        if !is_process {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(reader, pid, 0)
+            .map_err(io::Error::other)?;
+        self.open_link(&[])
+    }
+
+    fn open_scoped(&self, pid: u32) -> io::Result<OwnedFd> {
         // union bpf_iter_link_info, task member: tid, pid, pid_fd (then padding).
-        let link_info: [u32; 4] = [0, pid, 0, 0];
+        self.open_link(&[0, pid, 0, 0])
+    }
+
+    /// Creates a link with `link_info` (none: a host-wide walk) and an
+    /// iterator on it.
+    fn open_link(&self, link_info: &[u32]) -> io::Result<OwnedFd> {
         // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags,
         // then iter_info (pointer) and iter_info_len.
         let mut attr = [0u64; 16];
         attr[0] = self.prog.as_raw_fd() as u64;
         attr[1] = BPF_TRACE_ITER as u64;
-        attr[2] = link_info.as_ptr() as u64;
-        attr[3] = std::mem::size_of_val(&link_info) as u64;
+        if !link_info.is_empty() {
+            attr[2] = link_info.as_ptr() as u64;
+            attr[3] = std::mem::size_of_val(link_info) as u64;
+        }
         let link = bpf(BPF_LINK_CREATE, &mut attr)?;
         let mut attr = [0u64; 16];
         attr[0] = link.as_raw_fd() as u64;

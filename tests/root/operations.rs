@@ -222,10 +222,8 @@ fn a_hook_that_fails_to_attach_degrades_the_daemon_and_is_reported() {
         assert!(metrics.as_str().unwrap().contains(&metric), "no {metric}");
     }
     let status = daemon.status();
-    // Before 6.1 the snapshot iterator is missing too (ledger.rs checks why).
-    let unavailable_here = u64::from(!tests::kernel_at_least(6, 1));
     assert_eq!(
-        status["hooks_attached"].as_u64().unwrap() + 2 + unavailable_here,
+        status["hooks_attached"].as_u64().unwrap() + 2,
         status["hooks_total"].as_u64().unwrap()
     );
     assert!(

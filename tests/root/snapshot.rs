@@ -21,13 +21,25 @@ fn snapshot_agrees_with_lsof_and_ss() {
     let proc_snap = snapshot(pid, &dir.join("no-daemon.sock"));
     assert_eq!(proc_snap["daemon"], false);
     assert_eq!(proc_snap["fd_source"], "proc");
-    // A daemon that watches nothing still lends its BPF iterator to snapshots
-    // (on 6.1 and later: before, /proc gives the same).
+    // A daemon that watches nothing still lends its BPF iterator to snapshots.
     let daemon = Daemon::start(&dir, &["--match-comm", "lmw-none-such"]);
     let iter_snap = snapshot(pid, &daemon.socket);
-    assert_eq!(iter_snap["fd_source"], tests::snapshot_source_with_daemon());
+    assert_eq!(iter_snap["fd_source"], "bpf_iterator");
     assert_same_fds(&iter_snap, &proc_snap);
-    for snap in [&proc_snap, &iter_snap] {
+    // Host-wide, as before Linux 6.1: the walk passes every process's fds
+    // (the daemon's own, this test's, ...) and keeps exactly the workload's.
+    let host_wide =
+        Daemon::start_host_wide_iterator(&binary("leakmon", "LEAKMON_BIN"), &dir.join("host-wide"));
+    assert!(
+        host_wide.hook("fd_iter")["tracepoint"]
+            .as_str()
+            .unwrap()
+            .contains("host-wide")
+    );
+    let host_wide_snap = snapshot(pid, &host_wide.socket);
+    assert_eq!(host_wide_snap["fd_source"], "bpf_iterator");
+    assert_same_fds(&host_wide_snap, &proc_snap);
+    for snap in [&proc_snap, &iter_snap, &host_wide_snap] {
         agrees_with_lsof_and_ss(pid, snap, &ready);
     }
     workload.send("exit");
@@ -173,7 +185,7 @@ fn snapshot_with_daemon_has_births_and_unknown_pid_is_clear() {
     assert_eq!(snap["daemon"], true);
     // Every fd kind the workload makes (eventfd, memfd, pidfd, io_uring, ...)
     // reads the same through the iterator as through /proc.
-    assert_eq!(snap["fd_source"], tests::snapshot_source_with_daemon());
+    assert_eq!(snap["fd_source"], "bpf_iterator");
     let proc_snap = snapshot(workload.pid, std::path::Path::new("/nonexistent/leakmon.sock"));
     assert_same_fds(&snap, &proc_snap);
     for fd in snap["fds"].as_array().unwrap() {
@@ -198,7 +210,8 @@ fn snapshot_with_daemon_has_births_and_unknown_pid_is_clear() {
 
 /// Processes that exit around or while they are being read: each snapshot
 /// is either whole or a one-line "no process" error, never a panic or a torn
-/// answer, through the daemon's iterator and through /proc alike. Every
+/// answer, through the daemon's iterator (scoped, and host-wide as before
+/// Linux 6.1) and through /proc alike. Every
 /// third round is deterministic: a reaped pid (gone) or a zombie (whole, no fds).
 #[test]
 fn snapshots_of_processes_exiting_mid_read_fail_cleanly() {
@@ -207,6 +220,8 @@ fn snapshots_of_processes_exiting_mid_read_fail_cleanly() {
     }
     let dir = scratch_dir("snapshot-vanishing");
     let daemon = Daemon::start(&dir, &["--match-comm", "lmw-none-such"]);
+    let host_wide =
+        Daemon::start_host_wide_iterator(&binary("leakmon", "LEAKMON_BIN"), &dir.join("host-wide"));
     let (mut whole, mut gone) = (0, 0);
     for round in 0..60 {
         let mut child = Command::new("sh")
@@ -225,10 +240,12 @@ fn snapshots_of_processes_exiting_mid_read_fail_cleanly() {
             }
             _ => {}
         }
-        let socket = if round % 2 == 0 {
-            daemon.socket.clone()
-        } else {
-            dir.join("none.sock")
+        // Scoped iterator, /proc, host-wide iterator, /proc: over 60 rounds
+        // each meets every kind of child.
+        let socket = match round % 4 {
+            0 => daemon.socket.clone(),
+            2 => host_wide.socket.clone(),
+            _ => dir.join("none.sock"),
         };
         let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
             .args([

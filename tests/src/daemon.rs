@@ -34,6 +34,15 @@ impl Daemon {
         Daemon::launch(bin, dir, args, &[])
     }
 
+    /// A daemon (of `bin`) watching nothing whose snapshot iterator walks
+    /// every process, as it must on kernels before 6.1 (there this is any
+    /// daemon): the test fault switch refuses the scoping to one process.
+    pub fn start_host_wide_iterator(bin: &Path, dir: &Path) -> Daemon {
+        std::fs::create_dir_all(dir).expect("create the daemon's directory");
+        let env = [("LEAKMON_TEST_REFUSE_HOOKS", "fd_iter_pid_scope")];
+        Daemon::launch(bin, dir, &["--match-comm", "lmw-none-such"], &env)
+    }
+
     /// As [`Daemon::start`], with `config` (TOML) written to `dir`/leakmon.toml
     /// and passed as `--config` (tests that reload it rewrite that file).
     pub fn start_with_config(dir: &Path, config: &str, args: &[&str]) -> Daemon {

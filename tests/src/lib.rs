@@ -48,16 +48,6 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     version >= (major, minor)
 }
 
-/// What `snapshot`'s `fd_source` is with a daemon on this kernel: the BPF
-/// iterator, which needs a task iterator scoped to one process (6.1).
-pub fn snapshot_source_with_daemon() -> &'static str {
-    if kernel_at_least(6, 1) {
-        "bpf_iterator"
-    } else {
-        "proc"
-    }
-}
-
 /// The workspace's target directory for the profile the tests were built with.
 pub fn target_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {

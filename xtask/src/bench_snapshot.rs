@@ -23,25 +23,43 @@ fn ms(s: &Stats) -> String {
     format!("{:.1} ({:.1}–{:.1})", s.median, s.min, s.max)
 }
 
-/// `leakmon snapshot --json --pid P` with the daemon's iterator, the same
-/// through /proc (no daemon), and `other`: interleaved, `runs` times each.
+/// `leakmon snapshot --json --pid P` through each control socket of
+/// `daemons` (their iterators), the same through /proc (no daemon), and
+/// `other`: interleaved, `runs` times each, in that order.
 fn snapshot_against(
     bins: &Bins,
-    daemon: &Daemon,
+    daemons: &[&Daemon],
     pid: &str,
     other: &[&str],
     runs: usize,
-) -> anyhow::Result<[Stats; 3]> {
-    let mut samples: [Vec<f64>; 3] = Default::default();
-    let socket = daemon.socket.to_str().expect("UTF-8 path");
+) -> anyhow::Result<Vec<Stats>> {
+    let mut controls: Vec<&str> = daemons
+        .iter()
+        .map(|d| d.socket.to_str().expect("UTF-8 path"))
+        .collect();
+    controls.push("/nonexistent");
+    let mut samples = vec![Vec::new(); controls.len() + 1];
     for _ in 0..runs {
-        for (i, control) in [socket, "/nonexistent"].into_iter().enumerate() {
+        for (i, control) in controls.iter().enumerate() {
             let args = ["snapshot", "--json", "--pid", pid, "--control-socket", control];
             samples[i].push(time_command(Command::new(&bins.leakmon).args(args))?);
         }
-        samples[2].push(time_command(Command::new(other[0]).args(&other[1..]))?);
+        samples[controls.len()].push(time_command(Command::new(other[0]).args(&other[1..]))?);
     }
-    Ok(samples.map(|s| stats(&s)))
+    Ok(samples.iter().map(|s| stats(s)).collect())
+}
+
+/// Open fds of every process on the host (what a host-wide iterator walks).
+fn host_fds() -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read_dir(e.path().join("fd")).ok())
+        .map(Iterator::count)
+        .sum()
 }
 
 fn fd_count(pid: &str) -> anyhow::Result<usize> {
@@ -60,57 +78,91 @@ fn bulk_args(fds: usize) -> [String; 5] {
 
 pub fn vs_lsof(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow::Result<()> {
     let daemon = Daemon::start_bin(&bins.leakmon, dir, &["--match-comm", "lmw-none-such"]);
+    let host_wide = Daemon::start_host_wide_iterator(&bins.leakmon, &dir.join("host-wide"));
     // This VM's hard RLIMIT_NOFILE is 20000 and root lacks CAP_SYS_RESOURCE:
     // 19.4k fds is the largest process possible here.
     let mut rows = Vec::new();
+    let (mut beside, mut beside_fds) = (Vec::new(), (0, 0));
     for size in [9_700, 19_400] {
         let args = bulk_args(size);
         let mut bulk = vec!["bulk"];
         bulk.extend(args.iter().map(String::as_str));
         let mut workload = Workload::spawn_bin(&bins.workload, dir, "lmw-bulk", &bulk);
         let pid = workload.expect("ready")["pid"].as_u64().unwrap().to_string();
-        let fds = fd_count(&pid)?;
-        let times = snapshot_against(bins, &daemon, &pid, &["lsof", "-nP", "-w", "-p", &pid], runs)?;
+        let (fds, on_host) = (fd_count(&pid)?, host_fds());
+        let lsof = ["lsof", "-nP", "-w", "-p", &pid];
+        let times = snapshot_against(bins, &[&daemon, &host_wide], &pid, &lsof, runs)?;
+        if size == 19_400 {
+            // A small process beside the large one: what a host-wide walk
+            // pays for the fds of other processes.
+            let mut small = Command::new("sleep").arg("600").spawn()?;
+            let small_pid = small.id().to_string();
+            let lsof = ["lsof", "-nP", "-w", "-p", &small_pid];
+            beside = snapshot_against(bins, &[&daemon, &host_wide], &small_pid, &lsof, runs)?;
+            beside_fds = (fd_count(&small_pid)?, host_fds());
+            small.kill()?;
+            small.wait()?;
+        }
         workload.send("exit");
-        rows.push((fds, times));
+        rows.push((fds, on_host, times));
     }
     writeln!(out, "## Snapshot vs lsof\n")?;
     writeln!(
         out,
         "Wall time of the whole command in ms, median of {runs} interleaved runs (min–max), for processes \
          of mixed fds (files, directories, pipes, 1 in 10 TCP, 1 in 14 unix sockets). *Iterator*: a daemon \
-         runs, so the snapshot reads the fd table through its BPF `task_file` iterator; */proc*: no daemon, \
-         a `readlink` per fd and sock_diag. 19.4k fds is the largest process this VM allows (hard \
+         runs, so the snapshot reads the fd table through its BPF `task_file` iterator, scoped to the \
+         process; *host-wide*: the same iterator as on kernels before 6.1, which cannot scope it: it walks \
+         every fd on the host (the *host fds* column) and keeps the process's; */proc*: no daemon, a \
+         `readlink` per fd and sock_diag. 19.4k fds is the largest process this VM allows (hard \
          RLIMIT_NOFILE 20000, no CAP_SYS_RESOURCE), so the 100k-fd figure is extrapolated from the \
          per-fd cost between the two sizes.\n"
     )?;
     writeln!(
         out,
-        "| fds | leakmon, iterator | leakmon, /proc | `lsof -nP -p P` | lsof ÷ iterator | lsof ÷ /proc |"
+        "| fds | host fds | leakmon, iterator | leakmon, host-wide | leakmon, /proc | `lsof -nP -p P` | \
+         lsof ÷ iterator | lsof ÷ host-wide | lsof ÷ /proc |"
     )?;
-    writeln!(out, "| --- | --- | --- | --- | --- | --- |")?;
-    for (fds, [iter, proc, lsof]) in &rows {
+    writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
+    for (fds, on_host, times) in &rows {
+        let [iter, host_wide, proc, lsof] = &times[..] else {
+            unreachable!("four timings")
+        };
         writeln!(
             out,
-            "| {fds} | {} | {} | {} | **{:.1}×** | {:.1}× |",
+            "| {fds} | {on_host} | {} | {} | {} | {} | **{:.1}×** | {:.1}× | {:.1}× |",
             ms(iter),
+            ms(host_wide),
             ms(proc),
             ms(lsof),
             lsof.median / iter.median,
+            lsof.median / host_wide.median,
             lsof.median / proc.median
         )?;
     }
-    let ((small, [si, _, sl]), (large, [li, _, ll])) = (&rows[0], &rows[1]);
-    let per_fd = |a: f64, b: f64| (b - a) * 1000.0 / (*large - *small) as f64;
-    let (iter_us, lsof_us) = (per_fd(si.median, li.median), per_fd(sl.median, ll.median));
-    let at_100k = |fixed: f64, per: f64, fixed_at: usize| fixed + per * (100_000 - fixed_at) as f64 / 1000.0;
+    let ((small, _, small_times), (large, _, large_times)) = (&rows[0], &rows[1]);
+    let per_fd =
+        |i: usize| (large_times[i].median - small_times[i].median) * 1000.0 / (*large - *small) as f64;
+    let (iter_us, lsof_us) = (per_fd(0), per_fd(3));
+    let at_100k = |i: usize, per: f64| large_times[i].median + per * (100_000 - *large) as f64 / 1000.0;
     writeln!(
         out,
-        "\nPer additional fd: iterator **{iter_us:.2} µs**, lsof {lsof_us:.2} µs. Extrapolated to 100k fds: \
-         iterator {:.0} ms, lsof {:.0} ms, **{:.1}×**.\n",
-        at_100k(li.median, iter_us, *large),
-        at_100k(ll.median, lsof_us, *large),
-        at_100k(ll.median, lsof_us, *large) / at_100k(li.median, iter_us, *large)
+        "\nPer additional fd: iterator **{iter_us:.2} µs**, host-wide {:.2} µs, lsof {lsof_us:.2} µs. \
+         Extrapolated to 100k fds: iterator {:.0} ms, lsof {:.0} ms, **{:.1}×**.\n",
+        per_fd(1),
+        at_100k(0, iter_us),
+        at_100k(3, lsof_us),
+        at_100k(3, lsof_us) / at_100k(0, iter_us)
+    )?;
+    let (fds, on_host) = beside_fds;
+    let per_other_fd = (beside[1].median - beside[0].median) * 1e6 / (on_host - fds) as f64;
+    writeln!(
+        out,
+        "A {fds}-fd process beside the {large}-fd one ({on_host} fds on the host): iterator {}, host-wide \
+         {}, /proc {} ms: a host-wide walk pays **{per_other_fd:.0} ns per fd of another process**.\n",
+        ms(&beside[0]),
+        ms(&beside[1]),
+        ms(&beside[2])
     )?;
     Ok(())
 }
@@ -136,7 +188,7 @@ pub fn vs_ss(bins: &Bins, dir: &Path, runs: usize, out: &mut String) -> anyhow::
             .count();
         rows.push((
             sockets,
-            snapshot_against(bins, &daemon, &pid, &["ss", "-tanp"], runs)?,
+            snapshot_against(bins, &[&daemon], &pid, &["ss", "-tanp"], runs)?,
         ));
         workload.send("exit");
         workload.wait();

@@ -100,7 +100,10 @@ async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Incoming>, d
 }
 
 async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>, direct: Direct) {
-    let root = stream.peer_cred().is_ok_and(|cred| cred.uid() == 0);
+    let cred = stream.peer_cred().ok();
+    let root = cred.is_some_and(|cred| cred.uid() == 0);
+    // The client's process reads the iterators it is handed.
+    let reader = cred.and_then(|cred| cred.pid()).map(|pid| pid as u32);
     let (read, mut write) = stream.into_split();
     if !root {
         let refusal = Response::error("permission denied: the leakmon control socket answers root only");
@@ -113,7 +116,7 @@ async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>, direct: Dir
             Response::error(format!("request longer than {MAX_LINE} bytes"))
         } else {
             match serde_json::from_str::<Request>(&line) {
-                Ok(Request::FdIter { pid }) => match open_fd_iter(&direct, pid) {
+                Ok(Request::FdIter { pid }) => match open_fd_iter(&direct, pid, reader) {
                     Ok(iter) => {
                         if send_with_fd(write.as_ref(), &Response::ok(serde_json::Value::Null), &iter)
                             .await
@@ -152,12 +155,13 @@ async fn write_line(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Res
     write.write_all(&line).await
 }
 
-fn open_fd_iter(direct: &Direct, pid: u32) -> Result<OwnedFd, String> {
+fn open_fd_iter(direct: &Direct, pid: u32, reader: Option<u32>) -> Result<OwnedFd, String> {
     let program = direct
         .fd_iter
         .as_ref()
         .ok_or("this daemon has no fd iterator (see `leakmon status` hooks)")?;
-    program.open_for(pid).map_err(|e| match e.raw_os_error() {
+    let reader = reader.ok_or("the kernel did not say which process the client is")?;
+    program.open_for(pid, reader).map_err(|e| match e.raw_os_error() {
         Some(libc::ESRCH) | Some(libc::ENOENT) => format!("no process with pid {pid}"),
         _ => format!("fd iterator for pid {pid}: {e}"),
     })

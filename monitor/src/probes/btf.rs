@@ -210,6 +210,7 @@ impl Btf {
             inode_i_mode: self.offset("inode", "i_mode")?,
             sock_sk_socket: self.offset("sock", "sk_socket")?,
             socket_file: self.offset("socket", "file")?,
+            task_tgid: self.offset("task_struct", "tgid")?,
         })
     }
 }

@@ -22,7 +22,7 @@ use monitor_common::{
     config_flags, counter, data_flags, maps, watch_flags,
 };
 use serde::Serialize;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 pub use hooks::HookStatus;
 
@@ -146,9 +146,14 @@ impl Probes {
             .and_then(Result::ok);
         let mut hooks = attach_all(&mut ebpf, btf.as_ref());
         let fd_iter = load_fd_iter(&sock_offsets, btf.as_ref());
+        let host_wide = fd_iter.as_ref().is_ok_and(|program| program.host_wide());
         hooks.push(HookStatus {
             program: "fd_iter",
-            tracepoint: "iter/task_file".into(),
+            tracepoint: if host_wide {
+                "iter/task_file (host-wide: this kernel cannot scope it to one process)".into()
+            } else {
+                "iter/task_file".into()
+            },
             essential: false,
             attached: fd_iter.is_ok(),
             error: fd_iter.as_ref().err().map(|e| format!("{e:#}")),
@@ -437,13 +442,22 @@ fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Vec<HookStatus> {
     statuses
 }
 
+/// The name [`hooks::REFUSE_ENV`] takes for the kernel's scoping of the
+/// snapshot iterator to one process: refused, the iterator is host-wide as
+/// on kernels before 6.1.
+pub const FD_ITER_PID_SCOPE: &str = "fd_iter_pid_scope";
+
 /// The snapshot iterator: without it `leakmon snapshot` reads /proc (slower, same result).
 fn load_fd_iter(offsets: &SockOffsets, btf: Option<&aya::Btf>) -> anyhow::Result<crate::fditer::Program> {
     let Some(btf) = btf else {
         bail!("needs the kernel's BTF and the file offsets in it, which could not be read");
     };
-    let program = crate::fditer::Program::load(offsets, btf);
+    let host_wide = hooks::refused_for_tests().iter().any(|p| p == FD_ITER_PID_SCOPE);
+    let program = crate::fditer::Program::load(offsets, btf, host_wide);
     match &program {
+        Ok(program) if program.host_wide() => {
+            info!("snapshot iterator loaded host-wide (Linux 6.1 and later scope it to one process)")
+        }
         Ok(_) => debug!("snapshot iterator loaded"),
         Err(e) => warn!(error = %format!("{e:#}"), "snapshot iterator not loaded: snapshots read /proc"),
     }
