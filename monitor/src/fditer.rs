@@ -99,7 +99,9 @@ impl Program {
 
     /// An iterator over the fds of process `pid` (a thread-group id) for the
     /// process `reader` to read to the end for [`FdIterRecord`]s. Fails with
-    /// ESRCH for no such process.
+    /// ESRCH for no such process. Host-wide, a reader gets the pid of its
+    /// latest request: it reads each iterator before asking for the next (as
+    /// `snapshot --match-comm` does).
     pub fn open_for(&self, pid: u32, reader: u32) -> io::Result<OwnedFd> {
         let Some(readers) = &self.readers else {
             return self.open_scoped(pid);
