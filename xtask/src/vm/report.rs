@@ -93,18 +93,24 @@ fn section(heading: &str, asked: &Options, host_json: &str, guest: &GuestRun) ->
         Some(code) => format!("failed (exit {code})"),
         None => "did not finish".to_string(),
     };
-    let which = asked
-        .filter
-        .map_or("the whole root integration suite".to_string(), |f| {
-            format!("the root integration tests matching `{f}`")
-        });
+    // A filter may be test-binary options (`--skip scenarios::`), which the
+    // command line takes after `--`.
+    let options = asked.filter.is_some_and(|f| f.starts_with('-'));
+    let which = match asked.filter {
+        None => "the whole root integration suite".to_string(),
+        Some(f) if options => format!("the root integration suite with `{f}`"),
+        Some(f) => format!("the root integration tests matching `{f}`"),
+    };
     let mut command = String::from("cargo xtask vm");
-    if let Some(filter) = asked.filter {
+    if let Some(filter) = asked.filter.filter(|_| !options) {
         let _ = write!(command, " {filter:?}");
     }
     let _ = write!(command, " --kernel-package {}", asked.kernel_package);
     if let Some(append) = asked.append {
         let _ = write!(command, " --append {append:?}");
+    }
+    if let Some(filter) = asked.filter.filter(|_| options) {
+        let _ = write!(command, " -- {filter:?}");
     }
     let _ = writeln!(
         out,
@@ -213,6 +219,16 @@ mod tests {
         let ubuntu = &again[again.find("## Linux 5.15").unwrap()..];
         assert!(ubuntu.contains("cargo xtask vm \"ledger\" --kernel-package ubuntu-22.04`"));
         assert!(ubuntu.contains("**passed**"));
+    }
+
+    #[test]
+    fn a_filter_of_test_options_is_written_after_a_double_dash() {
+        let skip = asked("ubuntu-22.04", Some("--skip scenarios::"), None);
+        let report = markdown("", &skip, "[]", &run("5.15.0-25-generic"));
+        assert!(report.contains(
+            "(`cargo xtask vm --kernel-package ubuntu-22.04 -- \"--skip scenarios::\"`): \
+             the root integration suite with `--skip scenarios::`"
+        ));
     }
 
     #[test]
