@@ -21,14 +21,18 @@ pub fn render(status: &Value) -> String {
         status["hooks_attached"], status["hooks_total"]
     );
     for hook in status["hooks"].as_array().into_iter().flatten() {
+        let tracepoint = s(&hook["tracepoint"]);
         if hook["attached"] != Value::Bool(true) {
             let _ = writeln!(
                 out,
-                "  missing {} ({}): {}",
-                s(&hook["tracepoint"]),
+                "  missing {tracepoint} ({}): {}",
                 s(&hook["program"]),
                 s(&hook["error"])
             );
+        } else if tracepoint.contains(" (") {
+            // Attached in a mode the operator should know of (the snapshot
+            // iterator host-wide on kernels before 6.1).
+            let _ = writeln!(out, "  {}: {tracepoint}", s(&hook["program"]));
         }
     }
     let processes = status["processes"].as_array().cloned().unwrap_or_default();
@@ -86,4 +90,33 @@ pub fn render(status: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn names_missing_hooks_and_hooks_attached_in_a_mode_of_their_own() {
+        let status = json!({
+            "hooks_attached": 2,
+            "hooks_total": 3,
+            "hooks": [
+                {"program": "close_enter", "tracepoint": "syscalls/sys_enter_close", "attached": true},
+                {"program": "sock_destroy", "tracepoint": "btf/tcp_destroy_sock", "attached": false,
+                 "error": "refused"},
+                {"program": "fd_iter", "attached": true,
+                 "tracepoint": "iter/task_file (host-wide: this kernel cannot scope it to one process)"},
+            ],
+        });
+        let text = super::render(&status);
+        assert!(text.contains("hooks: 2 of 3 attached\n"));
+        assert!(text.contains("  missing btf/tcp_destroy_sock (sock_destroy): refused\n"));
+        assert!(
+            text.contains(
+                "  fd_iter: iter/task_file (host-wide: this kernel cannot scope it to one process)\n"
+            )
+        );
+        assert!(!text.contains("close_enter"));
+    }
 }
