@@ -22,7 +22,7 @@ use aya_ebpf::{
     bindings::path,
     helpers::{bpf_d_path, bpf_get_current_pid_tgid, bpf_seq_write, bpf_sock_from_file},
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
 };
 use btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple};
 use monitor_common::{FD_TARGET_MAX, FdIterRecord, SockOffsets};
@@ -59,10 +59,10 @@ struct Scratch {
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Host-wide mode: reader tgid -> the tgid it may read
-/// (monitor_common::FD_ITER_READERS). LRU: an entry is stale once its
-/// reader has read, and a new reader evicts the oldest.
+/// (monitor_common::FD_ITER_READERS). A plain hash, not an LRU, which may
+/// evict a reader mid-read: the daemon removes readers that have exited.
 #[map]
-static FD_ITER_READERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0);
+static FD_ITER_READERS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
 /// From the kernel's BTF, set by user space before load.
 #[unsafe(no_mangle)]

@@ -113,11 +113,9 @@ impl Program {
         if !is_process {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
-        readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(reader, pid, 0)
-            .map_err(io::Error::other)?;
+        let mut readers = readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        forget_exited_readers(&mut readers);
+        readers.insert(reader, pid, 0).map_err(io::Error::other)?;
         self.open_link(&[])
     }
 
@@ -143,6 +141,19 @@ impl Program {
         attr[0] = link.as_raw_fd() as u64;
         // The iterator holds its own reference to the link.
         bpf(BPF_ITER_CREATE, &mut attr)
+    }
+}
+
+/// Removes the entries of readers that have exited: the map holds the
+/// clients reading now (and those that read last and still run).
+fn forget_exited_readers(readers: &mut HashMap<MapData, u32, u32>) {
+    let exited: Vec<u32> = readers
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|reader| !std::path::Path::new(&format!("/proc/{reader}")).exists())
+        .collect();
+    for reader in exited {
+        let _ = readers.remove(&reader);
     }
 }
 

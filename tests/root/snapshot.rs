@@ -283,4 +283,9 @@ fn snapshots_of_processes_exiting_mid_read_fail_cleanly() {
     }
     eprintln!("{whole} whole snapshots, {gone} clean 'no process' errors");
     assert!(whole >= 20 && gone >= 20, "{whole} whole, {gone} gone");
+    // The host-wide daemon registered 15 snapshot processes, all gone now:
+    // it keeps only the entries of readers that still run (its own, from
+    // its start-up test) and the last one's, removed at the next request.
+    let readers = host_wide.map_len("FD_ITER_READERS");
+    assert!(readers <= 2, "{readers} readers registered");
 }

@@ -192,6 +192,16 @@ impl Daemon {
         entry["value"][(pid % 8) as usize] != "0x00"
     }
 
+    /// How many entries this daemon's map `name` holds (bpftool).
+    pub fn map_len(&self, name: &str) -> usize {
+        let out = Command::new("bpftool")
+            .args(["map", "dump", "id", &self.map_id(name).to_string(), "-j"])
+            .output()
+            .expect("bpftool");
+        let entries: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        entries.as_array().map_or(0, Vec::len)
+    }
+
     /// The id of this daemon's map `name`.
     fn map_id(&self, name: &str) -> u32 {
         let fdinfo = format!("/proc/{}/fdinfo", self.pid());
