@@ -342,6 +342,22 @@ fn asking_again_once_writable_adds_no_connect() {
 }
 
 #[test]
+fn an_error_the_owner_read_first_is_settled_by_connects_return() {
+    // eventlet's way, when the woken owner's connect() on another CPU takes
+    // the error before the error-report probe reads it: the report says 0.
+    let mut ledger = connecting();
+    connect_returned(&mut ledger, -errno::EINPROGRESS);
+    error(&mut ledger, 0);
+    assert_eq!(outcome(&ledger), ConnectOutcome::InProgress, "0 is no verdict");
+    state(&mut ledger, TCP_SYN_SENT, TCP_CLOSE, 2 * MS);
+    connect_returned(&mut ledger, -errno::ETIMEDOUT);
+    assert_eq!(outcome(&ledger), ConnectOutcome::TimedOut);
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.timeouts, stats.errors), (1, 1, 0));
+    assert_eq!(ledger.counters.socket_errors_taken, 1);
+}
+
+#[test]
 fn asking_again_after_a_refused_nonblocking_connect_adds_nothing() {
     // connect() again, instead of getsockopt(SO_ERROR), returns the error.
     let mut ledger = connecting();

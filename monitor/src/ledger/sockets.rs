@@ -404,6 +404,14 @@ impl Ledger {
             self.counters.socket_events_unowned += 1;
             return;
         }
+        // The kernel wakes the owner before this tracepoint runs, so the
+        // owner's connect() or getsockopt(SO_ERROR) on another CPU may read
+        // (and so clear) the error before the probe does: 0 says nothing. The
+        // attempt is settled by connect()'s return, else by its close.
+        if event.error == 0 {
+            self.counters.socket_errors_taken += 1;
+            return;
+        }
         self.finish_connect(event.inode, Verdict::Errno(event.error));
     }
 

@@ -324,6 +324,9 @@ pub struct LedgerCounters {
     pub events_unowned: u64,
     /// Socket events for a socket no watched fd holds any more.
     pub socket_events_unowned: u64,
+    /// Error reports whose error the owner had read (and so cleared) first.
+    #[serde(default)]
+    pub socket_errors_taken: u64,
     /// Socket states sock_diag disagreed with (a state change was missed).
     pub socket_states_fixed: u64,
     /// Data records for a stream the ledger could not place.
