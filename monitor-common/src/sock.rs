@@ -61,7 +61,8 @@ pub struct SockEvent {
     pub skaddr: u64,
     /// The owner's fd.
     pub fd: u32,
-    /// SockError: the errno the kernel reported; SockState: 0.
+    /// SockError: the errno the kernel reported; SockState: 0, except from
+    /// SYN_SENT to CLOSE: the error the connect failed with (0 for none).
     pub error: i32,
     pub oldstate: u8,
     pub newstate: u8,

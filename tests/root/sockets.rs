@@ -211,6 +211,35 @@ fn refused_timed_out_nonblocking_and_fast_open_connects_count_per_endpoint() {
     );
 }
 
+/// A refused connect is counted as refused from the close's own record:
+/// with the error-report hook refused (as if the owner had read the error
+/// before that probe could, a race the kernel allows), the SYN_SENT -> CLOSE
+/// change carries the error, which the kernel sets before it and the owner
+/// cannot clear until after it.
+#[test]
+fn a_refused_connect_is_a_refusal_from_its_close_alone() {
+    if !require_root("a_refused_connect_is_a_refusal_from_its_close_alone") {
+        return;
+    }
+    let dir = tests::scratch_dir("refused-close");
+    let env = [("LEAKMON_TEST_REFUSE_HOOKS", "sock_error_report")];
+    let daemon = Daemon::start_with_env(&dir, &["--match-comm", "lmw-refclose"], &env);
+    let mut workload = Workload::spawn(&dir, "lmw-refclose", &["serve"]);
+    workload.expect("ready");
+    daemon.sync();
+    let closed = listener().1;
+    // Non-blocking, then poll and getsockopt(SO_ERROR), as CPython does: the
+    // connect() itself says EINPROGRESS, no verdict.
+    let (_, errno) = connect(&mut workload, &closed, "nonblock");
+    assert_eq!(errno, libc::ECONNREFUSED as i64);
+    let refused = endpoint(&daemon, workload.pid, &closed);
+    assert_eq!(
+        (refused["connects"].as_u64(), refused["refused"].as_u64()),
+        (Some(1), Some(1)),
+        "{refused}"
+    );
+}
+
 /// socket() on one CPU, connect() from another. The creation is held back on
 /// the first CPU (as short-lived fds are), so it reaches the daemon after the
 /// connect's records: the ledger must keep the socket and bind the fd when

@@ -215,11 +215,22 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
     } else {
         Born::NONE
     };
+    // A failed connect: the kernel sets sk_err before this change and wakes
+    // the owner after it, so here (unlike at the error report, which runs
+    // after the wakeup) the owner cannot have read and cleared it yet.
+    // (Kernels before 6.10 report a timeout before this close: then either
+    // probe may read it, else the ledger counts the close as a timeout.)
+    let error = if oldstate == TCP_SYN_SENT as i32 && newstate == TCP_CLOSE as i32 {
+        // SAFETY: a member of the tracepoint's struct sock at its BTF offset.
+        unsafe { load::<i32>(sk, sock_offsets().sock_err) }
+    } else {
+        0
+    };
     let change = Change {
         kind: EventKind::SockState,
         oldstate: oldstate as u8,
         newstate: newstate as u8,
-        error: 0,
+        error,
     };
     ship(&change, &owner, sk, registered, born);
     0

@@ -53,12 +53,17 @@ fn state(ledger: &mut Ledger, old: u8, new: u8, ts_ns: u64) {
 }
 
 fn state_on(ledger: &mut Ledger, fd: u32, old: u8, new: u8, ts_ns: u64) {
+    state_with_error(ledger, fd, old, new, ts_ns, 0);
+}
+
+/// A state change carrying the socket's error (SYN_SENT -> CLOSE).
+fn state_with_error(ledger: &mut Ledger, fd: u32, old: u8, new: u8, ts_ns: u64, errno: i32) {
     let event = SockEvent {
         header: header(EventKind::SockState, NO_SYSCALL, ts_ns),
         inode: INODE,
         skaddr: 1,
         fd,
-        error: 0,
+        error: errno,
         oldstate: old,
         newstate: new,
         tuple: tuple(),
@@ -355,6 +360,27 @@ fn an_error_the_owner_read_first_is_settled_by_connects_return() {
     let stats = ironic(&ledger);
     assert_eq!((stats.connects, stats.timeouts, stats.errors), (1, 1, 0));
     assert_eq!(ledger.counters.socket_errors_taken, 1);
+}
+
+#[test]
+fn the_close_of_a_failed_connect_carries_its_error_when_the_report_reads_0() {
+    // CPython's way: poll until writable, then getsockopt(SO_ERROR), which
+    // cleared the error before the report's probe ran; the close, probed
+    // before the owner was woken, read it.
+    let mut ledger = connecting();
+    state_with_error(
+        &mut ledger,
+        5,
+        TCP_SYN_SENT,
+        TCP_CLOSE,
+        2 * MS,
+        errno::ECONNREFUSED,
+    );
+    error(&mut ledger, 0);
+    assert_eq!(outcome(&ledger), ConnectOutcome::Refused);
+    ledger.settle_connects(u64::MAX, 0);
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.refused, stats.timeouts), (1, 1, 0));
 }
 
 #[test]

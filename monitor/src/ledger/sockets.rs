@@ -344,6 +344,11 @@ impl Ledger {
                 if let Some(record) = entry.connect.as_mut() {
                     record.closed_ns = Some(ts);
                 }
+                // The probe read the error the kernel closed it for (0: none,
+                // the application gave up or the close came first).
+                if event.error != 0 {
+                    self.finish_connect(event.inode, Verdict::Errno(event.error));
+                }
             }
             _ => {}
         }
