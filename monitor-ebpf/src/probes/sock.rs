@@ -218,8 +218,9 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
     // A failed connect: the kernel sets sk_err before this change and wakes
     // the owner after it, so here (unlike at the error report, which runs
     // after the wakeup) the owner cannot have read and cleared it yet.
-    // (Kernels before 6.10 report a timeout before this close: then either
-    // probe may read it, else the ledger counts the close as a timeout.)
+    // (Older kernels, 5.15 and 6.1 among them, report the error before this
+    // close: there either probe may read it, else the ledger counts the
+    // close as a timeout.)
     let error = if oldstate == TCP_SYN_SENT as i32 && newstate == TCP_CLOSE as i32 {
         // SAFETY: a member of the tracepoint's struct sock at its BTF offset.
         unsafe { load::<i32>(sk, sock_offsets().sock_err) }
