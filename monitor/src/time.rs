@@ -1,7 +1,10 @@
 //! Clocks. The probes stamp events with CLOCK_BOOTTIME (comparable with
 //! /proc start times); output shows wall-clock RFC 3339 times and ages.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::atomic::{AtomicI64, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use nix::time::{ClockId, clock_gettime};
 
@@ -15,11 +18,37 @@ pub fn boot_ns() -> u64 {
     read(ClockId::CLOCK_BOOTTIME)
 }
 
+/// CLOCK_REALTIME minus CLOCK_BOOTTIME as last settled (`i64::MIN`: not yet).
+static WALL_MINUS_BOOT_NS: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// How far a fresh reading of that offset may stray before it replaces the
+/// settled one: beyond it the wall clock was stepped (or slewed that far).
+const OFFSET_STEP_NS: i64 = 100_000_000;
+
+/// The offset from CLOCK_BOOTTIME to wall-clock ns. The two clocks cannot be
+/// read at once, and the gap between the reads jitters (by milliseconds under
+/// emulation), so a fresh offset for every rendering could show one instant
+/// a millisecond apart; the settled one moves only with the wall clock.
+fn wall_minus_boot_ns() -> i64 {
+    let fresh = read(ClockId::CLOCK_REALTIME) as i64 - boot_ns() as i64;
+    let settled = settle(WALL_MINUS_BOOT_NS.load(Ordering::Relaxed), fresh);
+    WALL_MINUS_BOOT_NS.store(settled, Ordering::Relaxed);
+    settled
+}
+
+/// The offset to use given the settled one (`i64::MIN`: none) and a fresh reading.
+fn settle(settled: i64, fresh: i64) -> i64 {
+    if settled != i64::MIN && (fresh - settled).abs() < OFFSET_STEP_NS {
+        settled
+    } else {
+        fresh
+    }
+}
+
 /// The wall-clock time of a CLOCK_BOOTTIME instant.
 pub fn wall_of(boot_ts_ns: u64) -> SystemTime {
-    let wall_now = read(ClockId::CLOCK_REALTIME);
-    let age = boot_ns().saturating_sub(boot_ts_ns);
-    UNIX_EPOCH + Duration::from_nanos(wall_now.saturating_sub(age))
+    let wall_ns = (boot_ts_ns as i64).saturating_add(wall_minus_boot_ns()).max(0);
+    UNIX_EPOCH + Duration::from_nanos(wall_ns as u64)
 }
 
 pub fn rfc3339(time: SystemTime) -> String {
@@ -66,5 +95,23 @@ mod tests {
         let wall = wall_of(boot_ns());
         let diff = SystemTime::now().duration_since(wall).unwrap_or_default();
         assert!(diff < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_offset_ignores_read_jitter_but_follows_a_clock_step() {
+        assert_eq!(settle(i64::MIN, 5_000), 5_000, "the first reading settles");
+        assert_eq!(settle(5_000, 5_000 + 3_000_000), 5_000, "3 ms of jitter");
+        assert_eq!(settle(5_000, 5_000 - 3_000_000), 5_000);
+        let stepped = 5_000 + 2_000_000_000;
+        assert_eq!(settle(5_000, stepped), stepped, "the wall clock was stepped 2 s");
+    }
+
+    #[test]
+    fn one_instant_renders_the_same_every_time() {
+        let instant = boot_ns();
+        let first = rfc3339_of_boot(instant);
+        for _ in 0..10_000 {
+            assert_eq!(rfc3339_of_boot(instant), first);
+        }
     }
 }
