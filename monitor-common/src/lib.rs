@@ -92,7 +92,7 @@ pub enum EventKind {
     SockState = 20,
     /// The kernel reported an error on a watched socket ([`SockEvent`], `error`).
     SockError = 21,
-    /// connect() returned ([`ConnectEvent`]).
+    /// connect() returned, or getsockopt(SO_ERROR) read a connect's error ([`ConnectEvent`]).
     Connect = 22,
     /// Bytes at the start of a message on a watched TCP socket, plain or TLS ([`DataEvent`]).
     Data = 30,

@@ -27,6 +27,11 @@ pub mod errno {
     }
 }
 
+/// getsockopt(SOL_SOCKET, SO_ERROR): a socket's pending error, which the
+/// read clears.
+pub const SOL_SOCKET: u64 = 1;
+pub const SO_ERROR: u64 = 4;
+
 /// A TCP connection's addresses: the key of TUPLES. IPv4
 /// addresses sit in the first 4 bytes of the 16; ports are host order.
 #[repr(C)]
@@ -82,7 +87,10 @@ pub struct SockEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectEvent {
-    /// `ts_ns` is the time connect() returned.
+    /// `ts_ns` is the time connect() returned. With `syscall`
+    /// [`GETSOCKOPT`](crate::syscalls::GETSOCKOPT), getsockopt(SO_ERROR)
+    /// read the socket's pending error: `ret` is its -errno and no address
+    /// is known (`family` 0).
     pub header: EventHeader,
     pub fd: u32,
     /// 0, or -errno (-EINPROGRESS for a non-blocking connect under way).

@@ -17,6 +17,7 @@ pub const RECVFROM: u32 = 45;
 pub const SENDMSG: u32 = 46;
 pub const RECVMSG: u32 = 47;
 pub const SOCKETPAIR: u32 = 53;
+pub const GETSOCKOPT: u32 = 55;
 pub const EXECVE: u32 = 59;
 pub const FCNTL: u32 = 72;
 pub const CREAT: u32 = 85;
@@ -148,6 +149,7 @@ pub fn name(nr: u32) -> Option<&'static str> {
     match nr {
         CLOSE => Some("close"),
         CONNECT => Some("connect"),
+        GETSOCKOPT => Some("getsockopt"),
         CLOSE_RANGE => Some("close_range"),
         EXECVE => Some("execve"),
         EXECVEAT => Some("execveat"),

@@ -211,32 +211,65 @@ fn refused_timed_out_nonblocking_and_fast_open_connects_count_per_endpoint() {
     );
 }
 
+/// A non-blocking connect to a closed port, completed with poll and
+/// getsockopt(SO_ERROR) as CPython does (the connect() itself says
+/// EINPROGRESS, no verdict), by a process watched by a daemon whose `refused`
+/// hooks the test fault switch refuses: the daemon's status, and the
+/// endpoint's record after the ledger took every record in.
+fn nonblocking_refusal(name: &str, comm: &str, refused: &str) -> (Value, Value) {
+    let dir = tests::scratch_dir(name);
+    let env = [("LEAKMON_TEST_REFUSE_HOOKS", refused)];
+    let daemon = Daemon::start_with_env(&dir, &["--match-comm", comm], &env);
+    let mut workload = Workload::spawn(&dir, comm, &["serve"]);
+    workload.expect("ready");
+    daemon.sync();
+    let closed = listener().1;
+    let (_, errno) = connect(&mut workload, &closed, "nonblock");
+    assert_eq!(errno, libc::ECONNREFUSED as i64);
+    let endpoint = endpoint(&daemon, workload.pid, &closed);
+    (daemon.status(), endpoint)
+}
+
 /// A refused connect is counted as refused from the close's own record:
-/// with the error-report hook refused (as if the owner had read the error
-/// before that probe could, a race the kernel allows), the SYN_SENT -> CLOSE
-/// change carries the error, which the kernel sets before it and the owner
-/// cannot clear until after it.
+/// with the error-report and SO_ERROR hooks refused (as if the owner had
+/// read the error before those probes could, a race the kernel allows), the
+/// SYN_SENT -> CLOSE change carries the error, which the kernel sets before
+/// it and the owner cannot clear until after it.
 #[test]
 fn a_refused_connect_is_a_refusal_from_its_close_alone() {
     if !require_root("a_refused_connect_is_a_refusal_from_its_close_alone") {
         return;
     }
-    let dir = tests::scratch_dir("refused-close");
-    let env = [("LEAKMON_TEST_REFUSE_HOOKS", "sock_error_report")];
-    let daemon = Daemon::start_with_env(&dir, &["--match-comm", "lmw-refclose"], &env);
-    let mut workload = Workload::spawn(&dir, "lmw-refclose", &["serve"]);
-    workload.expect("ready");
-    daemon.sync();
-    let closed = listener().1;
-    // Non-blocking, then poll and getsockopt(SO_ERROR), as CPython does: the
-    // connect() itself says EINPROGRESS, no verdict.
-    let (_, errno) = connect(&mut workload, &closed, "nonblock");
-    assert_eq!(errno, libc::ECONNREFUSED as i64);
-    let refused = endpoint(&daemon, workload.pid, &closed);
+    let (status, refused) =
+        nonblocking_refusal("refused-close", "lmw-refclose", "sock_error_report,sockopt_exit");
     assert_eq!(
         (refused["connects"].as_u64(), refused["refused"].as_u64()),
         (Some(1), Some(1)),
         "{refused}"
+    );
+    assert_eq!(status["ledger"]["socket_errors_read"], 0);
+}
+
+/// Older kernels (5.15, 6.1) wake a connect's owner with the error report,
+/// before the close: the owner's getsockopt(SO_ERROR) may clear the error
+/// before either socket probe loads it. The probe on getsockopt's return
+/// ships what the owner read; here the error-report hook is refused, and the
+/// daemon must have received the value the workload read.
+#[test]
+fn a_connect_error_read_with_so_error_reaches_the_ledger() {
+    if !require_root("a_connect_error_read_with_so_error_reaches_the_ledger") {
+        return;
+    }
+    let (status, refused) = nonblocking_refusal("refused-read", "lmw-refread", "sock_error_report");
+    assert_eq!(
+        (refused["connects"].as_u64(), refused["refused"].as_u64()),
+        (Some(1), Some(1)),
+        "{refused}"
+    );
+    assert_eq!(
+        status["ledger"]["socket_errors_read"], 1,
+        "{:#}",
+        status["ledger"]
     );
 }
 

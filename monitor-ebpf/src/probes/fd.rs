@@ -5,7 +5,8 @@
 //!   written to user memory, dup sources, fcntl/bpf commands, recvmsg
 //!   ancillary data): it reads them from the saved registers (regs.rs).
 //! - `connect_exit` reports a connect() that did not simply succeed, with
-//!   its arguments from the saved registers.
+//!   its arguments from the saved registers; `sockopt_exit` a connect's
+//!   error read back with getsockopt(SO_ERROR).
 //! - `close_enter`/`close_range_enter` record releases at sys_enter, before
 //!   the fd number can be reused by another thread, so the ring buffer order
 //!   is the order in which fd numbers change hands.
@@ -134,6 +135,16 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     sock::connect_done(syscall_args(), ret);
+    0
+}
+
+/// sys_exit of getsockopt(fd, level, optname, optval, optlen): a
+/// connect's error read back with SO_ERROR (sock.rs).
+#[tracepoint]
+pub fn sockopt_exit(ctx: TracePointContext) -> u32 {
+    if ret(&ctx) == 0 && is_watched_current() {
+        sock::error_read(syscall_args());
+    }
     0
 }
 

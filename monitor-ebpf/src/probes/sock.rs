@@ -13,12 +13,13 @@
 //! walks nothing, so a socket that never connects costs no more than any fd.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    ConnectEvent, EventKind, SockEvent, SockOffsets, SockOwner, TCP_CLOSE, TCP_SYN_SENT, Tuple, config_flags,
+    ConnectEvent, EventKind, SO_ERROR, SOL_SOCKET, SockEvent, SockOffsets, SockOwner, TCP_CLOSE,
+    TCP_SYN_SENT, Tuple, config_flags,
     errno::{EALREADY, EISCONN},
     syscalls as nr,
 };
@@ -219,8 +220,8 @@ pub fn sock_set_state(ctx: BtfTracePointContext) -> i32 {
     // the owner after it, so here (unlike at the error report, which runs
     // after the wakeup) the owner cannot have read and cleared it yet.
     // (Older kernels, 5.15 and 6.1 among them, report the error before this
-    // close: there either probe may read it, else the ledger counts the
-    // close as a timeout.)
+    // close: there the owner may clear it before both probes, and
+    // getsockopt(SO_ERROR)'s return says what it read: `error_read`.)
     let error = if oldstate == TCP_SYN_SENT as i32 && newstate == TCP_CLOSE as i32 {
         // SAFETY: a member of the tracepoint's struct sock at its BTF offset.
         unsafe { load::<i32>(sk, sock_offsets().sock_err) }
@@ -301,17 +302,44 @@ pub fn connect_done([fd, user_addr, addr_len, _]: [u64; 4], ret: i64) {
     } else if family == AF_INET6 && len >= 24 {
         addr.copy_from_slice(&raw[8..24]);
     }
+    let port = if family == AF_INET || family == AF_INET6 {
+        port
+    } else {
+        0
+    };
+    ship_connect(nr::CONNECT, fd as u32, ret as i32, family, port, addr);
+}
+
+/// sys_exit of getsockopt(fd, SOL_SOCKET, SO_ERROR, optval, optlen) that
+/// returned 0: the socket's pending error, which this read cleared. When it
+/// is a connect's refusal or timeout, the owner may have read it before
+/// either socket probe loaded it (older kernels wake the owner with the
+/// error report before the close), so it ships as connect()'s return would.
+#[inline(always)]
+pub fn error_read([fd, level, optname, optval]: [u64; 4]) {
+    if level != SOL_SOCKET || optname != SO_ERROR {
+        return;
+    }
+    // SAFETY: user memory the kernel just wrote; a fault makes the read fail.
+    let Ok(error) = (unsafe { bpf_probe_read_user(optval as *const i32) }) else {
+        return;
+    };
+    // 0: no error; anything else outside errno's range: a short optlen
+    // left part of the int unwritten.
+    if (1..4096).contains(&error) {
+        ship_connect(nr::GETSOCKOPT, fd as u32, -error, 0, 0, [0; 16]);
+    }
+}
+
+#[inline(always)]
+fn ship_connect(syscall: u32, fd: u32, ret: i32, family: u16, port: u16, addr: [u8; 16]) {
     if let Some(mut entry) = reserve::<ConnectEvent>(EventKind::Connect) {
         entry.write(ConnectEvent {
-            header: header(EventKind::Connect, nr::CONNECT),
-            fd: fd as u32,
-            ret: ret as i32,
+            header: header(EventKind::Connect, syscall),
+            fd,
+            ret,
             family,
-            port: if family == AF_INET || family == AF_INET6 {
-                port
-            } else {
-                0
-            },
+            port,
             _pad: 0,
             addr,
         });

@@ -14,7 +14,7 @@ mod types;
 pub mod view;
 
 pub use copies::FdId;
-use monitor_common::EventKind;
+use monitor_common::{EventKind, syscalls};
 pub use reconcile::Scan;
 pub use sockets::SocketEntry;
 pub use types::*;
@@ -114,6 +114,10 @@ impl Ledger {
             }
             Event::Sock(_, sock) => {
                 self.sock_error(sock);
+                FollowUp::None
+            }
+            Event::Connect(connect) if connect.header.syscall == syscalls::GETSOCKOPT => {
+                self.connect_error_read(connect);
                 FollowUp::None
             }
             Event::Connect(connect) => {

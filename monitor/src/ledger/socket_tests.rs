@@ -288,6 +288,7 @@ fn connect_returned(ledger: &mut Ledger, ret: i32) {
 }
 
 const ENETUNREACH: i32 = 101;
+const ECONNRESET: i32 = 104;
 
 /// A watched socket on fd 5 whose connect sent its SYN at 1 ms.
 fn connecting() -> Ledger {
@@ -381,6 +382,50 @@ fn the_close_of_a_failed_connect_carries_its_error_when_the_report_reads_0() {
     ledger.settle_connects(u64::MAX, 0);
     let stats = ironic(&ledger);
     assert_eq!((stats.connects, stats.refused, stats.timeouts), (1, 1, 0));
+}
+
+/// getsockopt(fd 5, SO_ERROR) read `errno`.
+fn error_read(ledger: &mut Ledger, errno: i32) {
+    let event = ConnectEvent {
+        header: header(EventKind::Connect, nr::GETSOCKOPT, 3 * MS),
+        fd: 5,
+        ret: -errno,
+        family: 0,
+        port: 0,
+        _pad: 0,
+        addr: [0; 16],
+    };
+    ledger.apply(&Event::Connect(event));
+}
+
+#[test]
+fn an_error_read_with_so_error_before_both_probes_is_the_verdict() {
+    // Older kernels wake the owner with the error report, before the close:
+    // its getsockopt(SO_ERROR) on another CPU can clear the error before
+    // either probe loads it.
+    let mut ledger = connecting();
+    connect_returned(&mut ledger, -errno::EINPROGRESS);
+    error(&mut ledger, 0);
+    error_read(&mut ledger, errno::ECONNREFUSED);
+    state(&mut ledger, TCP_SYN_SENT, TCP_CLOSE, 4 * MS);
+    ledger.settle_connects(u64::MAX, 0);
+    assert_eq!(outcome(&ledger), ConnectOutcome::Refused);
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.refused, stats.timeouts), (1, 1, 0));
+    assert_eq!(ledger.counters.socket_errors_read, 1);
+}
+
+#[test]
+fn an_error_read_after_the_verdict_or_the_connection_changes_nothing() {
+    let mut ledger = connecting();
+    refused(&mut ledger);
+    error_read(&mut ledger, errno::ECONNREFUSED);
+    assert_eq!(ironic(&ledger).refused, 1);
+    let mut ledger = connecting();
+    state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 2 * MS);
+    error_read(&mut ledger, ECONNRESET);
+    let stats = ironic(&ledger);
+    assert_eq!((stats.connects, stats.established, stats.errors), (1, 1, 0));
 }
 
 #[test]

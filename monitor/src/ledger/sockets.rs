@@ -412,12 +412,33 @@ impl Ledger {
         // The kernel wakes the owner before this tracepoint runs, so the
         // owner's connect() or getsockopt(SO_ERROR) on another CPU may read
         // (and so clear) the error before the probe does: 0 says nothing. The
-        // attempt is settled by connect()'s return, else by its close.
+        // attempt is settled by its close's error, connect()'s return or
+        // the value getsockopt(SO_ERROR) read.
         if event.error == 0 {
             self.counters.socket_errors_taken += 1;
             return;
         }
         self.finish_connect(event.inode, Verdict::Errno(event.error));
+    }
+
+    /// getsockopt(SO_ERROR) read a socket's pending error. If a connect is
+    /// under way, that is its verdict: the owner may have read (and so
+    /// cleared) it before either socket probe could. Any other error (a
+    /// reset) the state changes tell.
+    pub(super) fn connect_error_read(&mut self, event: &ConnectEvent) {
+        self.counters.socket_errors_read += 1;
+        if let Some(inode) = self.tcp_socket_of(event.header.tgid, event.fd) {
+            self.finish_connect(inode, Verdict::Errno(-event.ret));
+        }
+    }
+
+    /// The inode of the TCP socket a watched process holds at `fd`.
+    fn tcp_socket_of(&self, tgid: u32, fd: u32) -> Option<u64> {
+        self.processes
+            .get(&tgid)
+            .and_then(|p| p.fds.get(&fd))
+            .filter(|e| e.kind == crate::fdkind::FdKind::SocketTcp)
+            .map(|e| e.inode)
     }
 
     /// connect() returned, not simply with success. Only failures before any
@@ -431,13 +452,7 @@ impl Ledger {
             return;
         }
         let h = &event.header;
-        let Some(inode) = self
-            .processes
-            .get(&h.tgid)
-            .and_then(|p| p.fds.get(&event.fd))
-            .filter(|e| e.kind == crate::fdkind::FdKind::SocketTcp)
-            .map(|e| e.inode)
-        else {
+        let Some(inode) = self.tcp_socket_of(h.tgid, event.fd) else {
             return;
         };
         let remote = SocketAddr::new(ip(event.family, &event.addr), event.port);

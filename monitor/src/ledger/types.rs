@@ -327,6 +327,9 @@ pub struct LedgerCounters {
     /// Error reports whose error the owner had read (and so cleared) first.
     #[serde(default)]
     pub socket_errors_taken: u64,
+    /// Socket errors the owner read with getsockopt(SO_ERROR).
+    #[serde(default)]
+    pub socket_errors_read: u64,
     /// Socket states sock_diag disagreed with (a state change was missed).
     pub socket_states_fixed: u64,
     /// Data records for a stream the ledger could not place.

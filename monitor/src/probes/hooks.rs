@@ -88,6 +88,8 @@ pub fn all() -> Vec<Hook> {
     }
     // connect(): a failure's endpoint and errno (its arguments from the saved registers).
     hooks.push(hook("connect_exit", "syscalls", "sys_exit_connect", true));
+    // getsockopt(SO_ERROR): a connect's error its owner read before the socket probes could.
+    hooks.push(hook("sockopt_exit", "syscalls", "sys_exit_getsockopt", false));
     // listen(): a listening socket's owner (without it, sock_diag finds it).
     hooks.push(hook("listen_enter", "syscalls", "sys_enter_listen", false));
     hooks
