@@ -275,14 +275,23 @@ fn a_connect_closed_without_error_is_abandoned_after_the_grace_period() {
 
 /// connect() on fd 5 returned `ret` (the probe ships no success).
 fn connect_returned(ledger: &mut Ledger, ret: i32) {
+    connect_event(ledger, nr::CONNECT, ret, (2, 6385, tuple().daddr));
+}
+
+/// getsockopt(fd 5, SO_ERROR) read `errno`.
+fn error_read(ledger: &mut Ledger, errno: i32) {
+    connect_event(ledger, nr::GETSOCKOPT, -errno, (0, 0, [0; 16]));
+}
+
+fn connect_event(ledger: &mut Ledger, syscall: u32, ret: i32, (family, port, addr): (u16, u16, [u8; 16])) {
     let event = ConnectEvent {
-        header: header(EventKind::Connect, nr::CONNECT, 5 * MS),
+        header: header(EventKind::Connect, syscall, 5 * MS),
         fd: 5,
         ret,
-        family: 2,
-        port: 6385,
+        family,
+        port,
         _pad: 0,
-        addr: tuple().daddr,
+        addr,
     };
     ledger.apply(&Event::Connect(event));
 }
@@ -382,20 +391,6 @@ fn the_close_of_a_failed_connect_carries_its_error_when_the_report_reads_0() {
     ledger.settle_connects(u64::MAX, 0);
     let stats = ironic(&ledger);
     assert_eq!((stats.connects, stats.refused, stats.timeouts), (1, 1, 0));
-}
-
-/// getsockopt(fd 5, SO_ERROR) read `errno`.
-fn error_read(ledger: &mut Ledger, errno: i32) {
-    let event = ConnectEvent {
-        header: header(EventKind::Connect, nr::GETSOCKOPT, 3 * MS),
-        fd: 5,
-        ret: -errno,
-        family: 0,
-        port: 0,
-        _pad: 0,
-        addr: [0; 16],
-    };
-    ledger.apply(&Event::Connect(event));
 }
 
 #[test]
