@@ -29,10 +29,8 @@ pub fn render(status: &Value) -> String {
                 s(&hook["program"]),
                 s(&hook["error"])
             );
-        } else if tracepoint.contains(" (") {
-            // Attached in a mode the operator should know of (the snapshot
-            // iterator host-wide on kernels before 6.1).
-            let _ = writeln!(out, "  {}: {tracepoint}", s(&hook["program"]));
+        } else if let Some(mode) = hook["mode"].as_str() {
+            let _ = writeln!(out, "  {}: {tracepoint} ({mode})", s(&hook["program"]));
         }
     }
     let processes = status["processes"].as_array().cloned().unwrap_or_default();
@@ -105,8 +103,8 @@ mod tests {
                 {"program": "close_enter", "tracepoint": "syscalls/sys_enter_close", "attached": true},
                 {"program": "sock_destroy", "tracepoint": "btf/tcp_destroy_sock", "attached": false,
                  "error": "refused"},
-                {"program": "fd_iter", "attached": true,
-                 "tracepoint": "iter/task_file (host-wide: this kernel cannot scope it to one process)"},
+                {"program": "fd_iter", "attached": true, "tracepoint": "iter/task_file",
+                 "mode": "host-wide: this kernel cannot scope it to one process"},
             ],
         });
         let text = super::render(&status);

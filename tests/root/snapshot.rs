@@ -31,10 +31,9 @@ fn snapshot_agrees_with_lsof_and_ss() {
     let host_wide =
         Daemon::start_host_wide_iterator(&binary("leakmon", "LEAKMON_BIN"), &dir.join("host-wide"));
     assert!(
-        host_wide.hook("fd_iter")["tracepoint"]
+        host_wide.hook("fd_iter")["mode"]
             .as_str()
-            .unwrap()
-            .contains("host-wide")
+            .is_some_and(|mode| mode.contains("host-wide"))
     );
     let host_wide_snap = snapshot(pid, &host_wide.socket);
     assert_eq!(host_wide_snap["fd_source"], "bpf_iterator");

@@ -116,6 +116,7 @@ pub(crate) fn example_json() -> serde_json::Value {
         tracepoint: "t".into(),
         essential: true,
         attached: false,
+        mode: Some("m"),
         error: Some("e".into()),
     }];
     let kernel = KernelCounters {

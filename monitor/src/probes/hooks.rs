@@ -43,6 +43,10 @@ pub struct HookStatus {
     pub tracepoint: String,
     pub essential: bool,
     pub attached: bool,
+    /// Attached in a way the operator should know of (the snapshot iterator
+    /// host-wide on kernels before 6.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

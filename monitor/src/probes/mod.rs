@@ -149,13 +149,10 @@ impl Probes {
         let host_wide = fd_iter.as_ref().is_ok_and(|program| program.host_wide());
         hooks.push(HookStatus {
             program: "fd_iter",
-            tracepoint: if host_wide {
-                "iter/task_file (host-wide: this kernel cannot scope it to one process)".into()
-            } else {
-                "iter/task_file".into()
-            },
+            tracepoint: "iter/task_file".into(),
             essential: false,
             attached: fd_iter.is_ok(),
+            mode: host_wide.then_some("host-wide: this kernel cannot scope it to one process"),
             error: fd_iter.as_ref().err().map(|e| format!("{e:#}")),
         });
         hooks.push(HookStatus {
@@ -163,6 +160,7 @@ impl Probes {
             tracepoint: "test_run/each CPU".into(),
             essential: false,
             attached: deferral.is_ok(),
+            mode: None,
             error: deferral.as_ref().err().map(|e| format!("{e:#}")),
         });
         let deferral = deferral
@@ -436,6 +434,7 @@ fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Vec<HookStatus> {
             tracepoint,
             essential: hook.essential,
             attached: result.is_ok(),
+            mode: None,
             error: result.err().map(|e| format!("{e:#}")),
         });
     }
