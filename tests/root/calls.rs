@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{Value, json};
 use tests::{
+    ScratchDir,
     daemon::Daemon,
     require_root,
     scenario::regex_escape,
@@ -17,10 +18,11 @@ use tests::{
 /// watched (with its TLS uprobes attached when `tls`).
 struct Bed {
     bed: Testbed,
-    dir: std::path::PathBuf,
     ironic: Ironic,
     node: String,
     daemon: Daemon,
+    /// Last: removed once Ironic and the daemon have stopped.
+    dir: ScratchDir,
 }
 
 impl Bed {

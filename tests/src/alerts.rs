@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{daemon::Daemon, scratch_dir, workload::Workload};
+use crate::{ScratchDir, daemon::Daemon, scratch_dir, workload::Workload};
 
 /// Short windows and thresholds so that each rule fires within seconds.
 pub const FAST_RULES: &str = r#"
@@ -44,10 +44,11 @@ quiet_s = 3
 "#;
 
 pub struct Watched {
-    pub dir: PathBuf,
     pub daemon: Daemon,
     pub workload: Workload,
     pub pid: u32,
+    /// Last: removed once the daemon and the workload have stopped.
+    pub dir: ScratchDir,
 }
 
 impl Watched {

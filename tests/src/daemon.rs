@@ -15,6 +15,8 @@ pub struct Daemon {
     child: Child,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// The test's directory when the daemon owns it: removed after the daemon stops.
+    scratch: Option<crate::ScratchDir>,
 }
 
 impl Daemon {
@@ -22,6 +24,13 @@ impl Daemon {
     /// waits until it answers on its socket.
     pub fn start(dir: &Path, args: &[&str]) -> Daemon {
         Daemon::start_bin(&crate::binary("leakmon", "LEAKMON_BIN"), dir, args)
+    }
+
+    /// Takes the test's directory (its socket and log are there), to remove
+    /// it once the daemon has stopped.
+    pub fn owning(mut self, dir: crate::ScratchDir) -> Daemon {
+        self.scratch = Some(dir);
+        self
     }
 
     /// As [`Daemon::start`], with extra environment (e.g. RUST_LOG).
@@ -76,7 +85,12 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).expect("daemon log"))
             .spawn()
             .expect("spawn leakmon run");
-        let mut daemon = Daemon { child, socket, log };
+        let mut daemon = Daemon {
+            child,
+            socket,
+            log,
+            scratch: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = daemon.child.try_wait().expect("wait") {

@@ -20,7 +20,7 @@ pub mod testbed;
 pub mod truth;
 pub mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Root tests call this first. Without root they print why they skip; with
 /// LEAKMON_REQUIRE_ROOT=1 (set by `cargo xtask test`, i.e. in CI) a skip is a failure.
@@ -114,13 +114,43 @@ pub fn watched_workload(
     let mut workload = workload::Workload::spawn(&dir, comm, args);
     let ready = workload.expect("ready");
     daemon.sync();
-    (daemon, workload, ready)
+    (daemon.owning(dir), workload, ready)
 }
 
-/// A fresh directory under /tmp for one test.
-pub fn scratch_dir(test: &str) -> PathBuf {
+/// A fresh directory under the temp dir for one test: [`ScratchDir`].
+pub fn scratch_dir(test: &str) -> ScratchDir {
     let dir = std::env::temp_dir().join(format!("leakmon-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    ScratchDir(dir)
+}
+
+/// A test's directory (daemon log, control socket, testbed state), removed
+/// when it drops, unless the test is failing: then its logs are the
+/// diagnosis, and the path is printed. Whatever runs in it must stop first:
+/// a struct holding one declares it last (fields drop in order).
+pub struct ScratchDir(PathBuf);
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for ScratchDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for diagnosis", self.0.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
 }

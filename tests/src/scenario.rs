@@ -4,13 +4,13 @@
 
 use std::{
     io::Write as _,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 
 use crate::{
+    ScratchDir,
     alerts::{alerts_in, await_alert_in},
     daemon::Daemon,
     scratch_dir,
@@ -70,12 +70,13 @@ impl Default for Options<'_> {
 
 pub struct Scenario {
     pub name: String,
-    pub dir: PathBuf,
     pub ironic: Ironic,
     pub nodes: Vec<String>,
     pub daemon: Daemon,
     pub nova: NovaCompute,
     fault_at: Option<Instant>,
+    /// Last: removed once Ironic, the daemon and the harness have stopped.
+    pub dir: ScratchDir,
 }
 
 impl Scenario {

@@ -30,13 +30,14 @@ impl Workload {
         )
     }
 
-    /// As [`Workload::spawn`], with a given workload binary.
+    /// As [`Workload::spawn`], with a given workload binary. Its temporary
+    /// files go to `dir` too, which the test removes.
     pub fn spawn_bin(bin: &Path, dir: &Path, comm: &str, args: &[&str]) -> Workload {
         let link = dir.join(comm);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(bin, &link).unwrap();
         let mut command = Command::new(&link);
-        command.args(args).stderr(Stdio::inherit());
+        command.args(args).env("TMPDIR", dir).stderr(Stdio::inherit());
         Workload::start(command)
     }
 

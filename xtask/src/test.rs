@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the whole suite, as CI runs it.
 
-use std::process::Command;
+use std::{collections::BTreeSet, process::Command};
 
 use crate::util::{cargo, exec, is_root, step};
 
@@ -41,7 +41,16 @@ pub fn run_suite(filter: Option<&str>) -> anyhow::Result<()> {
     if is_root() {
         test.env("LEAKMON_REQUIRE_ROOT", "1");
     }
+    let before = scratch_entries();
     exec(&mut test)?;
+    let left: Vec<String> = scratch_entries().difference(&before).cloned().collect();
+    anyhow::ensure!(
+        left.is_empty(),
+        "the tests passed but left {} behind in {}: {} (a passing test removes its scratch directory)",
+        left.len(),
+        std::env::temp_dir().display(),
+        left.join(" ")
+    );
     if is_root() && filter.is_none() {
         for smoke in crate::vm::Options::smokes() {
             step(&format!(
@@ -54,6 +63,18 @@ pub fn run_suite(filter: Option<&str>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The temp dir's `leakmon-*` entries: each test's scratch directory, which
+/// it removes unless it fails (then it is the diagnosis).
+fn scratch_entries() -> BTreeSet<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("leakmon-"))
+        .collect()
 }
 
 pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
