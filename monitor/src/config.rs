@@ -16,8 +16,10 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/leakmon/leakmon.sock";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    // `cause`, not `source`: the message says it once, so an error chain
+    // (`{:#}`) does not repeat it.
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
@@ -170,10 +172,10 @@ impl Config {
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Config::default());
             }
-            Err(source) => {
+            Err(cause) => {
                 return Err(ConfigError::Read {
                     path: path.to_path_buf(),
-                    source,
+                    cause,
                 });
             }
         };
@@ -382,5 +384,12 @@ mod tests {
     fn a_missing_explicit_file_is_an_error_but_the_default_may_be_absent() {
         let err = Config::load(Some(Path::new("/nonexistent/leakmon.toml"))).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/leakmon.toml"), "{err}");
+        // As main prints it: the OS's reason once, not again as the chain's cause.
+        let printed = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(
+            printed.matches("No such file or directory").count(),
+            1,
+            "{printed}"
+        );
     }
 }

@@ -14,20 +14,21 @@ use crate::fdkind::{self, FdKind, FileType};
 pub enum ProcError {
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
-    #[error("cannot read /proc/{pid}/{what}: {source}")]
+    // `cause`, not `source`: said once in the message, not again in a chain.
+    #[error("cannot read /proc/{pid}/{what}: {cause}")]
     Unreadable {
         pid: u32,
         what: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
 fn unreadable(pid: u32, what: &'static str) -> impl FnOnce(io::Error) -> ProcError {
-    move |source| {
-        if source.kind() == io::ErrorKind::NotFound {
+    move |cause| {
+        if cause.kind() == io::ErrorKind::NotFound {
             ProcError::NoSuchProcess(pid)
         } else {
-            ProcError::Unreadable { pid, what, source }
+            ProcError::Unreadable { pid, what, cause }
         }
     }
 }
@@ -68,7 +69,7 @@ fn proc_err(pid: u32, what: &'static str, error: procfs::ProcError) -> ProcError
         other => ProcError::Unreadable {
             pid,
             what,
-            source: io::Error::other(other.to_string()),
+            cause: io::Error::other(other.to_string()),
         },
     }
 }
@@ -328,7 +329,7 @@ pub fn memory(pid: u32) -> Result<Memory, ProcError> {
     memory_of_statm(&statm).ok_or_else(|| ProcError::Unreadable {
         pid,
         what: "statm",
-        source: io::Error::new(
+        cause: io::Error::new(
             io::ErrorKind::InvalidData,
             format!("unexpected content {statm:?}"),
         ),

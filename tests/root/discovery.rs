@@ -279,4 +279,19 @@ fn the_control_socket_refuses_non_root_clients() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&daemon.socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
+    // Without the daemon's help a non-root snapshot of init's fds is a
+    // one-line error naming what it could not read, the reason said once.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tests::binary("leakmon", "LEAKMON_BIN"))
+        .args(["snapshot", "--pid", "1", "--control-socket"])
+        .arg(&daemon.socket)
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "leakmon: cannot read /proc/1/fd: Permission denied (os error 13)"
+    );
 }

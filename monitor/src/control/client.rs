@@ -21,8 +21,9 @@ pub enum ClientError {
     NotRunning(PathBuf),
     #[error("permission denied on {0}: the control socket is root-only")]
     PermissionDenied(PathBuf),
-    #[error("talking to the daemon on {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // `cause`, not `source`: said once in the message, not again in a chain.
+    #[error("talking to the daemon on {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("the daemon says: {0}")]
     Daemon(String),
 }
@@ -80,9 +81,9 @@ pub fn fd_iter(path: &Path, pid: u32) -> Result<OwnedFd, ClientError> {
 
 /// Wraps an I/O error with the socket's path.
 fn io_error(path: &Path) -> impl Fn(io::Error) -> ClientError + Copy + '_ {
-    move |source| ClientError::Io {
+    move |cause| ClientError::Io {
         path: path.into(),
-        source,
+        cause,
     }
 }
 
@@ -92,7 +93,7 @@ fn send(path: &Path, request: &Request) -> Result<UnixStream, ClientError> {
         io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(path.into()),
         _ => ClientError::Io {
             path: path.into(),
-            source: e,
+            cause: e,
         },
     })?;
     let io_err = io_error(path);
