@@ -103,16 +103,17 @@ impl Program {
     /// latest request: it reads each iterator before asking for the next (as
     /// `snapshot --match-comm` does).
     pub fn open_for(&self, pid: u32, reader: u32) -> io::Result<OwnedFd> {
-        let Some(readers) = &self.readers else {
-            return self.open_scoped(pid);
-        };
-        // The scoped link checks the pid; here it is checked first.
+        // A thread's id is not a process's: the scoped link would walk no
+        // fds for it (an empty table, not an error), the host-wide walk none.
         let is_process = procfs::process::Process::new(pid as i32)
             .and_then(|p| p.status())
             .is_ok_and(|status| status.tgid == pid as i32);
         if !is_process {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
+        let Some(readers) = &self.readers else {
+            return self.open_scoped(pid);
+        };
         let mut readers = readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         forget_exited_readers(&mut readers);
         readers.insert(reader, pid, 0).map_err(io::Error::other)?;

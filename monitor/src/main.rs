@@ -10,7 +10,7 @@ use monitor::{
     cli::{Cli, Command, RunArgs},
     config::{Config, LogFormat},
     control::{client, protocol::Request},
-    doctor, engine, labels, probes, snapshot, status_cmd,
+    doctor, engine, labels, probes, proc, snapshot, status_cmd,
 };
 
 fn main() -> ExitCode {
@@ -24,12 +24,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The process a `--pid` names: a thread's id stands for its process (the
+/// fd table and the ledger are the process's), and stderr says so. An id
+/// /proc does not know is left for the command to report.
+fn process_of(pid: u32) -> u32 {
+    match proc::process_of(pid) {
+        Ok(tgid) if tgid != pid => {
+            eprintln!("leakmon: {pid} is a thread of process {tgid}: showing the process");
+            tgid
+        }
+        _ => pid,
+    }
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Snapshot(args) => {
             let pids = match (args.target.pid, &args.target.match_comm) {
-                (Some(pid), _) => vec![pid],
+                (Some(pid), _) => vec![process_of(pid)],
                 (None, Some(name)) => snapshot::pids_named(name),
                 (None, None) => unreachable!("clap requires a target"),
             };
@@ -64,7 +77,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ledger(args) => {
-            let data = client::request(&args.control_socket, &Request::Ledger { pid: args.pid })?;
+            let pid = process_of(args.pid);
+            let data = client::request(&args.control_socket, &Request::Ledger { pid })?;
             println!("{}", serde_json::to_string_pretty(&data)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -81,7 +95,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Calls(args) => {
             let request = Request::Calls {
-                pid: args.pid,
+                pid: process_of(args.pid),
                 recent: args.recent,
             };
             let data = client::request(&args.control_socket, &request)?;

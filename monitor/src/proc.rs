@@ -63,6 +63,16 @@ pub fn process_info(pid: u32) -> Result<ProcessInfo, ProcError> {
     })
 }
 
+/// The process (thread group) thread `tid` belongs to; a process's own id
+/// gives itself. /proc answers for a thread's id too, so without this a
+/// tid (from `top -H`, or an alert's evidence) would pass for a process.
+pub fn process_of(tid: u32) -> Result<u32, ProcError> {
+    let status = procfs::process::Process::new(tid as i32)
+        .and_then(|process| process.status())
+        .map_err(|e| proc_err(tid, "status", e))?;
+    Ok(status.tgid as u32)
+}
+
 fn proc_err(pid: u32, what: &'static str, error: procfs::ProcError) -> ProcError {
     match error {
         procfs::ProcError::NotFound(_) => ProcError::NoSuchProcess(pid),

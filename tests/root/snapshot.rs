@@ -288,3 +288,62 @@ fn snapshots_of_processes_exiting_mid_read_fail_cleanly() {
     let readers = host_wide.map_len("FD_ITER_READERS");
     assert!(readers <= 2, "{readers} readers registered");
 }
+
+/// A thread's id (from `top -H`, or an alert's evidence) names its process:
+/// the snapshot is the process's, through the iterator as through /proc,
+/// and stderr says which process. (The iterator scoped to a thread's id
+/// used to list no fds at all.)
+#[test]
+fn a_thread_id_shows_its_process() {
+    if !require_root("a_thread_id_shows_its_process") {
+        return;
+    }
+    let (daemon, mut workload, _) = watched_workload("snapshot-thread", "lmw-threaded", &["serve"]);
+    let dir = daemon.log.parent().unwrap().to_path_buf();
+    workload.send("drip threads 0 1");
+    workload.expect("dripped");
+    let pid = workload.pid;
+    let tid: u32 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .find(|&tid| tid != pid)
+        .expect("the workload's second thread");
+    // The daemon refuses the thread's id itself, as any client may ask.
+    let asked = daemon.try_request(&serde_json::json!({"request": "fd_iter", "pid": tid}));
+    assert_eq!(asked, Err(format!("no process with pid {tid}")));
+    let process = snapshot(pid, &daemon.socket);
+    for socket in [daemon.socket.clone(), dir.join("none.sock")] {
+        let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
+            .args([
+                "snapshot",
+                "--json",
+                "--pid",
+                &tid.to_string(),
+                "--control-socket",
+            ])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("leakmon: {tid} is a thread of process {pid}: showing the process")
+        );
+        let snap: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(snap["pid"], pid);
+        assert_eq!(snap["threads"].as_array().unwrap().len(), 2);
+        assert_same_fds(&snap, &process);
+        assert!(!snap["fds"].as_array().unwrap().is_empty());
+    }
+    // So do the daemon's other views of a process.
+    let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
+        .args(["ledger", "--pid", &tid.to_string(), "--control-socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ledger: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ledger["pid"], pid);
+    workload.send("exit");
+}

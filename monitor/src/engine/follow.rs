@@ -94,8 +94,17 @@ impl Engine {
             }
         }
         for pid in self.matcher.pids() {
-            if !self.ledger.processes.contains_key(&pid) {
-                warn!(pid, "no process with this pid: it is not watched");
+            if self.ledger.processes.contains_key(&pid) {
+                continue;
+            }
+            match proc::process_of(pid) {
+                Ok(process) if process != pid => {
+                    warn!(
+                        pid,
+                        process, "this pid is a thread's: pin its process instead; it is not watched"
+                    )
+                }
+                _ => warn!(pid, "no process with this pid: it is not watched"),
             }
         }
     }
