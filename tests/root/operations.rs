@@ -1,6 +1,6 @@
 //! Operations: `leakmon doctor`, a nova-compute in its own pid namespace
-//! (kolla's container), a host where tracefs is not mounted, and one in
-//! kernel lockdown.
+//! (kolla's container), a host where tracefs is not mounted, one in kernel
+//! lockdown, and a daemon that cannot start.
 
 use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
@@ -339,4 +339,54 @@ fn confidentiality_lockdown_stops_the_daemon_and_says_why() {
     let snapshot = tests::snapshot_json(&leakmon, std::process::id(), &socket);
     assert_eq!(snapshot["fd_source"], "proc", "{snapshot:#}");
     assert!(!snapshot["fds"].as_array().unwrap().is_empty(), "{snapshot:#}");
+}
+
+/// What can fail at once fails before the probes load (which takes seconds
+/// to attach and seconds to detach): a second daemon on a socket that
+/// answers, a metrics address in use, an alerts file that cannot be
+/// opened. Each is a one-line error, and the running daemon is untouched.
+#[test]
+fn a_daemon_that_cannot_start_says_why_before_loading_probes() {
+    if !require_root("a_daemon_that_cannot_start_says_why_before_loading_probes") {
+        return;
+    }
+    let dir = scratch_dir("cannot-start");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lmw-none-such"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let spare = dir.join("spare.sock");
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            vec![daemon.socket.to_str().unwrap()],
+            "another leakmon daemon answers on",
+        ),
+        (
+            vec![spare.to_str().unwrap(), "--metrics-listen", &taken],
+            "Address already in use",
+        ),
+        (
+            vec![
+                spare.to_str().unwrap(),
+                "--alerts-file",
+                "/nonexistent/leakmon/alerts.ndjson",
+            ],
+            "opening the alerts file /nonexistent/leakmon/alerts.ndjson",
+        ),
+    ];
+    for (args, why) in cases {
+        let out = Command::new(tests::binary("leakmon", "LEAKMON_BIN"))
+            .args(["run", "--match-comm", "lmw-none-such", "--control-socket"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(why), "{why}: {stderr}");
+        assert!(
+            !stderr.contains("probes loaded"),
+            "loaded the probes first: {stderr}"
+        );
+        assert!(!spare.exists(), "left a control socket behind");
+    }
+    daemon.sync();
 }

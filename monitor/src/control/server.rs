@@ -60,7 +60,7 @@ pub fn spawn(
 
 /// Creates the parent directory (0700) and clears a stale socket, but never
 /// takes the socket of a daemon that still answers.
-fn prepare(path: &Path) -> anyhow::Result<()> {
+pub fn prepare(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && !dir.exists()

@@ -90,6 +90,17 @@ pub type Reload = Box<dyn Fn() -> anyhow::Result<Config>>;
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     let matcher = Matcher::new(&config.discovery).context("discovery rules")?;
+    // What can fail in a moment fails before the probes load (seconds to
+    // attach, seconds to detach): another daemon on the socket, a metrics
+    // address in use, an alerts file that cannot be opened.
+    let socket_path = config.daemon.control_socket.clone();
+    control::server::prepare(&socket_path)?;
+    let labels = crate::labels::Labels::new(&config.endpoints).map_err(anyhow::Error::msg)?;
+    let alerting = alerting::Alerting::new(&config)?;
+    let (requests, mut incoming) = mpsc::channel::<Incoming>(64);
+    if let Some(addr) = config.alerts.metrics_listen {
+        crate::metrics_server::spawn(addr, requests.clone()).await?;
+    }
     let settings = Settings {
         ring_buffer_bytes: config.probes.ring_buffer_bytes,
         kernel: kernel_config(&config, &matcher),
@@ -116,8 +127,8 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         reconcile_soon: Default::default(),
         maybe_gone: Default::default(),
         refused: Default::default(),
-        labels: crate::labels::Labels::new(&config.endpoints).map_err(anyhow::Error::msg)?,
-        alerting: alerting::Alerting::new(&config)?,
+        labels,
+        alerting,
     };
     // SAFETY: the AsyncFd owns the RingBuf, which owns the map fd, so the fd
     // stays open for as long as it is registered.
@@ -125,11 +136,6 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         .context("polling the ring buffer")?;
     engine.discover_all(ring.get_mut());
 
-    let (requests, mut incoming) = mpsc::channel::<Incoming>(64);
-    let socket_path = config.daemon.control_socket.clone();
-    if let Some(addr) = config.alerts.metrics_listen {
-        crate::metrics_server::spawn(addr, requests.clone()).await?;
-    }
     let direct = control::server::Direct {
         fd_iter: engine.probes.fd_iter.clone(),
     };
