@@ -25,7 +25,10 @@ use super::{Alert, Status};
 use crate::detect::Rule;
 
 const QUEUE: usize = 1024;
-/// Alerts waiting for a successful POST at most (the oldest go first).
+/// Alerts waiting for a successful POST at most. Beyond it the first in
+/// (rule, pid, key) order are dropped and counted: a firing one goes again
+/// with the next re-send, a dropped resolution takes effect when
+/// Alertmanager's resolve_timeout runs out.
 const MAX_PENDING: usize = 4096;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
