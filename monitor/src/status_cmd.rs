@@ -9,10 +9,10 @@ pub fn render(status: &Value) -> String {
     let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
     let _ = writeln!(
         out,
-        "leakmon {} (pid {}) up {}s since {}",
+        "leakmon {} (pid {}) up {} since {}",
         s(&status["version"]),
         status["daemon_pid"],
-        status["uptime_s"],
+        crate::time::short_age(status["uptime_s"].as_f64().unwrap_or_default()),
         s(&status["started"])
     );
     let _ = writeln!(
@@ -97,6 +97,10 @@ mod tests {
     #[test]
     fn names_missing_hooks_and_hooks_attached_in_a_mode_of_their_own() {
         let status = json!({
+            "version": "0.1.0",
+            "daemon_pid": 42,
+            "uptime_s": 236.431,
+            "started": "2026-12-03T05:42:34.312Z",
             "hooks_attached": 2,
             "hooks_total": 3,
             "hooks": [
@@ -108,6 +112,7 @@ mod tests {
             ],
         });
         let text = super::render(&status);
+        assert!(text.starts_with("leakmon 0.1.0 (pid 42) up 3m since 2026-12-03T05:42:34.312Z\n"));
         assert!(text.contains("hooks: 2 of 3 attached\n"));
         assert!(text.contains("  missing btf/tcp_destroy_sock (sock_destroy): refused\n"));
         assert!(
