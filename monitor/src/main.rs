@@ -41,23 +41,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Snapshot(args) => {
-            let pids = match (args.target.pid, &args.target.match_comm) {
-                (Some(pid), _) => vec![process_of(pid)],
-                (None, Some(name)) => snapshot::pids_named(name),
-                (None, None) => unreachable!("clap requires a target"),
-            };
-            if pids.is_empty() {
-                anyhow::bail!(
-                    "no process matches {}",
-                    args.target.match_comm.unwrap_or_default()
-                );
-            }
             let config = Config::load(args.config.as_deref())?;
             let labels = labels::Labels::new(&config.endpoints).map_err(anyhow::Error::msg)?;
-            let mut snapshots = Vec::new();
-            for pid in &pids {
-                snapshots.push(snapshot::take(*pid, &args.control_socket, &labels)?);
-            }
+            let snapshots = match (args.target.pid, &args.target.match_comm) {
+                (Some(pid), _) => vec![snapshot::take(process_of(pid), &args.control_socket, &labels)?],
+                (None, Some(name)) => {
+                    let pids = snapshot::pids_named(name);
+                    let (snapshots, gone) = snapshot::take_matching(&pids, &args.control_socket, &labels)?;
+                    for pid in gone {
+                        eprintln!("leakmon: process {pid} ({name}) exited before its snapshot");
+                    }
+                    anyhow::ensure!(!snapshots.is_empty(), "no process matches {name}");
+                    snapshots
+                }
+                (None, None) => unreachable!("clap requires a target"),
+            };
             // Streamed: a large process's snapshot is megabytes of JSON.
             let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
             if args.json && args.target.pid.is_some() {

@@ -347,3 +347,63 @@ fn a_thread_id_shows_its_process() {
     assert_eq!(ledger["pid"], pid);
     workload.send("exit");
 }
+
+/// `snapshot --match-comm` over processes that come and go: one that exits
+/// between the selection and its snapshot is left out with a note, never
+/// an error for the rest (it used to end the whole command with "no process
+/// with pid N").
+#[test]
+fn a_match_over_exiting_processes_leaves_the_exited_out() {
+    if !require_root("a_match_over_exiting_processes_leaves_the_exited_out") {
+        return;
+    }
+    let dir = scratch_dir("snapshot-match-exiting");
+    let brief = dir.join("lmw-brief");
+    std::os::unix::fs::symlink("/bin/sleep", &brief).unwrap();
+    let (mut shown, mut left_out) = (0, 0);
+    for round in 0..40 {
+        // Exits spread over the snapshot's own run (a few ms a process),
+        // each reaped at once: a zombie is still a process to snapshot.
+        let reapers: Vec<_> = (0..30)
+            .map(|i| {
+                let mut child = Command::new(&brief)
+                    .arg(format!("0.0{:02}", (i * 3 + round) % 100))
+                    .spawn()
+                    .unwrap();
+                std::thread::spawn(move || child.wait())
+            })
+            .collect();
+        let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
+            .args(["snapshot", "--json", "--match-comm", "lmw-brief"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for reaper in reapers {
+            let _ = reaper.join();
+        }
+        for line in stderr.lines() {
+            assert!(
+                line.ends_with("(lmw-brief) exited before its snapshot")
+                    || line == "leakmon: no process matches lmw-brief",
+                "{stderr}"
+            );
+            left_out += line.ends_with("exited before its snapshot") as usize;
+        }
+        if out.status.success() {
+            let snaps: Value = serde_json::from_slice(&out.stdout).expect("a whole JSON array");
+            assert!(snaps.as_array().is_some_and(|s| !s.is_empty()), "{snaps}");
+            shown += 1;
+        } else {
+            assert_eq!(
+                stderr.lines().last(),
+                Some("leakmon: no process matches lmw-brief")
+            );
+        }
+    }
+    eprintln!("{shown} rounds with snapshots, {left_out} processes left out");
+    assert!(shown >= 10, "only {shown} rounds caught a process");
+    assert!(
+        left_out > 0,
+        "no process exited mid-snapshot: the test proved nothing"
+    );
+}

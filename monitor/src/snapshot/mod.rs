@@ -195,6 +195,32 @@ fn same_object(ledger: FdKind, provisional: bool, proc: FdKind) -> bool {
     provisional || ledger == proc || ledger == FdKind::Other || (ledger.is_socket() && proc.is_socket())
 }
 
+/// Snapshots of the processes `pids_named` selected. One that exits between
+/// the selection and its snapshot is left out and its pid returned: it is
+/// no error for the others (a `--match-comm` of short-lived processes).
+pub fn take_matching(
+    pids: &[u32],
+    control_socket: &Path,
+    labels: &Labels,
+) -> Result<(Vec<Snapshot>, Vec<u32>), ProcError> {
+    take_each(pids, |pid| take(pid, control_socket, labels))
+}
+
+fn take_each<T>(
+    pids: &[u32],
+    mut take: impl FnMut(u32) -> Result<T, ProcError>,
+) -> Result<(Vec<T>, Vec<u32>), ProcError> {
+    let (mut taken, mut gone) = (Vec::new(), Vec::new());
+    for &pid in pids {
+        match take(pid) {
+            Ok(snapshot) => taken.push(snapshot),
+            Err(ProcError::NoSuchProcess(_)) => gone.push(pid),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((taken, gone))
+}
+
 /// pids whose comm or argv[0]/argv[1] basename is `name`.
 pub fn pids_named(name: &str) -> Vec<u32> {
     let discovery = crate::config::Discovery {
@@ -252,5 +278,21 @@ mod tests {
     fn unknown_pid_is_an_error() {
         let err = take(1 << 23, Path::new("/nonexistent"), &Labels::default()).unwrap_err();
         assert!(err.to_string().contains("no process with pid"), "{err}");
+    }
+
+    #[test]
+    fn a_matched_process_that_exits_is_left_out_and_other_errors_stop() {
+        let take = |pid: u32| match pid {
+            2 => Err(ProcError::NoSuchProcess(2)),
+            4 => Err(ProcError::Unreadable {
+                pid,
+                what: "fd",
+                cause: std::io::Error::from_raw_os_error(libc::EACCES),
+            }),
+            _ => Ok(pid),
+        };
+        let (taken, gone) = take_each(&[1, 2, 3], take).unwrap();
+        assert_eq!((taken, gone), (vec![1, 3], vec![2]));
+        assert!(take_each(&[1, 4, 3], take).is_err());
     }
 }
