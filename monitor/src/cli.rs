@@ -54,7 +54,7 @@ pub struct RunArgs {
     /// Watch processes whose command line matches REGEX (repeatable).
     #[arg(long, value_name = "REGEX")]
     pub match_cmdline: Vec<String>,
-    /// Watch this pid whatever it runs (repeatable).
+    /// Watch this process whatever it runs (repeatable; a process id, not a thread's).
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
     /// Control socket path [default: from the config, else /run/leakmon/leakmon.sock].
@@ -83,7 +83,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false, id = "target")]
 pub struct Target {
-    /// The process to show.
+    /// The process to show (a thread's id shows its process).
     #[arg(long, value_name = "PID", group = "target")]
     pub pid: Option<u32>,
     /// Every process whose comm or argv[0]/argv[1] basename is NAME.
@@ -107,6 +107,7 @@ pub struct SnapshotArgs {
 
 #[derive(Debug, Args)]
 pub struct LedgerArgs {
+    /// The watched process (a thread's id stands for its process).
     #[arg(long, value_name = "PID")]
     pub pid: u32,
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
@@ -115,6 +116,7 @@ pub struct LedgerArgs {
 
 #[derive(Debug, Args)]
 pub struct CallsArgs {
+    /// The watched process (a thread's id stands for its process).
     #[arg(long, value_name = "PID")]
     pub pid: u32,
     /// How many of the most recent calls to list.
