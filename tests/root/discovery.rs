@@ -253,6 +253,20 @@ fn a_pid_that_does_not_exist_is_reported_and_the_daemon_runs_on() {
         "{}",
         daemon.log_text()
     );
+    // Asked about it, the daemon says there is no such process (not "not watched").
+    for request in ["ledger", "calls"] {
+        let answer =
+            daemon.try_request(&serde_json::json!({"request": request, "pid": 4194300, "recent": 1}));
+        assert_eq!(
+            answer,
+            Err("no process with pid 4194300".to_string()),
+            "{request}"
+        );
+    }
+    assert_eq!(
+        daemon.try_request(&serde_json::json!({"request": "ledger", "pid": 1})),
+        Err("pid 1 is not watched by this daemon".to_string())
+    );
     assert!(daemon.stop().success());
 }
 

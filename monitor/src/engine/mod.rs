@@ -254,7 +254,7 @@ impl Engine {
                         &self.labels,
                         time::boot_ns(),
                     )),
-                    None => Response::error(format!("pid {pid} is not watched by this daemon")),
+                    None => not_watched(pid),
                 }
             }
             Request::Calls { pid, recent } => match self.ledger.processes.get(&pid) {
@@ -265,7 +265,7 @@ impl Engine {
                     time::boot_ns(),
                     recent,
                 )),
-                None => Response::error(format!("pid {pid} is not watched by this daemon")),
+                None => not_watched(pid),
             },
             Request::Alerts => Response::data(&self.alerting.book.firing()),
             // Served by the control socket itself (it passes an fd).
@@ -277,5 +277,16 @@ impl Engine {
                 Response::data(&status::fixes_since(&before, &self.ledger.counters))
             }
         }
+    }
+}
+
+/// The answer for a pid without a ledger: no such process, or one this
+/// daemon does not watch.
+fn not_watched(pid: u32) -> control::protocol::Response {
+    use control::protocol::Response;
+    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        Response::error(format!("pid {pid} is not watched by this daemon"))
+    } else {
+        Response::error(format!("no process with pid {pid}"))
     }
 }
