@@ -91,7 +91,9 @@ impl Daemon {
             log,
             scratch: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: loading the probes under the test VMs' single-threaded
+        // emulation, beside other tests' daemons, has taken over 30 s.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if let Some(status) = daemon.child.try_wait().expect("wait") {
                 panic!(
@@ -104,7 +106,7 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("daemon did not answer within 30 s:\n{}", daemon.log_text());
+        panic!("daemon did not answer within 120 s:\n{}", daemon.log_text());
     }
 
     pub fn log_text(&self) -> String {
