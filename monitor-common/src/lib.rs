@@ -240,6 +240,11 @@ pub mod watch_flags {
     pub const INHERITED: u32 = 1 << 1;
     /// Asked for by pid: watched whatever it execs.
     pub const PINNED: u32 = 1 << 2;
+    /// Set by user space while it reads the process's /proc: a close then
+    /// ships the held-back creation it would cancel (monitor-ebpf's
+    /// `defer`). The scan may have listed that fd, and only the two records
+    /// tell the ledger that it is gone again.
+    pub const SCANNING: u32 = 1 << 3;
     /// The top bit of a watched pid's byte in WATCHED_PIDS; the flags above
     /// fill the bits below it.
     pub const BYTE_WATCHED: u8 = 0x80;

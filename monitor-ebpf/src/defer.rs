@@ -9,6 +9,9 @@
 //! time, and the reader drops it if the fd was released or reused after that
 //! time. Before each drain user space runs `flush_deferred` on every CPU whose
 //! slot is full, so nothing stays held back for longer than a drain interval.
+//! A pair cancelled while user space lists the process's fds in /proc would
+//! leave the listed fd in the ledger with no record to take it out: while it
+//! does (`watch_flags::SCANNING`), closes ship instead of cancelling.
 //!
 //! Concurrency: only programs on the slot's CPU touch it. Syscall and task
 //! tracepoint programs run with preemption off (perf_syscall_enter/exit and

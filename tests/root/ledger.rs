@@ -370,3 +370,40 @@ fn without_the_flush_program_every_creation_is_shipped_at_once() {
     );
     workload.exit();
 }
+
+#[test]
+fn a_scan_during_short_lived_churn_adds_no_phantom_fd() {
+    if !require_root("a_scan_during_short_lived_churn_adds_no_phantom_fd") {
+        return;
+    }
+    let dir = scratch_dir("churn-scan");
+    let daemon = Daemon::start(&dir, &["--match-comm", HELD_COMM]);
+    // /dev/null opened, held 20 µs and closed, without end: the probes
+    // cancel each pair on its CPU, so no record says the fd came and went.
+    let mut workload = Workload::spawn(&dir, HELD_COMM, &["loop", "open-held", "4000000000"]);
+    workload.expect("started");
+    daemon.sync();
+    workload.send("go");
+    let before = daemon.status();
+    // A scan that lists the fd while it exists must not keep it: nothing
+    // would take it out again until the next reconciliation.
+    const SCANS: usize = 30;
+    for scan in 1..=SCANS {
+        let fixes = daemon.request(serde_json::json!({"request": "reconcile"}));
+        let fixed: u64 = fixes
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(fixed, 0, "scan {scan} of {SCANS} repaired the ledger: {fixes}");
+    }
+    let status = daemon.status();
+    let cancelled =
+        counter(&status, &["kernel", "short_lived_fds"]) - counter(&before, &["kernel", "short_lived_fds"]);
+    assert!(
+        cancelled > 0,
+        "the loop's fds were not held back: {}",
+        status["kernel"]
+    );
+}

@@ -17,13 +17,15 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use monitor_common::{CMSG_CAPTURE, EventKind, RecvFdsEvent, counter, socket_detail, syscalls as nr};
+use monitor_common::{
+    CMSG_CAPTURE, EventKind, RecvFdsEvent, counter, socket_detail, syscalls as nr, watch_flags,
+};
 
 use super::{fdtable, http, sock};
 use crate::{
     defer,
     emit::{FdExtra, current, fd_created, fd_event, fd_result, header, reserve, submit},
-    maps::{count, is_watched},
+    maps::{count, is_watched, watch_state},
     regs::syscall_args,
 };
 
@@ -281,12 +283,13 @@ fn received_control(msghdr: u64) {
 #[tracepoint]
 pub fn close_enter(ctx: TracePointContext) -> u32 {
     let (tgid, _) = current();
-    if !is_watched(tgid) {
+    let watched = watch_state(tgid);
+    if watched == 0 {
         return 0;
     }
     let fd = arg(&ctx, 0) as u32;
     // A held-back fd is in no map (fd_created), so nothing else to forget.
-    if defer::cancel(tgid, fd) {
+    if watched & watch_flags::SCANNING == 0 && defer::cancel(tgid, fd) {
         return 0;
     }
     http::forget_fd(tgid, fd);

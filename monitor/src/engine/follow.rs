@@ -143,7 +143,11 @@ impl Engine {
             now,
         );
         self.ledger.watch(process);
-        match scan(pid) {
+        self.probes.set_scanning(pid, true);
+        let scanned = scan(pid);
+        self.probes.flush_held_back();
+        self.probes.set_scanning(pid, false);
+        match scanned {
             Ok((scan, dir)) => {
                 self.ledger
                     .apply_scan(pid, &scan, Origin::BeforeStart, now, |fd, target| {
@@ -226,9 +230,14 @@ impl Engine {
         self.drain(ring);
         for pid in pids {
             self.ledger.begin_scan(*pid);
+            self.probes.set_scanning(*pid, true);
         }
         let scans: Vec<(u32, ScanResult)> = pids.iter().map(|pid| (*pid, scan(*pid))).collect();
+        // It flushes the held-back creations first (see set_scanning).
         self.drain(ring);
+        for pid in pids {
+            self.probes.set_scanning(*pid, false);
+        }
         let now = time::boot_ns();
         for (pid, scan) in scans {
             match scan {

@@ -210,6 +210,19 @@ impl Probes {
             .with_context(|| format!("adding pid {pid} to the in-kernel watched set (full?)"))
     }
 
+    /// Marks `pid` as being read from /proc ([`watch_flags::SCANNING`]), or
+    /// no longer. Set it before the read and clear it after the next
+    /// [`Probes::flush_held_back`]: a creation held back before the read
+    /// could otherwise be cancelled by a close after it, and the fd the scan
+    /// listed would stay in the ledger until the next reconciliation. Left
+    /// open: a close whose probe read the byte just before it was set (its
+    /// fd may still be listed for the microsecond until the close removes
+    /// it), and a pid above the pid_max seen at start (in WATCHED, no byte).
+    pub fn set_scanning(&mut self, pid: u32, on: bool) {
+        self.watched_pids
+            .update_bits(pid, watch_flags::SCANNING as u8, on);
+    }
+
     pub fn unwatch(&mut self, pid: u32) {
         if !self.watched_pids.set(pid, 0) {
             // Absent already (the kernel drops exited and re-exec'd children itself).

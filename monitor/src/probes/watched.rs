@@ -6,10 +6,12 @@
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
+    sync::atomic::{AtomicU8, Ordering},
 };
 
 use anyhow::Context as _;
 use aya::maps::{Map, MapData};
+use monitor_common::watch_flags::BYTE_WATCHED;
 
 /// The largest pid_max Linux allows (PID_MAX_LIMIT on 64-bit).
 const PID_MAX_LIMIT: usize = 4 << 20;
@@ -75,11 +77,51 @@ impl WatchedPids {
         unsafe { std::ptr::write_volatile(self.bytes.as_ptr().add(at), byte) };
         true
     }
+
+    /// Sets or clears `bits` in the byte of `pid` if it is watched, in one
+    /// atomic update: a probe storing the byte at the same moment (an exec,
+    /// an exit) is never undone (the bits may go with it instead). False if
+    /// the pid has no byte or is not watched.
+    pub fn update_bits(&mut self, pid: u32, bits: u8, on: bool) -> bool {
+        let at = pid as usize;
+        if at >= self.len {
+            return false;
+        }
+        // SAFETY: within the mapping, which lives as long as `self`; the
+        // probes load and store the byte whole, which cannot tear this update.
+        let byte = unsafe { AtomicU8::from_ptr(self.bytes.as_ptr().add(at)) };
+        byte.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| with_bits(old, bits, on))
+            .is_ok()
+    }
 }
 
 impl Drop for WatchedPids {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, unmapped once.
         unsafe { libc::munmap(self.bytes.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A watched byte with `bits` set or cleared; None if the byte is not a
+/// watched pid's (setting a bit must not make an unwatched pid watched).
+fn with_bits(byte: u8, bits: u8, on: bool) -> Option<u8> {
+    (byte & BYTE_WATCHED != 0).then_some(if on { byte | bits } else { byte & !bits })
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::watch_flags::{self, MATCHED, SCANNING};
+
+    use super::with_bits;
+
+    #[test]
+    fn bits_change_only_in_a_watched_byte() {
+        let watched = watch_flags::byte(MATCHED);
+        let scanning = with_bits(watched, SCANNING as u8, true).unwrap();
+        assert_eq!(scanning, watched | SCANNING as u8);
+        assert_eq!(with_bits(scanning, SCANNING as u8, false), Some(watched));
+        // The kernel unwatched it meanwhile (an exec, an exit): it stays so.
+        assert_eq!(with_bits(0, SCANNING as u8, true), None);
+        assert_eq!(with_bits(0, SCANNING as u8, false), None);
     }
 }

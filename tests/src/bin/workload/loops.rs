@@ -20,6 +20,13 @@ fn one(kind: &str) {
     // the forked child calls only execv and _exit (async-signal-safe in a threaded parent).
     match kind {
         "open" => close(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }),
+        // Open for most of the iteration, with no syscall (no record) in between.
+        "open-held" => {
+            let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            let opened = Instant::now();
+            while opened.elapsed() < Duration::from_micros(20) {}
+            close(fd)
+        }
         "socket" => close(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }),
         "pipe2" => {
             let mut fds = [0i32; 2];
