@@ -249,8 +249,6 @@ fn a_fake_token_appears_in_no_output_and_no_log() {
     assert!(authenticated.clone().count() > 10);
     assert!(authenticated.clone().all(|c| c["token"] == true), "{calls:#}");
 
-    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
-    let socket = bed.daemon.socket.to_str().unwrap().to_string();
     let pid = nova.pid.to_string();
     let mut outputs = vec![
         calls.to_string(),
@@ -265,11 +263,7 @@ fn a_fake_token_appears_in_no_output_and_no_log() {
         vec!["status"],
         vec!["status", "--json"],
     ] {
-        let out = std::process::Command::new(&leakmon)
-            .args(&args)
-            .args(["--control-socket", &socket])
-            .output()
-            .unwrap();
+        let out = tests::leakmon(&args, Some(&bed.daemon.socket));
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -466,8 +460,7 @@ fn an_unanswered_call_is_live_and_resources_born_during_it_carry_it() {
     );
 
     // The snapshot carries the same, in JSON and in its tables.
-    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
-    let snapshot = tests::snapshot_json(&leakmon, workload.pid, &daemon.socket);
+    let snapshot = tests::snapshot_json(workload.pid, &daemon.socket);
     let snap_thread = snapshot["threads"]
         .as_array()
         .unwrap()
@@ -475,11 +468,10 @@ fn an_unanswered_call_is_live_and_resources_born_during_it_carry_it() {
         .find(|t| t["tid"] == called["thread"])
         .unwrap();
     assert_eq!(snap_thread["birth_call"], expected);
-    let text = std::process::Command::new(&leakmon)
-        .args(["snapshot", "--pid", &workload.pid.to_string(), "--control-socket"])
-        .arg(&daemon.socket)
-        .output()
-        .unwrap();
+    let text = tests::leakmon(
+        &["snapshot", "--pid", &workload.pid.to_string()],
+        Some(&daemon.socket),
+    );
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("during GET /v1/nodes/{node}"), "{text}");
     assert!(text.contains(", last call GET /v1/nodes/{node}"), "{text}");

@@ -12,11 +12,7 @@ fn doctor_loads_every_hook_and_names_a_bad_config_key() {
     if !require_root("doctor_loads_every_hook_and_names_a_bad_config_key") {
         return;
     }
-    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
-    let out = Command::new(&leakmon)
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
+    let out = tests::leakmon(&["doctor", "--json"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let verdict = |name: &str| {
@@ -33,12 +29,7 @@ fn doctor_loads_every_hook_and_names_a_bad_config_key() {
     let dir = scratch_dir("doctor");
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[rules.fd_leak]\nwindow_s = 0\n").unwrap();
-    let out = Command::new(&leakmon)
-        .arg("doctor")
-        .arg("--config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = tests::leakmon(&["doctor", "--config", bad.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -86,7 +77,7 @@ fn a_process_in_its_own_pid_namespace_is_tracked_by_host_pid() {
     let ledger = daemon.ledger(host_pid);
     let in_proc = std::fs::read_dir(format!("/proc/{host_pid}/fd")).unwrap().count();
     assert_eq!(ledger["fds"].as_array().unwrap().len(), in_proc, "{ledger:#}");
-    let snapshot = tests::snapshot_json(&tests::binary("leakmon", "LEAKMON_BIN"), host_pid, &daemon.socket);
+    let snapshot = tests::snapshot_json(host_pid, &daemon.socket);
     assert_eq!(snapshot["ns_pid"], 1);
 }
 
@@ -322,10 +313,7 @@ fn confidentiality_lockdown_stops_the_daemon_and_says_why() {
     assert!(!status.success(), "{log}");
     assert!(log.contains("lockdown=confidentiality"), "{log}");
 
-    let out = Command::new(&leakmon)
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
+    let out = tests::leakmon(&["doctor", "--json"], None);
     assert_eq!(out.status.code(), Some(1));
     let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let lockdown = checks.iter().find(|c| c["name"] == "lockdown").unwrap();
@@ -336,7 +324,7 @@ fn confidentiality_lockdown_stops_the_daemon_and_says_why() {
         "{checks:#?}"
     );
 
-    let snapshot = tests::snapshot_json(&leakmon, std::process::id(), &socket);
+    let snapshot = tests::snapshot_json(std::process::id(), &socket);
     assert_eq!(snapshot["fd_source"], "proc", "{snapshot:#}");
     assert!(!snapshot["fds"].as_array().unwrap().is_empty(), "{snapshot:#}");
 }

@@ -131,7 +131,7 @@ const PASSWORD: &str = "FAKE-PASSWORD-leakmon-test-not-a-credential";
 /// daemon's log, /metrics, and status, ledger, calls and snapshot answers.
 fn no_sink_holds_a_secret(w: &Watched, am_addr: &str, metrics_addr: &str) {
     let pid = w.pid;
-    let snapshot = tests::snapshot_json(&tests::binary("leakmon", "LEAKMON_BIN"), pid, &w.daemon.socket);
+    let snapshot = tests::snapshot_json(pid, &w.daemon.socket);
     let outputs = [
         ("Alertmanager", http_get(am_addr, "/api/v2/alerts").unwrap().1),
         ("/metrics", http_get(metrics_addr, "/metrics").unwrap().1),
@@ -273,12 +273,7 @@ fn alerts_cli_lists_what_fires_and_sighup_rejects_a_bad_config() {
         w.workload.expect("connected");
     }
     w.await_alert("connect_failures", "firing", Duration::from_secs(30));
-    let leakmon = tests::binary("leakmon", "LEAKMON_BIN");
-    let out = Command::new(&leakmon)
-        .args(["alerts", "--json", "--control-socket"])
-        .arg(&w.daemon.socket)
-        .output()
-        .unwrap();
+    let out = tests::leakmon(&["alerts", "--json"], Some(&w.daemon.socket));
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         listed
@@ -288,11 +283,7 @@ fn alerts_cli_lists_what_fires_and_sighup_rejects_a_bad_config() {
             .any(|a| a["rule"] == "connect_failures" && a["process"]["pid"] == w.pid),
         "{listed:#}"
     );
-    let table = Command::new(&leakmon)
-        .args(["alerts", "--control-socket"])
-        .arg(&w.daemon.socket)
-        .output()
-        .unwrap();
+    let table = tests::leakmon(&["alerts"], Some(&w.daemon.socket));
     assert!(String::from_utf8_lossy(&table.stdout).contains("connect_failures"));
     // Log rotation: the file is moved away, SIGHUP opens a new one.
     std::fs::rename(w.dir.join("alerts.ndjson"), w.dir.join("alerts.ndjson.1")).unwrap();

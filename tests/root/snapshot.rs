@@ -3,10 +3,12 @@
 use std::{collections::BTreeMap, process::Command};
 
 use serde_json::Value;
-use tests::{binary, daemon::Daemon, require_root, scratch_dir, truth, watched_workload, workload::Workload};
+use tests::{
+    binary, daemon::Daemon, leakmon, require_root, scratch_dir, truth, watched_workload, workload::Workload,
+};
 
 fn snapshot(pid: u32, socket: &std::path::Path) -> Value {
-    tests::snapshot_json(&binary("leakmon", "LEAKMON_BIN"), pid, socket)
+    tests::snapshot_json(pid, socket)
 }
 
 #[test]
@@ -198,10 +200,7 @@ fn snapshot_with_daemon_has_births_and_unknown_pid_is_clear() {
             .any(|t| t["creator_tid"] == workload.pid)
     );
 
-    let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
-        .args(["snapshot", "--pid", "4194300"])
-        .output()
-        .unwrap();
+    let out = leakmon(&["snapshot", "--pid", "4194300"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process with pid 4194300"));
     workload.send("exit");
@@ -246,17 +245,10 @@ fn snapshots_of_processes_exiting_mid_read_fail_cleanly() {
             2 => host_wide.socket.clone(),
             _ => dir.join("none.sock"),
         };
-        let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
-            .args([
-                "snapshot",
-                "--json",
-                "--pid",
-                &child.id().to_string(),
-                "--control-socket",
-            ])
-            .arg(&socket)
-            .output()
-            .unwrap();
+        let out = leakmon(
+            &["snapshot", "--json", "--pid", &child.id().to_string()],
+            Some(&socket),
+        );
         let _ = child.wait();
         let stderr = String::from_utf8_lossy(&out.stderr);
         match out.status.code() {
@@ -313,17 +305,7 @@ fn a_thread_id_shows_its_process() {
     assert_eq!(asked, Err(format!("no process with pid {tid}")));
     let process = snapshot(pid, &daemon.socket);
     for socket in [daemon.socket.clone(), dir.join("none.sock")] {
-        let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
-            .args([
-                "snapshot",
-                "--json",
-                "--pid",
-                &tid.to_string(),
-                "--control-socket",
-            ])
-            .arg(&socket)
-            .output()
-            .unwrap();
+        let out = leakmon(&["snapshot", "--json", "--pid", &tid.to_string()], Some(&socket));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         assert_eq!(
@@ -337,11 +319,7 @@ fn a_thread_id_shows_its_process() {
         assert!(!snap["fds"].as_array().unwrap().is_empty());
     }
     // So do the daemon's other views of a process.
-    let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
-        .args(["ledger", "--pid", &tid.to_string(), "--control-socket"])
-        .arg(&daemon.socket)
-        .output()
-        .unwrap();
+    let out = leakmon(&["ledger", "--pid", &tid.to_string()], Some(&daemon.socket));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ledger: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ledger["pid"], pid);
@@ -364,10 +342,7 @@ fn a_match_over_exiting_processes_leaves_the_exited_out() {
     std::os::unix::fs::symlink("/bin/sleep", &brief).unwrap();
     let snapshot = || {
         let started = std::time::Instant::now();
-        let out = Command::new(binary("leakmon", "LEAKMON_BIN"))
-            .args(["snapshot", "--json", "--match-comm", "lmw-brief"])
-            .output()
-            .unwrap();
+        let out = leakmon(&["snapshot", "--json", "--match-comm", "lmw-brief"], None);
         (out, started.elapsed())
     };
     let mut took = snapshot().1;

@@ -80,19 +80,22 @@ pub fn binary(name: &str, env_override: &str) -> PathBuf {
     path
 }
 
-/// `leakmon snapshot --json --pid PID` with the given daemon socket.
-pub fn snapshot_json(leakmon: &std::path::Path, pid: u32, socket: &std::path::Path) -> serde_json::Value {
-    let out = std::process::Command::new(leakmon)
-        .args([
-            "snapshot",
-            "--json",
-            "--pid",
-            &pid.to_string(),
-            "--control-socket",
-        ])
-        .arg(socket)
+/// Runs the CLI, `leakmon ARGS`, followed by `--control-socket SOCKET` if
+/// given (a socket nothing listens on makes it read /proc).
+pub fn leakmon(args: &[&str], socket: Option<&Path>) -> std::process::Output {
+    let mut command = std::process::Command::new(binary("leakmon", "LEAKMON_BIN"));
+    command.args(args);
+    if let Some(socket) = socket {
+        command.arg("--control-socket").arg(socket);
+    }
+    command
         .output()
-        .expect("run leakmon snapshot");
+        .unwrap_or_else(|e| panic!("run leakmon {args:?}: {e}"))
+}
+
+/// `leakmon snapshot --json --pid PID` with the given daemon socket; it must succeed.
+pub fn snapshot_json(pid: u32, socket: &Path) -> serde_json::Value {
+    let out = leakmon(&["snapshot", "--json", "--pid", &pid.to_string()], Some(socket));
     assert!(
         out.status.success(),
         "snapshot failed: {}",
