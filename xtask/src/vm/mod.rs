@@ -136,14 +136,31 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         // code another vCPU modified. One emulation thread cannot race so.
         // Any panic gets the retry (a soft lockup of a vCPU starved by the
         // emulator panics too); a kernel that panics again fails the run.
-        println!(
-            "    the guest kernel panicked under multi-threaded emulation: booting once more \
-             with one emulation thread (tcg,thread=single), which rules out cross-vCPU \
-             code-patching races in the emulator"
-        );
+        // The retry runs what had not passed: one emulation thread runs the
+        // suite about three times slower.
         let first = guest.panic.take();
+        let passed = std::mem::take(&mut guest.passed);
+        let rest = not_passed(&test_binary, options.filter, &passed)?;
+        println!(
+            "    the guest kernel panicked under multi-threaded emulation after {} tests passed: \
+             booting once more with one emulation thread (tcg,thread=single), which rules out \
+             cross-vCPU code-patching races in the emulator, to run the other {}",
+            passed.len(),
+            rest.len()
+        );
+        // None left (it panicked after the last test): the whole selection again.
+        let initramfs = if rest.is_empty() {
+            initramfs
+        } else {
+            write_initramfs(
+                &kernel,
+                &test_binary,
+                Some(&format!("--exact {}", rest.join(" "))),
+            )?
+        };
         guest = boot(&kernel, &initramfs, "tcg,thread=single", options)?;
         guest.earlier_panic = first;
+        guest.passed_before_retry = passed.len();
     }
     if guest.release.is_empty() {
         // The guest never said: name the section after the package's release.
@@ -177,6 +194,23 @@ fn command_line(append: Option<&str>) -> String {
         Some(extra) => format!("{base} {extra}"),
         None => base.to_string(),
     }
+}
+
+/// The tests `filter` selects in `test_binary` (libtest's `--list`) that are
+/// not among `passed`.
+fn not_passed(test_binary: &Path, filter: Option<&str>, passed: &[String]) -> anyhow::Result<Vec<String>> {
+    let out = Command::new(test_binary)
+        .arg("--list")
+        .args(filter.unwrap_or("").split_whitespace())
+        .output()
+        .context("listing the root tests")?;
+    anyhow::ensure!(out.status.success(), "listing the root tests failed");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.strip_suffix(": test"))
+        .filter(|name| !passed.iter().any(|p| p == name))
+        .map(str::to_string)
+        .collect())
 }
 
 /// The `tests/root` test executable, built (not run) by cargo.
@@ -280,6 +314,10 @@ pub struct GuestRun {
     pub panic: Option<String>,
     /// The panic of the multi-threaded boot this run repeated.
     pub earlier_panic: Option<String>,
+    /// The tests that printed `... ok`.
+    pub passed: Vec<String>,
+    /// How many tests the boot this run repeated passed (this one ran the others).
+    pub passed_before_retry: usize,
 }
 
 fn boot(
@@ -351,6 +389,8 @@ fn boot(
             run.doctor.push('\n');
         } else if let Some(at) = line.find("test result: ") {
             run.result = strip_ansi(&line[at..]);
+        } else if let Some(name) = passed_test(&line) {
+            run.passed.push(name);
         } else if let Some(at) = line.find("Kernel panic - not syncing") {
             run.panic = Some(line[at..].to_string());
         } else if let Some(code) = line.strip_prefix("LEAKMON_VM_EXIT=") {
@@ -363,16 +403,43 @@ fn boot(
     Ok(run)
 }
 
-/// libtest colours its verdicts on a terminal-like console.
+/// NAME from libtest's `test NAME ... ok`.
+fn passed_test(line: &str) -> Option<String> {
+    let line = strip_ansi(line);
+    let name = line.strip_prefix("test ")?.strip_suffix(" ... ok")?;
+    Some(name.to_string())
+}
+
+/// libtest colours its verdicts on a terminal-like console: escape
+/// sequences, and the shift-in (0x0f) terminfo's sgr0 ends with.
 fn strip_ansi(text: &str) -> String {
     let mut out = String::new();
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
         if c == '\u{1b}' {
             chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
+        } else if !c.is_control() {
             out.push(c);
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passed_test;
+
+    #[test]
+    fn a_passed_test_is_read_from_its_coloured_line() {
+        assert_eq!(
+            passed_test("test ledger::emfile_is_recorded ... \u{1b}[32mok\u{1b}[m\u{f}").as_deref(),
+            Some("ledger::emfile_is_recorded")
+        );
+        assert_eq!(passed_test("test ledger::a ... FAILED"), None);
+        assert_eq!(
+            passed_test("test ledger::a has been running for over 60 seconds"),
+            None
+        );
+        assert_eq!(passed_test("test result: ok. 3 passed"), None);
+    }
 }

@@ -125,8 +125,9 @@ fn section(heading: &str, asked: &Options, host_json: &str, guest: &GuestRun) ->
     if let Some(panic) = &guest.earlier_panic {
         let _ = writeln!(
             out,
-            "A first boot under multi-threaded emulation panicked (`{panic}`); \
-             this is the second, with one emulation thread.\n"
+            "A first boot under multi-threaded emulation panicked (`{panic}`) after {} tests \
+             passed; this is the second, with one emulation thread, which ran the others.\n",
+            guest.passed_before_retry
         );
     }
     let _ = writeln!(
@@ -255,9 +256,10 @@ mod tests {
         assert!(text.contains(&format!("The guest kernel panicked: `{line}`.")));
         let mut retried = run("6.1.0-56-amd64");
         retried.earlier_panic = Some(line.to_string());
+        retried.passed_before_retry = 17;
         let text = markdown("", &debian, "[]", &retried);
         assert!(text.contains(&format!(
-            "A first boot under multi-threaded emulation panicked (`{line}`)"
+            "A first boot under multi-threaded emulation panicked (`{line}`) after 17 tests passed"
         )));
         assert!(!text.contains("The guest kernel panicked"));
     }
