@@ -387,7 +387,7 @@ fn a_scan_during_short_lived_churn_adds_no_phantom_fd() {
     let before = daemon.status();
     // A scan that lists the fd while it exists must not keep it: nothing
     // would take it out again until the next reconciliation.
-    const SCANS: usize = 30;
+    const SCANS: usize = 100;
     for scan in 1..=SCANS {
         let fixes = daemon.request(serde_json::json!({"request": "reconcile"}));
         let fixed: u64 = fixes

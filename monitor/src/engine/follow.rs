@@ -143,11 +143,7 @@ impl Engine {
             now,
         );
         self.ledger.watch(process);
-        self.probes.set_scanning(pid, true);
-        let scanned = scan(pid);
-        self.probes.flush_held_back();
-        self.probes.set_scanning(pid, false);
-        match scanned {
+        match self.scan_shipping_closes(pid) {
             Ok((scan, dir)) => {
                 self.ledger
                     .apply_scan(pid, &scan, Origin::BeforeStart, now, |fd, target| {
@@ -230,14 +226,12 @@ impl Engine {
         self.drain(ring);
         for pid in pids {
             self.ledger.begin_scan(*pid);
-            self.probes.set_scanning(*pid, true);
         }
-        let scans: Vec<(u32, ScanResult)> = pids.iter().map(|pid| (*pid, scan(*pid))).collect();
-        // It flushes the held-back creations first (see set_scanning).
+        let scans: Vec<(u32, ScanResult)> = pids
+            .iter()
+            .map(|pid| (*pid, self.scan_shipping_closes(*pid)))
+            .collect();
         self.drain(ring);
-        for pid in pids {
-            self.probes.set_scanning(*pid, false);
-        }
         let now = time::boot_ns();
         for (pid, scan) in scans {
             match scan {
@@ -256,6 +250,19 @@ impl Engine {
             }
         }
         self.reconcile_sockets();
+    }
+
+    /// Reads `pid`'s /proc while its closes ship instead of cancelling
+    /// held-back creations, then ships those (see `Probes::set_scanning`).
+    /// The bit is off again before any drain: while it is on, a loop of
+    /// short-lived fds ships two records a round, which a drain that waits
+    /// for an empty ring might never see the end of.
+    fn scan_shipping_closes(&mut self, pid: u32) -> ScanResult {
+        self.probes.set_scanning(pid, true);
+        let scanned = scan(pid);
+        self.probes.flush_held_back();
+        self.probes.set_scanning(pid, false);
+        scanned
     }
 
     /// Brings socket states in line with sock_diag, tells the probes about
