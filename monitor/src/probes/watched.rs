@@ -34,7 +34,7 @@ pub struct WatchedPids {
 }
 
 // SAFETY: the mapping is shared memory owned by this value; every access is
-// a single-byte volatile store through `&mut self`.
+// a single-byte volatile store or atomic update through `&mut self`.
 unsafe impl Send for WatchedPids {}
 
 impl WatchedPids {
