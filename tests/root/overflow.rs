@@ -60,3 +60,38 @@ fn forced_overflow_is_counted_and_repaired() {
     );
     workload.send("exit");
 }
+
+#[test]
+fn a_flood_the_daemon_cannot_keep_up_with_leaves_it_answering() {
+    if !require_root("a_flood_the_daemon_cannot_keep_up_with_leaves_it_answering") {
+        return;
+    }
+    let dir = scratch_dir("outpaced");
+    // Nothing held back: every dup and close of the loop is a record, more
+    // a second than this (debug) daemon applies.
+    let daemon = Daemon::start_with_config(
+        &dir,
+        "[probes]\nhold_back_fds = false\n",
+        &["--match-comm", "lmw-outpace"],
+    );
+    let mut workload = Workload::spawn(&dir, "lmw-outpace", &["loop", "dup", "4000000000"]);
+    workload.expect("started");
+    daemon.sync();
+    workload.send("go");
+    // Each request waits for one bounded drain at most, however far behind
+    // the daemon is (before the bound, the first one went unanswered for
+    // the client's whole minute).
+    let mut status = daemon.status();
+    for _ in 0..10 {
+        let asked = std::time::Instant::now();
+        status = daemon.status();
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(10), "status took {took:?}");
+    }
+    let engine = &status["engine"];
+    assert!(
+        engine["drains_cut_short"].as_u64() > Some(0),
+        "the daemon kept up with the loop, so this proved nothing: {engine}"
+    );
+    workload.send("exit");
+}

@@ -9,7 +9,8 @@ pub enum Request {
     Status,
     /// The daemon's ledger for one process.
     Ledger { pid: u32 },
-    /// Apply every event already in the ring buffer, then answer.
+    /// Apply every event in the ring buffer, then answer (other requests
+    /// apply a bounded number first: see the engine's `DRAIN_BUDGET`).
     Sync,
     /// Reconcile every watched process with /proc now; answers what it fixed.
     Reconcile,

@@ -44,6 +44,8 @@ pub struct EngineCounters {
     pub records: u64,
     pub decode_errors: u64,
     pub drains: u64,
+    /// Drains that stopped at [`DRAIN_BUDGET`] with records left.
+    pub drains_cut_short: u64,
     pub reconcile_after_loss: u64,
     /// The kernel's loss total as of the last reconciliation after a loss:
     /// when it equals `lost_total`, every loss so far has been repaired.
@@ -157,10 +159,20 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                engine.drain(guard.get_inner_mut());
-                guard.clear_ready();
+                if engine.drain(guard.get_inner_mut()) {
+                    guard.clear_ready();
+                } else {
+                    // Records are left and the ring stays ready: let the
+                    // control socket's task read its requests first (one
+                    // thread runs both, and tokio's budget would yield
+                    // only after 128 drains).
+                    drop(guard);
+                    tokio::task::yield_now().await;
+                }
             }
-            _ = drain_tick.tick() => engine.drain(ring.get_mut()),
+            _ = drain_tick.tick() => {
+                engine.drain(ring.get_mut());
+            }
             _ = housekeeping.tick() => engine.housekeeping(ring.get_mut()),
             _ = reconcile_tick.tick() => {
                 engine.discover_all(ring.get_mut());
@@ -183,13 +195,30 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records one drain applies at most (a `sync` request drains until the
+/// ring is empty). Watched processes making records faster than the daemon
+/// applies them keep the ring from emptying, and a drain that waited for
+/// that would hold off requests, housekeeping and alerts: a `status` went
+/// unanswered for a minute beside a dup loop with `hold_back_fds = false`
+/// (debug build, which applies ~400,000 records a second; a release build
+/// ~10 million, docs/benchmarks.md "Delivery", so 65,536 take it ~6 ms).
+const DRAIN_BUDGET: u64 = 1 << 16;
+
 impl Engine {
-    /// Applies every record waiting in the ring buffer.
-    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    /// Applies the records waiting in the ring buffer, up to [`DRAIN_BUDGET`];
+    /// false if it stopped there with records left.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> bool {
+        self.drain_up_to(ring, DRAIN_BUDGET)
+    }
+
+    fn drain_up_to(&mut self, ring: &mut RingBuf<MapData>, budget: u64) -> bool {
         self.counters.drains += 1;
         self.probes.flush_held_back();
         let mut follow_ups = Vec::new();
-        while let Some(record) = ring.next() {
+        for _ in 0..budget {
+            let Some(record) = ring.next() else {
+                return true;
+            };
             self.counters.records += 1;
             match decode::decode(&record) {
                 Ok(event) => match self.ledger.apply(&event) {
@@ -212,6 +241,8 @@ impl Engine {
                 }
             }
         }
+        self.counters.drains_cut_short += 1;
+        false
     }
 
     /// Once a second: notice lost events, name provisional fds, and confirm exits.
@@ -240,7 +271,11 @@ impl Engine {
 
     fn handle(&mut self, ring: &mut RingBuf<MapData>, request: Request) -> control::protocol::Response {
         use control::protocol::Response;
-        self.drain(ring);
+        let budget = match request {
+            Request::Sync => u64::MAX,
+            _ => DRAIN_BUDGET,
+        };
+        self.drain_up_to(ring, budget);
         self.confirm_exits();
         match request {
             Request::Sync => Response::ok(serde_json::json!({ "records": self.counters.records })),
