@@ -184,6 +184,33 @@ fn a_connect_before_its_held_back_creation_is_bound_when_it_arrives() {
     assert!(ledger.processes[&PID].early_binds.is_empty());
 }
 
+/// As above, where a /proc scan had found another object under the number
+/// (a file opened and closed since without a record: the two cancelled in
+/// the kernel): the connect proves that entry stale.
+#[test]
+fn a_connect_over_an_entry_only_proc_showed_is_bound_when_its_creation_arrives() {
+    let mut ledger = ledger();
+    let scan = reconcile::Scan {
+        fds: vec![crate::proc::FdLink {
+            fd: 5,
+            target: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
+        }],
+        threads: vec![],
+    };
+    ledger.apply_scan(PID, &scan, Origin::BeforeStart, MS, |_, _| {
+        crate::fdkind::FdKind::File
+    });
+    state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 10 * MS);
+    state(&mut ledger, TCP_SYN_SENT, TCP_ESTABLISHED, 12 * MS);
+    assert_eq!(ledger.counters.socket_events_unowned, 0);
+    late_socket(&mut ledger, 5, 4 * MS);
+    assert_eq!(ledger.processes[&PID].fds.get(&5).unwrap().inode, INODE);
+    assert_eq!(ledger.sockets[&INODE].state, Some(TCP_ESTABLISHED));
+    close_at(&mut ledger, 5, 20 * MS);
+    assert!(ledger.sockets.is_empty(), "released with its fd");
+    assert!(ledger.processes[&PID].early_binds.is_empty());
+}
+
 #[test]
 fn a_connect_whose_fd_closed_before_its_creation_arrived_leaves_nothing() {
     let mut ledger = ledger();

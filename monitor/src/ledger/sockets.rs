@@ -280,15 +280,25 @@ impl Ledger {
         let Some(process) = self.processes.get_mut(&tgid) else {
             return;
         };
-        let Some(mut held) = process.fds.get_mut(&event.fd) else {
+        let held = process.fds.get_mut(&event.fd);
+        let unbound_socket = held
+            .as_ref()
+            .is_some_and(|h| h.entry.inode == 0 && (h.entry.kind.is_socket() || h.entry.provisional));
+        // What only /proc showed under the number before this connect is
+        // stale when it is not this socket: it went without a record (its
+        // open and close cancelled in the kernel), and so did, so far, the
+        // creation of the socket now there.
+        let stale = held.as_ref().is_some_and(|h| {
+            h.entry.birth.origin.is_unseen() && h.entry.birth.ts_ns <= ts && !unbound_socket
+        });
+        let Some(mut held) = held.filter(|_| !stale) else {
             // Its creation is still held back on the CPU the thread left
             // after socket(): it will be bound when that record arrives.
             process.early_binds.insert(event.fd, (event.inode, ts));
             self.socket_entry(event.inode, tgid, ts);
             return;
         };
-        let unbound_socket = held.entry.kind.is_socket() || held.entry.provisional;
-        if held.entry.inode != 0 || !unbound_socket || held.entry.birth.ts_ns > ts {
+        if !unbound_socket || held.entry.birth.ts_ns > ts {
             return;
         }
         let bound = FdId {
