@@ -1,0 +1,62 @@
+//! The table against sock_diag, and the per-process endpoint cap.
+
+use super::*;
+
+#[test]
+fn sock_diag_fixes_states_and_names_connections_the_kernel_has_not_seen() {
+    let mut ledger = ledger();
+    let scan = Scan {
+        fds: vec![crate::proc::FdLink {
+            fd: 9,
+            target: format!("socket:[{INODE}]"),
+        }],
+        threads: vec![],
+    };
+    ledger.apply_scan(PID, &scan, Origin::BeforeStart, 1, |_, _| {
+        crate::fdkind::FdKind::SocketTcp
+    });
+    let mut table = SocketTable::default();
+    table.by_inode.insert(
+        INODE,
+        SocketInfo {
+            protocol: Protocol::Tcp,
+            inode: INODE,
+            state: "CLOSE_WAIT".into(),
+            local: "127.0.0.1:40000".into(),
+            remote: "127.0.0.1:6385".into(),
+            unix_type: None,
+            peer_inode: None,
+        },
+    );
+    let (fixes, unseen) = ledger.apply_sock_diag(&table, 50);
+    assert_eq!(fixes.states_fixed, 0, "a first state is not a fix");
+    assert_eq!(unseen, vec![(INODE, tuple())]);
+    let entry = &ledger.sockets[&INODE];
+    assert_eq!((entry.state, entry.state_seen), (Some(8), false));
+    assert_eq!(ledger.holder_of(INODE), Some((PID, 9)));
+
+    table.by_inode.get_mut(&INODE).unwrap().state = "LAST_ACK".into();
+    let (fixes, _) = ledger.apply_sock_diag(&table, 60);
+    assert_eq!(fixes.states_fixed, 1);
+}
+
+#[test]
+fn endpoints_are_capped_keeping_the_busiest() {
+    let mut ledger = ledger();
+    let busy: SocketAddr = "127.0.0.1:6385".parse().unwrap();
+    ledger.endpoint(PID, busy).unwrap().connects = 1000;
+    for port in 1..=300u16 {
+        let remote: SocketAddr = format!("10.0.0.1:{port}").parse().unwrap();
+        ledger.endpoint(PID, remote).unwrap().connects = 1;
+    }
+    let process = &ledger.processes[&PID];
+    assert_eq!(process.endpoints.len(), sockets::MAX_ENDPOINTS);
+    assert_eq!(
+        ledger.counters.endpoints_evicted,
+        301 - sockets::MAX_ENDPOINTS as u64
+    );
+    assert_eq!(
+        process.endpoints[&busy].connects, 1000,
+        "the busiest endpoint is kept"
+    );
+}
