@@ -142,10 +142,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         let passed = std::mem::take(&mut guest.passed);
         let rest = not_passed(&test_binary, options.filter, &passed)?;
         println!(
-            "    the guest kernel panicked under multi-threaded emulation after {} tests passed: \
-             booting once more with one emulation thread (tcg,thread=single), which rules out \
+            "    the guest kernel panicked under multi-threaded emulation after {}: booting \
+             once more with one emulation thread (tcg,thread=single), which rules out \
              cross-vCPU code-patching races in the emulator, to run the other {}",
-            passed.len(),
+            report::tests_passed(passed.len()),
             rest.len()
         );
         // None left (it panicked after the last test): the whole selection again.

@@ -125,9 +125,9 @@ fn section(heading: &str, asked: &Options, host_json: &str, guest: &GuestRun) ->
     if let Some(panic) = &guest.earlier_panic {
         let _ = writeln!(
             out,
-            "A first boot under multi-threaded emulation panicked (`{panic}`) after {} tests \
-             passed; this is the second, with one emulation thread, which ran the others.\n",
-            guest.passed_before_retry
+            "A first boot under multi-threaded emulation panicked (`{panic}`) after {}; this is \
+             the second, with one emulation thread, which ran the others.\n",
+            tests_passed(guest.passed_before_retry)
         );
     }
     let _ = writeln!(
@@ -156,6 +156,12 @@ fn section(heading: &str, asked: &Options, host_json: &str, guest: &GuestRun) ->
         let _ = writeln!(out, "| {name} | {} | {} |", cell(&host), cell(&vm));
     }
     out
+}
+
+/// "1 test passed", "17 tests passed".
+pub fn tests_passed(count: usize) -> String {
+    let noun = if count == 1 { "test" } else { "tests" };
+    format!("{count} {noun} passed")
 }
 
 pub fn summary(guest: &GuestRun) -> String {
@@ -262,6 +268,8 @@ mod tests {
             "A first boot under multi-threaded emulation panicked (`{line}`) after 17 tests passed"
         )));
         assert!(!text.contains("The guest kernel panicked"));
+        retried.passed_before_retry = 1;
+        assert!(markdown("", &debian, "[]", &retried).contains(") after 1 test passed; this is"));
     }
 
     #[test]
