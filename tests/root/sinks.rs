@@ -222,6 +222,13 @@ fn prometheus_scrapes_the_fd_count_of_the_watched_process() {
             "{family} missing from /metrics"
         );
     }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let build = format!(
+        "leakmon_build_info{{version=\"{}\",kernel=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION"),
+        kernel.trim()
+    );
+    assert!(text.contains(&build), "no {build} in /metrics");
     // The workload is idle: its heap as /proc/PID/statm gives it now is what was sampled.
     let statm = std::fs::read_to_string(format!("/proc/{}/statm", w.pid)).unwrap();
     let pages: Vec<u64> = statm.split_whitespace().map(|n| n.parse().unwrap()).collect();

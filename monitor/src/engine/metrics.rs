@@ -252,6 +252,15 @@ impl Engine {
     }
 
     fn daemon_metrics(&self, x: &mut Exposition) {
+        // Which build runs on which kernel, host by host (the usual `_build_info` join target).
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        x.add(
+            "leakmon_build_info",
+            "gauge",
+            "1, labelled with the daemon's version and the kernel release it runs on.",
+            &[("version", env!("CARGO_PKG_VERSION")), ("kernel", kernel.trim())],
+            1.0,
+        );
         let firing = self.alerting.book.firing_by_rule();
         for rule in Rule::ALL {
             let l = [("rule", rule.name())];
