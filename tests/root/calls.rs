@@ -54,6 +54,17 @@ impl Bed {
         nova
     }
 
+    fn nova_in(&self, concurrency: Concurrency) -> NovaCompute {
+        match concurrency {
+            Concurrency::Threads => self.nova(None),
+            Concurrency::Eventlet => {
+                let nova = NovaCompute::start_eventlet(&self.bed, &self.dir, &self.ironic);
+                self.await_watched(&nova);
+                nova
+            }
+        }
+    }
+
     /// The daemon watches the harness and, over HTTPS, has its libssl
     /// uprobes in place: from here on every call is seen.
     fn await_watched(&self, nova: &NovaCompute) {
@@ -116,13 +127,22 @@ fn uuid_after<'a>(path: &'a str, marker: &str) -> Option<&'a str> {
     Some(&rest[..36.min(rest.len())])
 }
 
+/// nova's concurrency modes (nova-ironic.md, "The process").
+#[derive(Clone, Copy)]
+enum Concurrency {
+    /// Native threads, the default on master.
+    Threads,
+    /// Green threads on one OS thread (deprecated, still selectable).
+    Eventlet,
+}
+
 /// Drives a full instance life cycle and checks the daemon's calls.
-fn full_cycle(test: &str, ip: &str, tls: bool) {
+fn full_cycle(test: &str, ip: &str, tls: bool, concurrency: Concurrency) {
     if !require_root(test) {
         return;
     }
     let bed = Bed::start(test, ip, tls);
-    let mut nova = bed.nova(None);
+    let mut nova = bed.nova_in(concurrency);
     nova.run("nodes", "nodes");
     let instance = nova.run(&format!("spawn {}", bed.node), "spawned")["instance"]
         .as_str()
@@ -213,18 +233,35 @@ fn full_cycle(test: &str, ip: &str, tls: bool) {
         (&json!(instance), &json!(bed.node), &put["id"], Some(polls as u64)),
         "{deploy:#}"
     );
-    assert_ne!(poller, nova.pid, "nova's looping call runs on its own thread");
+    match concurrency {
+        Concurrency::Threads => assert_ne!(poller, nova.pid, "nova's looping call runs on its own thread"),
+        // Every green thread, the wait loop's too, calls from the main OS thread.
+        Concurrency::Eventlet => assert_eq!(
+            daemon_sequences(&calls).into_keys().collect::<Vec<_>>(),
+            [nova.pid]
+        ),
+    }
     nova.exit();
 }
 
 #[test]
 fn http_cycle_matches_the_harness_log_call_by_call() {
-    full_cycle("calls-http", "127.0.0.2", false);
+    full_cycle("calls-http", "127.0.0.2", false, Concurrency::Threads);
 }
 
 #[test]
 fn https_cycle_matches_the_harness_log_call_by_call() {
-    full_cycle("calls-https", "127.0.0.3", true);
+    full_cycle("calls-https", "127.0.0.3", true, Concurrency::Threads);
+}
+
+#[test]
+fn http_cycle_under_eventlet_matches_the_harness_log_call_by_call() {
+    full_cycle("calls-http-eventlet", "127.0.0.15", false, Concurrency::Eventlet);
+}
+
+#[test]
+fn https_cycle_under_eventlet_matches_the_harness_log_call_by_call() {
+    full_cycle("calls-https-eventlet", "127.0.0.16", true, Concurrency::Eventlet);
 }
 
 use tests::FAKE_TOKEN;

@@ -118,12 +118,13 @@ fn clean_operation_raises_no_alert() {
     );
 }
 
-fn socket_leak(name: &str, ip: &str, tls: bool) {
+fn socket_leak(name: &str, ip: &str, tls: bool, eventlet: bool) {
     let mut s = Scenario::start(
         name,
         ip,
         Options {
             tls,
+            eventlet,
             ..Options::default()
         },
     );
@@ -133,6 +134,9 @@ fn socket_leak(name: &str, ip: &str, tls: bool) {
     assert_eq!(alert["labels"]["endpoint"], "ironic-api", "{alert:#}");
     let origin = &alert["evidence"]["by_origin"][0];
     assert_eq!(origin["call_kind"], "node_list", "{alert:#}");
+    // The fault's thread: a green one on the main OS thread under eventlet.
+    let main_thread = origin["tid"] == s.nova.pid;
+    assert_eq!(main_thread, eventlet, "{alert:#}");
     assert!(
         alert["summary"].as_str().unwrap().contains("ironic-api"),
         "{alert:#}"
@@ -150,7 +154,7 @@ fn a_connection_per_call_leaks_sockets_to_ironic_over_http() {
     if !require_root("a_connection_per_call_leaks_sockets_to_ironic_over_http") {
         return;
     }
-    socket_leak("scenario-socket-http", "127.0.0.7", false);
+    socket_leak("scenario-socket-http", "127.0.0.7", false, false);
 }
 
 #[test]
@@ -158,7 +162,17 @@ fn a_connection_per_call_leaks_sockets_to_ironic_over_https() {
     if !require_root("a_connection_per_call_leaks_sockets_to_ironic_over_https") {
         return;
     }
-    socket_leak("scenario-socket-https", "127.0.0.8", true);
+    socket_leak("scenario-socket-https", "127.0.0.8", true, false);
+}
+
+/// The same leak in nova's eventlet mode: green threads on one OS thread,
+/// non-blocking sockets under the TLS calls.
+#[test]
+fn a_connection_per_call_under_eventlet_leaks_sockets_to_ironic_over_https() {
+    if !require_root("a_connection_per_call_under_eventlet_leaks_sockets_to_ironic_over_https") {
+        return;
+    }
+    socket_leak("scenario-socket-eventlet", "127.0.0.17", true, true);
 }
 
 #[test]

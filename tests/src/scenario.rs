@@ -53,6 +53,9 @@ pub struct Options<'a> {
     pub power_s: u32,
     pub api_max_retries: u32,
     pub fake_token: Option<&'a str>,
+    /// nova in eventlet mode ([`NovaCompute::start_eventlet`]; with the
+    /// default token and retries).
+    pub eventlet: bool,
 }
 
 impl Default for Options<'_> {
@@ -64,6 +67,7 @@ impl Default for Options<'_> {
             power_s: 1,
             api_max_retries: 60,
             fake_token: None,
+            eventlet: false,
         }
     }
 }
@@ -87,7 +91,12 @@ impl Scenario {
             Ironic::start_with_delays(&bed, &dir, ip, options.tls, options.deploy_s, options.power_s);
         let nodes = ironic.enroll(&bed, options.nodes);
         let daemon = daemon_for_harness(&dir);
-        let nova = NovaCompute::start_with(&bed, &dir, &ironic, options.fake_token, options.api_max_retries);
+        let nova = if options.eventlet {
+            assert!(options.fake_token.is_none() && options.api_max_retries == 60);
+            NovaCompute::start_eventlet(&bed, &dir, &ironic)
+        } else {
+            NovaCompute::start_with(&bed, &dir, &ironic, options.fake_token, options.api_max_retries)
+        };
         daemon.await_status("the harness watched", Duration::from_secs(30), |status| {
             let watched = status["processes"]
                 .as_array()

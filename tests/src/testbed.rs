@@ -286,6 +286,9 @@ impl NovaCompute {
         set_executable(&script);
         let mut command = Command::new(&script);
         command
+            // nova's switch of concurrency mode: native threads unless asked
+            // otherwise ([`NovaCompute::start_eventlet`]), whatever the environment.
+            .env("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1")
             .arg("--config-file")
             .arg(dir.join("nova.conf"))
             .arg("--request-log")
@@ -315,10 +318,24 @@ impl NovaCompute {
         api_max_retries: u32,
     ) -> NovaCompute {
         let mut command = NovaCompute::command_with_retries(bed, dir, ironic, api_max_retries);
-        let request_log = dir.join("nova/requests.jsonl");
         if let Some(token) = fake_token {
             command.arg("--fake-token").arg(token);
         }
+        NovaCompute::spawn(command, dir)
+    }
+
+    /// As [`NovaCompute::start`], in nova's eventlet mode: green threads on
+    /// one OS thread, non-blocking sockets. Deprecated on master but
+    /// selectable, and what releases before native threading run.
+    pub fn start_eventlet(bed: &Testbed, dir: &Path, ironic: &Ironic) -> NovaCompute {
+        let mut command = NovaCompute::command_with_retries(bed, dir, ironic, 60);
+        // Any value but 1, true or yes monkey-patches.
+        command.env("OS_NOVA_DISABLE_EVENTLET_PATCHING", "0");
+        NovaCompute::spawn(command, dir)
+    }
+
+    fn spawn(command: Command, dir: &Path) -> NovaCompute {
+        let request_log = dir.join("nova/requests.jsonl");
         let mut process = Workload::start(command);
         let ready = process.expect_within("ready", PYTHON_START);
         let pid = ready["pid"].as_u64().expect("pid") as u32;

@@ -1,5 +1,6 @@
 """nova-compute test harness: the real nova.virt.ironic.driver.IronicDriver,
-in native-threading mode, driven by commands on stdin.
+in native-threading mode (eventlet's with OS_NOVA_DISABLE_EVENTLET_PATCHING=0,
+nova's own switch), driven by commands on stdin.
 
 Installed by the test bed as an executable named `nova-compute` whose
 shebang is the nova venv's python, so its comm is `nova-compute` as in
@@ -28,8 +29,10 @@ Faults the end-to-end scenarios inject (real patterns of the real libraries):
   conflict INSTANCE N          N threads power the instance off at once
 """
 import argparse
+import ctypes
 import json
 import logging
+import os
 import resource
 import sys
 import threading
@@ -65,8 +68,18 @@ class RequestLog(logging.Handler):
             return
         scheme, host, port, method, path, _version, status, _length = args
         line = {"scheme": scheme, "host": host, "port": port, "method": method, "path": path,
-                "status": status, "thread": threading.current_thread().native_id}
+                "status": status, "thread": os_thread_id()}
         self.out.write(json.dumps(line) + "\n")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def os_thread_id():
+    """The kernel's id of the calling OS thread, as the daemon sees it. (Under
+    eventlet's monkey patching threading.Thread objects are green threads
+    without a native_id; they all run on one OS thread.)"""
+    return _libc.syscall(186)  # SYS_gettid on x86_64
 
 
 def say(**event):
@@ -233,9 +246,33 @@ class Harness:
         return results
 
 
+def commands():
+    """stdin's lines. Under eventlet, waiting for one is a wait in its hub:
+    a blocking read would stall every green thread (the periodic faults)
+    until the next command."""
+    if monkey_patch.is_patched():
+        from eventlet import hubs
+
+        def wait_readable():
+            hubs.trampoline(0, read=True)
+    else:
+        def wait_readable():
+            pass  # the read blocks this thread only
+    pending = b""
+    while True:
+        while b"\n" not in pending:
+            wait_readable()
+            chunk = os.read(0, 4096)
+            if not chunk:
+                return
+            pending += chunk
+        line, pending = pending.split(b"\n", 1)
+        yield line.decode()
+
+
 def serve(harness):
-    say(event="ready", pid=__import__("os").getpid())
-    for line in sys.stdin:
+    say(event="ready", pid=os.getpid())
+    for line in commands():
         words = line.split()
         if not words:
             continue
