@@ -420,7 +420,12 @@ pub fn run(runs: usize, ops: u64, only: Option<&str>) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     if only.is_some() {
-        println!("\n{out}\n(one section: docs/benchmarks.md left as it was)");
+        // The scenarios section was written above; the others are printed only.
+        if only != Some("scenarios") {
+            println!("\n{out}\n(one section: docs/benchmarks.md left as it was)");
+        } else {
+            println!("\n{out}");
+        }
         return Ok(());
     }
     out.push_str(include_str!("bench_notes.md"));
