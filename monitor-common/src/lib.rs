@@ -245,6 +245,12 @@ pub mod watch_flags {
     /// `defer`). The scan may have listed that fd, and only the two records
     /// tell the ledger that it is gone again.
     pub const SCANNING: u32 = 1 << 3;
+    /// Set with SCANNING and kept after it, until a flush of the held-back
+    /// creations some time later: /proc lists an fd as soon as its syscall
+    /// installs it, a moment before the syscall's exit probe holds its
+    /// creation back, so a creation the scan saw may be held only after the
+    /// scan's own flush. Its close must ship too.
+    pub const SCANNED: u32 = 1 << 4;
     /// The top bit of a watched pid's byte in WATCHED_PIDS; the flags above
     /// fill the bits below it.
     pub const BYTE_WATCHED: u8 = 0x80;

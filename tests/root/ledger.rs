@@ -389,6 +389,9 @@ fn a_scan_during_short_lived_churn_adds_no_phantom_fd() {
     // would take it out again until the next reconciliation.
     const SCANS: usize = 100;
     for scan in 1..=SCANS {
+        // After a scan the process's closes ship for a while (SCANNED); the
+        // sync waits that out, so each scan meets the loop cancelling pairs.
+        daemon.sync();
         let fixes = daemon.request(serde_json::json!({"request": "reconcile"}));
         let fixed: u64 = fixes
             .as_object()

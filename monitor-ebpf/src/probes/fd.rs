@@ -289,7 +289,7 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
     }
     let fd = arg(&ctx, 0) as u32;
     // A held-back fd is in no map (fd_created), so nothing else to forget.
-    if watched & watch_flags::SCANNING == 0 && defer::cancel(tgid, fd) {
+    if watched & (watch_flags::SCANNING | watch_flags::SCANNED) == 0 && defer::cancel(tgid, fd) {
         return 0;
     }
     http::forget_fd(tgid, fd);

@@ -10,7 +10,8 @@ pub enum Request {
     /// The daemon's ledger for one process.
     Ledger { pid: u32 },
     /// Apply every event in the ring buffer, then answer (other requests
-    /// apply a bounded number first: see the engine's `DRAIN_BUDGET`).
+    /// apply a bounded number first: see the engine's `DRAIN_BUDGET`);
+    /// first waits out the hold after a recent scan (at most 50 ms).
     Sync,
     /// Reconcile every watched process with /proc now; answers what it fixed.
     Reconcile,

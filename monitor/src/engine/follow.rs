@@ -18,6 +18,11 @@ use crate::{
 
 /// How long an exiting leader's process is checked for having exited.
 const MAYBE_GONE_WATCH_NS: u64 = 3_000_000_000;
+/// How long after its scan a process's closes still ship rather than cancel
+/// held-back creations (until the first drain after this): far longer than a
+/// syscall takes from installing an fd to its exit probe, even preempted in
+/// between, and short beside the reconciliation interval.
+const SCANNED_HOLD_NS: u64 = 50_000_000;
 
 /// What /proc shows of a process, and its fd directory to name kinds with.
 type ScanResult = Result<(Scan, FdDir), ProcError>;
@@ -258,11 +263,40 @@ impl Engine {
     /// short-lived fds ships two records a round, which a drain that waits
     /// for an empty ring might never see the end of.
     fn scan_shipping_closes(&mut self, pid: u32) -> ScanResult {
-        self.probes.set_scanning(pid, true);
+        self.probes
+            .set_scan_bits(pid, watch_flags::SCANNING | watch_flags::SCANNED, true);
         let scanned = scan(pid);
         self.probes.flush_held_back();
-        self.probes.set_scanning(pid, false);
+        self.probes.set_scan_bits(pid, watch_flags::SCANNING, false);
+        // A scan again before the last one settled restarts its hold.
+        self.scanned.retain(|&(scanned, _)| scanned != pid);
+        self.scanned.push((pid, time::boot_ns()));
         scanned
+    }
+
+    /// Blocks until the latest scan is [`SCANNED_HOLD_NS`] old (at most that
+    /// long), so that the next drain's flush settles every scan.
+    pub(super) fn await_scans_settled(&self) {
+        if let Some(latest) = self.scanned.iter().map(|&(_, flushed)| flushed).max() {
+            let left = (latest + SCANNED_HOLD_NS).saturating_sub(time::boot_ns());
+            std::thread::sleep(std::time::Duration::from_nanos(left));
+        }
+    }
+
+    /// Clears [`watch_flags::SCANNED`] of processes scanned at least
+    /// [`SCANNED_HOLD_NS`] before: call right after a flush of the held-back
+    /// creations. By then every syscall that installed an fd before its scan
+    /// has passed its exit probe, and that flush shipped what they held back.
+    pub(super) fn settle_scans(&mut self) {
+        let now = time::boot_ns();
+        let probes = &mut self.probes;
+        self.scanned.retain(|&(pid, flushed)| {
+            let settled = now.saturating_sub(flushed) >= SCANNED_HOLD_NS;
+            if settled {
+                probes.set_scan_bits(pid, watch_flags::SCANNED, false);
+            }
+            !settled
+        });
     }
 
     /// Brings socket states in line with sock_diag, tells the probes about

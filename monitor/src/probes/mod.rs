@@ -210,17 +210,18 @@ impl Probes {
             .with_context(|| format!("adding pid {pid} to the in-kernel watched set (full?)"))
     }
 
-    /// Marks `pid` as being read from /proc ([`watch_flags::SCANNING`]), or
-    /// no longer. Set it before the read and clear it after the next
+    /// Sets or clears `bits` of `pid`'s byte: [`watch_flags::SCANNING`]
+    /// while its /proc is read (set before the read, cleared after the next
     /// [`Probes::flush_held_back`]: a creation held back before the read
     /// could otherwise be cancelled by a close after it, and the fd the scan
-    /// listed would stay in the ledger until the next reconciliation. Left
-    /// open: a close whose probe read the byte just before it was set (its
-    /// fd may still be listed for the microsecond until the close removes
-    /// it), and a pid above the pid_max seen at start (in WATCHED, no byte).
-    pub fn set_scanning(&mut self, pid: u32, on: bool) {
-        self.watched_pids
-            .update_bits(pid, watch_flags::SCANNING as u8, on);
+    /// listed would stay in the ledger until the next reconciliation), and
+    /// [`watch_flags::SCANNED`] from then until a later flush (for creations
+    /// the scan listed before their probe held them). Left open: a close
+    /// whose probe read the byte just before it was set (its fd may still be
+    /// listed for the microsecond until the close removes it), and a pid
+    /// above the pid_max seen at start (in WATCHED, no byte).
+    pub fn set_scan_bits(&mut self, pid: u32, bits: u32, on: bool) {
+        self.watched_pids.update_bits(pid, bits as u8, on);
     }
 
     pub fn unwatch(&mut self, pid: u32) {
