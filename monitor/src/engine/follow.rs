@@ -258,10 +258,12 @@ impl Engine {
     }
 
     /// Reads `pid`'s /proc while its closes ship instead of cancelling
-    /// held-back creations, then ships those (see `Probes::set_scanning`).
-    /// The bit is off again before any drain: while it is on, a loop of
-    /// short-lived fds ships two records a round, which a drain that waits
-    /// for an empty ring might never see the end of.
+    /// held-back creations, then ships those (see `Probes::set_scan_bits`).
+    /// SCANNING is off again before any drain; SCANNED until a drain's flush
+    /// [`SCANNED_HOLD_NS`] later ([`Engine::settle_scans`]). While they are
+    /// on, a loop of short-lived fds ships two records a round, which a
+    /// drain that waits for an empty ring might never see the end of: the
+    /// one drain that does (`sync`) waits the hold out and settles first.
     fn scan_shipping_closes(&mut self, pid: u32) -> ScanResult {
         self.probes
             .set_scan_bits(pid, watch_flags::SCANNING | watch_flags::SCANNED, true);
