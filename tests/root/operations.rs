@@ -226,6 +226,9 @@ fn a_hook_that_fails_to_attach_degrades_the_daemon_and_is_reported() {
     // Without close_enter the ledger misses closes; reconciliation repairs it.
     let mut workload = Workload::spawn(&dir, "lm-refused", &["bulk", "30", "0", "0", "0", "0"]);
     let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
+    // The first sight's scan has listed every fd before any is closed (an fd
+    // the workload inherited, such as a /dev/null of the harness, is known from it alone).
+    daemon.sync();
     let null_fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(Result::ok)
