@@ -262,8 +262,9 @@ impl Engine {
     /// SCANNING is off again before any drain; SCANNED until a drain's flush
     /// [`SCANNED_HOLD_NS`] later ([`Engine::settle_scans`]). While they are
     /// on, a loop of short-lived fds ships two records a round, which a
-    /// drain that waits for an empty ring might never see the end of: the
-    /// one drain that does (`sync`) waits the hold out and settles first.
+    /// drain that waits for an empty ring might never see the end of: every
+    /// drain settles the hold once it has passed, and `sync` (which waits
+    /// for an empty ring) waits it out first.
     fn scan_shipping_closes(&mut self, pid: u32) -> ScanResult {
         self.probes
             .set_scan_bits(pid, watch_flags::SCANNING | watch_flags::SCANNED, true);
@@ -283,6 +284,12 @@ impl Engine {
             let left = (latest + SCANNED_HOLD_NS).saturating_sub(time::boot_ns());
             std::thread::sleep(std::time::Duration::from_nanos(left));
         }
+    }
+
+    /// Whether some process's SCANNED bit is due to be cleared.
+    pub(super) fn a_scan_hold_passed(&self) -> bool {
+        let now = time::boot_ns();
+        (self.scanned.iter()).any(|&(_, flushed)| now.saturating_sub(flushed) >= SCANNED_HOLD_NS)
     }
 
     /// Clears [`watch_flags::SCANNED`] of processes scanned at least
