@@ -60,6 +60,7 @@ impl Engine {
             FollowUp::Reconcile(pid) => {
                 self.reconcile_soon.insert(pid);
             }
+            FollowUp::ReconcileEach(pids) => self.reconcile_soon.extend(pids),
             FollowUp::Unwatch(pid) => self.probes.unwatch(pid),
         }
     }

@@ -4,7 +4,7 @@ use monitor_common::{EventHeader, FdEvent, NO_FD, syscalls as nr};
 
 use super::{
     Birth, FAILURES_KEPT, FailedSyscall, FdEntry, FdId, FollowUp, Ledger, Origin, Process, RANGES_KEPT,
-    ReleasedRange,
+    ReleasedRange, WatchReason,
 };
 use crate::{
     bounded::push_bounded,
@@ -107,8 +107,27 @@ impl Ledger {
     /// A creation the probes held back ([`monitor_common::EventKind::FdOpenLate`]):
     /// records of other CPUs may have overtaken it, so by now each of its fds
     /// may have been released, or released and created again. Those fds are
-    /// dropped; the rest is an ordinary creation.
+    /// dropped; the rest is an ordinary creation. A fork may have overtaken
+    /// it too (the thread moved to another CPU between the two): the child's
+    /// copy of the parent's fds lacks it, so the child is read from /proc.
     pub(super) fn fd_open_late(&mut self, event: &FdEvent) -> FollowUp {
+        let h = &event.header;
+        let mut forked_since: Vec<u32> = (self.processes.values())
+            .filter(|p| p.reason == WatchReason::Parent(h.tgid) && p.start_ns > h.ts_ns)
+            .map(|p| p.pid)
+            .collect();
+        let follow_up = self.fd_open_late_in_process(event);
+        if forked_since.is_empty() {
+            return follow_up;
+        }
+        self.counters.late_opens_past_fork += 1;
+        if let FollowUp::Reconcile(pid) = follow_up {
+            forked_since.push(pid);
+        }
+        FollowUp::ReconcileEach(forked_since)
+    }
+
+    fn fd_open_late_in_process(&mut self, event: &FdEvent) -> FollowUp {
         let h = &event.header;
         let (Some(process), counters) = self.process_mut(h.tgid) else {
             return FollowUp::None;

@@ -36,6 +36,9 @@ pub enum FollowUp {
     MaybeGone(u32),
     /// Something about this process was not fully seen: reconcile it with /proc.
     Reconcile(u32),
+    /// Several processes were not fully seen (children forked after a
+    /// creation that reached the ledger after their fork).
+    ReconcileEach(Vec<u32>),
     /// A child the ledger had no room for: the kernel must stop watching it.
     Unwatch(u32),
 }

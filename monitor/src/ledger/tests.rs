@@ -445,6 +445,29 @@ fn a_late_creation_is_dropped_when_its_fd_was_closed_or_reused_after_it() {
 }
 
 #[test]
+fn a_late_creation_a_fork_overtook_has_the_child_reconciled() {
+    let mut ledger = ledger_with_process();
+    // The fork (at 20) reached the ledger before creations made before it.
+    task(&mut ledger, EventKind::TaskNew, 200, 0, PID);
+    assert_eq!(
+        late(&mut ledger, nr::SOCKET, 5, NO_FD, 10),
+        FollowUp::ReconcileEach(vec![200])
+    );
+    assert_eq!(fds(&ledger), [5]);
+    // Closed by the parent since, the child may hold it still.
+    ledger.apply(&at(EventKind::FdClose, nr::CLOSE, 7, NO_FD, 25));
+    assert_eq!(
+        late(&mut ledger, nr::OPENAT, 7, NO_FD, 15),
+        FollowUp::ReconcileEach(vec![200])
+    );
+    assert_eq!(fds(&ledger), [5]);
+    // Made after the fork: the parent's alone.
+    assert_eq!(late(&mut ledger, nr::OPENAT, 6, NO_FD, 30), FollowUp::None);
+    assert_eq!(fds(&ledger), [5, 6]);
+    assert_eq!(ledger.counters.late_opens_past_fork, 2);
+}
+
+#[test]
 fn a_late_pair_keeps_the_half_that_was_not_released() {
     let mut ledger = ledger_with_process();
     ledger.apply(&at(EventKind::FdClose, nr::CLOSE, 7, NO_FD, 200));

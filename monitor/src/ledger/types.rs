@@ -305,6 +305,10 @@ pub struct LedgerCounters {
     pub late_opens: u64,
     #[serde(default)]
     pub late_opens_stale: u64,
+    /// Held-back creations that arrived after a fork of their process: the
+    /// children forked since are reconciled with /proc.
+    #[serde(default)]
+    pub late_opens_past_fork: u64,
     pub fds_received: u64,
     pub exec_cloexec_closed: u64,
     pub reconcile_runs: u64,

@@ -12,7 +12,7 @@
 //!   http-early A   connect to A at once, then serve (see http.rs)
 //! It prints one JSON line per event on stdout and then obeys commands on
 //! stdin: `exec`, `emfile`, `unhooked`, `exit`, and for sockets `connect ADDR
-//! [plain|nonblock|syncnt1|dupfirst|forkfirst]`, `close FD`, `share FD`, `churn N KEEP`, and
+//! [plain|nonblock|syncnt1|dupfirst|forkfirst|forkmoved]`, `close FD`, `share FD`, `churn N KEEP`, and
 //! `http-call ADDR PATH` (resources born during an HTTP call, see http.rs);
 //! `short-lived N`, `overtaken-ready` and `overtaken-go` (fds the probes hold
 //! back, see held.rs);

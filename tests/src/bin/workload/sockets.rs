@@ -25,7 +25,7 @@ fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
     socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap()
 }
 
-/// `connect ADDR [plain|nonblock|askagain|syncnt1|fastopen|migrate|dupfirst|forkfirst]`:
+/// `connect ADDR [plain|nonblock|askagain|syncnt1|fastopen|migrate|dupfirst|forkfirst|forkmoved]`:
 /// reports the fd and how it went. `askagain` connects without blocking,
 /// calls connect() again at once (EALREADY while the handshake is under way,
 /// reported in `extra.again`) and once the socket is writable, as eventlet
@@ -36,11 +36,13 @@ fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
 /// on the first CPU, reaches the daemon after the connect's records), and
 /// reports `{"cpus": 1}` instead where there is only one. `dupfirst` dups the socket before it connects and
 /// connects the dup (reported in `extra.dup`); `forkfirst` forks a child
-/// that holds the socket before it connects (`extra.child`).
+/// that holds the socket before it connects (`extra.child`); `forkmoved`
+/// does that from another CPU than the socket's, as `migrate` does (the
+/// fork's record overtakes the held-back creation).
 pub fn connect_to(addr: &str, how: &str) {
     let addr: SocketAddr = addr.parse().expect("ip:port");
     let mut connect_cpu = None;
-    if how == "migrate" {
+    if how == "migrate" || how == "forkmoved" {
         let cpus = crate::held::allowed_cpus();
         if cpus.len() < 2 {
             crate::say(json!({"event": "connected", "cpus": cpus.len()}));
@@ -58,7 +60,7 @@ pub fn connect_to(addr: &str, how: &str) {
     if let Some(dup) = &dup {
         extra["dup"] = dup.as_raw_fd().into();
     }
-    if how == "forkfirst" {
+    if how == "forkfirst" || how == "forkmoved" {
         extra["child"] = fork_idle_holder().into();
     }
     let sock = dup.as_ref().unwrap_or(&original);
