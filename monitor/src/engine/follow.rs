@@ -289,6 +289,9 @@ impl Engine {
 
     /// Whether some process's SCANNED bit is due to be cleared.
     pub(super) fn a_scan_hold_passed(&self) -> bool {
+        if self.scanned.is_empty() {
+            return false;
+        }
         let now = time::boot_ns();
         (self.scanned.iter()).any(|&(_, flushed)| now.saturating_sub(flushed) >= SCANNED_HOLD_NS)
     }

@@ -210,8 +210,10 @@ const DRAIN_BUDGET: u64 = 1 << 16;
 
 /// Records a drain applies between checks for a scan hold that has passed:
 /// a drain that outlasts one ends it, or a loop whose closes ship while it
-/// lasts could keep the drain going to its budget (seconds under emulation).
-const SETTLE_CHECK_EVERY: u64 = 4096;
+/// lasts could keep the drain going to its budget (seconds under emulation,
+/// where 4,096 records still took ~200 ms). A check without a scan pending
+/// reads no clock.
+const SETTLE_CHECK_EVERY: u64 = 256;
 
 impl Engine {
     /// Applies the records waiting in the ring buffer, up to [`DRAIN_BUDGET`];
