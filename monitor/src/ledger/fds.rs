@@ -109,22 +109,37 @@ impl Ledger {
     /// may have been released, or released and created again. Those fds are
     /// dropped; the rest is an ordinary creation. A fork may have overtaken
     /// it too (the thread moved to another CPU between the two): the child's
-    /// copy of the parent's fds lacks it, so the child is read from /proc.
+    /// copy of the parent's fds lacks it, so the child (and any child it
+    /// forked since) is read from /proc.
     pub(super) fn fd_open_late(&mut self, event: &FdEvent) -> FollowUp {
         let h = &event.header;
-        let mut forked_since: Vec<u32> = (self.processes.values())
-            .filter(|p| p.reason == WatchReason::Parent(h.tgid) && p.start_ns > h.ts_ns)
-            .map(|p| p.pid)
-            .collect();
+        let forked_since = self.processes.get(&h.tgid).is_some_and(|p| p.forked_ns > h.ts_ns);
         let follow_up = self.fd_open_late_in_process(event);
-        if forked_since.is_empty() {
+        if !forked_since {
             return follow_up;
         }
         self.counters.late_opens_past_fork += 1;
+        let mut pids = self.descendants_since(h.tgid, h.ts_ns);
         if let FollowUp::Reconcile(pid) = follow_up {
-            forked_since.push(pid);
+            pids.push(pid);
         }
-        FollowUp::ReconcileEach(forked_since)
+        FollowUp::ReconcileEach(pids)
+    }
+
+    /// The processes forked after `ts_ns` from `pid` or from one of those.
+    fn descendants_since(&self, pid: u32, ts_ns: u64) -> Vec<u32> {
+        let mut found = Vec::new();
+        let mut parents = vec![pid];
+        while let Some(parent) = parents.pop() {
+            let children = (self.processes.values())
+                .filter(|p| p.reason == WatchReason::Parent(parent) && p.start_ns > ts_ns)
+                .map(|p| p.pid);
+            for child in children {
+                found.push(child);
+                parents.push(child);
+            }
+        }
+        found
     }
 
     fn fd_open_late_in_process(&mut self, event: &FdEvent) -> FollowUp {

@@ -81,6 +81,7 @@ impl Ledger {
             }
         }
         child.threads.insert(task.pid, thread);
+        parent.forked_ns = h.ts_ns;
         counters.processes_watched += 1;
         self.processes.insert(task.pid, child);
         FollowUp::None

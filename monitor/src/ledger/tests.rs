@@ -465,6 +465,22 @@ fn a_late_creation_a_fork_overtook_has_the_child_reconciled() {
     assert_eq!(late(&mut ledger, nr::OPENAT, 6, NO_FD, 30), FollowUp::None);
     assert_eq!(fds(&ledger), [5, 6]);
     assert_eq!(ledger.counters.late_opens_past_fork, 2);
+    // The child forked too (at 20, as the parent did), before that arrived.
+    let grandchild = TaskEvent {
+        header: EventHeader {
+            tgid: 200,
+            ..header(EventKind::TaskNew, monitor_common::NO_SYSCALL, 200, 20)
+        },
+        pid: 300,
+        flags: 0,
+        comm: comm_from("worker"),
+    };
+    ledger.apply(&Event::Task(EventKind::TaskNew, grandchild));
+    assert_eq!(ledger.processes[&300].reason, WatchReason::Parent(200));
+    assert_eq!(
+        late(&mut ledger, nr::OPENAT, 8, NO_FD, 12),
+        FollowUp::ReconcileEach(vec![200, 300])
+    );
 }
 
 #[test]

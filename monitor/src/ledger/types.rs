@@ -155,6 +155,9 @@ pub struct Process {
     pub released_ranges: VecDeque<ReleasedRange>,
     /// When it last exec'd (boot ns), 0 if not since it was watched.
     pub exec_ns: u64,
+    /// When it last forked a child the ledger follows (boot ns), 0 if not
+    /// since it was watched: a late creation from before it is the child's too.
+    pub forked_ns: u64,
     /// dups of its TCP sockets made before they connected.
     pub unbound_copies: UnboundCopies,
     /// fd -> (socket inode, when) for connects that arrived before their
@@ -230,6 +233,7 @@ impl Process {
             released_at: FastMap::default(),
             released_ranges: VecDeque::new(),
             exec_ns: 0,
+            forked_ns: 0,
             unbound_copies: UnboundCopies::default(),
             early_binds: FastMap::default(),
             exited_threads: VecDeque::new(),
