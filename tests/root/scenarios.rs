@@ -75,11 +75,26 @@ fn clean_operation_raises_no_alert() {
     if !require_root("clean_operation_raises_no_alert") {
         return;
     }
+    clean_operation("scenario-clean", "127.0.0.6", false);
+}
+
+/// The same in nova's eventlet mode, which releases before native
+/// threading run: green threads, non-blocking sockets and TLS reads.
+#[test]
+fn clean_operation_under_eventlet_raises_no_alert() {
+    if !require_root("clean_operation_under_eventlet_raises_no_alert") {
+        return;
+    }
+    clean_operation("scenario-clean-eventlet", "127.0.0.18", true);
+}
+
+fn clean_operation(name: &str, ip: &str, eventlet: bool) {
     let mut s = Scenario::start(
-        "scenario-clean",
-        "127.0.0.6",
+        name,
+        ip,
         Options {
             nodes: 2,
+            eventlet,
             ..Options::default()
         },
     );
@@ -101,7 +116,7 @@ fn clean_operation_raises_no_alert() {
     run.watch(&s, Duration::from_secs(45), started);
     let threads_min = run.threads_min.unwrap_or(0);
     eprintln!(
-        "clean: busy {:.0} s, up to {} pooled sockets in CLOSE_WAIT for 5 s or more, threads {threads_min}..{}",
+        "{name}: busy {:.0} s, up to {} pooled sockets in CLOSE_WAIT for 5 s or more, threads {threads_min}..{}",
         busy_until.as_secs_f64(),
         run.close_wait_seen,
         run.threads_max
@@ -112,10 +127,25 @@ fn clean_operation_raises_no_alert() {
         run.timeline.join("\n"),
         s.daemon.log_text()
     );
-    assert!(
-        run.threads_max >= threads_min + 2,
-        "no loop threads came and went: the scenario proved nothing"
-    );
+    if eventlet {
+        // Its loops are green threads: what came and went are calls.
+        let calls = s
+            .daemon
+            .request(serde_json::json!({"request": "calls", "pid": s.nova.pid}));
+        let seen: u64 = (calls["stats"].as_array().unwrap().iter())
+            .map(|kind| kind["count"].as_u64().unwrap())
+            .sum();
+        eprintln!("{name}: {seen} calls seen");
+        assert!(
+            seen >= 20,
+            "{seen} calls seen: the scenario proved nothing\n{calls:#}"
+        );
+    } else {
+        assert!(
+            run.threads_max >= threads_min + 2,
+            "no loop threads came and went: the scenario proved nothing"
+        );
+    }
 }
 
 fn socket_leak(name: &str, ip: &str, tls: bool, eventlet: bool) {
