@@ -118,8 +118,12 @@ impl Ledger {
         if !forked_since {
             return follow_up;
         }
-        self.counters.late_opens_past_fork += 1;
         let mut pids = self.descendants_since(h.tgid, h.ts_ns);
+        if pids.is_empty() {
+            // They have exited since.
+            return follow_up;
+        }
+        self.counters.late_opens_past_fork += 1;
         if let FollowUp::Reconcile(pid) = follow_up {
             pids.push(pid);
         }
