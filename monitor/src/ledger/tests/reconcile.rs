@@ -1,0 +1,104 @@
+//! Reconciliation with /proc scans.
+
+use super::*;
+
+fn link(fd: u32, target: &str) -> FdLink {
+    FdLink {
+        fd,
+        target: target.into(),
+    }
+}
+
+fn thread(tid: u32) -> ThreadInfo {
+    ThreadInfo {
+        tid,
+        name: "t".into(),
+        state: 'S',
+        start_ns: 5,
+    }
+}
+
+#[test]
+fn reconciliation_repairs_both_ways_and_counts() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5); // closed unseen
+    open(&mut ledger, nr::SOCKET, 6); // kind still a guess? no: socket is sure
+    ledger.begin_scan(PID);
+    let scan = Scan {
+        fds: vec![link(6, "socket:[1]"), link(7, "pipe:[2]")],
+        threads: vec![thread(PID), thread(300)],
+    };
+    let fixes = ledger.apply_scan(PID, &scan, Origin::Reconciled, 50, |_, _| FdKind::Pipe);
+    assert_eq!(
+        fixes,
+        ScanFixes {
+            fds_added: 1,
+            fds_removed: 1,
+            kinds_fixed: 0,
+            threads_added: 1,
+            threads_removed: 0
+        }
+    );
+    assert_eq!(fds(&ledger), [6, 7]);
+    assert_eq!(ledger.processes[&PID].fds[&7].birth.origin, Origin::Reconciled);
+    assert_eq!(ledger.counters.reconcile_fds_added, 1);
+    assert_eq!(ledger.counters.reconcile_threads_added, 1);
+}
+
+#[test]
+fn reconciliation_leaves_alone_what_changed_during_the_scan() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5);
+    ledger.begin_scan(PID);
+    // The scan saw fd 5 and fd 8; meanwhile 5 was closed and 9 opened.
+    let scan = Scan {
+        fds: vec![link(5, "/etc/hosts"), link(8, "/etc/passwd")],
+        threads: vec![thread(PID)],
+    };
+    close(&mut ledger, 5);
+    open(&mut ledger, nr::OPENAT, 9);
+    let fixes = ledger.apply_scan(PID, &scan, Origin::Reconciled, 50, |_, _| FdKind::File);
+    assert_eq!(fds(&ledger), [8, 9]);
+    assert_eq!((fixes.fds_added, fixes.fds_removed), (1, 0));
+}
+
+#[test]
+fn reconciliation_replaces_an_entry_whose_number_was_reused_unseen() {
+    let mut ledger = ledger_with_process();
+    let socket = fd_event(
+        EventKind::FdOpen,
+        nr::SOCKET,
+        6,
+        NO_FD,
+        NO_FD,
+        socket_detail(1, 1, 0),
+    );
+    ledger.apply(&Event::Fd(EventKind::FdOpen, socket));
+    ledger.begin_scan(PID);
+    let scan = Scan {
+        fds: vec![link(6, "/var/log/nova.log")],
+        threads: vec![thread(PID)],
+    };
+    let fixes = ledger.apply_scan(PID, &scan, Origin::Reconciled, 50, |_, _| FdKind::File);
+    assert_eq!(fixes.kinds_fixed, 1);
+    let entry = ledger.processes[&PID].fds[&6];
+    assert_eq!(
+        (entry.kind, entry.birth.origin),
+        (FdKind::File, Origin::Reconciled)
+    );
+}
+
+#[test]
+fn first_sight_is_not_counted_as_a_fix() {
+    let mut ledger = ledger_with_process();
+    let scan = Scan {
+        fds: vec![link(0, "/dev/null")],
+        threads: vec![thread(PID)],
+    };
+    ledger.apply_scan(PID, &scan, Origin::BeforeStart, 50, |_, _| FdKind::File);
+    assert_eq!(ledger.counters.reconcile_fds_added, 0);
+    // A creation event later upgrades the unseen entry silently.
+    open(&mut ledger, nr::OPENAT, 0);
+    assert_eq!(ledger.counters.missed_releases, 0);
+    assert_eq!(ledger.processes[&PID].fds[&0].birth.origin, Origin::Syscall);
+}
