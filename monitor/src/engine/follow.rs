@@ -24,6 +24,12 @@ const MAYBE_GONE_WATCH_NS: u64 = 3_000_000_000;
 /// between, and short beside the reconciliation interval.
 const SCANNED_HOLD_NS: u64 = 50_000_000;
 
+/// Whether a scan whose flush ran at `flushed` has held long enough by `now`
+/// (boot ns).
+fn hold_passed(flushed: u64, now: u64) -> bool {
+    now.saturating_sub(flushed) >= SCANNED_HOLD_NS
+}
+
 /// What /proc shows of a process, and its fd directory to name kinds with.
 type ScanResult = Result<(Scan, FdDir), ProcError>;
 
@@ -293,7 +299,7 @@ impl Engine {
             return false;
         }
         let now = time::boot_ns();
-        (self.scanned.iter()).any(|&(_, flushed)| now.saturating_sub(flushed) >= SCANNED_HOLD_NS)
+        (self.scanned.iter()).any(|&(_, flushed)| hold_passed(flushed, now))
     }
 
     /// Clears [`watch_flags::SCANNED`] of processes scanned at least
@@ -304,7 +310,7 @@ impl Engine {
         let now = time::boot_ns();
         let probes = &mut self.probes;
         self.scanned.retain(|&(pid, flushed)| {
-            let settled = now.saturating_sub(flushed) >= SCANNED_HOLD_NS;
+            let settled = hold_passed(flushed, now);
             if settled {
                 probes.set_scan_bits(pid, watch_flags::SCANNED, false);
             }
