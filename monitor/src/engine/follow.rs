@@ -63,10 +63,7 @@ impl Engine {
                     self.maybe_gone.entry(pid).or_insert_with(time::boot_ns);
                 }
             }
-            FollowUp::Reconcile(pid) => {
-                self.reconcile_soon.insert(pid);
-            }
-            FollowUp::ReconcileEach(pids) => self.reconcile_soon.extend(pids),
+            FollowUp::Reconcile(pids) => self.reconcile_soon.extend(pids),
             FollowUp::Unwatch(pid) => self.probes.unwatch(pid),
         }
     }

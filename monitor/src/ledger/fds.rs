@@ -124,10 +124,10 @@ impl Ledger {
             return follow_up;
         }
         self.counters.late_opens_past_fork += 1;
-        if let FollowUp::Reconcile(pid) = follow_up {
-            pids.push(pid);
+        if let FollowUp::Reconcile(more) = follow_up {
+            pids.extend(more);
         }
-        FollowUp::ReconcileEach(pids)
+        FollowUp::Reconcile(pids)
     }
 
     /// The processes forked after `ts_ns` from `pid` or from one of those.
@@ -154,7 +154,7 @@ impl Ledger {
         if process.exec_ns > h.ts_ns {
             // An exec since closed its close-on-exec fds without events.
             counters.late_opens_stale += 1;
-            return FollowUp::Reconcile(h.tgid);
+            return FollowUp::Reconcile(vec![h.tgid]);
         }
         let [fd, fd2] = [event.fd, event.fd2].map(|fd| {
             if fd != NO_FD && process.superseded(fd, h.ts_ns) {
@@ -300,7 +300,7 @@ impl Ledger {
         if complete {
             FollowUp::None
         } else {
-            FollowUp::Reconcile(h.tgid)
+            FollowUp::Reconcile(vec![h.tgid])
         }
     }
 }

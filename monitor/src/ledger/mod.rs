@@ -34,11 +34,10 @@ pub enum FollowUp {
     },
     /// The leader exited and the kernel could not say whether it was the last thread.
     MaybeGone(u32),
-    /// Something about this process was not fully seen: reconcile it with /proc.
-    Reconcile(u32),
-    /// Several processes were not fully seen (children forked after a
-    /// creation that reached the ledger after their fork).
-    ReconcileEach(Vec<u32>),
+    /// Something about these processes was not fully seen: reconcile them
+    /// with /proc (a process, or the children it forked before a creation
+    /// that reached the ledger after the fork).
+    Reconcile(Vec<u32>),
     /// A child the ledger had no room for: the kernel must stop watching it.
     Unwatch(u32),
 }

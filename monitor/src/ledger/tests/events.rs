@@ -189,7 +189,7 @@ fn received_rights_become_fds_and_a_cut_capture_asks_for_reconcile() {
     assert!(ledger.processes[&PID].fds[&8].provisional);
     assert_eq!(
         ledger.apply(&Event::Received(h, 64, &control)),
-        FollowUp::Reconcile(PID)
+        FollowUp::Reconcile(vec![PID])
     );
 }
 

@@ -62,14 +62,14 @@ fn a_late_creation_a_fork_overtook_has_the_child_reconciled() {
     task(&mut ledger, EventKind::TaskNew, 200, 0, PID);
     assert_eq!(
         late(&mut ledger, nr::SOCKET, 5, NO_FD, 10),
-        FollowUp::ReconcileEach(vec![200])
+        FollowUp::Reconcile(vec![200])
     );
     assert_eq!(fds(&ledger), [5]);
     // Closed by the parent since, the child may hold it still.
     ledger.apply(&at(EventKind::FdClose, nr::CLOSE, 7, NO_FD, 25));
     assert_eq!(
         late(&mut ledger, nr::OPENAT, 7, NO_FD, 15),
-        FollowUp::ReconcileEach(vec![200])
+        FollowUp::Reconcile(vec![200])
     );
     assert_eq!(fds(&ledger), [5]);
     // Made after the fork: the parent's alone.
@@ -90,7 +90,7 @@ fn a_late_creation_a_fork_overtook_has_the_child_reconciled() {
     assert_eq!(ledger.processes[&300].reason, WatchReason::Parent(200));
     assert_eq!(
         late(&mut ledger, nr::OPENAT, 8, NO_FD, 12),
-        FollowUp::ReconcileEach(vec![200, 300])
+        FollowUp::Reconcile(vec![200, 300])
     );
 }
 
@@ -149,7 +149,7 @@ fn a_late_creation_from_before_an_exec_sends_the_ledger_to_proc() {
     ));
     assert_eq!(
         late(&mut ledger, nr::OPENAT, 5, NO_FD, 100),
-        FollowUp::Reconcile(PID)
+        FollowUp::Reconcile(vec![PID])
     );
     assert!(fds(&ledger).is_empty());
     assert_eq!(late(&mut ledger, nr::OPENAT, 5, NO_FD, 400), FollowUp::None);
