@@ -421,10 +421,10 @@ pub fn run(runs: usize, ops: u64, only: Option<&str>) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     if only.is_some() {
         // The scenarios section was written above; the others are printed only.
-        if only != Some("scenarios") {
-            println!("\n{out}\n(one section: docs/benchmarks.md left as it was)");
-        } else {
+        if only == Some("scenarios") {
             println!("\n{out}");
+        } else {
+            println!("\n{out}\n(one section: docs/benchmarks.md left as it was)");
         }
         return Ok(());
     }
