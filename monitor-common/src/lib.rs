@@ -323,6 +323,26 @@ pub struct DeferredOpen {
     /// `event` holds a creation not shipped yet.
     pub full: u32,
     pub event: FdEvent,
+    /// The last close on this CPU that cancelled a held-back creation.
+    pub cancelled: CancelledClose,
+}
+
+/// A close whose probe cancelled the held-back creation of its fd (nothing
+/// shipped). The close's probe runs at syscall entry and the fd leaves the
+/// table a moment later, so a /proc scan begun in between lists an fd no
+/// record will ever release: user space leaves such an fd out of the scan.
+/// Kept until the same thread holds back a creation again on this CPU (its
+/// close is over by then) or another close here is cancelled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CancelledClose {
+    /// 0 when there is none.
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub _pad: u32,
+    /// Boot-time ns of the close's probe.
+    pub ts_ns: u64,
 }
 
 /// The flush program's return value when the slot was busy: run it again.
@@ -352,7 +372,8 @@ const _: () = assert!(core::mem::size_of::<RecvFdsEvent>() == 32 + CMSG_CAPTURE)
 const _: () = assert!(core::mem::size_of::<WatchEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<DeferredOpen>() == 56);
+const _: () = assert!(core::mem::size_of::<CancelledClose>() == 24);
+const _: () = assert!(core::mem::size_of::<DeferredOpen>() == 80);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -11,7 +11,9 @@
 //! slot is full, so nothing stays held back for longer than a drain interval.
 //! A pair cancelled while user space lists the process's fds in /proc would
 //! leave the listed fd in the ledger with no record to take it out: while it
-//! does (`watch_flags::SCANNING`), closes ship instead of cancelling.
+//! does (`watch_flags::SCANNING`), closes ship instead of cancelling. A close
+//! that cancelled just before that may not have taken its fd out of the table
+//! yet: the slot remembers it (`CancelledClose`) for user space to leave out.
 //!
 //! Concurrency: only programs on the slot's CPU touch it. Syscall and task
 //! tracepoint programs run with preemption off (perf_syscall_enter/exit and
@@ -26,9 +28,10 @@
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::raw_tracepoint, programs::RawTracePointContext};
 use monitor_common::{
-    DeferredOpen, EventKind, FLUSH_BUSY, FdEvent, NO_FD, config_flags, counter, syscalls as nr,
+    CancelledClose, DeferredOpen, EventKind, FLUSH_BUSY, FdEvent, NO_FD, config_flags, counter,
+    syscalls as nr,
 };
 
 use crate::{
@@ -91,6 +94,10 @@ pub fn hold(mut event: FdEvent) -> bool {
     unsafe {
         write_volatile(addr_of_mut!((*slot).busy), 1);
         ship_held(slot);
+        // This thread is past any close it made: its fd has left the table.
+        if read_volatile(addr_of!((*slot).cancelled.tid)) == event.header.tid {
+            write_volatile(addr_of_mut!((*slot).cancelled.tgid), 0);
+        }
         write_volatile(addr_of_mut!((*slot).event), event);
         write_volatile(addr_of_mut!((*slot).full), 1);
         write_volatile(addr_of_mut!((*slot).busy), 0);
@@ -98,10 +105,11 @@ pub fn hold(mut event: FdEvent) -> bool {
     true
 }
 
-/// close(fd) by `tgid`: if this CPU holds the fd's creation back, the two
-/// cancel out (for a pipe's pair, the other fd stays held). True when they did.
+/// close(fd) by thread `tid` of `tgid`: if this CPU holds the fd's creation
+/// back, the two cancel out (for a pipe's pair, the other fd stays held) and
+/// the slot remembers the close (`CancelledClose`). True when they did.
 #[inline(always)]
-pub fn cancel(tgid: u32, fd: u32) -> bool {
+pub fn cancel(tgid: u32, tid: u32, fd: u32) -> bool {
     let Some(slot) = slot() else {
         return false;
     };
@@ -132,6 +140,17 @@ pub fn cancel(tgid: u32, fd: u32) -> bool {
             } else if second == fd {
                 write_volatile(addr_of_mut!((*event).fd2), NO_FD);
                 cancelled = true;
+            }
+            if cancelled {
+                let close = CancelledClose {
+                    tgid,
+                    tid,
+                    fd,
+                    _pad: 0,
+                    // SAFETY: helper without preconditions.
+                    ts_ns: bpf_ktime_get_boot_ns(),
+                };
+                write_volatile(addr_of_mut!((*slot).cancelled), close);
             }
         }
         write_volatile(addr_of_mut!((*slot).busy), 0);

@@ -282,14 +282,14 @@ fn received_control(msghdr: u64) {
 /// sys_enter_close: the release is recorded before the fd number is free.
 #[tracepoint]
 pub fn close_enter(ctx: TracePointContext) -> u32 {
-    let (tgid, _) = current();
+    let (tgid, tid) = current();
     let watched = watch_state(tgid);
     if watched == 0 {
         return 0;
     }
     let fd = arg(&ctx, 0) as u32;
     // A held-back fd is in no map (fd_created), so nothing else to forget.
-    if watched & (watch_flags::SCANNING | watch_flags::SCANNED) == 0 && defer::cancel(tgid, fd) {
+    if watched & (watch_flags::SCANNING | watch_flags::SCANNED) == 0 && defer::cancel(tgid, tid, fd) {
         return 0;
     }
     http::forget_fd(tgid, fd);

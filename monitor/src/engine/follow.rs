@@ -1,7 +1,7 @@
 //! The engine's I/O: discovery, exec decisions, reconciliation and kind
 //! resolution, all reading /proc.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use monitor_common::{SockOwner, task_flags, watch_flags};
@@ -152,8 +152,10 @@ impl Engine {
             now,
         );
         self.ledger.watch(process);
+        self.ledger.begin_scan(pid);
         match self.scan_shipping_closes(pid) {
             Ok((scan, dir)) => {
+                self.leave_in_flight_to_records(&[pid]);
                 self.ledger
                     .apply_scan(pid, &scan, Origin::BeforeStart, now, |fd, target| {
                         dir.resolve_kind(fd, target)
@@ -240,7 +242,11 @@ impl Engine {
             .iter()
             .map(|pid| (*pid, self.scan_shipping_closes(*pid)))
             .collect();
-        self.drain(ring);
+        // Judged once their hold has passed: /proc may have listed an fd whose
+        // syscall reached its exit probe only after the scan's flush (its
+        // thread preempted in between), and a flush after the hold shipped it.
+        self.drain_until_scans_settled(ring);
+        self.leave_in_flight_to_records(pids);
         let now = time::boot_ns();
         for (pid, scan) in scans {
             match scan {
@@ -281,13 +287,44 @@ impl Engine {
         scanned
     }
 
+    /// Makes the scans of `pids` leave alone the fds whose records the probes
+    /// still hold: a creation held back now, and a close that cancelled its
+    /// creation just before the scan began (its fd was still in the table).
+    fn leave_in_flight_to_records(&mut self, pids: &[u32]) {
+        for (tgid, fd) in self.probes.fds_in_flight(time::boot_ns()) {
+            if pids.contains(&tgid) {
+                self.ledger.leave_to_records(tgid, [fd]);
+            }
+        }
+    }
+
     /// Blocks until the latest scan is [`SCANNED_HOLD_NS`] old (at most that
     /// long), so that the next drain's flush settles every scan.
     pub(super) fn await_scans_settled(&self) {
-        if let Some(latest) = self.scanned.iter().map(|&(_, flushed)| flushed).max() {
-            let left = (latest + SCANNED_HOLD_NS).saturating_sub(time::boot_ns());
-            std::thread::sleep(std::time::Duration::from_nanos(left));
+        std::thread::sleep(Duration::from_nanos(self.scan_hold_left()));
+    }
+
+    /// How long until the latest scan's hold has passed (0 when it has).
+    fn scan_hold_left(&self) -> u64 {
+        let latest = self.scanned.iter().map(|&(_, flushed)| flushed).max();
+        latest.map_or(0, |latest| {
+            (latest + SCANNED_HOLD_NS).saturating_sub(time::boot_ns())
+        })
+    }
+
+    /// Drains until the latest scan's hold has passed, then once more: that
+    /// drain's flush ships every creation held back by then and settles the
+    /// scans. Draining all along, so that a busy ring does not fill.
+    fn drain_until_scans_settled(&mut self, ring: &mut RingBuf<MapData>) {
+        loop {
+            let left = self.scan_hold_left();
+            if left == 0 {
+                break;
+            }
+            self.drain(ring);
+            std::thread::sleep(Duration::from_nanos(left).min(Duration::from_millis(1)));
         }
+        self.drain(ring);
     }
 
     /// Whether some process's SCANNED bit is due to be cleared.

@@ -38,6 +38,17 @@ impl Ledger {
         }
     }
 
+    /// Between [`Ledger::begin_scan`] and [`Ledger::apply_scan`]: `pid`'s
+    /// `fds` have records still in the probes (a creation held back, a close
+    /// that cancelled one), so the scan leaves them as the records make them.
+    pub fn leave_to_records(&mut self, pid: u32, fds: impl IntoIterator<Item = u32>) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            for fd in fds {
+                process.touch(fd);
+            }
+        }
+    }
+
     /// Makes the ledger agree with `scan`, except for what events changed
     /// while it was taken (those events are newer than the scan).
     ///

@@ -9,13 +9,17 @@ use aya::{
     maps::{MapData, PerCpuArray},
     programs::{RawTracePoint, RawTracePointRunOptions, TestRun},
 };
-use monitor_common::{DeferredOpen, FLUSH_BUSY, maps, programs};
+use monitor_common::{DeferredOpen, FLUSH_BUSY, NO_FD, maps, programs};
 use serde::Serialize;
 use tracing::warn;
 
 /// Runs of the flush on a CPU whose slot a probe is changing (that takes
 /// well under a microsecond, so a second run nearly always finds it free).
 const BUSY_RETRIES: u32 = 100;
+/// How long after a close's probe its fd may still be in the table: the
+/// close syscall takes a microsecond from its probe to removing the fd, and
+/// this bounds how long a forgotten marker keeps a scan from judging the fd.
+const CLOSE_IN_FLIGHT_NS: u64 = 1_000_000_000;
 
 /// What the flushes did (`leakmon status`, `kernel.held_back`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -85,6 +89,38 @@ impl Deferral {
                 self.flush_cpu(program, cpu as u32);
             }
         }
+    }
+
+    /// `(tgid, fd)` of the fds whose records the probes have not shipped:
+    /// creations held back now, and closes cancelled against one less than
+    /// [`CLOSE_IN_FLIGHT_NS`] before `now_ns` whose thread has not held a
+    /// creation since (the fd may still be in the table). A scan that lists
+    /// them cannot tell whether they are still open; their records can.
+    pub fn in_flight(&self, now_ns: u64) -> Vec<(u32, u32)> {
+        let slots = match self.slots.get(&0, 0) {
+            Ok(slots) => slots,
+            Err(e) => {
+                warn!(error = %e, "reading {}: a scan may judge fds still in flight", maps::DEFERRED);
+                return Vec::new();
+            }
+        };
+        let mut fds = Vec::new();
+        for slot in slots.iter() {
+            if slot.full != 0 {
+                let held = &slot.event;
+                let pair = [held.fd, held.fd2];
+                fds.extend(
+                    pair.into_iter()
+                        .filter(|&fd| fd != NO_FD)
+                        .map(|fd| (held.header.tgid, fd)),
+                );
+            }
+            let close = &slot.cancelled;
+            if close.tgid != 0 && now_ns.saturating_sub(close.ts_ns) < CLOSE_IN_FLIGHT_NS {
+                fds.push((close.tgid, close.fd));
+            }
+        }
+        fds
     }
 
     fn flush_cpu(&mut self, program: &RawTracePoint, cpu: u32) {

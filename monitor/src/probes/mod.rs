@@ -199,6 +199,12 @@ impl Probes {
         }
     }
 
+    /// `(tgid, fd)` of fds whose records are still in the probes
+    /// ([`defer::Deferral::in_flight`]); none when nothing is held back.
+    pub fn fds_in_flight(&self, now_ns: u64) -> Vec<(u32, u32)> {
+        (self.deferral.as_ref()).map_or_else(Vec::new, |deferral| deferral.in_flight(now_ns))
+    }
+
     /// Adds `pid` to the in-kernel watched set: its byte, or for a pid above
     /// the pid_max seen at start, its WATCHED entry.
     pub fn watch(&mut self, pid: u32, flags: u32) -> anyhow::Result<()> {
@@ -216,10 +222,13 @@ impl Probes {
     /// could otherwise be cancelled by a close after it, and the fd the scan
     /// listed would stay in the ledger until the next reconciliation), and
     /// [`watch_flags::SCANNED`] from then until a later flush (for creations
-    /// the scan listed before their probe held them). Left open: a close
-    /// whose probe read the byte just before it was set (its fd may still be
-    /// listed for the microsecond until the close removes it), and a pid
-    /// above the pid_max seen at start (in WATCHED, no byte).
+    /// the scan listed before their probe held them). A close whose probe
+    /// read the byte just before it was set may still have its fd listed for
+    /// the microsecond until the close removes it: the scan leaves that fd
+    /// to the records ([`Probes::fds_in_flight`]). Left open: such a close
+    /// preempted before it removes the fd while another close on its CPU
+    /// cancels (the slot remembers one), and a pid above the pid_max seen
+    /// at start (in WATCHED, no byte).
     pub fn set_scan_bits(&mut self, pid: u32, bits: u32, on: bool) {
         self.watched_pids.update_bits(pid, bits as u8, on);
     }

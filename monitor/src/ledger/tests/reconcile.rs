@@ -102,3 +102,26 @@ fn first_sight_is_not_counted_as_a_fix() {
     assert_eq!(ledger.counters.missed_releases, 0);
     assert_eq!(ledger.processes[&PID].fds[&0].birth.origin, Origin::Syscall);
 }
+
+#[test]
+fn a_scan_leaves_fds_still_in_flight_to_their_records() {
+    let mut ledger = ledger_with_process();
+    ledger.begin_scan(PID);
+    // /proc listed fd 6, whose close had cancelled its held-back creation
+    // but not yet left the table, and fd 7, whose creation was held back
+    // after the scan's flush; fd 8 is one the ledger had missed.
+    let scan = Scan {
+        fds: vec![link(6, "/dev/null"), link(7, "/dev/null"), link(8, "/dev/null")],
+        threads: Vec::new(),
+    };
+    ledger.leave_to_records(PID, [6, 7]);
+    let fixes = ledger.apply_scan(PID, &scan, Origin::Reconciled, 50, |_, _| FdKind::File);
+    assert_eq!((fixes.fds_added, fixes.fds_removed), (1, 0));
+    assert_eq!(fds(&ledger), [8]);
+    // fd 7's record, when shipped, gives it its own birth.
+    let mut held = fd_event(EventKind::FdOpenLate, nr::OPENAT, 7, NO_FD, NO_FD, 0);
+    held.header.ts_ns = 40;
+    ledger.apply(&Event::Fd(EventKind::FdOpenLate, held));
+    assert_eq!(fds(&ledger), [7, 8]);
+    assert_eq!(ledger.processes[&PID].fds[&7].birth.origin, Origin::Syscall);
+}
