@@ -249,6 +249,12 @@ impl Engine {
         self.leave_in_flight_to_records(pids);
         let now = time::boot_ns();
         for (pid, scan) in scans {
+            if !self.ledger.scan_begun(pid) {
+                // It exited during the hold, and its pid may be another
+                // watched process's already: the scan is not that one's.
+                debug!(pid, "process gone before its scan was applied");
+                continue;
+            }
             match scan {
                 Ok((scan, dir)) => {
                     let fixes = self

@@ -38,6 +38,13 @@ impl Ledger {
         }
     }
 
+    /// Whether [`Ledger::begin_scan`] was called for the process now known
+    /// as `pid` and its scan not applied yet: false once it was forgotten,
+    /// also when a new process with that pid is watched since.
+    pub fn scan_begun(&self, pid: u32) -> bool {
+        self.processes.get(&pid).is_some_and(|p| p.touched.is_some())
+    }
+
     /// Between [`Ledger::begin_scan`] and [`Ledger::apply_scan`]: `pid`'s
     /// `fds` have records still in the probes (a creation held back, a close
     /// that cancelled one), so the scan leaves them as the records make them.

@@ -125,3 +125,20 @@ fn a_scan_leaves_fds_still_in_flight_to_their_records() {
     assert_eq!(fds(&ledger), [7, 8]);
     assert_eq!(ledger.processes[&PID].fds[&7].birth.origin, Origin::Syscall);
 }
+
+#[test]
+fn a_scan_belongs_to_the_process_it_began_on() {
+    let mut ledger = ledger_with_process();
+    assert!(!ledger.scan_begun(PID));
+    ledger.begin_scan(PID);
+    assert!(ledger.scan_begun(PID));
+    // It exits during the scan's hold and a new process gets its pid.
+    ledger.forget(PID);
+    assert!(!ledger.scan_begun(PID));
+    let reborn = Process::new(PID, "nova-compute".into(), vec![], 9, WatchReason::Pid, 9);
+    ledger.watch(reborn);
+    assert!(!ledger.scan_begun(PID));
+    ledger.begin_scan(PID);
+    ledger.apply_scan(PID, &Scan::default(), Origin::Reconciled, 50, |_, _| FdKind::File);
+    assert!(!ledger.scan_begun(PID), "applying the scan ends it");
+}
