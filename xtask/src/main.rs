@@ -10,6 +10,7 @@ mod bench_snapshot;
 mod demo;
 mod fuzz;
 mod install;
+mod secrets;
 mod setup;
 mod test;
 mod testbed;

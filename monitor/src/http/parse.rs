@@ -340,10 +340,9 @@ mod tests {
 
     #[test]
     fn keystoneauths_noauth_placeholder_is_no_token() {
-        let mut request = b"GET /v1/nodes HTTP/1.1\r\nX-Auth-Token: ".to_vec();
-        request.extend_from_slice(NOAUTH_PLACEHOLDER);
-        request.extend_from_slice(b"\r\n\r\n");
-        let Parsed::Complete(found) = requests(&request) else {
+        let placeholder = std::str::from_utf8(NOAUTH_PLACEHOLDER).unwrap();
+        let request = format!("GET /v1/nodes HTTP/1.1\r\nX-Auth-Token: {placeholder}\r\n\r\n");
+        let Parsed::Complete(found) = requests(request.as_bytes()) else {
             panic!("not parsed");
         };
         assert!(!found[0].0.token);

@@ -6,15 +6,7 @@ use super::*;
 fn opens_and_closes_keep_birth_records() {
     let mut ledger = ledger_with_process();
     open(&mut ledger, nr::OPENAT, 5);
-    let socket = fd_event(
-        EventKind::FdOpen,
-        nr::SOCKET,
-        6,
-        NO_FD,
-        NO_FD,
-        socket_detail(2, 1, 0),
-    );
-    ledger.apply(&Event::Fd(EventKind::FdOpen, socket));
+    open_socket(&mut ledger, 6, 2);
     close(&mut ledger, 5);
     close(&mut ledger, 42);
 

@@ -80,6 +80,19 @@ fn task(ledger: &mut Ledger, kind: EventKind, pid: u32, flags: u32, tid: u32) ->
     ledger.apply(&Event::Task(kind, event))
 }
 
+/// socket(domain, SOCK_STREAM, 0) returning `fd`.
+fn open_socket(ledger: &mut Ledger, fd: u32, domain: u64) {
+    let socket = fd_event(
+        EventKind::FdOpen,
+        nr::SOCKET,
+        fd,
+        NO_FD,
+        NO_FD,
+        socket_detail(domain, 1, 0),
+    );
+    ledger.apply(&Event::Fd(EventKind::FdOpen, socket));
+}
+
 fn fds(ledger: &Ledger) -> Vec<u32> {
     let mut fds: Vec<u32> = ledger.processes[&PID].fds.keys().copied().collect();
     fds.sort();

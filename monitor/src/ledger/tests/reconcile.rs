@@ -65,15 +65,7 @@ fn reconciliation_leaves_alone_what_changed_during_the_scan() {
 #[test]
 fn reconciliation_replaces_an_entry_whose_number_was_reused_unseen() {
     let mut ledger = ledger_with_process();
-    let socket = fd_event(
-        EventKind::FdOpen,
-        nr::SOCKET,
-        6,
-        NO_FD,
-        NO_FD,
-        socket_detail(1, 1, 0),
-    );
-    ledger.apply(&Event::Fd(EventKind::FdOpen, socket));
+    open_socket(&mut ledger, 6, 1);
     ledger.begin_scan(PID);
     let scan = Scan {
         fds: vec![link(6, "/var/log/nova.log")],

@@ -1,0 +1,51 @@
+//! A guard on what the repository commits: every X-Auth-Token header in
+//! a tracked file (tests, workloads, the fuzz corpus) carries the tests'
+//! obviously fake token, or keystoneauth's public no-auth placeholder.
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    /// Split so that this file does not match itself.
+    const HEADER: &str = concat!("x-auth", "-token:");
+    /// What may follow the header's name on the same line.
+    const ALLOWED: [&str; 4] = [
+        "FAKE-TOKEN-leakmon-test-not-a-credential",
+        "FAKE_TOKEN",
+        "fake_token!()",
+        "{placeholder}",
+    ];
+
+    #[test]
+    fn every_committed_auth_token_is_the_fake_one() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let listed = Command::new("git")
+            .args(["-C", root, "ls-files", "-z"])
+            .output()
+            .expect("git ls-files");
+        assert!(listed.status.success(), "git ls-files failed");
+        let mut offending = Vec::new();
+        for path in listed.stdout.split(|&b| b == 0).filter(|p| !p.is_empty()) {
+            let path = String::from_utf8_lossy(path);
+            let Ok(bytes) = std::fs::read(format!("{root}/{path}")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            for (number, line) in text.lines().enumerate() {
+                let lower = line.to_ascii_lowercase();
+                let Some(at) = lower.find(HEADER) else {
+                    continue;
+                };
+                let value = &line[at + HEADER.len()..];
+                if !ALLOWED.iter().any(|allowed| value.contains(allowed)) {
+                    offending.push(format!("{path}:{}: {}", number + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            offending.is_empty(),
+            "auth tokens that are not the fake one:\n{}",
+            offending.join("\n")
+        );
+    }
+}
