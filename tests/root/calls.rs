@@ -381,6 +381,26 @@ fn restarted_nova_compute_is_followed_without_duplicates_or_stale_calls() {
             || old == Err(format!("pid {old_pid} is not watched by this daemon")),
         "{old:?}"
     );
+
+    // Stopped, the daemon detaches every link it holds: the tracepoints'
+    // and the harness's uprobes (two per probed SSL symbol).
+    let status = bed.daemon.status();
+    let not_links = ["fd_iter", "flush_deferred"];
+    let hooks = (status["hooks"].as_array().unwrap().iter())
+        .filter(|h| h["attached"] == true && !not_links.contains(&h["program"].as_str().unwrap()))
+        .count();
+    let uprobes: usize = (status["tls"].as_array().unwrap().iter())
+        .map(|t| 2 * t["symbols"].as_array().unwrap().len())
+        .sum();
+    assert!(uprobes >= 2, "{:#}", status["tls"]);
+    let daemon = bed.daemon;
+    let log = daemon.log.clone();
+    assert!(daemon.stop().success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains(&format!("probes detached links={}", hooks + uprobes)),
+        "{hooks} tracepoints and {uprobes} uprobes:\n{log}"
+    );
     second.exit();
 }
 

@@ -4,6 +4,7 @@ pub mod btf;
 mod defer;
 mod gc;
 pub mod hooks;
+mod links;
 pub mod lockdown;
 pub mod tls;
 pub mod tracefs;
@@ -60,8 +61,11 @@ pub struct KernelCounters {
 }
 
 pub struct Probes {
-    /// Owns the programs and their links: dropping it detaches everything.
+    /// Owns the programs and the TLS uprobes' links.
     ebpf: Ebpf,
+    /// The tracepoints' links: dropping [`Probes`] detaches them and the
+    /// uprobes side by side (links.rs).
+    links: links::Links,
     sock_fds: HashMap<MapData, u64, StreamState>,
     pub tls: tls::Tls,
     watched: HashMap<MapData, u32, WatchEntry>,
@@ -91,6 +95,22 @@ struct MapSuspects {
     sock_fds: gc::Suspects<u64>,
     socks: gc::Suspects<u64>,
     tuples: gc::Suspects<Tuple>,
+}
+
+impl Drop for Probes {
+    /// Detaches every probe before the daemon exits, side by side (one
+    /// after another took seconds: links.rs).
+    fn drop(&mut self) {
+        let started = Instant::now();
+        self.tls.take_all_links(&mut self.ebpf, &mut self.links);
+        let count = self.links.len();
+        self.links.detach();
+        info!(
+            links = count,
+            took_ms = started.elapsed().as_millis() as u64,
+            "probes detached"
+        );
+    }
 }
 
 impl Probes {
@@ -144,7 +164,8 @@ impl Probes {
             .is_none()
             .then(aya::Btf::from_sys_fs)
             .and_then(Result::ok);
-        let mut hooks = attach_all(&mut ebpf, btf.as_ref());
+        let mut links = links::Links::default();
+        let mut hooks = attach_all(&mut ebpf, btf.as_ref(), &mut links);
         let fd_iter = load_fd_iter(&sock_offsets, btf.as_ref());
         let host_wide = fd_iter.as_ref().is_ok_and(|program| program.host_wide());
         hooks.push(HookStatus {
@@ -184,6 +205,7 @@ impl Probes {
             config,
             kernel,
             ebpf,
+            links,
             hooks,
             tracefs_mounted_by_us,
             socket_walk_missing,
@@ -426,7 +448,7 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Vec<HookStatus> {
+fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, links: &mut links::Links) -> Vec<HookStatus> {
     let mut statuses = Vec::new();
     // program -> Ok, or why the verifier refused it (reported on each of its hooks).
     let mut loaded: std::collections::HashMap<&'static str, Result<(), String>> = Default::default();
@@ -439,9 +461,9 @@ fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Vec<HookStatus> {
                 hooks::REFUSE_ENV
             ))
         } else if hook.category == hooks::BTF {
-            attach_btf(ebpf, &hook, btf)
+            attach_btf(ebpf, &hook, btf, links)
         } else {
-            attach_one(ebpf, &hook, &mut loaded)
+            attach_one(ebpf, &hook, &mut loaded, links)
         };
         match &result {
             Ok(()) => debug!(program = hook.program, %tracepoint, "attached"),
@@ -487,7 +509,12 @@ fn load_fd_iter(offsets: &SockOffsets, btf: Option<&aya::Btf>) -> anyhow::Result
 }
 
 /// A BTF tracepoint: its program is loaded for that one tracepoint.
-fn attach_btf(ebpf: &mut Ebpf, hook: &hooks::Hook, btf: Option<&aya::Btf>) -> anyhow::Result<()> {
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    hook: &hooks::Hook,
+    btf: Option<&aya::Btf>,
+    links: &mut links::Links,
+) -> anyhow::Result<()> {
     let Some(btf) = btf else {
         bail!("needs the kernel's BTF and the socket offsets in it, which could not be read");
     };
@@ -502,7 +529,8 @@ fn attach_btf(ebpf: &mut Ebpf, hook: &hooks::Hook, btf: Option<&aya::Btf>) -> an
             anyhow::Error::from(e)
         )
     })?;
-    program.attach()?;
+    let link = program.attach()?;
+    links.push(program.take_link(link)?);
     Ok(())
 }
 
@@ -510,6 +538,7 @@ fn attach_one(
     ebpf: &mut Ebpf,
     hook: &hooks::Hook,
     loaded: &mut std::collections::HashMap<&'static str, Result<(), String>>,
+    links: &mut links::Links,
 ) -> anyhow::Result<()> {
     if !tracefs::event_exists(hook.category, &hook.event) {
         bail!("this kernel has no tracepoint {}/{}", hook.category, hook.event);
@@ -530,6 +559,7 @@ fn attach_one(
     if let Err(e) = load {
         bail!("{e}");
     }
-    program.attach(hook.category, &hook.event)?;
+    let link = program.attach(hook.category, &hook.event)?;
+    links.push(program.take_link(link)?);
     Ok(())
 }

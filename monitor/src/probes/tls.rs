@@ -17,6 +17,8 @@ use aya::{
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
+use super::links::Links;
+
 /// (symbol, entry program); every symbol also gets the return program.
 const SYMBOLS: [(&str, &str); 4] = [
     ("SSL_write", "ssl_write"),
@@ -148,26 +150,19 @@ impl Tls {
     }
 
     /// Detaches `pid`'s uprobes. Unregistering a uprobe waits for RCU
-    /// grace periods (about 100 ms each here, 0.8 s for a process's eight),
-    /// so the links are dropped on a thread of their own: the engine goes
-    /// on draining the ring buffer meanwhile instead of losing events.
+    /// grace periods (about 100 ms each here; 0.8 s for a process's eight
+    /// one after another, so they go side by side), so the links are
+    /// dropped on a thread of their own: the engine goes on draining the
+    /// ring buffer meanwhile instead of losing events.
     pub fn detach(&mut self, ebpf: &mut Ebpf, pid: u32) {
-        let Some(attached) = self.attached.remove(&pid) else {
+        let Some(mut owned) = self.take_links(ebpf, pid) else {
             return;
         };
-        let mut owned = Vec::with_capacity(attached.links.len());
-        for (name, link) in attached.links {
-            match program(ebpf, name).and_then(|p| Ok(p.take_link(link)?)) {
-                Ok(link) => owned.push(link),
-                Err(e) => debug!(pid, program = name, error = %e, "uprobe link already gone"),
-            }
-        }
-        self.detach_count += 1;
         let spawned = std::thread::Builder::new()
             .name("tls-detach".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                drop(owned);
+                owned.detach();
                 debug!(
                     pid,
                     took_ms = started.elapsed().as_millis() as u64,
@@ -177,6 +172,29 @@ impl Tls {
         if let Err(e) = spawned {
             warn!(pid, error = %e, "no thread for the TLS detach: detached inline, events may be lost meanwhile");
         }
+    }
+
+    /// Moves every process's uprobe links into `links` (at shutdown).
+    pub fn take_all_links(&mut self, ebpf: &mut Ebpf, links: &mut Links) {
+        for pid in self.pids() {
+            if let Some(mut owned) = self.take_links(ebpf, pid) {
+                links.append(&mut owned);
+            }
+        }
+    }
+
+    /// Takes `pid`'s links out of their programs and forgets the attachment.
+    fn take_links(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<Links> {
+        let attached = self.attached.remove(&pid)?;
+        let mut owned = Links::default();
+        for (name, link) in attached.links {
+            match program(ebpf, name).and_then(|p| Ok(p.take_link(link)?)) {
+                Ok(link) => owned.push(link),
+                Err(e) => debug!(pid, program = name, error = %e, "uprobe link already gone"),
+            }
+        }
+        self.detach_count += 1;
+        Some(owned)
     }
 
     /// Pids with probes attached.
