@@ -280,7 +280,7 @@ impl Engine {
     /// on, a loop of short-lived fds ships two records a round, which a
     /// drain that waits for an empty ring might never see the end of: every
     /// drain settles the hold once it has passed, and `sync` (which waits
-    /// for an empty ring) waits it out first.
+    /// for an empty ring) drains through it first.
     fn scan_shipping_closes(&mut self, pid: u32) -> ScanResult {
         self.probes
             .set_scan_bits(pid, watch_flags::SCANNING | watch_flags::SCANNED, true);
@@ -304,12 +304,6 @@ impl Engine {
         }
     }
 
-    /// Blocks until the latest scan is [`SCANNED_HOLD_NS`] old (at most that
-    /// long), so that the next drain's flush settles every scan.
-    pub(super) fn await_scans_settled(&self) {
-        std::thread::sleep(Duration::from_nanos(self.scan_hold_left()));
-    }
-
     /// How long until the latest scan's hold has passed (0 when it has).
     fn scan_hold_left(&self) -> u64 {
         let latest = self.scanned.iter().map(|&(_, flushed)| flushed).max();
@@ -321,7 +315,7 @@ impl Engine {
     /// Drains until the latest scan's hold has passed, then once more: that
     /// drain's flush ships every creation held back by then and settles the
     /// scans. Draining all along, so that a busy ring does not fill.
-    fn drain_until_scans_settled(&mut self, ring: &mut RingBuf<MapData>) {
+    pub(super) fn drain_until_scans_settled(&mut self, ring: &mut RingBuf<MapData>) {
         loop {
             let left = self.scan_hold_left();
             if left == 0 {

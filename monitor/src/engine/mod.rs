@@ -292,7 +292,7 @@ impl Engine {
                 // Settled, too: closes of a process scanned a moment ago
                 // cancel held-back creations again (tests and benchmarks
                 // count on that; they alone send `sync`).
-                self.await_scans_settled();
+                self.drain_until_scans_settled(ring);
                 u64::MAX
             }
             _ => DRAIN_BUDGET,

@@ -378,9 +378,15 @@ impl Probes {
     }
 }
 
+/// The do-nothing programs of the benchmarks' floor, attached while it lives.
+pub struct Floor {
+    _ebpf: Ebpf,
+    _links: links::Links,
+}
+
 /// Attaches the do-nothing program to every tracepoint leakmon hooks (the
 /// benchmarks' floor). The returned object must be kept alive.
-pub fn load_floor(raw: bool) -> anyhow::Result<Ebpf> {
+pub fn load_floor(raw: bool) -> anyhow::Result<Floor> {
     if OBJECT.is_empty() {
         bail!("this leakmon binary was built without its kernel probes");
     }
@@ -389,21 +395,28 @@ pub fn load_floor(raw: bool) -> anyhow::Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .override_global(TaskOffsets::GLOBAL, &offsets, true)
         .load(OBJECT)?;
+    let mut links = links::Links::default();
     if raw {
         let program: &mut aya::programs::RawTracePoint = ebpf
             .program_mut("noop_raw")
             .context("no noop_raw program")?
             .try_into()?;
         program.load()?;
-        program.attach("sys_enter")?;
-        program.attach("sys_exit")?;
-        return Ok(ebpf);
+        for tracepoint in ["sys_enter", "sys_exit"] {
+            let link = program.attach(tracepoint)?;
+            links.push(program.take_link(link)?);
+        }
+        return Ok(Floor {
+            _ebpf: ebpf,
+            _links: links,
+        });
     }
     let program: &mut TracePoint = ebpf.program_mut("noop").context("no noop program")?.try_into()?;
     program.load()?;
     for hook in hooks::all() {
         if tracefs::event_exists(hook.category, &hook.event) {
-            program.attach(hook.category, &hook.event)?;
+            let link = program.attach(hook.category, &hook.event)?;
+            links.push(program.take_link(link)?);
         }
     }
     let btf = aya::Btf::from_sys_fs()?;
@@ -414,9 +427,13 @@ pub fn load_floor(raw: bool) -> anyhow::Result<Ebpf> {
             .with_context(|| format!("no {name} program"))?
             .try_into()?;
         program.load(&hook.event, &btf)?;
-        program.attach()?;
+        let link = program.attach()?;
+        links.push(program.take_link(link)?);
     }
-    Ok(ebpf)
+    Ok(Floor {
+        _ebpf: ebpf,
+        _links: links,
+    })
 }
 
 /// Removes the entries of `map` whose socket no watched fd holds.
