@@ -17,11 +17,8 @@ pub use sock::*;
 pub mod maps {
     /// The one ring buffer every event goes through.
     pub const EVENTS: &str = "EVENTS";
-    /// tgid -> [`crate::WatchEntry`]: the watched processes whose pid has no
-    /// byte in [`WATCHED_PIDS`] (pid_max raised since the daemon started).
-    pub const WATCHED: &str = "WATCHED";
-    /// The in-kernel watched set: one byte per pid up to the pid_max seen at
-    /// start, 0 when not watched, else [`crate::watch_flags::BYTE_WATCHED`]
+    /// The in-kernel watched set: one byte for every pid Linux can make
+    /// (PID_MAX_LIMIT, 4 MiB), 0 when not watched, else [`crate::watch_flags::BYTE_WATCHED`]
     /// with the watch flags in the low bits. It is the check every hooked
     /// syscall makes first (an array index, several times cheaper than a hash
     /// lookup), and a fork or exit of a watched process stores one byte
@@ -223,16 +220,7 @@ pub struct RecvFdsEvent {
     pub control: [u8; CMSG_CAPTURE],
 }
 
-/// Value of the WATCHED map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WatchEntry {
-    /// [`watch_flags`] bits.
-    pub flags: u32,
-    pub _pad: u32,
-}
-
-/// Bits of [`WatchEntry::flags`].
+/// The watch flags: the low bits of a watched pid's byte in WATCHED_PIDS.
 pub mod watch_flags {
     /// Chosen by user space or by a comm match: stays watched across exec if it still matches.
     pub const MATCHED: u32 = 1 << 0;
@@ -369,7 +357,6 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<FdEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<TaskEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<RecvFdsEvent>() == 32 + CMSG_CAPTURE);
-const _: () = assert!(core::mem::size_of::<WatchEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
 const _: () = assert!(core::mem::size_of::<CancelledClose>() == 24);
@@ -380,8 +367,6 @@ mod pod {
     use super::*;
     // SAFETY: each type is #[repr(C)], Copy, built only of integers and
     // integer arrays with explicit padding, so every bit pattern is valid.
-    unsafe impl aya::Pod for WatchEntry {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for KernelConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TaskOffsets {}

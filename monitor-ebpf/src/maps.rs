@@ -6,19 +6,17 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    DeferredOpen, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall, Tuple, WatchEntry,
-    counter, watch_flags,
+    DeferredOpen, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall, Tuple, counter,
+    watch_flags,
 };
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
+/// See `monitor_common::maps::WATCHED_PIDS`: a byte for each of the
+/// PID_MAX_LIMIT (4 << 20) pids, in elements of 8.
 #[map]
-pub static WATCHED: HashMap<u32, WatchEntry> = HashMap::with_max_entries(4096, 0);
-
-/// See `monitor_common::maps::WATCHED_PIDS`. User space sizes it to pid_max.
-#[map]
-pub static WATCHED_PIDS: Array<[u8; 8]> = Array::with_max_entries(32768 / 8, BPF_F_MMAPABLE);
+pub static WATCHED_PIDS: Array<[u8; 8]> = Array::with_max_entries((4 << 20) / 8, BPF_F_MMAPABLE);
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map]
@@ -90,14 +88,10 @@ pub fn config() -> KernelConfig {
     }
 }
 
-/// Whether `tgid` is watched: its byte in WATCHED_PIDS, or for a pid above
-/// the pid_max user space saw at start, its WATCHED entry.
+/// Whether `tgid` is watched: its byte in WATCHED_PIDS is not 0.
 #[inline(always)]
 pub fn is_watched(tgid: u32) -> bool {
-    match WATCHED_PIDS.get(tgid / 8) {
-        Some(bytes) => bytes[(tgid % 8) as usize] != 0,
-        None => WATCHED.get_ptr(tgid).is_some(),
-    }
+    watch_state(tgid) != 0
 }
 
 /// How `tgid` is watched: 0 if it is not, else its byte (the watch flags
@@ -107,33 +101,29 @@ pub fn is_watched(tgid: u32) -> bool {
 pub fn watch_state(tgid: u32) -> u32 {
     match WATCHED_PIDS.get(tgid / 8) {
         Some(bytes) => bytes[(tgid % 8) as usize] as u32,
-        // SAFETY: the value is read at once; a concurrent delete can at
-        // worst make us read a stale entry, which the caller tolerates.
-        None => match unsafe { WATCHED.get(tgid) } {
-            Some(entry) => watch_flags::byte(entry.flags) as u32,
-            None => 0,
-        },
+        // Beyond PID_MAX_LIMIT: no process has that pid.
+        None => 0,
     }
 }
 
-/// Adds `tgid` to the watched set; false if it has no byte and WATCHED is full.
+/// Adds `tgid` to the watched set with `flags` ([`watch_flags`]); false for
+/// a pid beyond PID_MAX_LIMIT, which no process has.
 #[inline(always)]
-pub fn watch(tgid: u32, entry: WatchEntry) -> bool {
+pub fn watch(tgid: u32, flags: u32) -> bool {
     match WATCHED_PIDS.get_ptr_mut(tgid / 8) {
         Some(bytes) => {
-            store_byte(bytes, tgid, watch_flags::byte(entry.flags));
+            store_byte(bytes, tgid, watch_flags::byte(flags));
             true
         }
-        None => WATCHED.insert(tgid, entry, 0).is_ok(),
+        None => false,
     }
 }
 
 /// Takes `tgid` out of the watched set.
 #[inline(always)]
 pub fn unwatch(tgid: u32) {
-    match WATCHED_PIDS.get_ptr_mut(tgid / 8) {
-        Some(bytes) => store_byte(bytes, tgid, 0),
-        None => forget(&WATCHED, tgid),
+    if let Some(bytes) = WATCHED_PIDS.get_ptr_mut(tgid / 8) {
+        store_byte(bytes, tgid, 0);
     }
 }
 

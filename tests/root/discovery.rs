@@ -309,3 +309,56 @@ fn the_control_socket_refuses_non_root_clients() {
         "leakmon: cannot read /proc/1/fd: Permission denied (os error 13)"
     );
 }
+
+/// The host's pid_max, raised for a test and put back when it drops.
+struct RaisedPidMax(String);
+
+const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+
+impl Drop for RaisedPidMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write(PID_MAX, &self.0);
+    }
+}
+
+/// pid_max raised after the daemon started (it maps the watched bytes of
+/// the pids below pid_max at start): a process with a pid above the old
+/// pid_max is watched like any other, its first scan included.
+#[test]
+fn a_pid_above_the_pid_max_at_start_is_watched() {
+    let test = "a_pid_above_the_pid_max_at_start_is_watched";
+    if !require_root(test) {
+        return;
+    }
+    let before = std::fs::read_to_string(PID_MAX).unwrap();
+    let old_max: u32 = before.trim().parse().unwrap();
+    if old_max > 2 << 20 {
+        eprintln!("{test}: skipped: pid_max is {old_max} already, too near Linux's limit to raise");
+        return;
+    }
+    let dir = scratch_dir("pid-max");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lm-highpid"]);
+    let _restore = RaisedPidMax(before);
+    std::fs::write(PID_MAX, (old_max * 2).to_string()).unwrap();
+    // The next pids are above the old pid_max (forks of parallel tests only
+    // push them higher).
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (old_max + 100).to_string()).unwrap();
+    let mut workload = Workload::spawn(&dir, "lm-highpid", &["bulk", "5", "1", "0", "0", "0"]);
+    let pid = workload.expect("ready")["pid"].as_u64().unwrap();
+    assert!(
+        pid > old_max as u64,
+        "pid {pid} is not above the old pid_max {old_max}"
+    );
+    daemon.await_status("the high pid watched", Duration::from_secs(10), |s| {
+        watched_pids(s).contains(&pid)
+    });
+    daemon.sync();
+    let ledger = daemon.ledger(pid as u32);
+    let in_proc = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert_eq!(ledger["fds"].as_array().unwrap().len(), in_proc, "{ledger:#}");
+    assert!(
+        daemon.log_text().contains("pid_max grew"),
+        "{}",
+        daemon.log_text()
+    );
+}

@@ -4,9 +4,7 @@ use aya_ebpf::{
     helpers::bpf_get_current_comm, macros::tracepoint, maps::ring_buf::RingBufEntry,
     programs::TracePointContext,
 };
-use monitor_common::{
-    EventKind, NO_SYSCALL, TaskEvent, WatchEntry, config_flags, counter, task_flags, watch_flags,
-};
+use monitor_common::{EventKind, NO_SYSCALL, TaskEvent, config_flags, counter, task_flags, watch_flags};
 
 use crate::{
     emit::{current, header, reserve, submit, submit_now},
@@ -58,11 +56,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         // User space decides for processes it chose (it has the command line).
         true
     } else if comm_matches {
-        let entry = WatchEntry {
-            flags: watch_flags::MATCHED,
-            _pad: 0,
-        };
-        watch(tgid, entry)
+        watch(tgid, watch_flags::MATCHED)
     } else {
         if was_watched {
             unwatch(tgid);
@@ -119,11 +113,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let pid = pid as u32;
     let is_thread = clone_flags & CLONE_THREAD != 0;
     if !is_thread {
-        let entry = WatchEntry {
-            flags: watch_flags::INHERITED,
-            _pad: 0,
-        };
-        watch(pid, entry);
+        watch(pid, watch_flags::INHERITED);
     }
     let flags = if is_thread { task_flags::THREAD } else { 0 };
     ship(

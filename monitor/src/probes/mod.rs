@@ -19,8 +19,8 @@ use aya::{
     programs::TracePoint,
 };
 use monitor_common::{
-    EventKind, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, Tuple, WatchEntry,
-    config_flags, counter, data_flags, maps, watch_flags,
+    EventKind, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, Tuple, config_flags, counter,
+    data_flags, maps, watch_flags,
 };
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
@@ -68,7 +68,6 @@ pub struct Probes {
     links: links::Links,
     sock_fds: HashMap<MapData, u64, StreamState>,
     pub tls: tls::Tls,
-    watched: HashMap<MapData, u32, WatchEntry>,
     watched_pids: watched::WatchedPids,
     comms: HashMap<MapData, Comm, u32>,
     config: Array<MapData, KernelConfig>,
@@ -141,7 +140,6 @@ impl Probes {
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, settings.ring_buffer_bytes)
-            .map_max_entries(maps::WATCHED_PIDS, watched::elements())
             .override_global(TaskOffsets::GLOBAL, &offsets, true)
             .override_global(SockOffsets::GLOBAL, &sock_offsets, true)
             .load(OBJECT)
@@ -189,7 +187,6 @@ impl Probes {
             .filter(|_| kernel.flags & config_flags::DEFER_OPENS != 0);
         let ring = take(&mut ebpf, maps::EVENTS)?;
         let probes = Probes {
-            watched: take(&mut ebpf, maps::WATCHED)?,
             watched_pids: watched::WatchedPids::map(
                 ebpf.take_map(maps::WATCHED_PIDS)
                     .context("the eBPF object has no map WATCHED_PIDS")?,
@@ -227,15 +224,13 @@ impl Probes {
         (self.deferral.as_ref()).map_or_else(Vec::new, |deferral| deferral.in_flight(now_ns))
     }
 
-    /// Adds `pid` to the in-kernel watched set: its byte, or for a pid above
-    /// the pid_max seen at start, its WATCHED entry.
+    /// Adds `pid` to the in-kernel watched set (its byte).
     pub fn watch(&mut self, pid: u32, flags: u32) -> anyhow::Result<()> {
-        if self.watched_pids.set(pid, watch_flags::byte(flags)) {
-            return Ok(());
-        }
-        self.watched
-            .insert(pid, WatchEntry { flags, _pad: 0 }, 0)
-            .with_context(|| format!("adding pid {pid} to the in-kernel watched set (full?)"))
+        anyhow::ensure!(
+            self.watched_pids.set(pid, watch_flags::byte(flags)),
+            "pid {pid} has no watched byte (beyond the pids Linux makes, or not mapped: see the warning)"
+        );
+        Ok(())
     }
 
     /// Sets or clears `bits` of `pid`'s byte: [`watch_flags::SCANNING`]
@@ -249,17 +244,13 @@ impl Probes {
     /// the microsecond until the close removes it: the scan leaves that fd
     /// to the records ([`Probes::fds_in_flight`]). Left open: such a close
     /// preempted before it removes the fd while another close on its CPU
-    /// cancels (the slot remembers one), and a pid above the pid_max seen
-    /// at start (in WATCHED, no byte).
+    /// cancels (the slot remembers one).
     pub fn set_scan_bits(&mut self, pid: u32, bits: u32, on: bool) {
         self.watched_pids.update_bits(pid, bits as u8, on);
     }
 
     pub fn unwatch(&mut self, pid: u32) {
-        if !self.watched_pids.set(pid, 0) {
-            // Absent already (the kernel drops exited and re-exec'd children itself).
-            let _ = self.watched.remove(&pid);
-        }
+        self.watched_pids.set(pid, 0);
     }
 
     pub fn set_comms(&mut self, comms: &[Comm]) -> anyhow::Result<()> {
