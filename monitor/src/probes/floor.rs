@@ -33,7 +33,7 @@ pub fn load_floor(raw: bool) -> anyhow::Result<Floor> {
         program.load()?;
         for tracepoint in ["sys_enter", "sys_exit"] {
             let link = program.attach(tracepoint)?;
-            links.push(program.take_link(link)?);
+            links.push_tracepoint(program.take_link(link)?, "raw_syscalls", tracepoint);
         }
         return Ok(Floor {
             _ebpf: ebpf,
@@ -45,7 +45,7 @@ pub fn load_floor(raw: bool) -> anyhow::Result<Floor> {
     for hook in hooks::all() {
         if tracefs::event_exists(hook.category, &hook.event) {
             let link = program.attach(hook.category, &hook.event)?;
-            links.push(program.take_link(link)?);
+            links.push_tracepoint(program.take_link(link)?, hook.category, &hook.event);
         }
     }
     let btf = aya::Btf::from_sys_fs()?;
@@ -57,7 +57,7 @@ pub fn load_floor(raw: bool) -> anyhow::Result<Floor> {
             .try_into()?;
         program.load(&hook.event, &btf)?;
         let link = program.attach()?;
-        links.push(program.take_link(link)?);
+        links.push_tracepoint(program.take_link(link)?, hook.category, &hook.event);
     }
     Ok(Floor {
         _ebpf: ebpf,

@@ -482,7 +482,7 @@ fn attach_btf(
         )
     })?;
     let link = program.attach()?;
-    links.push(program.take_link(link)?);
+    links.push_tracepoint(program.take_link(link)?, hook.category, &hook.event);
     Ok(())
 }
 
@@ -512,6 +512,6 @@ fn attach_one(
         bail!("{e}");
     }
     let link = program.attach(hook.category, &hook.event)?;
-    links.push(program.take_link(link)?);
+    links.push_tracepoint(program.take_link(link)?, hook.category, &hook.event);
     Ok(())
 }

@@ -189,7 +189,7 @@ impl Tls {
         let mut owned = Links::default();
         for (name, link) in attached.links {
             match program(ebpf, name).and_then(|p| Ok(p.take_link(link)?)) {
-                Ok(link) => owned.push(link),
+                Ok(link) => owned.push_uprobe(link),
                 Err(e) => debug!(pid, program = name, error = %e, "uprobe link already gone"),
             }
         }
