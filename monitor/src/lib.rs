@@ -34,6 +34,7 @@ pub mod procnet;
 #[cfg(test)]
 mod readme_tests;
 pub mod redact;
+pub mod sdnotify;
 pub mod snapshot;
 pub mod sockdiag;
 pub mod status_cmd;

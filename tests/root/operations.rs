@@ -1,8 +1,12 @@
 //! Operations: `leakmon doctor`, a nova-compute in its own pid namespace
 //! (kolla's container), a host where tracefs is not mounted, one in kernel
-//! lockdown, and a daemon that cannot start.
+//! lockdown, a daemon that cannot start, and one that systemd supervises.
 
-use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
+use std::{
+    os::unix::{fs::PermissionsExt as _, net::UnixDatagram},
+    process::Command,
+    time::Duration,
+};
 
 use serde_json::Value;
 use tests::{daemon::Daemon, require_root, scratch_dir, workload::Workload};
@@ -112,6 +116,73 @@ fn without_tracefs_mounted_the_daemon_mounts_it_and_runs() {
     let ledger = daemon.ledger(pid);
     let in_proc = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
     assert_eq!(ledger["fds"].as_array().unwrap().len(), in_proc);
+}
+
+#[test]
+fn tells_systemd_it_is_ready_once_watching_then_pings_the_watchdog() {
+    if !require_root("tells_systemd_it_is_ready_once_watching_then_pings_the_watchdog") {
+        return;
+    }
+    // systemd cannot manage a unit here (PID 1 is not systemd, and a user
+    // manager exits at start), so the test plays its side of sd_notify(3):
+    // the datagram socket systemd names in NOTIFY_SOCKET.
+    let dir = scratch_dir("sd-notify");
+    let mut workload = Workload::spawn(&dir, "lm-sdnotify", &["bulk", "5", "1", "0", "0", "0"]);
+    workload.expect("ready");
+    let address = dir.join("notify");
+    let systemd = UnixDatagram::bind(&address).unwrap();
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &["--match-comm", "lm-sdnotify"],
+        &[
+            ("NOTIFY_SOCKET", address.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let next = |within: Duration| {
+        systemd.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 512];
+        let n = systemd.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // The daemon answered on its control socket, so READY=1 was sent already.
+    let ready = next(Duration::from_millis(1));
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=processes watched: 1;"),
+        "ready only once the running workload is watched: {ready}"
+    );
+    // A 1 s watchdog: a ping every 0.5 s.
+    let mut pings = 0;
+    while pings < 3 {
+        match next(Duration::from_secs(5)) {
+            ping if ping == "WATCHDOG=1" => pings += 1,
+            other => assert!(other.starts_with("STATUS="), "{other}"),
+        }
+    }
+
+    let daemon_pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+    nix::sys::signal::kill(daemon_pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let reload: Vec<String> = std::iter::from_fn(|| Some(next(Duration::from_secs(10))))
+        .filter(|m| m != "WATCHDOG=1")
+        .take(2)
+        .collect();
+    assert!(
+        reload[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reload:?}"
+    );
+    assert!(reload[1].starts_with("READY=1\n"), "{reload:?}");
+
+    assert!(daemon.stop().success());
+    systemd.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 512];
+    let mut last = String::new();
+    while let Ok(n) = systemd.recv(&mut buf) {
+        last = String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    assert!(
+        last.starts_with("STOPPING=1\n"),
+        "the last word is STOPPING=1: {last}"
+    );
 }
 
 #[test]

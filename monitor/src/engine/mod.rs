@@ -31,6 +31,7 @@ use crate::{
     discovery::Matcher,
     ledger::{FollowUp, Ledger},
     probes::{Probes, Settings},
+    sdnotify::Notifier,
     time,
 };
 
@@ -147,6 +148,13 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     };
     let _server = control::server::spawn(&socket_path, requests, direct)?;
     info!(socket = %socket_path.display(), watched = engine.ledger.processes.len(), "leakmon running");
+    // Ready only now: the probes are attached, the processes already running
+    // are watched, and the control socket answers.
+    let mut systemd = Notifier::from_env();
+    systemd.ready(|| engine.status_line());
+    let watchdog_every = systemd.watchdog_every();
+    // (A day when there is no watchdog: the branch is off then.)
+    let mut watchdog_tick = interval(watchdog_every.unwrap_or(Duration::from_secs(86_400)));
 
     let mut drain_tick = interval(Duration::from_millis(config.probes.drain_interval_ms));
     let mut housekeeping = interval(Duration::from_secs(1));
@@ -177,7 +185,12 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
             _ = drain_tick.tick() => {
                 engine.drain(ring.get_mut());
             }
-            _ = housekeeping.tick() => engine.housekeeping(ring.get_mut()),
+            _ = housekeeping.tick() => {
+                engine.housekeeping(ring.get_mut());
+                systemd.status(|| engine.status_line());
+            }
+            // From this loop, so that a loop that hangs stops the pings.
+            _ = watchdog_tick.tick(), if watchdog_every.is_some() => systemd.watchdog(),
             _ = reconcile_tick.tick() => {
                 engine.discover_all(ring.get_mut());
                 engine.reconcile_all(ring.get_mut());
@@ -188,13 +201,16 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: reopening the alerts file and reloading the config");
+                systemd.reloading();
                 engine.reload(&reload);
+                systemd.ready(|| engine.status_line());
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
     info!("stopping: detaching probes");
+    systemd.stopping();
     control::server::remove_socket(&socket_path);
     Ok(())
 }

@@ -95,6 +95,20 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The line `systemctl status` shows (sdnotify.rs).
+    pub(super) fn status_line(&self) -> String {
+        let firing: u64 = self.alerting.book.firing_by_rule().values().sum();
+        let attached = self.probes.hooks.iter().filter(|h| h.attached).count();
+        format!(
+            "processes watched: {}; alerts firing: {firing}; hooks attached: {attached}/{}; records lost: {}",
+            self.ledger.processes.len(),
+            self.probes.hooks.len(),
+            self.probes.counters().lost_total
+        )
+    }
+}
+
 /// What a reconciliation run repaired, as the difference of two counter sets.
 pub fn fixes_since(before: &LedgerCounters, after: &LedgerCounters) -> serde_json::Value {
     serde_json::json!({
