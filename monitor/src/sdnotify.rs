@@ -183,6 +183,22 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_that_is_gone_fails_quietly_after_one_warning() {
+        let gone = std::env::temp_dir().join(format!("leakmon-sdnotify-gone-{}", std::process::id()));
+        let mut notifier = Notifier {
+            target: Some((
+                UnixDatagram::unbound().unwrap(),
+                parse_address(gone.as_os_str()).unwrap(),
+            )),
+            ..Notifier::default()
+        };
+        notifier.watchdog();
+        assert!(notifier.failing);
+        notifier.ready(|| "still running".into());
+        assert_eq!(notifier.last_status, "still running", "the daemon carries on");
+    }
+
+    #[test]
     fn messages_reach_the_socket_and_an_unchanged_status_is_not_repeated() {
         let dir = std::env::temp_dir().join(format!("leakmon-sdnotify-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
