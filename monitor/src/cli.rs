@@ -39,6 +39,10 @@ pub enum Command {
         /// Raw sys_enter/sys_exit instead of the per-syscall tracepoints.
         #[arg(long)]
         raw: bool,
+        /// Hold the tracepoints so that other programs attaching and detaching patch no
+        /// kernel text (the BTF ones get two links): the test VMs under emulation.
+        #[arg(long)]
+        hold_text: bool,
     },
 }
 

@@ -80,8 +80,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&data)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::BenchFloor { raw } => {
-            let _probes = probes::load_floor(raw)?;
+        Command::BenchFloor { raw, hold_text } => {
+            let _probes = probes::load_floor(raw, hold_text)?;
             let signals = nix::sys::signal::SigSet::from_iter([
                 nix::sys::signal::Signal::SIGTERM,
                 nix::sys::signal::Signal::SIGINT,

@@ -6,7 +6,7 @@
 # qemu -no-reboot turn that into a clean exit). The markers are read by
 # `cargo xtask vm`.
 set -u
-repo=$1 test_binary=$2 filter=${3:-}
+repo=$1 test_binary=$2 filter=${3:-} hold_text=${4:-}
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -32,6 +32,26 @@ echo "LEAKMON_VM_KERNEL=$(uname -r)"
 echo "LEAKMON_VM_DOCTOR_BEGIN"
 "$repo/target/debug/leakmon" doctor --json
 echo "LEAKMON_VM_DOCTOR_END"
+
+if [ -n "$hold_text" ]; then
+    # Under emulation: do-nothing programs hold every tracepoint leakmon uses
+    # for the whole suite, so that the daemons the tests start and stop patch
+    # no kernel text (static keys, static calls). Multi-threaded TCG has run
+    # stale translations of text patched so, and the guest died on an int3.
+    hold_log=/var/tmp/hold-text.log
+    "$repo/target/debug/leakmon" bench-floor --hold-text 2>"$hold_log" &
+    hold_pid=$!
+    for _ in $(seq 600); do
+        grep -q "floor attached" "$hold_log" && break
+        kill -0 "$hold_pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if grep -q "floor attached" "$hold_log"; then
+        echo "LEAKMON_VM_HOLD=held"
+    else
+        echo "LEAKMON_VM_HOLD=not held: $(tail -n 1 "$hold_log")"
+    fi
+fi
 
 if cd "$repo/tests"; then
     # shellcheck disable=SC2086 # the filter is words (each a test-name filter) or none

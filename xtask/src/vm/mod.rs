@@ -121,13 +121,16 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     step("build (daemon, CLI, workloads, root test binary)");
     exec(cargo().args(["build", "--bins"]))?;
     let test_binary = root_test_binary()?;
+    let accel = accelerator(options.accel)?;
+    // Under emulation the guest holds the tracepoints for the whole suite
+    // (guest.sh): daemons starting and stopping then patch no kernel text.
+    let hold_text = accel == "tcg";
     step(&format!("initramfs for {}", kernel.release));
-    let initramfs = write_initramfs(&kernel, &test_binary, options.filter)?;
+    let initramfs = write_initramfs(&kernel, &test_binary, options.filter, hold_text)?;
     step(&format!(
         "boot {} under qemu and run the root integration suite (output prefixed `vm|`)",
         kernel.release
     ));
-    let accel = accelerator(options.accel)?;
     let mut guest = boot(&kernel, &initramfs, accel, options)?;
     if accel == "tcg" && guest.panic.is_some() {
         // Multi-threaded TCG has been seen (once in about a dozen 6.8 boots)
@@ -156,6 +159,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 &kernel,
                 &test_binary,
                 Some(&format!("--exact {}", rest.join(" "))),
+                hold_text,
             )?
         };
         guest = boot(&kernel, &initramfs, "tcg,thread=single", options)?;
@@ -236,6 +240,7 @@ fn write_initramfs(
     kernel: &kernel::Kernel,
     test_binary: &Path,
     filter: Option<&str>,
+    hold_text: bool,
 ) -> anyhow::Result<PathBuf> {
     let mut archive = cpio::Archive::default();
     for dir in [
@@ -259,6 +264,7 @@ fn write_initramfs(
         repo.to_str().context("UTF-8 repository path")?,
         test_binary.to_str().context("UTF-8 test path")?,
         filter.unwrap_or(""),
+        if hold_text { "hold-text" } else { "" },
     ];
     let quoted: Vec<String> = args
         .iter()
@@ -316,6 +322,8 @@ pub struct GuestRun {
     pub earlier_panic: Option<String>,
     /// The tests that printed `... ok`.
     pub passed: Vec<String>,
+    /// Whether the guest held the tracepoints (guest.sh), as it said.
+    pub hold_text: Option<String>,
     /// How many tests the boot this run repeated passed (this one ran the others).
     pub passed_before_retry: usize,
 }
@@ -393,6 +401,8 @@ fn boot(
             run.passed.push(name);
         } else if let Some(at) = line.find("Kernel panic - not syncing") {
             run.panic = Some(line[at..].to_string());
+        } else if let Some(hold) = line.strip_prefix("LEAKMON_VM_HOLD=") {
+            run.hold_text = Some(hold.to_string());
         } else if let Some(code) = line.strip_prefix("LEAKMON_VM_EXIT=") {
             run.exit = code.trim().parse().ok();
         }

@@ -119,6 +119,13 @@ fn section(heading: &str, asked: &Options, host_json: &str, guest: &GuestRun) ->
         guest.elapsed.as_secs_f64(),
         guest.accel
     );
+    if let Some(hold) = &guest.hold_text {
+        let _ = writeln!(
+            out,
+            "Tracepoints held by do-nothing programs for the whole suite (emulation: see \
+             xtask/src/vm/guest.sh): {hold}.\n"
+        );
+    }
     if let Some(panic) = &guest.panic {
         let _ = writeln!(out, "The guest kernel panicked: `{panic}`.\n");
     }
