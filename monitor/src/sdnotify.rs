@@ -47,9 +47,8 @@ impl Notifier {
                 var("WATCHDOG_PID").as_deref(),
                 std::process::id(),
             )?;
-            let socket = UnixDatagram::unbound().map_err(|e| format!("a datagram socket: {e}"))?;
             Ok(Notifier {
-                target: Some((socket, addr)),
+                target: Some((sender()?, addr)),
                 watchdog,
                 ..Notifier::default()
             })
@@ -115,6 +114,17 @@ impl Notifier {
             Err(_) => {}
         }
     }
+}
+
+/// The socket notifications leave by. Non-blocking: a manager that does not
+/// read its queue must not stop the engine; a message that cannot go now is
+/// dropped (statuses and pings are sent again).
+fn sender() -> Result<UnixDatagram, String> {
+    let socket = UnixDatagram::unbound().map_err(|e| format!("a datagram socket: {e}"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| format!("a non-blocking datagram socket: {e}"))?;
+    Ok(socket)
 }
 
 /// `NOTIFY_SOCKET`: a path, or `@name` for an abstract socket.
@@ -186,16 +196,29 @@ mod tests {
     fn a_socket_that_is_gone_fails_quietly_after_one_warning() {
         let gone = std::env::temp_dir().join(format!("leakmon-sdnotify-gone-{}", std::process::id()));
         let mut notifier = Notifier {
-            target: Some((
-                UnixDatagram::unbound().unwrap(),
-                parse_address(gone.as_os_str()).unwrap(),
-            )),
+            target: Some((sender().unwrap(), parse_address(gone.as_os_str()).unwrap())),
             ..Notifier::default()
         };
         notifier.watchdog();
         assert!(notifier.failing);
         notifier.ready(|| "still running".into());
         assert_eq!(notifier.last_status, "still running", "the daemon carries on");
+    }
+
+    #[test]
+    fn a_manager_that_does_not_read_never_blocks_the_daemon() {
+        let path = std::env::temp_dir().join(format!("leakmon-sdnotify-full-{}", std::process::id()));
+        let _deaf = UnixDatagram::bind(&path).unwrap();
+        let mut notifier = Notifier {
+            target: Some((sender().unwrap(), parse_address(path.as_os_str()).unwrap())),
+            ..Notifier::default()
+        };
+        // More than any receive queue takes (net.unix.max_dgram_qlen, 512 by default).
+        for _ in 0..100_000 {
+            notifier.watchdog();
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(notifier.failing, "a full queue is reported, not waited on");
     }
 
     #[test]
@@ -208,10 +231,7 @@ mod tests {
         let mut silent = Notifier::default();
         silent.ready(|| unreachable!("no status is made when systemd does not listen"));
         let mut notifier = Notifier {
-            target: Some((
-                UnixDatagram::unbound().unwrap(),
-                parse_address(path.as_os_str()).unwrap(),
-            )),
+            target: Some((sender().unwrap(), parse_address(path.as_os_str()).unwrap())),
             ..Notifier::default()
         };
         notifier.ready(|| "watching 1 process".into());
