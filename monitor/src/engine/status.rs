@@ -93,9 +93,7 @@ impl Engine {
             alertmanager: self.alerting.sinks.alertmanager_counters(),
         }
     }
-}
 
-impl Engine {
     /// The line `systemctl status` shows (sdnotify.rs).
     pub(super) fn status_line(&self) -> String {
         let firing: u64 = self.alerting.book.firing_by_rule().values().sum();
