@@ -41,7 +41,7 @@ pub enum Command {
         raw: bool,
         /// Hold the tracepoints so that other programs attaching and detaching patch no
         /// kernel text (the BTF ones get two links): the test VMs under emulation.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "raw")]
         hold_text: bool,
     },
 }
@@ -159,4 +159,26 @@ pub struct StatusArgs {
     pub json: bool,
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn hold_text_goes_with_the_floor_not_the_raw_floor() {
+        let parsed = Cli::try_parse_from(["leakmon", "bench-floor", "--hold-text"]).unwrap();
+        assert!(matches!(
+            parsed.command,
+            Command::BenchFloor {
+                raw: false,
+                hold_text: true
+            }
+        ));
+        // The raw floor has no BTF tracepoints to hold: said, not ignored.
+        let both = Cli::try_parse_from(["leakmon", "bench-floor", "--raw", "--hold-text"]);
+        assert!(both.is_err());
+    }
 }
