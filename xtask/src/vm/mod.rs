@@ -137,6 +137,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         // to run an int3 the kernel had already patched away (text_poke_bp,
         // when tracepoints attach or detach), a stale translation of
         // code another vCPU modified. One emulation thread cannot race so.
+        // Since the guest holds the tracepoints (guest.sh) the tests patch
+        // no text; the retry stays for what else may crash a guest.
         // Any panic gets the retry (a soft lockup of a vCPU starved by the
         // emulator panics too); a kernel that panics again fails the run.
         // The retry runs what had not passed: one emulation thread runs the
