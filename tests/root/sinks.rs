@@ -1,10 +1,13 @@
 //! The real consumers of leakmon's outputs: Alertmanager (Debian
 //! `prometheus-alertmanager`) receives a firing alert and its resolution;
 //! Prometheus (Debian `prometheus`) scrapes `/metrics` and answers the fd
-//! count of the watched process. A token and a password sent over plain HTTP
-//! reach none of them, nor any other output. Also: `leakmon alerts`, and SIGHUP.
+//! count of the watched process, and fires the shipped rules
+//! (packaging/leakmon-rules.yml) on a refused hook and lost records. A token
+//! and a password sent over plain HTTP reach none of them, nor any other
+//! output. Also: `leakmon alerts`, and SIGHUP.
 
 use std::{
+    collections::BTreeSet,
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -14,8 +17,10 @@ use std::{
 use serde_json::Value;
 use tests::{
     alerts::{FAST_RULES, Watched},
+    daemon::Daemon,
     require_root,
     servers::{Peer, Server, free_port, http_get},
+    workload::Workload,
 };
 
 /// A server process killed on drop.
@@ -49,6 +54,26 @@ fn await_value<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opti
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A Prometheus scraping `metrics_addr` every second as job `leakmon`, with
+/// `global` (YAML lines indented two spaces) added to its global section; its address.
+fn start_prometheus(dir: &Path, metrics_addr: &str, global: &str) -> (Running, String) {
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n{global}scrape_configs:\n  - job_name: leakmon\n    static_configs:\n      - targets: ['{metrics_addr}']\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let prometheus = start(
+        "/usr/bin/prometheus",
+        &[
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
+            format!("--web.listen-address={prom_addr}"),
+        ],
+        &dir.join("prometheus.log"),
+    );
+    (prometheus, prom_addr)
 }
 
 fn json_get(addr: &str, path: &str) -> Option<Value> {
@@ -180,20 +205,7 @@ fn prometheus_scrapes_the_fd_count_of_the_watched_process() {
         &config,
         &["bulk", "20", "2", "0", "0", "0"],
     );
-    let prom_addr = format!("127.0.0.1:{}", free_port());
-    let scrape = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: leakmon\n    static_configs:\n      - targets: ['{metrics_addr}']\n"
-    );
-    std::fs::write(dir.join("prometheus.yml"), scrape).unwrap();
-    let _prometheus = start(
-        "/usr/bin/prometheus",
-        &[
-            format!("--config.file={}", dir.join("prometheus.yml").display()),
-            format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
-            format!("--web.listen-address={prom_addr}"),
-        ],
-        &dir.join("prometheus.log"),
-    );
+    let (_prometheus, prom_addr) = start_prometheus(&dir, &metrics_addr, "");
     let truth = std::fs::read_dir(format!("/proc/{}/fd", w.pid)).unwrap().count();
     let query = format!(
         "/api/v1/query?query=sum(process_unix_file_descriptor_count%7Bpid%3D%22{}%22%7D)",
@@ -246,6 +258,84 @@ fn prometheus_scrapes_the_fd_count_of_the_watched_process() {
         "/metrics says {exported} bytes, /proc {anon}"
     );
     assert_eq!(http_get(&metrics_addr, "/other").unwrap().0, 404);
+}
+
+#[test]
+fn prometheus_fires_the_shipped_rules_on_a_refused_hook_and_lost_records() {
+    if !require_root("prometheus_fires_the_shipped_rules_on_a_refused_hook_and_lost_records") {
+        return;
+    }
+    let dir = tests::scratch_dir("sink-rules");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    // A ring buffer far too small (as in overflow.rs), and a hook the test
+    // fault switch refuses as a kernel would.
+    let config = format!(
+        "[probes]\nring_buffer_bytes = 4096\nwakeup_bytes = 4095\ndrain_interval_ms = 10000\n\
+         [alerts]\nmetrics_listen = \"{metrics_addr}\"\n"
+    );
+    let daemon = Daemon::start_with_config_and_env(
+        &dir,
+        &config,
+        &["--match-comm", "lmw-promflood"],
+        &[("LEAKMON_TEST_REFUSE_HOOKS", "sock_error_report")],
+    );
+    let mut workload = Workload::spawn(&dir, "lmw-promflood", &["flood", "10000"]);
+    workload.expect("started");
+    daemon.sync();
+    let rules_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/leakmon-rules.yml");
+    let global = format!("  evaluation_interval: 1s\nrule_files: ['{rules_file}']\n");
+    let (_prometheus, prom_addr) = start_prometheus(&dir, &metrics_addr, &global);
+
+    // Every shipped rule loads and evaluates in the real server.
+    let rules = await_value("the shipped rules evaluated", Duration::from_secs(60), || {
+        let answer = json_get(&prom_addr, "/api/v1/rules")?;
+        let rules = answer["data"]["groups"].as_array()?.first()?["rules"]
+            .as_array()?
+            .clone();
+        (!rules.is_empty() && rules.iter().all(|r| r["health"] != "unknown")).then_some(rules)
+    });
+    let shipped = std::fs::read_to_string(rules_file)
+        .unwrap()
+        .matches("- alert:")
+        .count();
+    assert_eq!(rules.len(), shipped, "{rules:#?}");
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "{rule:#}");
+    }
+    // Scraped before the flood, with nothing lost: the loss is an increase.
+    await_value("a scrape with nothing lost", Duration::from_secs(60), || {
+        let answer = json_get(&prom_addr, "/api/v1/query?query=leakmon_ring_events_lost_total")?;
+        let sample = answer["data"]["result"].as_array()?.first()?.clone();
+        (sample["value"][1] == "0").then_some(())
+    });
+    workload.send("go");
+    workload.expect("ready");
+
+    let alerts = await_value("LeakmonRecordsLost firing", Duration::from_secs(60), || {
+        let answer = json_get(&prom_addr, "/api/v1/alerts")?;
+        let alerts = answer["data"]["alerts"].as_array()?.clone();
+        alerts
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "LeakmonRecordsLost" && a["state"] == "firing")
+            .then_some(alerts)
+    });
+    let names: BTreeSet<&str> = alerts
+        .iter()
+        .filter_map(|a| a["labels"]["alertname"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["LeakmonHookMissing", "LeakmonRecordsLost"]),
+        "only what is wrong fires or waits: {alerts:#?}"
+    );
+    let hook = alerts
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "LeakmonHookMissing")
+        .unwrap();
+    assert_eq!(hook["state"], "firing");
+    assert_eq!(hook["labels"]["program"], "sock_error_report");
+    let lost = daemon.status()["kernel"]["lost_total"].as_u64().unwrap();
+    assert!(lost > 0, "the daemon counted no loss");
 }
 
 #[test]

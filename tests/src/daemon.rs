@@ -60,11 +60,32 @@ impl Daemon {
 
     /// As [`Daemon::start_with_config`], with a given leakmon binary.
     pub fn start_bin_with_config(bin: &Path, dir: &Path, config: &str, args: &[&str]) -> Daemon {
+        Daemon::launch_with_config(bin, dir, config, args, &[])
+    }
+
+    /// As [`Daemon::start_with_config`], with extra environment.
+    pub fn start_with_config_and_env(
+        dir: &Path,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let bin = crate::binary("leakmon", "LEAKMON_BIN");
+        Daemon::launch_with_config(&bin, dir, config, args, env)
+    }
+
+    fn launch_with_config(
+        bin: &Path,
+        dir: &Path,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let path = dir.join("leakmon.toml");
         std::fs::write(&path, config).expect("write the daemon's config");
         let path = path.to_str().expect("a UTF-8 scratch path");
         let args: Vec<&str> = ["--config", path].iter().chain(args).copied().collect();
-        Daemon::launch(bin, dir, &args, &[])
+        Daemon::launch(bin, dir, &args, env)
     }
 
     fn launch(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {

@@ -1,6 +1,6 @@
-//! `cargo xtask install`: the release binary, the systemd unit, the README
-//! and docs, and a default config (kept if one exists) under a root
-//! directory (`/` by default).
+//! `cargo xtask install`: the release binary, the systemd unit, the README,
+//! docs and Prometheus rules, and a default config (kept if one exists)
+//! under a root directory (`/` by default).
 
 use std::path::Path;
 
@@ -51,6 +51,13 @@ fn place(repo: &Path, binary: &Path, root: &Path) -> anyhow::Result<()> {
             false,
         ),
         doc("README.md"),
+        // For the Prometheus that scrapes this host (usually elsewhere): copied, not loaded.
+        (
+            repo.join("packaging/leakmon-rules.yml"),
+            format!("{DOC_DIR}/leakmon-rules.yml"),
+            0o644,
+            true,
+        ),
     ];
     for entry in std::fs::read_dir(repo.join("docs"))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
@@ -101,6 +108,7 @@ mod tests {
         let docs = root.join(DOC_DIR);
         assert!(docs.join("docs/benchmarks.md").is_file());
         assert!(docs.join("docs/kernels.md").is_file());
+        assert!(docs.join("leakmon-rules.yml").is_file());
         let unit_text = std::fs::read_to_string(&unit).unwrap();
         let named = unit_text
             .lines()

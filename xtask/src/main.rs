@@ -10,6 +10,7 @@ mod bench_snapshot;
 mod demo;
 mod fuzz;
 mod install;
+mod prometheus_rules;
 mod secrets;
 mod setup;
 mod test;
