@@ -27,6 +27,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod labels;
 pub mod ledger;
+pub mod logscan;
 pub mod metrics_server;
 pub mod probes;
 pub mod proc;

@@ -27,6 +27,11 @@ Faults the end-to-end scenarios inject (real patterns of the real libraries):
   leak-files-every S N         every S s N more files opened and kept
   rlimit N                     RLIMIT_NOFILE soft limit to N
   conflict INSTANCE N          N threads power the instance off at once
+  log-auth-headers             one debug line with the client's auth headers
+                               as they are (the token in clear in the log)
+
+nova's own logging is set up as nova-compute's (oslo.log to the log_file of
+nova.conf, debug on), with keystoneauth's request lines (token hashed).
 """
 import argparse
 import ctypes
@@ -43,13 +48,16 @@ from nova import monkey_patch
 monkey_patch.patch(backend="threading")
 
 from nova import config, context as nova_context, exception, objects, utils  # noqa: E402
+import nova.conf  # noqa: E402
 from nova.network import model as network_model  # noqa: E402
 from nova.objects import fields  # noqa: E402
 from nova.virt import fake  # noqa: E402
 from nova.virt.ironic import driver as ironic_driver  # noqa: E402
 import futurist  # noqa: E402  (after the patch: it imports eventlet when present)
+from oslo_log import log as oslo_logging  # noqa: E402
 
 HOST = "leakmon-compute"
+LOG = oslo_logging.getLogger(__name__)
 IMAGE_ID = "6e5a2b8a-3f1c-4d6e-9a0b-1c2d3e4f5a6b"
 
 
@@ -227,6 +235,12 @@ class Harness:
         if self.cycle_thread is not None:
             self.cycle_thread.join()
 
+    def log_auth_headers(self):
+        """The bug security reviews warn of: a debug line that logs the Ironic
+        client's auth headers as they are (keystoneauth's own lines hash the
+        token)."""
+        LOG.debug("Ironic client auth headers: %s", self.driver.ironic_connection.session.get_auth_headers())
+
     def conflict(self, uuid_, count):
         instance = self.instances[uuid_]
         results = []
@@ -310,6 +324,9 @@ def serve(harness):
                 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
                 resource.setrlimit(resource.RLIMIT_NOFILE, (int(args[0]), hard))
                 say(event="rlimit", soft=int(args[0]))
+            elif command == "log-auth-headers":
+                harness.log_auth_headers()
+                say(event="logged")
             elif command == "conflict":
                 say(event="conflicted", results=harness.conflict(args[0], int(args[1])))
             else:
@@ -326,6 +343,12 @@ def main():
     args = parser.parse_args()
     config.parse_args([sys.argv[0], "--config-file", args.config_file])
     objects.register_all()
+    # nova-compute's own logging (nova/cmd/compute.py), plus keystoneauth's
+    # request lines, as when debugging the Ironic client: they carry the
+    # token hashed ({SHA256}...). Before the request log's level below,
+    # which oslo.log's default levels would otherwise lower.
+    oslo_logging.setup(nova.conf.CONF, "nova")
+    logging.getLogger("keystoneauth").setLevel(logging.DEBUG)
     logging.getLogger("urllib3.connectionpool").setLevel(logging.DEBUG)
     logging.getLogger("urllib3.connectionpool").addHandler(RequestLog(args.request_log))
     serve(Harness(fake_token=args.fake_token))

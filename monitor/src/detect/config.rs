@@ -23,6 +23,7 @@ pub struct Rules {
     pub connection_pool_saturation: PoolSaturation,
     pub connect_failures: RateRule,
     pub plaintext_token: PlaintextToken,
+    pub secret_in_log: SecretInLog,
 }
 
 /// A count that must rise steadily over a window (see `detect::trend`).
@@ -135,6 +136,19 @@ pub struct PlaintextToken {
     pub quiet_s: u64,
 }
 
+/// Auth tokens a watched process writes to the files it appends to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretInLog {
+    pub enabled: bool,
+    /// Resolves after this long without another such line.
+    pub quiet_s: u64,
+    /// At most this much new log text is read per second, all processes
+    /// together; more is jumped over (counted): a log flood costs the
+    /// daemon a bounded CPU and never holds up the ring buffer's drain.
+    pub scan_bytes_per_s: u64,
+}
+
 impl Default for Rules {
     fn default() -> Self {
         Rules {
@@ -160,6 +174,7 @@ impl Default for Rules {
                 min_count: 3,
             },
             plaintext_token: PlaintextToken::default(),
+            secret_in_log: SecretInLog::default(),
         }
     }
 }
@@ -279,6 +294,16 @@ impl Default for PlaintextToken {
     }
 }
 
+impl Default for SecretInLog {
+    fn default() -> Self {
+        SecretInLog {
+            enabled: true,
+            quiet_s: 600,
+            scan_bytes_per_s: 4 * 1024 * 1024,
+        }
+    }
+}
+
 fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(invalid(key, "must be at least 1"));
@@ -334,6 +359,10 @@ impl Rules {
                 return Err(invalid(key, "window_s and min_count must be at least 1"));
             }
         }
+        positive(
+            "rules.secret_in_log.scan_bytes_per_s",
+            self.secret_in_log.scan_bytes_per_s,
+        )?;
         let ps = &self.connection_pool_saturation;
         positive("rules.connection_pool_saturation.window_s", ps.window_s)?;
         positive(

@@ -3,7 +3,7 @@
 //! the longest window a rule uses; and a sparser series of its memory.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::SocketAddr,
 };
 
@@ -12,7 +12,11 @@ use monitor_common::{TCP_CLOSE, TCP_CLOSE_WAIT};
 use crate::{
     fdkind::FdKind,
     ledger::{Ledger, Process},
+    logscan::{SecretKind, Sighting},
 };
+
+/// The most logs of one process whose secrets are remembered at once.
+const MAX_LOGS: usize = 64;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointSample {
@@ -82,6 +86,19 @@ pub struct History {
     pub samples: VecDeque<Sample>,
     /// About 60 per `memory_leak` window (see [`MemorySample::every_ns`]).
     pub memory: VecDeque<MemorySample>,
+    /// Lines with a secret in each log the process writes, by path.
+    pub log_secrets: BTreeMap<String, LogSecrets>,
+}
+
+/// Lines with a secret in one log (where, never what).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogSecrets {
+    pub lines: u64,
+    pub kinds: BTreeSet<SecretKind>,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Byte offset of the last such line in the file.
+    pub last_offset: u64,
 }
 
 /// A process's resident anonymous memory, and the API requests it had sent.
@@ -114,6 +131,31 @@ impl History {
         let now = sample.ts_ns;
         self.memory.push_back(sample);
         forget_older(&mut self.memory, |s| s.ts_ns, now, keep_ns);
+    }
+
+    /// Counts `sightings` made at `now_ns`, and forgets logs with none for
+    /// `keep_ns` (then the most recent [`MAX_LOGS`]).
+    pub fn record_log_secrets(&mut self, sightings: &[Sighting], now_ns: u64, keep_ns: u64) {
+        for sighting in sightings {
+            let seen = self
+                .log_secrets
+                .entry(sighting.path.clone())
+                .or_insert(LogSecrets {
+                    first_ns: now_ns,
+                    ..LogSecrets::default()
+                });
+            seen.lines += 1;
+            seen.kinds.insert(sighting.kind);
+            seen.last_ns = now_ns;
+            seen.last_offset = sighting.offset;
+        }
+        self.log_secrets
+            .retain(|_, seen| now_ns.saturating_sub(seen.last_ns) <= keep_ns);
+        while self.log_secrets.len() > MAX_LOGS {
+            let oldest = self.log_secrets.iter().min_by_key(|(_, seen)| seen.last_ns);
+            let oldest = oldest.map(|(path, _)| path.clone()).expect("not empty");
+            self.log_secrets.remove(&oldest);
+        }
     }
 
     /// Whether a memory sample is due at `now_ns`.

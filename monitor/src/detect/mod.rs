@@ -7,6 +7,7 @@ mod calls;
 pub mod config;
 pub mod history;
 pub mod limits;
+mod logs;
 mod memory;
 mod network;
 mod resources;
@@ -38,10 +39,11 @@ pub enum Rule {
     ConnectionPoolSaturation,
     ConnectFailures,
     PlaintextToken,
+    SecretInLog,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 13] = [
+    pub const ALL: [Rule; 14] = [
         Rule::FdLeak,
         Rule::SocketCloseWaitLeak,
         Rule::ThreadLeak,
@@ -55,6 +57,7 @@ impl Rule {
         Rule::ConnectionPoolSaturation,
         Rule::ConnectFailures,
         Rule::PlaintextToken,
+        Rule::SecretInLog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +75,7 @@ impl Rule {
             Rule::ConnectionPoolSaturation => "connection_pool_saturation",
             Rule::ConnectFailures => "connect_failures",
             Rule::PlaintextToken => "plaintext_token",
+            Rule::SecretInLog => "secret_in_log",
         }
     }
 }
@@ -172,6 +176,9 @@ pub fn evaluate(input: &Input<'_>) -> Vec<Finding> {
     }
     if rules.plaintext_token.enabled {
         findings.extend(network::plaintext_token(input));
+    }
+    if rules.secret_in_log.enabled {
+        findings.extend(logs::secret_in_log(input));
     }
     if rules.ironic_call_hung.enabled {
         findings.extend(calls::call_hung(input));

@@ -470,6 +470,42 @@ fn tokens_in_clear_fire_and_tls_does_not() {
 }
 
 #[test]
+fn a_token_written_to_a_log_fires_until_the_log_is_quiet() {
+    const LOG: &str = "/var/log/nova/nova-compute.log";
+    let mut w = World::new();
+    w.tick(10 * S);
+    assert!(w.fired(Rule::SecretInLog).is_empty());
+    let line = |offset| crate::logscan::Sighting {
+        path: LOG.to_string(),
+        offset,
+        kind: crate::logscan::SecretKind::AuthHeader,
+    };
+    let keep = 610 * S;
+    w.history
+        .record_log_secrets(&[line(100), line(2500)], 10 * S, keep);
+    let fired = w.fired(Rule::SecretInLog);
+    assert_eq!(fired.len(), 1);
+    let finding = &fired[0];
+    assert_eq!(
+        (finding.key.as_str(), finding.severity),
+        (LOG, Severity::Critical)
+    );
+    assert!(
+        finding.summary.contains("2 lines, the last at byte 2500"),
+        "{}",
+        finding.summary
+    );
+    assert_eq!(finding.evidence["kinds"], serde_json::json!(["auth_header"]));
+    assert_eq!(finding.evidence["last_offset"], 2500);
+    w.tick(610 * S);
+    assert_eq!(w.fired(Rule::SecretInLog).len(), 1, "still within quiet_s");
+    w.tick(611 * S);
+    assert!(w.fired(Rule::SecretInLog).is_empty(), "quiet for quiet_s");
+    w.history.record_log_secrets(&[], 621 * S, keep);
+    assert!(w.history.log_secrets.is_empty(), "forgotten once resolved");
+}
+
+#[test]
 fn a_short_lived_child_fires_no_leak() {
     // A genisoimage-like child: many files within seconds, then gone. Its
     // history never covers a window, so no trend can be claimed.

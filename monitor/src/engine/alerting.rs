@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use tracing::{debug, error, info, warn};
 
-use super::Engine;
+use super::{Engine, EngineCounters};
 use crate::{
     alerts::{self, Alert, ProcessRef, sinks::Sinks},
     config::Config,
@@ -14,7 +14,9 @@ use crate::{
         self, History, Input, Limits, Rules,
         history::{MemorySample, Sample},
     },
+    fdkind::FdKind,
     ledger::Process,
+    logscan::LogTails,
     proc, redact, time,
 };
 
@@ -26,6 +28,7 @@ const LIMITS_EVERY_NS: u64 = 2 * NS;
 pub struct Alerting {
     pub histories: detect::history::Histories,
     limits: HashMap<u32, (u64, Limits)>,
+    logs: HashMap<u32, LogTails>,
     pub book: alerts::Book,
     pub sinks: Sinks,
 }
@@ -43,6 +46,7 @@ impl Alerting {
         Ok(Alerting {
             histories: Default::default(),
             limits: HashMap::new(),
+            logs: HashMap::new(),
             book: alerts::Book::new(host_name(config), config.alerts.resend_interval_s),
             sinks: Sinks::new(&config.alerts)?,
         })
@@ -71,16 +75,65 @@ fn sample_memory(history: &mut History, pid: u32, process: &Process, rules: &Rul
     }
 }
 
+/// Reads what the process appended to its logs since the last tick (at most
+/// `left` bytes, lowered by what it reads) and records the lines with a
+/// secret in them.
+fn scan_logs(
+    tails: &mut LogTails,
+    history: &mut History,
+    process: &Process,
+    rules: &Rules,
+    now: u64,
+    left: &mut u64,
+    counters: &mut EngineCounters,
+) {
+    let rule = &rules.secret_in_log;
+    if !rule.enabled {
+        return;
+    }
+    let files = process
+        .fds
+        .iter()
+        .filter(|(_, entry)| entry.kind == FdKind::File)
+        .map(|(fd, entry)| (*fd, entry.birth.ts_ns));
+    let scan = tails.scan(process.pid, files, left);
+    counters.log_bytes_scanned += scan.bytes_scanned;
+    if scan.bytes_skipped > 0 {
+        if counters.log_bytes_skipped == 0 {
+            warn!(
+                pid = process.pid,
+                bytes = scan.bytes_skipped,
+                "logs grow faster than rules.secret_in_log.scan_bytes_per_s: text jumped over unread \
+                 (counted in status as engine.log_bytes_skipped; logged once)"
+            );
+        }
+        counters.log_bytes_skipped += scan.bytes_skipped;
+    }
+    history.record_log_secrets(&scan.sightings, now, (rule.quiet_s + 10) * NS);
+}
+
 impl Engine {
     pub(super) fn detect(&mut self) {
         let now = time::boot_ns();
         let keep_ns = (self.config.rules.longest_window_s() + 10) * NS;
         let alerting = &mut self.alerting;
         let mut out: Vec<Alert> = Vec::new();
+        // The engine reads logs between drains: a bounded amount per tick.
+        let mut log_bytes_left = self.config.rules.secret_in_log.scan_bytes_per_s;
         for (pid, process) in &self.ledger.processes {
             let history = alerting.histories.entry(*pid).or_default();
             history.push(Sample::of(&self.ledger, process, now), keep_ns);
             sample_memory(history, *pid, process, &self.config.rules, now);
+            let tails = alerting.logs.entry(*pid).or_default();
+            scan_logs(
+                tails,
+                history,
+                process,
+                &self.config.rules,
+                now,
+                &mut log_bytes_left,
+                &mut self.counters,
+            );
             let limits = alerting
                 .limits
                 .entry(*pid)
@@ -115,6 +168,7 @@ impl Engine {
         let watched = &self.ledger.processes;
         alerting.histories.retain(|pid, _| watched.contains_key(pid));
         alerting.limits.retain(|pid, _| watched.contains_key(pid));
+        alerting.logs.retain(|pid, _| watched.contains_key(pid));
         for alert in &out {
             info!(
                 rule = alert.rule.name(),

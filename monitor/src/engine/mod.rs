@@ -53,6 +53,10 @@ pub struct EngineCounters {
     pub lost_reconciled: u64,
     /// Scans of /proc for matching processes not yet watched.
     pub discovery_passes: u64,
+    /// New log text read for secrets (`secret_in_log`), and jumped over
+    /// beyond `rules.secret_in_log.scan_bytes_per_s`.
+    pub log_bytes_scanned: u64,
+    pub log_bytes_skipped: u64,
 }
 
 pub struct Engine {
