@@ -96,12 +96,14 @@ impl LogTails {
         }
         let scans = self.scans;
         self.fds.retain(|_, known| known.seen == scans);
-        let live: HashSet<(u64, u64)> = self.fds.values().filter_map(|known| known.log).collect();
-        self.tails.retain(|key, _| live.contains(key));
         let mut scan = Scan::default();
         for tail in self.tails.values_mut() {
             tail.read_new(left, &mut scan);
         }
+        // After their last read: the lines a log got before the process
+        // closed it (rotation, exit) are read too.
+        let live: HashSet<(u64, u64)> = self.fds.values().filter_map(|known| known.log).collect();
+        self.tails.retain(|key, _| live.contains(key));
         scan
     }
 
