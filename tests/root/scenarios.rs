@@ -334,6 +334,37 @@ fn concurrent_power_changes_on_a_locked_node_are_a_conflict_storm() {
 }
 
 #[test]
+fn ironic_failing_calls_that_nova_carries_on_through_are_seen() {
+    if !require_root("ironic_failing_calls_that_nova_carries_on_through_are_seen") {
+        return;
+    }
+    let mut s = Scenario::start("scenario-errors", "127.0.0.19", Options::default());
+    // nova's periodic node-list refresh, which logs a failure and carries on.
+    s.nova.run("refresh-every 1", "refreshing");
+    s.fault_starts();
+    // Ironic's database loses its nodes table: every node query fails inside Ironic.
+    s.ironic.rename_table("nodes", "nodes_broken");
+    s.nova
+        .process
+        .expect_within("refresh_failed", Duration::from_secs(30));
+    let alert = s.await_alert("ironic_call_errors", "firing", DETECT);
+    assert_eq!(alert["labels"]["endpoint"], "ironic-api", "{alert:#}");
+    let evidence = &alert["evidence"];
+    assert!(evidence["statuses"]["500"].as_u64().unwrap() >= 3, "{alert:#}");
+    let sample = &evidence["calls"][0];
+    assert_eq!(sample["pattern"], "/v1/nodes", "{alert:#}");
+    assert!(
+        sample["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("req-")),
+        "Ironic's request id, to find its traceback: {alert:#}"
+    );
+    // Repaired: the failures age out of the window and the alert resolves.
+    s.ironic.rename_table("nodes_broken", "nodes");
+    s.await_alert("ironic_call_errors", "resolved", Duration::from_secs(60));
+}
+
+#[test]
 fn a_token_in_clear_on_the_wire_or_in_the_log_is_flagged_and_never_shown() {
     if !require_root("a_token_in_clear_on_the_wire_or_in_the_log_is_flagged_and_never_shown") {
         return;

@@ -42,6 +42,8 @@ threshold_s = 5
 [rules.ironic_conflict_storm]
 window_s = 60
 min_count = 2
+[rules.ironic_call_errors]
+window_s = 20
 [rules.plaintext_token]
 quiet_s = 5
 "#;

@@ -199,6 +199,28 @@ impl Ironic {
         self.child.id()
     }
 
+    /// Renames one of Ironic's database tables (`nodes`), so that every
+    /// query of it fails inside Ironic (HTTP 500), or back (`nodes_broken`).
+    pub fn rename_table(&self, from: &str, to: &str) {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 db = sqlite3.connect(sys.argv[1], timeout=30)\n\
+                 db.execute(f'ALTER TABLE {sys.argv[2]} RENAME TO {sys.argv[3]}')\n\
+                 db.commit()",
+            ])
+            .arg(self.dir.join("ironic.db"))
+            .args([from, to])
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "renaming {from}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("ironic.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();

@@ -20,6 +20,7 @@ fn bound(rule: &str) -> &'static str {
         "fd_exhaustion" => "5 samples of a still-rising trend (5 s)",
         "emfile" => "the leak reaching RLIMIT_NOFILE 200 (5 files/s)",
         "ironic_conflict_storm" => "the second 409 (min_count 2)",
+        "ironic_call_errors" => "the third 500 (min_count 3) of a node-list refresh every second",
         "plaintext_token" => "the first request (evaluated every second)",
         "secret_in_log" => "the next read of the log (every second)",
         _ => "",

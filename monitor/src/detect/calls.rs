@@ -1,5 +1,5 @@
 //! Rules on the Ironic calls: hung calls, wait loops near exhaustion,
-//! storms of conflicts.
+//! storms of conflicts, server errors.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{Finding, Input, Rule, Severity, resources::SAMPLES, span};
 use crate::{
-    calls::{Call, CallKind, PollLoop, loops::LoopKind},
+    calls::{Call, CallEnd, CallKind, PollLoop, loops::LoopKind},
     ledger::comm_str,
     time,
 };
@@ -217,6 +217,97 @@ pub fn conflict_storm(input: &Input<'_>) -> Vec<Finding> {
                 "answers": calls.len(),
                 "conflicts_409": n409,
                 "unavailable_503": calls.len() - n409,
+                "window_s": rule.window_s,
+                "min_count": rule.min_count,
+                "calls": samples,
+            }),
+            endpoint: label,
+        });
+    }
+    findings
+}
+
+const UNANSWERED: &str = "unanswered";
+
+/// A call Ironic failed: a server error (503, no free conductor, is the
+/// conflict storm's), or its connection closed before any answer.
+fn failed(call: &Call) -> bool {
+    let status = call.response.as_ref().map_or(0, |r| r.status);
+    (status >= 500 && status != 503) || call.end == Some(CallEnd::ConnectionClosed)
+}
+
+/// `ironic_call_errors`: Ironic failing nova's calls. nova catches them
+/// broadly (a periodic task logs and carries on, a wait loop retries), so
+/// nothing else may say that Ironic is failing; the request ids in the
+/// evidence find the traceback in Ironic's log.
+pub fn call_errors(input: &Input<'_>) -> Vec<Finding> {
+    let rule = &input.rules.ironic_call_errors;
+    let since = input.now_ns.saturating_sub(rule.window_s * NS);
+    let mut by_endpoint: BTreeMap<Option<std::net::SocketAddr>, Vec<&Call>> = BTreeMap::new();
+    for call in input.process.calls.recent().rev() {
+        if call.started_ns < since {
+            break;
+        }
+        if failed(call) && is_ironic(input, call) {
+            by_endpoint.entry(call.endpoint).or_default().push(call);
+        }
+    }
+    let mut findings = Vec::new();
+    for (endpoint, calls) in by_endpoint {
+        if calls.len() < rule.min_count as usize {
+            continue;
+        }
+        let (name, label) = endpoint_of(input, calls[0]);
+        let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+        for call in &calls {
+            let status = call
+                .response
+                .as_ref()
+                .map_or(UNANSWERED.to_string(), |r| r.status.to_string());
+            *statuses.entry(status).or_default() += 1;
+        }
+        let counts: Vec<String> = statuses
+            .iter()
+            .map(|(s, n)| {
+                if s == UNANSWERED {
+                    format!("{n} {s}")
+                } else {
+                    format!("{n} × {s}")
+                }
+            })
+            .collect();
+        let samples: Vec<_> = calls
+            .iter()
+            .take(SAMPLES)
+            .map(|c| {
+                json!({
+                    "call_id": c.id,
+                    "method": c.request.method,
+                    "pattern": c.pattern,
+                    "node": c.node,
+                    "status": c.response.as_ref().map(|r| r.status),
+                    "request_id": c.response.as_ref().and_then(|r| r.headers.request_id.clone()),
+                    "tid": c.tid,
+                    "time": time::rfc3339_of_boot(c.started_ns),
+                })
+            })
+            .collect();
+        findings.push(Finding {
+            rule: Rule::IronicCallErrors,
+            key: endpoint.map_or_else(|| "unknown".to_string(), |e| e.to_string()),
+            severity: Severity::Warning,
+            summary: format!(
+                "Ironic at {name} failed {} calls from {} in the last {} ({})",
+                calls.len(),
+                input.who(),
+                span(rule.window_s),
+                counts.join(", ")
+            ),
+            evidence: json!({
+                "endpoint": endpoint.map(|e| e.to_string()),
+                "label": label,
+                "failed": calls.len(),
+                "statuses": statuses,
                 "window_s": rule.window_s,
                 "min_count": rule.min_count,
                 "calls": samples,

@@ -20,6 +20,7 @@ pub struct Rules {
     pub ironic_call_hung: CallHung,
     pub ironic_poll_exhaustion: PollExhaustion,
     pub ironic_conflict_storm: RateRule,
+    pub ironic_call_errors: RateRule,
     pub connection_pool_saturation: PoolSaturation,
     pub connect_failures: RateRule,
     pub plaintext_token: PlaintextToken,
@@ -166,6 +167,11 @@ impl Default for Rules {
                 enabled: true,
                 window_s: 60,
                 min_count: 5,
+            },
+            ironic_call_errors: RateRule {
+                enabled: true,
+                window_s: 300,
+                min_count: 3,
             },
             connection_pool_saturation: PoolSaturation::default(),
             connect_failures: RateRule {
@@ -353,6 +359,7 @@ impl Rules {
         }
         for (key, rate) in [
             ("rules.ironic_conflict_storm", &self.ironic_conflict_storm),
+            ("rules.ironic_call_errors", &self.ironic_call_errors),
             ("rules.connect_failures", &self.connect_failures),
         ] {
             if rate.window_s == 0 || rate.min_count == 0 {

@@ -36,6 +36,7 @@ pub enum Rule {
     IronicCallHung,
     IronicPollExhaustion,
     IronicConflictStorm,
+    IronicCallErrors,
     ConnectionPoolSaturation,
     ConnectFailures,
     PlaintextToken,
@@ -43,7 +44,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 14] = [
+    pub const ALL: [Rule; 15] = [
         Rule::FdLeak,
         Rule::SocketCloseWaitLeak,
         Rule::ThreadLeak,
@@ -54,6 +55,7 @@ impl Rule {
         Rule::IronicCallHung,
         Rule::IronicPollExhaustion,
         Rule::IronicConflictStorm,
+        Rule::IronicCallErrors,
         Rule::ConnectionPoolSaturation,
         Rule::ConnectFailures,
         Rule::PlaintextToken,
@@ -72,6 +74,7 @@ impl Rule {
             Rule::IronicCallHung => "ironic_call_hung",
             Rule::IronicPollExhaustion => "ironic_poll_exhaustion",
             Rule::IronicConflictStorm => "ironic_conflict_storm",
+            Rule::IronicCallErrors => "ironic_call_errors",
             Rule::ConnectionPoolSaturation => "connection_pool_saturation",
             Rule::ConnectFailures => "connect_failures",
             Rule::PlaintextToken => "plaintext_token",
@@ -188,6 +191,9 @@ pub fn evaluate(input: &Input<'_>) -> Vec<Finding> {
     }
     if rules.ironic_conflict_storm.enabled {
         findings.extend(calls::conflict_storm(input));
+    }
+    if rules.ironic_call_errors.enabled {
+        findings.extend(calls::call_errors(input));
     }
     findings
 }

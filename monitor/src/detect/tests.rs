@@ -417,6 +417,44 @@ fn conflicts_on_a_node_above_the_rate_are_a_storm() {
 }
 
 #[test]
+fn server_errors_and_unanswered_calls_from_ironic_are_counted_per_endpoint() {
+    let mut w = World::new();
+    w.rules.ironic_call_errors.window_s = 60;
+    w.tick(0);
+    // Normal answers, a miss and the conflict storm's own statuses are not failures.
+    for status in [200, 404, 409, 503] {
+        let key = w.call(1, "GET", "/v1/nodes", "", false);
+        w.answer(key, status);
+    }
+    for status in [500, 502] {
+        w.tick(10 * S);
+        let key = w.call(2, "GET", "/v1/nodes", "", false);
+        w.answer(key, status);
+    }
+    assert!(w.fired(Rule::IronicCallErrors).is_empty(), "two failures");
+    // Ironic closes the connection on the third: no answer.
+    let key = w.call(3, "GET", &format!("/v1/nodes/{NODE}"), "", false);
+    let now = w.now;
+    w.process().calls.closed(key, now);
+    let fired = w.fired(Rule::IronicCallErrors);
+    assert_eq!(fired.len(), 1);
+    let finding = &fired[0];
+    assert_eq!(finding.key, IRONIC);
+    assert!(
+        finding.summary.contains("failed 3 calls") && finding.summary.contains("1 unanswered"),
+        "{}",
+        finding.summary
+    );
+    let statuses = &finding.evidence["statuses"];
+    assert_eq!(
+        (&statuses["500"], &statuses["502"], &statuses["unanswered"]),
+        (&1.into(), &1.into(), &1.into())
+    );
+    w.tick(71 * S);
+    assert!(w.fired(Rule::IronicCallErrors).is_empty(), "out of the window");
+}
+
+#[test]
 fn more_connections_than_the_pool_or_churn_saturate_it() {
     let mut w = World::new();
     for i in 0..11 {
