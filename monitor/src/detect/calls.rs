@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{Finding, Input, Rule, Severity, resources::SAMPLES, span};
 use crate::{
@@ -157,6 +157,21 @@ fn loop_finding(input: &Input<'_>, running: &PollLoop, why: String, max_polls: u
     }
 }
 
+/// A sample call of a rule on Ironic's answers, with what finds it in
+/// Ironic's log (its request id).
+fn answered_call(call: &Call) -> Value {
+    json!({
+        "call_id": call.id,
+        "method": call.request.method,
+        "pattern": call.pattern,
+        "node": call.node,
+        "status": call.response.as_ref().map(|r| r.status),
+        "request_id": call.response.as_ref().and_then(|r| r.headers.request_id.clone()),
+        "tid": call.tid,
+        "time": time::rfc3339_of_boot(call.started_ns),
+    })
+}
+
 pub fn conflict_storm(input: &Input<'_>) -> Vec<Finding> {
     let rule = &input.rules.ironic_conflict_storm;
     let since = input.now_ns.saturating_sub(rule.window_s * NS);
@@ -186,21 +201,7 @@ pub fn conflict_storm(input: &Input<'_>) -> Vec<Finding> {
             .filter(|c| c.response.as_ref().is_some_and(|r| r.status == 409));
         let n409 = conflicts.count();
         let (_, label) = endpoint_of(input, calls[0]);
-        let samples: Vec<_> = calls
-            .iter()
-            .take(SAMPLES)
-            .map(|c| {
-                json!({
-                    "call_id": c.id,
-                    "method": c.request.method,
-                    "pattern": c.pattern,
-                    "status": c.response.as_ref().map(|r| r.status),
-                    "request_id": c.response.as_ref().and_then(|r| r.headers.request_id.clone()),
-                    "tid": c.tid,
-                    "time": time::rfc3339_of_boot(c.started_ns),
-                })
-            })
-            .collect();
+        let samples: Vec<Value> = calls.iter().take(SAMPLES).map(|c| answered_call(c)).collect();
         findings.push(Finding {
             rule: Rule::IronicConflictStorm,
             key: key.clone(),
@@ -276,22 +277,7 @@ pub fn call_errors(input: &Input<'_>) -> Vec<Finding> {
                 }
             })
             .collect();
-        let samples: Vec<_> = calls
-            .iter()
-            .take(SAMPLES)
-            .map(|c| {
-                json!({
-                    "call_id": c.id,
-                    "method": c.request.method,
-                    "pattern": c.pattern,
-                    "node": c.node,
-                    "status": c.response.as_ref().map(|r| r.status),
-                    "request_id": c.response.as_ref().and_then(|r| r.headers.request_id.clone()),
-                    "tid": c.tid,
-                    "time": time::rfc3339_of_boot(c.started_ns),
-                })
-            })
-            .collect();
+        let samples: Vec<Value> = calls.iter().take(SAMPLES).map(|c| answered_call(c)).collect();
         findings.push(Finding {
             rule: Rule::IronicCallErrors,
             key: endpoint.map_or_else(|| "unknown".to_string(), |e| e.to_string()),
