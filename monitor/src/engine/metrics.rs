@@ -340,6 +340,18 @@ impl Engine {
             &[],
             self.counters.decode_errors as f64,
         );
+        for (result, bytes) in [
+            ("scanned", self.counters.log_bytes_scanned),
+            ("skipped", self.counters.log_bytes_skipped),
+        ] {
+            x.add(
+                "leakmon_log_scan_bytes_total",
+                "counter",
+                "New log text read for secret_in_log, and jumped over beyond its scan_bytes_per_s.",
+                &[("result", result)],
+                bytes as f64,
+            );
+        }
         x.add(
             "leakmon_reconcile_after_loss_total",
             "counter",
