@@ -24,7 +24,7 @@ fn request(method: &str, path: &str, body: &str) -> Vec<u8> {
     } else {
         format!("Content-Length: {}\r\n", body.len())
     };
-    format!("{method} {path} HTTP/1.1\r\nHost: ironic\r\nX-Auth-Token: {FAKE_TOKEN}\r\n{length}\r\n{body}")
+    format!("{method} {path} HTTP/1.1\r\nHost: ironic\r\nX-Auth-Token: FAKE-TOKEN-leakmon-test-not-a-credential\r\n{length}\r\n{body}")
         .into_bytes()
 }
 

@@ -129,7 +129,9 @@ impl World {
         } else {
             format!("Content-Length: {}\r\n", body.len())
         };
-        let bytes = format!("{method} {path} HTTP/1.1\r\nX-Auth-Token: {FAKE_TOKEN}\r\n{length}\r\n{body}");
+        let bytes = format!(
+            "{method} {path} HTTP/1.1\r\nX-Auth-Token: FAKE-TOKEN-leakmon-test-not-a-credential\r\n{length}\r\n{body}"
+        );
         let origin = CallOrigin {
             tid,
             fd: Some(1000 + tid),

@@ -2,7 +2,6 @@
 //! overtook them.
 
 use super::*;
-use crate::http::FAKE_TOKEN;
 
 /// An fd event at time `ts_ns`.
 fn at(kind: EventKind, syscall: u32, fd: u32, fd2: u32, ts_ns: u64) -> Event<'static> {
@@ -171,10 +170,10 @@ fn a_late_creation_names_the_call_in_flight_at_its_birth_though_it_has_ended() {
         };
         (meta, bytes.as_bytes().to_vec())
     };
-    let request = format!("GET /v1/nodes HTTP/1.1\r\nX-Auth-Token: {FAKE_TOKEN}\r\n\r\n");
+    let request = "GET /v1/nodes HTTP/1.1\r\nX-Auth-Token: FAKE-TOKEN-leakmon-test-not-a-credential\r\n\r\n";
     let response = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     for (meta, bytes) in [
-        data(0, 100, &request),
+        data(0, 100, request),
         data(monitor_common::data_flags::READ, 300, response),
     ] {
         ledger.apply(&Event::Data(meta, &bytes));

@@ -94,7 +94,7 @@ const REQUEST: &[u8] = concat!(
 Host: 127.0.0.1:6385\r\nUser-Agent: nova-compute keystoneauth1/5.0 python-requests/2.32\r\n\
 Accept-Encoding: gzip, deflate\r\nAccept: application/json\r\nConnection: keep-alive\r\n\
 X-OpenStack-Ironic-API-Version: 1.46\r\n",
-    "X-Auth-Token: ", tests::fake_token!(), "\r\n\r\n"
+    "X-Auth-Token: FAKE-TOKEN-leakmon-test-not-a-credential\r\n\r\n"
 )
 .as_bytes();
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\
