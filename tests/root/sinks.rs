@@ -261,16 +261,18 @@ fn prometheus_scrapes_the_fd_count_of_the_watched_process() {
 }
 
 #[test]
-fn prometheus_fires_the_shipped_rules_on_a_refused_hook_and_lost_records() {
-    if !require_root("prometheus_fires_the_shipped_rules_on_a_refused_hook_and_lost_records") {
+fn prometheus_fires_the_shipped_rules_on_a_refused_hook_lost_records_and_unread_log_text() {
+    if !require_root("prometheus_fires_the_shipped_rules_on_a_refused_hook_lost_records_and_unread_log_text")
+    {
         return;
     }
     let dir = tests::scratch_dir("sink-rules");
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    // A ring buffer far too small (as in overflow.rs), and a hook the test
-    // fault switch refuses as a kernel would.
+    // A ring buffer far too small (as in overflow.rs), a hook the test
+    // fault switch refuses as a kernel would, and a log scan budget of 1 KiB/s.
     let config = format!(
         "[probes]\nring_buffer_bytes = 4096\nwakeup_bytes = 4095\ndrain_interval_ms = 10000\n\
+         [rules.secret_in_log]\nscan_bytes_per_s = 1024\n\
          [alerts]\nmetrics_listen = \"{metrics_addr}\"\n"
     );
     let daemon = Daemon::start_with_config_and_env(
@@ -302,21 +304,42 @@ fn prometheus_fires_the_shipped_rules_on_a_refused_hook_and_lost_records() {
     for rule in &rules {
         assert_eq!(rule["health"], "ok", "{rule:#}");
     }
-    // Scraped before the flood, with nothing lost: the loss is an increase.
-    await_value("a scrape with nothing lost", Duration::from_secs(60), || {
-        let answer = json_get(&prom_addr, "/api/v1/query?query=leakmon_ring_events_lost_total")?;
-        let sample = answer["data"]["result"].as_array()?.first()?.clone();
-        (sample["value"][1] == "0").then_some(())
-    });
+    // Scraped before the flood and the log, with nothing lost or jumped
+    // over: both are increases.
+    for (what, query) in [
+        ("records lost", "leakmon_ring_events_lost_total"),
+        (
+            "log text skipped",
+            "leakmon_log_scan_bytes_total{result=\"skipped\"}",
+        ),
+    ] {
+        await_value(
+            &format!("a scrape with no {what}"),
+            Duration::from_secs(60),
+            || {
+                let answer = json_get(&prom_addr, &format!("/api/v1/query?query={query}"))?;
+                let sample = answer["data"]["result"].as_array()?.first()?.clone();
+                (sample["value"][1] == "0").then_some(())
+            },
+        );
+    }
     workload.send("go");
     workload.expect("ready");
+    // Then the process writes its log at 10 KB/s, ten times the budget.
+    let log = dir.join("worker.log");
+    workload.send(&format!("drip log 10 6000 {}", log.display()));
 
-    let alerts = await_value("LeakmonRecordsLost firing", Duration::from_secs(60), || {
+    let firing = ["LeakmonLogScanBehind", "LeakmonRecordsLost"];
+    let alerts = await_value(&format!("{firing:?} firing"), Duration::from_secs(60), || {
         let answer = json_get(&prom_addr, "/api/v1/alerts")?;
         let alerts = answer["data"]["alerts"].as_array()?.clone();
-        alerts
+        firing
             .iter()
-            .any(|a| a["labels"]["alertname"] == "LeakmonRecordsLost" && a["state"] == "firing")
+            .all(|name| {
+                alerts
+                    .iter()
+                    .any(|a| a["labels"]["alertname"] == *name && a["state"] == "firing")
+            })
             .then_some(alerts)
     });
     let names: BTreeSet<&str> = alerts
@@ -325,7 +348,7 @@ fn prometheus_fires_the_shipped_rules_on_a_refused_hook_and_lost_records() {
         .collect();
     assert_eq!(
         names,
-        BTreeSet::from(["LeakmonHookMissing", "LeakmonRecordsLost"]),
+        BTreeSet::from(["LeakmonHookMissing", "LeakmonLogScanBehind", "LeakmonRecordsLost"]),
         "only what is wrong fires or waits: {alerts:#?}"
     );
     let hook = alerts
@@ -334,8 +357,25 @@ fn prometheus_fires_the_shipped_rules_on_a_refused_hook_and_lost_records() {
         .unwrap();
     assert_eq!(hook["state"], "firing");
     assert_eq!(hook["labels"]["program"], "sock_error_report");
-    let lost = daemon.status()["kernel"]["lost_total"].as_u64().unwrap();
-    assert!(lost > 0, "the daemon counted no loss");
+    let status = daemon.status();
+    assert!(
+        status["kernel"]["lost_total"].as_u64().unwrap() > 0,
+        "the daemon counted no loss"
+    );
+    assert!(
+        status["engine"]["log_bytes_skipped"].as_u64().unwrap() > 0,
+        "{status:#}"
+    );
+    // The budget caps what was read: the first look starts at the file's end.
+    let scanned = status["engine"]["log_bytes_scanned"].as_u64().unwrap();
+    let seconds = status["uptime_s"].as_f64().unwrap().ceil() as u64 + 1;
+    assert!(scanned <= 1024 * seconds, "{scanned} bytes read in {seconds} s");
+    let log_text = daemon.log_text();
+    assert_eq!(
+        log_text.matches("jumped over unread").count(),
+        1,
+        "logged once: {log_text}"
+    );
 }
 
 #[test]

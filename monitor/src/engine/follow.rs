@@ -11,6 +11,7 @@ use super::Engine;
 use crate::{
     fdkind::FdKind,
     ledger::{Comm, FollowUp, Origin, Process, Scan, WatchReason},
+    probes::CLOSE_IN_FLIGHT_NS,
     proc::{self, FdDir, ProcError, ProcessInfo},
     sockdiag::SocketTable,
     time,
@@ -233,7 +234,44 @@ impl Engine {
 
     /// Scans /proc for `pids` and repairs the ledger. Events that arrive
     /// while the scans run are applied first and win over the scan.
+    ///
+    /// An fd the scan listed but left to records still in the probes (a
+    /// close under way when the scan began) is in doubt when no record has
+    /// put it in the ledger: the close may have finished and the fd number
+    /// been reused by another thread, whose creation record was lost (a full
+    /// ring). The process is scanned again once those closes are surely over
+    /// ([`CLOSE_IN_FLIGHT_NS`]); that scan judges the fd.
     pub(super) fn reconcile(&mut self, ring: &mut RingBuf<MapData>, pids: &[u32]) {
+        let doubtful = self.reconcile_once(ring, pids);
+        let due = time::boot_ns() + CLOSE_IN_FLIGHT_NS;
+        for pid in doubtful {
+            if !self.rechecks.iter().any(|&(queued, _)| queued == pid) {
+                self.rechecks.push((pid, due));
+            }
+        }
+    }
+
+    /// Reconciles the processes whose recheck is due ([`Engine::reconcile`]);
+    /// once: a doubt left by this scan waits for the next reconciliation.
+    pub(super) fn recheck_due(&mut self, ring: &mut RingBuf<MapData>) {
+        let now = time::boot_ns();
+        let (due, later) = self.rechecks.iter().partition(|&&(_, at)| at <= now);
+        self.rechecks = later;
+        let due: Vec<u32> = (due.into_iter())
+            .map(|(pid, _)| pid)
+            .filter(|pid| self.ledger.processes.contains_key(pid))
+            .collect();
+        if !due.is_empty() {
+            debug!(
+                ?due,
+                "reconciling again: an fd listed while its close was under way"
+            );
+            self.reconcile_once(ring, &due);
+        }
+    }
+
+    /// One reconciliation of `pids`; returns those with an fd in doubt.
+    fn reconcile_once(&mut self, ring: &mut RingBuf<MapData>, pids: &[u32]) -> Vec<u32> {
         self.drain(ring);
         for pid in pids {
             self.ledger.begin_scan(*pid);
@@ -246,8 +284,9 @@ impl Engine {
         // syscall reached its exit probe only after the scan's flush (its
         // thread preempted in between), and a flush after the hold shipped it.
         self.drain_until_scans_settled(ring);
-        self.leave_in_flight_to_records(pids);
+        let in_flight = self.leave_in_flight_to_records(pids);
         let now = time::boot_ns();
+        let mut doubtful = Vec::new();
         for (pid, scan) in scans {
             if !self.ledger.scan_begun(pid) {
                 // It exited during the hold, and its pid may be another
@@ -265,12 +304,27 @@ impl Engine {
                     if fixes != Default::default() {
                         info!(pid, ?fixes, "reconciliation repaired the ledger");
                     }
+                    if self.in_doubt(pid, &scan, &in_flight) {
+                        doubtful.push(pid);
+                    }
                 }
                 Err(ProcError::NoSuchProcess(_)) => self.stop_watching(pid, "exited"),
                 Err(e) => warn!(pid, error = %e, "cannot reconcile"),
             }
         }
         self.reconcile_sockets();
+        doubtful
+    }
+
+    /// Whether `scan` listed an fd of `pid` that it left to records
+    /// (`in_flight`) and that no record has put in the ledger.
+    fn in_doubt(&self, pid: u32, scan: &Scan, in_flight: &[(u32, u32)]) -> bool {
+        let Some(process) = self.ledger.processes.get(&pid) else {
+            return false;
+        };
+        (in_flight.iter())
+            .filter(|&&(tgid, _)| tgid == pid)
+            .any(|&(_, fd)| process.fds.get(&fd).is_none() && scan.fds.iter().any(|link| link.fd == fd))
     }
 
     /// Reads `pid`'s /proc while its closes ship instead of cancelling
@@ -296,12 +350,14 @@ impl Engine {
     /// Makes the scans of `pids` leave alone the fds whose records the probes
     /// still hold: a creation held back now, and a close that cancelled its
     /// creation just before the scan began (its fd was still in the table).
-    fn leave_in_flight_to_records(&mut self, pids: &[u32]) {
-        for (tgid, fd) in self.probes.fds_in_flight(time::boot_ns()) {
+    fn leave_in_flight_to_records(&mut self, pids: &[u32]) -> Vec<(u32, u32)> {
+        let in_flight = self.probes.fds_in_flight(time::boot_ns());
+        for &(tgid, fd) in &in_flight {
             if pids.contains(&tgid) {
                 self.ledger.leave_to_records(tgid, [fd]);
             }
         }
+        in_flight
     }
 
     /// How long until the latest scan's hold has passed (0 when it has).

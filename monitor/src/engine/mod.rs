@@ -68,6 +68,9 @@ pub struct Engine {
     started_ns: u64,
     /// Processes to reconcile at the next housekeeping tick.
     reconcile_soon: std::collections::HashSet<u32>,
+    /// Processes to reconcile again once a time (boot ns) has passed: see
+    /// `Engine::reconcile`.
+    rechecks: Vec<(u32, u64)>,
     /// Processes whose SCANNED bit is set, with when their scan's flush ran
     /// (boot ns): see `settle_scans`.
     scanned: Vec<(u32, u64)>,
@@ -135,6 +138,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         counters: EngineCounters::default(),
         started_ns: time::boot_ns(),
         reconcile_soon: Default::default(),
+        rechecks: Vec::new(),
         scanned: Vec::new(),
         maybe_gone: Default::default(),
         refused: Default::default(),
@@ -297,6 +301,7 @@ impl Engine {
             let pids: Vec<u32> = self.reconcile_soon.drain().collect();
             self.reconcile(ring, &pids);
         }
+        self.recheck_due(ring);
         self.confirm_exits();
         self.resolve_provisional();
         self.ledger

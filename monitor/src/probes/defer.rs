@@ -19,7 +19,7 @@ const BUSY_RETRIES: u32 = 100;
 /// How long after a close's probe its fd may still be in the table: the
 /// close syscall takes a microsecond from its probe to removing the fd, and
 /// this bounds how long a forgotten marker keeps a scan from judging the fd.
-const CLOSE_IN_FLIGHT_NS: u64 = 1_000_000_000;
+pub const CLOSE_IN_FLIGHT_NS: u64 = 1_000_000_000;
 
 /// What the flushes did (`leakmon status`, `kernel.held_back`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

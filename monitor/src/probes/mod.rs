@@ -26,6 +26,7 @@ use monitor_common::{
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
+pub use defer::CLOSE_IN_FLIGHT_NS;
 pub use floor::{Floor, load_floor};
 pub use hooks::HookStatus;
 

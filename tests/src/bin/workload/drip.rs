@@ -2,6 +2,8 @@
 //! requests that carry a token or wait for an answer.
 //!   drip files|threads MS N   one more every MS ms, N times, in the background
 //!   drip memory MS N MIB      MIB MiB more heap (written, so resident) every MS ms, N times
+//!   drip log MS N PATH        a 100-byte line appended to PATH (opened O_APPEND, as
+//!                             a log handler does) every MS ms, N times
 //!   free files|threads|memory close the dripped files / end the dripped threads / free the heap
 //!   burst N MS                N threads that exit after MS ms
 //!   rlimit N                  RLIMIT_NOFILE soft limit to N
@@ -64,6 +66,22 @@ impl Drip {
                     thread::sleep(Duration::from_millis(ms));
                 }
                 crate::say(json!({"event": "dripped", "what": "threads"}));
+            }
+            ("drip", "log") => {
+                let (ms, n) = (number(2), number(3));
+                let path = words[4].to_string();
+                thread::spawn(move || {
+                    let mut log = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(&path)
+                        .expect("the log");
+                    for line in 0..n {
+                        writeln!(log, "{line:0>99}").expect("a log line");
+                        thread::sleep(Duration::from_millis(ms));
+                    }
+                    crate::say(json!({"event": "dripped", "what": "log"}));
+                });
             }
             ("drip", "memory") => {
                 let memory = self.memory.clone();

@@ -16,7 +16,7 @@
 //! `http-call ADDR PATH` (resources born during an HTTP call, see http.rs);
 //! `short-lived N`, `overtaken-ready` and `overtaken-go` (fds the probes hold
 //! back, see held.rs);
-//! `drip`, `free`, `burst`, `rlimit` and `http` for the alert tests (drip.rs).
+//! `drip`, `free`, `burst`, `rlimit`, `http` and `poll` for the alert and sink tests (drip.rs).
 //! `serve` ignores further arguments (e.g. `--config-file F` for nova.conf).
 
 mod bulk;
