@@ -1,0 +1,102 @@
+//! `mix THREADS MS`: after a `go` line, THREADS threads for MS ms each make a
+//! random mix of fd creations and closes (files, pipes, dups, eventfds,
+//! sockets; some closed at once, some kept a while, some closed by another
+//! thread), then stop with what they keep open and say `mixed`. Fd numbers
+//! are reused all the time, across threads and CPUs: the ledger must end
+//! equal to /proc however the records interleave, are held back or lost.
+
+use std::{
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use super::loops::close;
+
+/// Fds a thread keeps at most before it closes one of them.
+const KEEP: usize = 32;
+
+/// xorshift64: enough randomness for a mix, and no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+pub fn run(threads: usize, ms: u64, commands: &mut impl Iterator<Item = String>) {
+    super::say(json!({"event": "started", "pid": std::process::id()}));
+    commands.next();
+    // Fds any thread may close: a close on another thread (and CPU) than
+    // the creation's.
+    let shared: Arc<Mutex<Vec<i32>>> = Arc::default();
+    let handles: Vec<_> = (0..threads)
+        .map(|seed| {
+            let shared = shared.clone();
+            thread::spawn(move || churn(seed as u64 + 1, Duration::from_millis(ms), &shared))
+        })
+        .collect();
+    let mut kept: Vec<i32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    kept.extend(shared.lock().unwrap().iter());
+    kept.sort_unstable();
+    super::say(json!({"event": "mixed", "kept": kept}));
+    super::serve(commands);
+}
+
+fn churn(seed: u64, how_long: Duration, shared: &Mutex<Vec<i32>>) -> Vec<i32> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut kept: Vec<i32> = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < how_long {
+        let new = match rng.below(8) {
+            // SAFETY (all arms): plain syscalls on fds this thread owns.
+            0 | 1 => unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) },
+            2 => {
+                let mut fds = [0i32; 2];
+                unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+                kept.push(fds[0]);
+                fds[1]
+            }
+            3 => match kept.last() {
+                Some(&fd) => unsafe { libc::dup(fd) },
+                None => continue,
+            },
+            4 => unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) },
+            5 => unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+            6 => {
+                // Hand over the newest (its creation likely still held back
+                // on this CPU), or close one another thread handed over.
+                let mut shared = shared.lock().unwrap();
+                if rng.below(2) == 0 && !kept.is_empty() {
+                    shared.extend(kept.pop());
+                } else if let Some(fd) = shared.pop() {
+                    close(fd);
+                }
+                continue;
+            }
+            _ => {
+                if !kept.is_empty() {
+                    close(kept.swap_remove(rng.below(kept.len() as u64) as usize));
+                }
+                continue;
+            }
+        };
+        assert!(new >= 0, "{}", std::io::Error::last_os_error());
+        // Half are closed at once (short-lived), half kept for a while.
+        if rng.below(2) == 0 {
+            close(new);
+        } else {
+            kept.push(new);
+        }
+        while kept.len() > KEEP {
+            close(kept.swap_remove(rng.below(kept.len() as u64) as usize));
+        }
+    }
+    kept
+}
