@@ -1,6 +1,9 @@
 //! The daemon's ledger against /proc, lsof and the workload's own account.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use serde_json::Value;
 use tests::{daemon::Daemon, require_root, scratch_dir, truth, watched_workload, workload::Workload};
@@ -425,8 +428,9 @@ fn random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc() {
     daemon.sync();
     let before = daemon.status();
     workload.send("go");
-    let mixed = workload.expect_within("mixed", std::time::Duration::from_secs(30));
-    // From the records alone: nothing was lost, and no reconciliation ran.
+    let mixed = workload.expect_within("mixed", Duration::from_secs(30));
+    // The workload's own ledger from the records alone: nothing was lost,
+    // and no fd in it was found by a reconciliation.
     let fds = assert_ledger_is_proc(&daemon, workload.pid);
     let status = daemon.status();
     assert_eq!(
@@ -435,12 +439,21 @@ fn random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc() {
         "{}",
         status["kernel"]
     );
-    assert_eq!(
-        counter(&status, &["ledger", "reconcile_runs"]),
-        counter(&before, &["ledger", "reconcile_runs"]),
-        "a reconciliation ran during the churn: {}",
-        status["ledger"]
-    );
+    let reconciled: Vec<&Value> = (fds.values())
+        .filter(|fd| fd["birth"]["origin"] == "reconciled")
+        .collect();
+    assert!(reconciled.is_empty(), "{reconciled:?}");
+    // The children forked amid the churn hold what they inherited. The
+    // kernel copies the fd table before the fork's record, so what other
+    // threads did in between is off in the copy: each child is read from
+    // /proc at the next housekeeping (without that, children missed or
+    // kept a few fds until the periodic reconciliation).
+    let children = mixed["children"].as_array().unwrap();
+    assert_eq!(children.len(), 8, "{mixed}");
+    for child in children {
+        let child = child.as_u64().unwrap() as u32;
+        daemon.await_ledger_is_proc(child, Duration::from_secs(5));
+    }
     let kept = mixed["kept"].as_array().unwrap();
     assert!(kept.len() > 20, "the threads kept only {kept:?}");
     for fd in kept {

@@ -1,36 +1,12 @@
 //! A ring buffer far too small: every loss is counted and reconciliation
 //! brings the ledger back to /proc by itself.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tests::{daemon::Daemon, require_root, scratch_dir, truth, workload::Workload};
+use tests::{daemon::Daemon, require_root, scratch_dir, workload::Workload};
 
-/// The ledger of `pid` once it holds exactly the fds /proc holds; fails if
-/// it does not within 10 s (the periodic reconciliation is 60 s away).
-fn await_ledger_is_proc(daemon: &Daemon, pid: u32) -> serde_json::Value {
-    let proc: Vec<u64> = truth::proc_fds(pid).keys().map(|fd| *fd as u64).collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        daemon.sync();
-        let ledger = daemon.ledger(pid);
-        let held: Vec<u64> = ledger["fds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["fd"].as_u64().unwrap())
-            .collect();
-        if held == proc {
-            return ledger;
-        }
-        let missing: Vec<&u64> = proc.iter().filter(|fd| !held.contains(fd)).collect();
-        let extra: Vec<&u64> = held.iter().filter(|fd| !proc.contains(fd)).collect();
-        assert!(
-            Instant::now() < deadline,
-            "the ledger still differs from /proc after 10 s: missing {missing:?}, extra {extra:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// Well before the periodic reconciliation (60 s).
+const REPAIRED_WITHIN: Duration = Duration::from_secs(10);
 
 #[test]
 fn forced_overflow_is_counted_and_repaired() {
@@ -73,7 +49,7 @@ fn forced_overflow_is_counted_and_repaired() {
 
     // Repaired by that reconciliation, or by the one it schedules a second
     // later for an fd in doubt; not left to the periodic one (60 s).
-    let ledger = await_ledger_is_proc(&daemon, workload.pid);
+    let ledger = daemon.await_ledger_is_proc(workload.pid, REPAIRED_WITHIN);
     let eventfds = ledger["counts"]["eventfd"].as_u64().unwrap();
     assert_eq!(eventfds, 10_000);
     let counters = &daemon.status()["ledger"];
@@ -137,7 +113,7 @@ fn random_fd_churn_through_a_full_ring_is_repaired_to_proc() {
     workload.expect_within("mixed", Duration::from_secs(30));
     // Whatever the losses took (creations, closes, held-back ones), the
     // reconciliation after them, and the recheck it may schedule, end equal.
-    await_ledger_is_proc(&daemon, workload.pid);
+    daemon.await_ledger_is_proc(workload.pid, REPAIRED_WITHIN);
     let status = daemon.status();
     let lost = status["kernel"]["lost_total"].as_u64().unwrap();
     assert!(

@@ -204,6 +204,33 @@ impl Daemon {
         }
     }
 
+    /// The ledger of `pid` once it holds exactly the fds /proc holds (by
+    /// number), after a `sync` each time; fails after `timeout`.
+    pub fn await_ledger_is_proc(&self, pid: u32, timeout: Duration) -> Value {
+        let proc: Vec<u64> = crate::truth::proc_fds(pid).keys().map(|fd| *fd as u64).collect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.sync();
+            let ledger = self.ledger(pid);
+            let held: Vec<u64> = ledger["fds"]
+                .as_array()
+                .expect("fds")
+                .iter()
+                .map(|f| f["fd"].as_u64().unwrap())
+                .collect();
+            if held == proc {
+                return ledger;
+            }
+            let missing: Vec<&u64> = proc.iter().filter(|fd| !held.contains(fd)).collect();
+            let extra: Vec<&u64> = held.iter().filter(|fd| !proc.contains(fd)).collect();
+            assert!(
+                Instant::now() < deadline,
+                "the ledger of {pid} still differs from /proc after {timeout:?}: missing {missing:?}, extra {extra:?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

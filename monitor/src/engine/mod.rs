@@ -298,8 +298,13 @@ impl Engine {
             self.counters.reconcile_after_loss += 1;
             self.reconcile_all(ring);
         } else if !self.reconcile_soon.is_empty() {
-            let pids: Vec<u32> = self.reconcile_soon.drain().collect();
-            self.reconcile(ring, &pids);
+            // Not those gone since (a forked child that exec'd or exited).
+            let pids: Vec<u32> = (self.reconcile_soon.drain())
+                .filter(|pid| self.ledger.processes.contains_key(pid))
+                .collect();
+            if !pids.is_empty() {
+                self.reconcile(ring, &pids);
+            }
         }
         self.recheck_due(ring);
         self.confirm_exits();

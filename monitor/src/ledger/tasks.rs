@@ -35,7 +35,12 @@ impl Ledger {
             counters.processes_refused += 1;
             return FollowUp::Unwatch(task.pid);
         }
-        // A forked child: same fds as the parent at this instant.
+        // A forked child: the parent's fds as the ledger has them now. The
+        // kernel copied the fd table a little earlier (before the address
+        // space, then this tracepoint), so another thread's creation or close
+        // in between, or a creation held back on another CPU and cancelled
+        // there after the fork, makes the copy differ: the child is read from
+        // /proc at the next housekeeping, if it is still watched then.
         let birth = Birth {
             ts_ns: h.ts_ns,
             tid: h.tid,
@@ -84,7 +89,7 @@ impl Ledger {
         parent.forked_ns = h.ts_ns;
         counters.processes_watched += 1;
         self.processes.insert(task.pid, child);
-        FollowUp::None
+        FollowUp::Reconcile(vec![task.pid])
     }
 
     pub(super) fn task_exit(&mut self, task: &TaskEvent) -> FollowUp {

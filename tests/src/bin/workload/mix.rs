@@ -1,9 +1,11 @@
 //! `mix THREADS MS`: after a `go` line, THREADS threads for MS ms each make a
 //! random mix of fd creations and closes (files, pipes, dups, eventfds,
 //! sockets; some closed at once, some kept a while, some closed by another
-//! thread), then stop with what they keep open and say `mixed`. Fd numbers
-//! are reused all the time, across threads and CPUs: the ledger must end
-//! equal to /proc however the records interleave, are held back or lost.
+//! thread), and each forks twice (a child that keeps what it inherited
+//! until the workload exits), then stop with what they keep open and say
+//! `mixed` with the children's pids. Fd numbers are reused all the time,
+//! across threads and CPUs: the ledgers must end equal to /proc however the
+//! records interleave, are held back or lost.
 
 use std::{
     sync::{Arc, Mutex},
@@ -30,12 +32,28 @@ impl Rng {
     }
 }
 
+/// What the churning threads share.
+struct Shared {
+    /// Fds any thread may close: a close on another thread (and CPU) than
+    /// the creation's.
+    handed_over: Mutex<Vec<i32>>,
+    children: Mutex<Vec<i32>>,
+    /// A pipe whose write end only this process holds: a child waits for
+    /// its end of file, which comes when the workload exits.
+    hold: [i32; 2],
+}
+
 pub fn run(threads: usize, ms: u64, commands: &mut impl Iterator<Item = String>) {
     super::say(json!({"event": "started", "pid": std::process::id()}));
     commands.next();
-    // Fds any thread may close: a close on another thread (and CPU) than
-    // the creation's.
-    let shared: Arc<Mutex<Vec<i32>>> = Arc::default();
+    let mut hold = [0i32; 2];
+    // SAFETY: pipe2 writes two ints into the array it is given.
+    assert_eq!(unsafe { libc::pipe2(hold.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let shared = Arc::new(Shared {
+        handed_over: Mutex::default(),
+        children: Mutex::default(),
+        hold,
+    });
     let handles: Vec<_> = (0..threads)
         .map(|seed| {
             let shared = shared.clone();
@@ -43,17 +61,44 @@ pub fn run(threads: usize, ms: u64, commands: &mut impl Iterator<Item = String>)
         })
         .collect();
     let mut kept: Vec<i32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
-    kept.extend(shared.lock().unwrap().iter());
+    kept.extend(shared.handed_over.lock().unwrap().iter());
     kept.sort_unstable();
-    super::say(json!({"event": "mixed", "kept": kept}));
+    let children = shared.children.lock().unwrap().clone();
+    super::say(json!({"event": "mixed", "kept": kept, "children": children}));
     super::serve(commands);
 }
 
-fn churn(seed: u64, how_long: Duration, shared: &Mutex<Vec<i32>>) -> Vec<i32> {
+/// Forks a child that keeps every fd it inherited (but the hold pipe's
+/// write end) until the workload exits.
+fn fork_keeping(shared: &Shared) {
+    let [read_end, write_end] = shared.hold;
+    // SAFETY: the child of this multi-threaded process calls only
+    // async-signal-safe functions (close, read, _exit).
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            libc::close(write_end);
+            let mut byte = 0u8;
+            libc::read(read_end, (&raw mut byte).cast(), 1);
+            libc::_exit(0)
+        },
+        child => {
+            assert!(child > 0, "fork: {}", std::io::Error::last_os_error());
+            shared.children.lock().unwrap().push(child);
+        }
+    }
+}
+
+fn churn(seed: u64, how_long: Duration, shared: &Shared) -> Vec<i32> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut kept: Vec<i32> = Vec::new();
     let started = Instant::now();
+    let mut forks = 0;
     while started.elapsed() < how_long {
+        // At a third and two thirds of the run, amid the other threads' churn.
+        if started.elapsed() > how_long * (forks + 1) / 3 {
+            fork_keeping(shared);
+            forks += 1;
+        }
         let new = match rng.below(8) {
             // SAFETY (all arms): plain syscalls on fds this thread owns.
             0 | 1 => unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) },
@@ -72,10 +117,10 @@ fn churn(seed: u64, how_long: Duration, shared: &Mutex<Vec<i32>>) -> Vec<i32> {
             6 => {
                 // Hand over the newest (its creation likely still held back
                 // on this CPU), or close one another thread handed over.
-                let mut shared = shared.lock().unwrap();
+                let mut handed_over = shared.handed_over.lock().unwrap();
                 if rng.below(2) == 0 && !kept.is_empty() {
-                    shared.extend(kept.pop());
-                } else if let Some(fd) = shared.pop() {
+                    handed_over.extend(kept.pop());
+                } else if let Some(fd) = handed_over.pop() {
                     close(fd);
                 }
                 continue;
