@@ -4,6 +4,7 @@
 
 mod alerts;
 mod calls;
+mod churn;
 mod discovery;
 mod ledger;
 mod operations;

@@ -8,7 +8,8 @@
 //!   http-server    answer HTTP requests forever (the http loop's peer)
 //!   tls-idle       map libssl, then serve (a process with TLS uprobes, idle)
 //!   leak           a file, a CLOSE_WAIT socket each second, a stuck thread every fifth
-//!   mix T MS       after a `go` line: T threads of random fd churn for MS ms (mix.rs)
+//!   mix T MS [A]   after a `go` line: T threads of random fd churn for MS ms, with
+//!                  TCP connections to A (mix.rs)
 //!   serve          nothing but the commands below
 //!   http-early A   connect to A at once, then serve (see http.rs)
 //! It prints one JSON line per event on stdout and then obeys commands on
@@ -214,7 +215,12 @@ fn main() {
             let kind = args.get(2).map(String::as_str).unwrap_or("open");
             loops::bench(kind, number(3, 100_000) as u64, &mut commands);
         }
-        Some("mix") => mix::run(number(2, 4), number(3, 1000) as u64, &mut commands),
+        Some("mix") => mix::run(
+            number(2, 4),
+            number(3, 1000) as u64,
+            args.get(4).cloned(),
+            &mut commands,
+        ),
         Some("leak") => loops::leak(),
         Some("paced") => loops::paced(&mut commands),
         Some("http-early") => {

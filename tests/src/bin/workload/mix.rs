@@ -1,13 +1,17 @@
-//! `mix THREADS MS`: after a `go` line, THREADS threads for MS ms each make a
-//! random mix of fd creations and closes (files, pipes, dups, eventfds,
-//! sockets; some closed at once, some kept a while, some closed by another
-//! thread), and each forks twice (a child that keeps what it inherited
+//! `mix THREADS MS [ADDR]`: after a `go` line, THREADS threads for MS ms each
+//! make a random mix of fd creations and closes (files, pipes, dups,
+//! eventfds, sockets; with ADDR, TCP connections to it too, one every 2 ms
+//! per thread, the last 16 kept; some closed at once, some kept a while,
+//! some closed by another thread), and each forks twice (a child that keeps what it inherited
 //! until the workload exits), then stop with what they keep open and say
 //! `mixed` with the children's pids. Fd numbers are reused all the time,
 //! across threads and CPUs: the ledgers must end equal to /proc however the
 //! records interleave, are held back or lost.
 
 use std::{
+    collections::VecDeque,
+    net::TcpStream,
+    os::fd::IntoRawFd,
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -19,6 +23,8 @@ use super::loops::close;
 
 /// Fds a thread keeps at most before it closes one of them.
 const KEEP: usize = 32;
+const CONNECT_EVERY: Duration = Duration::from_millis(2);
+const CONNECTIONS: usize = 16;
 
 /// xorshift64: enough randomness for a mix, and no dependency.
 struct Rng(u64);
@@ -43,7 +49,7 @@ struct Shared {
     hold: [i32; 2],
 }
 
-pub fn run(threads: usize, ms: u64, commands: &mut impl Iterator<Item = String>) {
+pub fn run(threads: usize, ms: u64, server: Option<String>, commands: &mut impl Iterator<Item = String>) {
     super::say(json!({"event": "started", "pid": std::process::id()}));
     commands.next();
     let mut hold = [0i32; 2];
@@ -56,8 +62,8 @@ pub fn run(threads: usize, ms: u64, commands: &mut impl Iterator<Item = String>)
     });
     let handles: Vec<_> = (0..threads)
         .map(|seed| {
-            let shared = shared.clone();
-            thread::spawn(move || churn(seed as u64 + 1, Duration::from_millis(ms), &shared))
+            let (shared, server) = (shared.clone(), server.clone());
+            thread::spawn(move || churn(seed as u64 + 1, Duration::from_millis(ms), server, &shared))
         })
         .collect();
     let mut kept: Vec<i32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
@@ -88,16 +94,37 @@ fn fork_keeping(shared: &Shared) {
     }
 }
 
-fn churn(seed: u64, how_long: Duration, shared: &Shared) -> Vec<i32> {
+fn churn(seed: u64, how_long: Duration, server: Option<String>, shared: &Shared) -> Vec<i32> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut kept: Vec<i32> = Vec::new();
+    // Connections live longer than the other fds (the last CONNECTIONS
+    // made), so that the run ends with some in every state.
+    let mut connections: VecDeque<i32> = VecDeque::new();
     let started = Instant::now();
+    let mut last_connect = started;
     let mut forks = 0;
     while started.elapsed() < how_long {
         // At a third and two thirds of the run, amid the other threads' churn.
         if started.elapsed() > how_long * (forks + 1) / 3 {
             fork_keeping(shared);
             forks += 1;
+        }
+        // At most one connection per CONNECT_EVERY: ephemeral ports stay in
+        // TIME_WAIT for a minute. A quarter are dup'ed as well.
+        if let Some(server) = server
+            .as_deref()
+            .filter(|_| last_connect.elapsed() >= CONNECT_EVERY)
+        {
+            last_connect = Instant::now();
+            let fd = TcpStream::connect(server).expect("connect").into_raw_fd();
+            if rng.below(4) == 0 {
+                // SAFETY: a plain syscall on an fd this thread owns.
+                kept.push(unsafe { libc::dup(fd) });
+            }
+            connections.push_back(fd);
+            if connections.len() > CONNECTIONS {
+                close(connections.pop_front().unwrap());
+            }
         }
         let new = match rng.below(8) {
             // SAFETY (all arms): plain syscalls on fds this thread owns.
@@ -143,5 +170,6 @@ fn churn(seed: u64, how_long: Duration, shared: &Shared) -> Vec<i32> {
             close(kept.swap_remove(rng.below(kept.len() as u64) as usize));
         }
     }
+    kept.extend(connections);
     kept
 }

@@ -1,0 +1,235 @@
+//! Random churn on every CPU: fd numbers reused across threads and CPUs,
+//! creations held back and cancelled, closes by another thread, forks amid
+//! it all, TCP connections the peer closes or keeps. However the records
+//! interleave, are held back or lost, the ledgers end equal to /proc and ss.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::{TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{daemon::Daemon, require_root, scratch_dir, truth, workload::Workload};
+
+use crate::ledger::{assert_ledger_is_proc, counter};
+
+#[test]
+fn random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc() {
+    if !require_root("random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc") {
+        return;
+    }
+    let dir = scratch_dir("mix");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lmw-mix"]);
+    // Four threads on two CPUs for 3 s: numbers reused across threads and
+    // CPUs, creations held back and cancelled, closes by another thread.
+    let mut workload = Workload::spawn(&dir, "lmw-mix", &["mix", "4", "3000"]);
+    workload.expect("started");
+    daemon.sync();
+    let before = daemon.status();
+    workload.send("go");
+    let mixed = workload.expect_within("mixed", Duration::from_secs(30));
+    // The workload's own ledger from the records alone: nothing was lost,
+    // and no fd in it was found by a reconciliation.
+    let fds = assert_ledger_is_proc(&daemon, workload.pid);
+    let status = daemon.status();
+    assert_eq!(
+        counter(&status, &["kernel", "lost_total"]),
+        0,
+        "{}",
+        status["kernel"]
+    );
+    let reconciled: Vec<&Value> = (fds.values())
+        .filter(|fd| fd["birth"]["origin"] == "reconciled")
+        .collect();
+    assert!(reconciled.is_empty(), "{reconciled:?}");
+    // The children forked amid the churn hold what they inherited. The
+    // kernel copies the fd table before the fork's record, so what other
+    // threads did in between is off in the copy: each child is read from
+    // /proc at the next housekeeping (without that, children missed or
+    // kept a few fds until the periodic reconciliation).
+    let children = mixed["children"].as_array().unwrap();
+    assert_eq!(children.len(), 8, "{mixed}");
+    for child in children {
+        let child = child.as_u64().unwrap() as u32;
+        daemon.await_ledger_is_proc(child, Duration::from_secs(5));
+    }
+    let kept = mixed["kept"].as_array().unwrap();
+    assert!(kept.len() > 20, "the threads kept only {kept:?}");
+    for fd in kept {
+        assert!(
+            fds.contains_key(&(fd.as_u64().unwrap() as u32)),
+            "kept fd {fd} not in the ledger"
+        );
+    }
+    let cancelled =
+        counter(&status, &["kernel", "short_lived_fds"]) - counter(&before, &["kernel", "short_lived_fds"]);
+    let opened = counter(&status, &["ledger", "fds_opened"]) - counter(&before, &["ledger", "fds_opened"]);
+    assert!(
+        cancelled > 1000 && opened > 1000,
+        "held back {cancelled}, shipped {opened}"
+    );
+    // Not only at the end: no creation ever found its number still held
+    // (a ghost that a later reuse of the number would have hidden). A
+    // creation that its close on another CPU overtook is dropped, not
+    // applied (`late_opens_stale`; applying it fails this, in 59 of 616k).
+    assert_eq!(
+        counter(&status, &["ledger", "missed_releases"]),
+        counter(&before, &["ledger", "missed_releases"]),
+        "{}",
+        status["ledger"]
+    );
+    workload.exit();
+}
+
+#[test]
+fn random_fd_churn_through_a_full_ring_is_repaired_to_proc() {
+    if !require_root("random_fd_churn_through_a_full_ring_is_repaired_to_proc") {
+        return;
+    }
+    let dir = scratch_dir("mix-overflow");
+    let daemon = Daemon::start_with_config(
+        &dir,
+        "[probes]\nring_buffer_bytes = 4096\nwakeup_bytes = 2048\n",
+        &["--match-comm", "lmw-mixlost"],
+    );
+    let mut workload = Workload::spawn(&dir, "lmw-mixlost", &["mix", "4", "3000"]);
+    workload.expect("started");
+    daemon.sync();
+    workload.send("go");
+    workload.expect_within("mixed", Duration::from_secs(30));
+    // Whatever the losses took (creations, closes, held-back ones), the
+    // reconciliation after them, and the recheck it may schedule, end equal.
+    daemon.await_ledger_is_proc(workload.pid, Duration::from_secs(10));
+    let status = daemon.status();
+    let lost = status["kernel"]["lost_total"].as_u64().unwrap();
+    assert!(
+        lost > 0,
+        "nothing was lost, so this proved nothing: {}",
+        status["kernel"]
+    );
+    workload.exit();
+}
+
+/// A TCP server that closes half of what it accepts at once and keeps the
+/// other half, up to the last 256 (closing the oldest): its clients' sockets
+/// end ESTABLISHED or CLOSE_WAIT.
+struct Server {
+    addr: String,
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<(TcpListener, VecDeque<TcpStream>)>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut kept = VecDeque::new();
+            let mut accepted = 0u64;
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        accepted += 1;
+                        if accepted.is_multiple_of(2) {
+                            kept.push_back(stream);
+                            if kept.len() > 256 {
+                                kept.pop_front();
+                            }
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            (listener, kept)
+        });
+        Server { addr, stop, thread }
+    }
+
+    /// Stops accepting; what it holds stays open until dropped.
+    fn stop(self) -> (TcpListener, VecDeque<TcpStream>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// fd -> TCP state of `pid`'s sockets in the daemon's ledger.
+fn ledger_tcp_states(daemon: &Daemon, pid: u32) -> BTreeMap<u32, String> {
+    daemon.ledger(pid)["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        // A socket that never connected has no state on record (ss does not
+        // list it either).
+        .filter(|s| s["state"].is_string())
+        .flat_map(|s| {
+            let state = s["state"].as_str().unwrap().to_string();
+            s["fds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |fd| (fd.as_u64().unwrap() as u32, state.clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn random_socket_churn_with_forks_ends_with_the_ledger_equal_to_ss() {
+    if !require_root("random_socket_churn_with_forks_ends_with_the_ledger_equal_to_ss") {
+        return;
+    }
+    let dir = scratch_dir("mix-sockets");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lmw-mixsock"]);
+    let server = Server::start();
+    let mut workload = Workload::spawn(&dir, "lmw-mixsock", &["mix", "4", "3000", &server.addr]);
+    workload.expect("started");
+    daemon.sync();
+    workload.send("go");
+    let mixed = workload.expect_within("mixed", Duration::from_secs(30));
+    let _held = server.stop();
+    let mut pids = vec![workload.pid];
+    pids.extend(
+        mixed["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap() as u32),
+    );
+    let mut seen = BTreeMap::<String, usize>::new();
+    for pid in pids {
+        let ss = truth::ss_tcp_states(pid);
+        for state in ss.values() {
+            *seen.entry(state.clone()).or_default() += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            daemon.sync();
+            let held = ledger_tcp_states(&daemon, pid);
+            if held == ss {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pid}: ledger vs ss -tanp after 5 s:\n{held:?}\n{ss:?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Fds of connections in both states the leak rule looks at, each from
+    // its state changes (not repaired from sock_diag).
+    assert!(
+        seen.get("ESTABLISHED") > Some(&10) && seen.get("CLOSE_WAIT") > Some(&10),
+        "{seen:?}"
+    );
+    let status = daemon.status();
+    assert_eq!(status["ledger"]["socket_states_fixed"], 0, "{}", status["ledger"]);
+    workload.exit();
+}
