@@ -59,6 +59,38 @@ fn random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc() {
         let child = child.as_u64().unwrap() as u32;
         daemon.await_ledger_is_proc(child, Duration::from_secs(5));
     }
+    // Threads: ~2,400 started and ended (one every 5 ms per thread, each
+    // creating an fd), 8 named ones alive: the ledger's threads and names are
+    // /proc's (a joined thread may linger in /proc a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        daemon.sync();
+        let ledger: BTreeMap<u32, String> = daemon.ledger(workload.pid)["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["tid"].as_u64().unwrap() as u32,
+                    t["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let proc = truth::proc_threads(workload.pid);
+        if ledger == proc {
+            let sleepers = proc
+                .values()
+                .filter(|name| name.starts_with("mix-sleeper-"))
+                .count();
+            assert_eq!(sleepers, 8, "{proc:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads: ledger {ledger:?}\nvs /proc {proc:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
     let kept = mixed["kept"].as_array().unwrap();
     assert!(kept.len() > 20, "the threads kept only {kept:?}");
     for fd in kept {

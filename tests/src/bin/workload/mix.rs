@@ -2,11 +2,13 @@
 //! make a random mix of fd creations and closes (files, pipes, dups,
 //! eventfds, sockets; with ADDR, TCP connections to it too, one every 2 ms
 //! per thread, the last 16 kept; some closed at once, some kept a while,
-//! some closed by another thread), and each forks twice (a child that keeps what it inherited
-//! until the workload exits), then stop with what they keep open and say
-//! `mixed` with the children's pids. Fd numbers are reused all the time,
-//! across threads and CPUs: the ledgers must end equal to /proc however the
-//! records interleave, are held back or lost.
+//! some closed by another thread). Each also starts a thread every 5 ms
+//! that opens a file and ends, and at a third and two thirds of the run
+//! forks a child that keeps what it inherited until the workload exits and
+//! starts a named thread that lives on. Then they stop with what they keep
+//! open and say `mixed` with the children's pids. Fd numbers are reused all
+//! the time, across threads and CPUs: the ledgers must end equal to /proc
+//! however the records interleave, are held back or lost.
 
 use std::{
     collections::VecDeque,
@@ -25,6 +27,7 @@ use super::loops::close;
 const KEEP: usize = 32;
 const CONNECT_EVERY: Duration = Duration::from_millis(2);
 const CONNECTIONS: usize = 16;
+const THREAD_EVERY: Duration = Duration::from_millis(5);
 
 /// xorshift64: enough randomness for a mix, and no dependency.
 struct Rng(u64);
@@ -42,7 +45,7 @@ impl Rng {
 struct Shared {
     /// Fds any thread may close: a close on another thread (and CPU) than
     /// the creation's.
-    handed_over: Mutex<Vec<i32>>,
+    handed_over: Arc<Mutex<Vec<i32>>>,
     children: Mutex<Vec<i32>>,
     /// A pipe whose write end only this process holds: a child waits for
     /// its end of file, which comes when the workload exits.
@@ -56,7 +59,7 @@ pub fn run(threads: usize, ms: u64, server: Option<String>, commands: &mut impl 
     // SAFETY: pipe2 writes two ints into the array it is given.
     assert_eq!(unsafe { libc::pipe2(hold.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     let shared = Arc::new(Shared {
-        handed_over: Mutex::default(),
+        handed_over: Arc::default(),
         children: Mutex::default(),
         hold,
     });
@@ -102,12 +105,33 @@ fn churn(seed: u64, how_long: Duration, server: Option<String>, shared: &Shared)
     let mut connections: VecDeque<i32> = VecDeque::new();
     let started = Instant::now();
     let mut last_connect = started;
+    let mut last_thread = started;
+    let mut short_lived = Vec::new();
     let mut forks = 0;
     while started.elapsed() < how_long {
-        // At a third and two thirds of the run, amid the other threads' churn.
+        // At a third and two thirds of the run, amid the other threads' churn;
+        // and a thread that lives on, named.
         if started.elapsed() > how_long * (forks + 1) / 3 {
             fork_keeping(shared);
             forks += 1;
+            let sleeper = thread::Builder::new().name(format!("mix-sleeper-{seed}-{forks}"));
+            sleeper
+                .spawn(|| {
+                    loop {
+                        thread::park()
+                    }
+                })
+                .unwrap();
+        }
+        // A thread every THREAD_EVERY that opens a file, hands it over, ends.
+        if last_thread.elapsed() >= THREAD_EVERY {
+            last_thread = Instant::now();
+            let handed_over = shared.handed_over.clone();
+            short_lived.push(thread::spawn(move || {
+                // SAFETY: a plain syscall.
+                let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                handed_over.lock().unwrap().push(fd);
+            }));
         }
         // At most one connection per CONNECT_EVERY: ephemeral ports stay in
         // TIME_WAIT for a minute. A quarter are dup'ed as well.
@@ -169,6 +193,9 @@ fn churn(seed: u64, how_long: Duration, server: Option<String>, shared: &Shared)
         while kept.len() > KEEP {
             close(kept.swap_remove(rng.below(kept.len() as u64) as usize));
         }
+    }
+    for thread in short_lived {
+        thread.join().unwrap();
     }
     kept.extend(connections);
     kept
