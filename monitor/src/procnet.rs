@@ -1,8 +1,10 @@
 //! /proc/PID/net/{tcp,tcp6,udp,udp6}: the fallback socket table for sockets
-//! sock_diag cannot see (a process in another network namespace), since
-//! /proc/PID/net shows the namespace of that process.
+//! sock_diag cannot see (a process in another network namespace, or a host
+//! where the diag modules cannot be loaded), since /proc/PID/net shows the
+//! namespace of that process.
 
 use std::{
+    collections::{HashMap, HashSet},
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
@@ -27,6 +29,48 @@ impl SocketTable {
         }
         table
     }
+
+    /// Adds the TCP sockets of `wanted` (inode -> owner) this table lacks,
+    /// from /proc/PID/net of a process that holds each (`holder`; the owner
+    /// may be gone): each network namespace is read once, and the daemon's
+    /// own only when sock_diag could not be asked (`diag_listed_own` false),
+    /// since otherwise sock_diag listed all of it.
+    pub fn add_from_proc_net(
+        &mut self,
+        wanted: &HashMap<u64, u32>,
+        diag_listed_own: bool,
+        holder: impl Fn(u64) -> Option<u32>,
+    ) {
+        let own = network_namespace("self");
+        let mut read: HashSet<String> = HashSet::new();
+        let missing: Vec<u64> = (wanted.keys())
+            .filter(|inode| !self.by_inode.contains_key(inode))
+            .copied()
+            .collect();
+        for inode in missing {
+            if self.by_inode.contains_key(&inode) {
+                continue;
+            }
+            let Some(pid) = holder(inode) else { continue };
+            let Some(namespace) = network_namespace(&pid.to_string()) else {
+                continue;
+            };
+            if (diag_listed_own && Some(&namespace) == own.as_ref()) || !read.insert(namespace) {
+                continue;
+            }
+            for (inode, info) in SocketTable::from_proc_net(pid).by_inode {
+                if info.protocol == Protocol::Tcp && wanted.contains_key(&inode) {
+                    self.by_inode.entry(inode).or_insert(info);
+                }
+            }
+        }
+    }
+}
+
+/// `net:[4026531840]` for `/proc/WHO/ns/net` (WHO a pid or `self`).
+fn network_namespace(who: &str) -> Option<String> {
+    let link = fs::read_link(format!("/proc/{who}/ns/net")).ok()?;
+    Some(link.to_string_lossy().into_owned())
 }
 
 fn parse_line(line: &str, protocol: Protocol) -> Option<SocketInfo> {
@@ -107,5 +151,38 @@ mod tests {
                 .values()
                 .any(|s| s.local == port && s.state == "LISTEN")
         );
+    }
+
+    /// The inode of a socket of this process, from its fd's link.
+    fn inode_of(socket: &impl std::os::fd::AsRawFd) -> u64 {
+        let link = fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).unwrap();
+        crate::proc::link_inode(&link.to_string_lossy()).unwrap()
+    }
+
+    #[test]
+    fn sockets_sock_diag_did_not_list_are_added_from_a_holder() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let (client_inode, listener_inode) = (inode_of(&client), inode_of(&listener));
+        let me = std::process::id();
+        let wanted = HashMap::from([(client_inode, me), (listener_inode, me)]);
+        // sock_diag listed this namespace: nothing more is read for it.
+        let mut table = SocketTable::default();
+        table.add_from_proc_net(&wanted, true, |_| Some(me));
+        assert!(table.by_inode.is_empty());
+        // It could not be asked: only what is wanted, from /proc/self/net.
+        table.add_from_proc_net(&wanted, false, |_| Some(me));
+        assert_eq!(table.by_inode.len(), 2, "{:?}", table.by_inode);
+        assert_eq!(table.by_inode[&client_inode].state, "ESTABLISHED");
+        drop(accepted);
+        let mut table = SocketTable::default();
+        table.add_from_proc_net(&wanted, false, |_| Some(me));
+        assert_eq!(table.by_inode[&client_inode].state, "CLOSE_WAIT");
+        assert_eq!(table.by_inode[&listener_inode].state, "LISTEN");
+        // No holder to read it from: left out.
+        let mut table = SocketTable::default();
+        table.add_from_proc_net(&wanted, false, |_| None);
+        assert!(table.by_inode.is_empty());
     }
 }

@@ -253,10 +253,34 @@ fn random_socket_churn_with_forks_ends_with_the_ledger_equal_to_ss() {
             if held == ss {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{pid}: ledger vs ss -tanp after {SETTLED_WITHIN:?}:\n{held:?}\n{ss:?}"
-            );
+            if Instant::now() >= deadline {
+                let ledger = daemon.ledger(pid);
+                let differ: Vec<u32> = (held.keys().chain(ss.keys()))
+                    .filter(|fd| held.get(fd) != ss.get(fd))
+                    .copied()
+                    .collect();
+                let entries: Vec<&Value> = (ledger["fds"].as_array().unwrap().iter())
+                    .filter(|e| differ.contains(&(e["fd"].as_u64().unwrap() as u32)))
+                    .collect();
+                let sockets: Vec<&Value> = (ledger["sockets"].as_array().unwrap().iter())
+                    .filter(|s| {
+                        (s["fds"].as_array().unwrap().iter())
+                            .any(|fd| differ.contains(&(fd.as_u64().unwrap() as u32)))
+                    })
+                    .collect();
+                let log = daemon.log_text();
+                let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+                let proc = truth::proc_fds(pid);
+                panic!(
+                    "{pid}: after {SETTLED_WITHIN:?}, fds {differ:?}: ledger {:?}, ss {:?}, /proc {:?}\n\
+                     their ledger entries: {entries:?}\ntheir sockets: {sockets:?}\nstatus: {}\n\
+                     daemon warnings: {warnings:#?}",
+                    differ.iter().map(|fd| held.get(fd)).collect::<Vec<_>>(),
+                    differ.iter().map(|fd| ss.get(fd)).collect::<Vec<_>>(),
+                    differ.iter().map(|fd| proc.get(fd)).collect::<Vec<_>>(),
+                    daemon.status()["ledger"]
+                );
+            }
             thread::sleep(Duration::from_millis(100));
         }
     }

@@ -75,6 +75,43 @@ fn connect(workload: &mut Workload, addr: &str, how: &str) -> (u64, i64) {
     (done["fd"].as_u64().unwrap(), done["errno"].as_i64().unwrap())
 }
 
+/// With the state hook refused (a kernel without the BTF tracepoint) and
+/// sock_diag failing (a host that cannot load tcp_diag, or a process in
+/// another network namespace), a socket's states still come from
+/// /proc/PID/net at each reconciliation.
+#[test]
+fn without_the_state_hook_or_sock_diag_states_come_from_proc_net() {
+    if !require_root("without_the_state_hook_or_sock_diag_states_come_from_proc_net") {
+        return;
+    }
+    let dir = scratch_dir("procnet-states");
+    let env = [("LEAKMON_TEST_REFUSE_HOOKS", "sock_set_state,sock_diag")];
+    let daemon = Daemon::start_with_env(&dir, &["--match-comm", "lmw-procnet"], &env);
+    let mut workload = Workload::spawn(&dir, "lmw-procnet", &["serve"]);
+    workload.expect("ready");
+    let (server, addr) = listener();
+    let (fd, errno) = connect(&mut workload, &addr, "plain");
+    assert_eq!(errno, 0);
+    let accepted = server.accept().unwrap().0;
+    let state_after_reconcile = || {
+        daemon.request(serde_json::json!({"request": "reconcile"}));
+        socket_of(&daemon, workload.pid, fd).and_then(|s| s["state"].as_str().map(str::to_string))
+    };
+    assert_eq!(state_after_reconcile().as_deref(), Some("ESTABLISHED"));
+    drop(accepted);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state_after_reconcile().as_deref() != Some("CLOSE_WAIT") {
+        assert!(std::time::Instant::now() < deadline, "never CLOSE_WAIT");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("sock_diag dump failed").count(),
+        1,
+        "warned once: {log}"
+    );
+}
+
 #[test]
 fn close_wait_has_owner_and_growing_age_until_closed() {
     if !require_root("close_wait_has_owner_and_growing_age_until_closed") {

@@ -11,7 +11,7 @@ use super::Engine;
 use crate::{
     fdkind::FdKind,
     ledger::{Comm, FollowUp, Origin, Process, Scan, WatchReason},
-    probes::CLOSE_IN_FLIGHT_NS,
+    probes::{self, CLOSE_IN_FLIGHT_NS, hooks},
     proc::{self, FdDir, ProcError, ProcessInfo},
     sockdiag::SocketTable,
     time,
@@ -408,18 +408,35 @@ impl Engine {
         });
     }
 
-    /// Brings socket states in line with sock_diag, tells the probes about
-    /// connections they have not seen created (so their next state change is
-    /// caught), and drops kernel socket entries no watched fd holds.
+    /// Brings socket states in line with sock_diag (and /proc/PID/net where
+    /// sock_diag cannot see: another network namespace, or no diag module),
+    /// tells the probes about connections they have not seen created (so
+    /// their next state change is caught), and drops kernel socket entries no
+    /// watched fd holds.
     pub(super) fn reconcile_sockets(&mut self) {
         let held = self.ledger.socket_inodes();
-        let table = match SocketTable::dump_tcp(|inode| held.contains_key(&inode)) {
-            Ok(table) => table,
-            Err(e) => {
-                warn!(error = %e, "sock_diag dump failed: socket states not reconciled");
-                return;
-            }
+        let refused = hooks::refused_for_tests().iter().any(|p| p == probes::SOCK_DIAG);
+        let dump = if refused {
+            Err(std::io::Error::other(format!(
+                "refused by {} (a test fault switch)",
+                hooks::REFUSE_ENV
+            )))
+        } else {
+            SocketTable::dump_tcp(|inode| held.contains_key(&inode))
         };
+        let diag_ok = dump.is_ok();
+        let mut table = dump.unwrap_or_else(|e| {
+            // Each time it starts failing (e.g. tcp_diag cannot be loaded:
+            // kernel.modules_disabled), not at every reconciliation.
+            if !self.sock_diag_failing {
+                warn!(error = %e, "sock_diag dump failed: socket states come from /proc/PID/net");
+            }
+            SocketTable::default()
+        });
+        self.sock_diag_failing = !diag_ok;
+        table.add_from_proc_net(&held, diag_ok, |inode| {
+            self.ledger.holder_of(inode).map(|(pid, _)| pid)
+        });
         let (fixes, unseen) = self.ledger.apply_sock_diag(&table, time::boot_ns());
         if fixes.states_fixed > 0 {
             info!(?fixes, "sock_diag corrected socket states");
@@ -477,6 +494,7 @@ impl Engine {
     /// accept: which protocol?) from /proc.
     pub(super) fn resolve_provisional(&mut self) {
         let pids: Vec<u32> = self.ledger.processes.keys().copied().collect();
+        let mut new_sockets = false;
         for pid in pids {
             let provisional = self.ledger.provisional_fds(pid);
             if provisional.is_empty() {
@@ -490,10 +508,21 @@ impl Engine {
                     } else {
                         0
                     };
-                    self.ledger
-                        .resolve_kind(pid, fd, dir.resolve_kind(fd, &target), inode, time::boot_ns());
+                    new_sockets |= self.ledger.resolve_kind(
+                        pid,
+                        fd,
+                        dir.resolve_kind(fd, &target),
+                        inode,
+                        time::boot_ns(),
+                    );
                 }
             }
+        }
+        // A socket first named here (a forked child's copy of a socket the
+        // parent had not connected when it forked, which the parent has
+        // connected and closed since) changed state with no holder on record.
+        if new_sockets {
+            self.reconcile_sockets();
         }
     }
 }

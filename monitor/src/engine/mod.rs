@@ -71,6 +71,8 @@ pub struct Engine {
     /// Processes to reconcile again once a time (boot ns) has passed: see
     /// `Engine::reconcile`.
     rechecks: Vec<(u32, u64)>,
+    /// The last sock_diag dump failed (logged once until it works again).
+    sock_diag_failing: bool,
     /// Processes whose SCANNED bit is set, with when their scan's flush ran
     /// (boot ns): see `settle_scans`.
     scanned: Vec<(u32, u64)>,
@@ -139,6 +141,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         started_ns: time::boot_ns(),
         reconcile_soon: Default::default(),
         rechecks: Vec::new(),
+        sock_diag_failing: false,
         scanned: Vec::new(),
         maybe_gone: Default::default(),
         refused: Default::default(),

@@ -182,16 +182,20 @@ impl Ledger {
     }
 
     /// What /proc says an fd is: its kind, and for sockets the inode.
-    pub fn resolve_kind(&mut self, pid: u32, fd: u32, kind: FdKind, inode: u64, now_ns: u64) {
+    /// Returns whether that socket is new to the ledger: its state is then
+    /// unknown (its state changes so far went to no one), for sock_diag to tell.
+    pub fn resolve_kind(&mut self, pid: u32, fd: u32, kind: FdKind, inode: u64, now_ns: u64) -> bool {
         let Some(mut entry) = self.processes.get_mut(&pid).and_then(|p| p.fds.get_mut(&fd)) else {
-            return;
+            return false;
         };
         entry.entry.kind = kind;
         entry.entry.provisional = false;
         entry.set_inode(inode);
+        let new_socket = inode != 0 && !self.sockets.contains_key(&inode);
         if inode != 0 {
             self.socket_entry(inode, pid, now_ns);
         }
+        new_socket
     }
 }
 

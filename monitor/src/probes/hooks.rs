@@ -17,7 +17,8 @@ pub struct Hook {
 
 /// Test fault switch: programs (comma-separated) the daemon acts as if the
 /// kernel had refused (and `fd_iter_pid_scope`: the snapshot iterator's
-/// scoping to one process, see `probes::FD_ITER_PID_SCOPE`), so the suite
+/// scoping to one process, see `probes::FD_ITER_PID_SCOPE`; `sock_diag`: the
+/// daemon's sock_diag dumps, `probes::SOCK_DIAG`), so the suite
 /// can prove that a hook which fails to attach degrades the daemon instead
 /// of stopping it (one kernel here has every hook). Named loudly so that
 /// nobody sets it by accident.

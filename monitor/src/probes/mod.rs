@@ -444,6 +444,10 @@ fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, links: &mut links::Links)
 /// on kernels before 6.1.
 pub const FD_ITER_PID_SCOPE: &str = "fd_iter_pid_scope";
 
+/// The name [`hooks::REFUSE_ENV`] takes for the daemon's sock_diag dumps:
+/// refused, they fail as on a host that cannot load tcp_diag.
+pub const SOCK_DIAG: &str = "sock_diag";
+
 /// The snapshot iterator: without it `leakmon snapshot` reads /proc (slower, same result).
 fn load_fd_iter(offsets: &SockOffsets, btf: Option<&aya::Btf>) -> anyhow::Result<crate::fditer::Program> {
     let Some(btf) = btf else {
