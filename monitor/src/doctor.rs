@@ -79,6 +79,7 @@ pub fn run(config_path: Option<&Path>) -> Vec<Check> {
     checks.push(lockdown());
     checks.push(btf());
     checks.push(bpf_stats());
+    checks.push(sock_diag());
     if root {
         checks.extend(hooks());
     }
@@ -138,6 +139,22 @@ fn bpf_stats() -> Check {
         ),
         Ok(_) => check("bpf_stats", Verdict::Ok, "off (no per-run clock reads)", None),
         Err(_) => check("bpf_stats", Verdict::Ok, "no kernel.bpf_stats_enabled knob", None),
+    }
+}
+
+/// Whether netlink sock_diag answers for TCP (tcp_diag loaded or loadable).
+fn sock_diag() -> Check {
+    match crate::sockdiag::SocketTable::dump_tcp(|_| false) {
+        Ok(_) => check("sock_diag", Verdict::Ok, "TCP socket states from netlink sock_diag", None),
+        Err(e) => check(
+            "sock_diag",
+            Verdict::Degraded,
+            format!(
+                "sock_diag: {e}: socket states are reconciled from /proc/PID/net instead \
+                 (a text read of every TCP socket in the namespace)"
+            ),
+            Some("modprobe tcp_diag (kernel.modules_disabled=1 keeps it from loading on demand)"),
+        ),
     }
 }
 
