@@ -145,7 +145,12 @@ fn bpf_stats() -> Check {
 /// Whether netlink sock_diag answers for TCP (tcp_diag loaded or loadable).
 fn sock_diag() -> Check {
     match crate::sockdiag::SocketTable::dump_tcp(|_| false) {
-        Ok(_) => check("sock_diag", Verdict::Ok, "TCP socket states from netlink sock_diag", None),
+        Ok(_) => check(
+            "sock_diag",
+            Verdict::Ok,
+            "TCP socket states from netlink sock_diag",
+            None,
+        ),
         Err(e) => check(
             "sock_diag",
             Verdict::Degraded,

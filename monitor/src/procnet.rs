@@ -51,10 +51,15 @@ impl SocketTable {
             if self.by_inode.contains_key(&inode) {
                 continue;
             }
-            let Some(pid) = holder(inode) else { continue };
-            let Some(namespace) = network_namespace(&pid.to_string()) else {
-                continue;
-            };
+            // The owner first: looking a holder up walks every watched fd.
+            let owner = wanted[&inode];
+            let found = network_namespace(&owner.to_string())
+                .map(|ns| (owner, ns))
+                .or_else(|| {
+                    let pid = holder(inode)?;
+                    Some((pid, network_namespace(&pid.to_string())?))
+                });
+            let Some((pid, namespace)) = found else { continue };
             if (diag_listed_own && Some(&namespace) == own.as_ref()) || !read.insert(namespace) {
                 continue;
             }
@@ -180,9 +185,13 @@ mod tests {
         table.add_from_proc_net(&wanted, false, |_| Some(me));
         assert_eq!(table.by_inode[&client_inode].state, "CLOSE_WAIT");
         assert_eq!(table.by_inode[&listener_inode].state, "LISTEN");
-        // No holder to read it from: left out.
+        // Its owner gone: read from a holder; none left: left out.
+        let gone = HashMap::from([(client_inode, u32::MAX)]);
         let mut table = SocketTable::default();
-        table.add_from_proc_net(&wanted, false, |_| None);
+        table.add_from_proc_net(&gone, false, |_| Some(me));
+        assert_eq!(table.by_inode[&client_inode].state, "CLOSE_WAIT");
+        let mut table = SocketTable::default();
+        table.add_from_proc_net(&gone, false, |_| None);
         assert!(table.by_inode.is_empty());
     }
 }

@@ -25,7 +25,15 @@ fn doctor_loads_every_hook_and_names_a_bad_config_key() {
             .find(|c| c["name"] == name)
             .map(|c| c["verdict"].as_str().unwrap().to_string())
     };
-    for name in ["config", "privileges", "kernel", "btf", "sock_diag", "tracefs", "bpf"] {
+    for name in [
+        "config",
+        "privileges",
+        "kernel",
+        "btf",
+        "sock_diag",
+        "tracefs",
+        "bpf",
+    ] {
         assert_eq!(verdict(name).as_deref(), Some("ok"), "{name}: {checks:#?}");
     }
     assert!(checks.iter().all(|c| c["verdict"] != "fail"), "{checks:#?}");
