@@ -414,7 +414,19 @@ impl Engine {
     /// their next state change is caught), and drops kernel socket entries no
     /// watched fd holds.
     pub(super) fn reconcile_sockets(&mut self) {
-        let held = self.ledger.socket_inodes();
+        self.reconcile_socket_states(None);
+    }
+
+    /// [`Engine::reconcile_sockets`], or with `only`, just those sockets'
+    /// states (no garbage collection): a socket new to the ledger. Other
+    /// sockets' states are left to their records, which may still be on the
+    /// way from the kernel (a dump between a state change and its drain would
+    /// count a repair that is none).
+    fn reconcile_socket_states(&mut self, only: Option<&HashSet<u64>>) {
+        let mut held = self.ledger.socket_inodes();
+        if let Some(only) = only {
+            held.retain(|inode, _| only.contains(inode));
+        }
         let refused = hooks::refused_for_tests().iter().any(|p| p == probes::SOCK_DIAG);
         let dump = if refused {
             Err(std::io::Error::other(format!(
@@ -445,6 +457,9 @@ impl Engine {
             if let Some((tgid, fd)) = self.ledger.holder_of(inode) {
                 self.probes.seed_tuple(tuple, SockOwner { tgid, fd, inode });
             }
+        }
+        if only.is_some() {
+            return;
         }
         let collected = self.probes.collect_sockets(|inode| held.contains_key(&inode));
         if collected > 0 {
@@ -494,7 +509,7 @@ impl Engine {
     /// accept: which protocol?) from /proc.
     pub(super) fn resolve_provisional(&mut self) {
         let pids: Vec<u32> = self.ledger.processes.keys().copied().collect();
-        let mut new_sockets = false;
+        let mut new_sockets = HashSet::new();
         for pid in pids {
             let provisional = self.ledger.provisional_fds(pid);
             if provisional.is_empty() {
@@ -508,21 +523,18 @@ impl Engine {
                     } else {
                         0
                     };
-                    new_sockets |= self.ledger.resolve_kind(
-                        pid,
-                        fd,
-                        dir.resolve_kind(fd, &target),
-                        inode,
-                        time::boot_ns(),
-                    );
+                    let kind = dir.resolve_kind(fd, &target);
+                    if self.ledger.resolve_kind(pid, fd, kind, inode, time::boot_ns()) {
+                        new_sockets.insert(inode);
+                    }
                 }
             }
         }
         // A socket first named here (a forked child's copy of a socket the
         // parent had not connected when it forked, which the parent has
         // connected and closed since) changed state with no holder on record.
-        if new_sockets {
-            self.reconcile_sockets();
+        if !new_sockets.is_empty() {
+            self.reconcile_socket_states(Some(&new_sockets));
         }
     }
 }
