@@ -164,7 +164,7 @@ impl Engine {
                 info!(pid, comm = %info.comm, ?reason, fds = scan.fds.len(), threads = scan.threads.len(), "watching");
                 // Its open connections: states now, transitions from here on,
                 // and the HTTP capture on them.
-                self.reconcile_sockets();
+                self.reconcile_sockets(None);
                 self.follow_calls();
             }
             Err(e) => {
@@ -312,7 +312,7 @@ impl Engine {
                 Err(e) => warn!(pid, error = %e, "cannot reconcile"),
             }
         }
-        self.reconcile_sockets();
+        self.reconcile_sockets(Some(ring));
         doubtful
     }
 
@@ -413,8 +413,8 @@ impl Engine {
     /// tells the probes about connections they have not seen created (so
     /// their next state change is caught), and drops kernel socket entries no
     /// watched fd holds.
-    pub(super) fn reconcile_sockets(&mut self) {
-        self.reconcile_socket_states(None);
+    pub(super) fn reconcile_sockets(&mut self, ring: Option<&mut RingBuf<MapData>>) {
+        self.reconcile_socket_states(None, ring);
     }
 
     /// [`Engine::reconcile_sockets`], or with `only`, just those sockets'
@@ -422,12 +422,15 @@ impl Engine {
     /// sockets' states are left to their records, which may still be on the
     /// way from the kernel (a dump between a state change and its drain would
     /// count a repair that is none).
-    fn reconcile_socket_states(&mut self, only: Option<&HashSet<u64>>) {
+    /// With `ring`, it is drained after the dump: records of changes made
+    /// before the dump that were still on their way are applied first.
+    fn reconcile_socket_states(&mut self, only: Option<&HashSet<u64>>, ring: Option<&mut RingBuf<MapData>>) {
         let mut held = self.ledger.socket_inodes();
         if let Some(only) = only {
             held.retain(|inode, _| only.contains(inode));
         }
         let refused = hooks::refused_for_tests().iter().any(|p| p == probes::SOCK_DIAG);
+        let dumped_at = time::boot_ns();
         let dump = if refused {
             Err(std::io::Error::other(format!(
                 "refused by {} (a test fault switch)",
@@ -449,7 +452,10 @@ impl Engine {
         table.add_from_proc_net(&held, diag_ok, |inode| {
             self.ledger.holder_of(inode).map(|(pid, _)| pid)
         });
-        let (fixes, unseen) = self.ledger.apply_sock_diag(&table, time::boot_ns());
+        if let Some(ring) = ring {
+            self.drain(ring);
+        }
+        let (fixes, unseen) = self.ledger.apply_sock_diag(&table, dumped_at, time::boot_ns());
         if fixes.states_fixed > 0 {
             info!(?fixes, "sock_diag corrected socket states");
         }
@@ -534,7 +540,7 @@ impl Engine {
         // parent had not connected when it forked, which the parent has
         // connected and closed since) changed state with no holder on record.
         if !new_sockets.is_empty() {
-            self.reconcile_socket_states(Some(&new_sockets));
+            self.reconcile_socket_states(Some(&new_sockets), None);
         }
     }
 }

@@ -492,13 +492,23 @@ impl Ledger {
 
     /// Brings socket states in line with sock_diag; returns the fixes and the
     /// TCP connections the kernel has not seen yet (to seed its TUPLES map).
-    pub fn apply_sock_diag(&mut self, table: &SocketTable, now_ns: u64) -> (DiagFixes, Vec<(u64, Tuple)>) {
+    /// `dumped_at`: when the dump began. A state a record set since is newer
+    /// than what the dump may say, and stays.
+    pub fn apply_sock_diag(
+        &mut self,
+        table: &SocketTable,
+        dumped_at: u64,
+        now_ns: u64,
+    ) -> (DiagFixes, Vec<(u64, Tuple)>) {
         let mut fixes = DiagFixes::default();
         let mut unseen = Vec::new();
         for (inode, entry) in self.sockets.iter_mut() {
             let Some(info) = table.by_inode.get(inode) else {
                 continue;
             };
+            if entry.state_seen && entry.state_since_ns >= dumped_at {
+                continue;
+            }
             if info.protocol != crate::sockdiag::Protocol::Tcp {
                 continue;
             }

@@ -28,7 +28,7 @@ fn sock_diag_fixes_states_and_names_connections_the_kernel_has_not_seen() {
             peer_inode: None,
         },
     );
-    let (fixes, unseen) = ledger.apply_sock_diag(&table, 50);
+    let (fixes, unseen) = ledger.apply_sock_diag(&table, 50, 50);
     assert_eq!(fixes.states_fixed, 0, "a first state is not a fix");
     assert_eq!(unseen, vec![(INODE, tuple())]);
     let entry = &ledger.sockets[&INODE];
@@ -36,8 +36,36 @@ fn sock_diag_fixes_states_and_names_connections_the_kernel_has_not_seen() {
     assert_eq!(ledger.holder_of(INODE), Some((PID, 9)));
 
     table.by_inode.get_mut(&INODE).unwrap().state = "LAST_ACK".into();
-    let (fixes, _) = ledger.apply_sock_diag(&table, 60);
+    let (fixes, _) = ledger.apply_sock_diag(&table, 60, 60);
     assert_eq!(fixes.states_fixed, 1);
+}
+
+/// A dump races with state changes: one whose record the ledger applied
+/// after the dump began is newer than what the dump says.
+#[test]
+fn a_state_recorded_since_the_dump_began_is_kept() {
+    let mut ledger = ledger();
+    let entry = ledger.socket_entry(INODE, PID, 10);
+    // CLOSE_WAIT from a record at 70.
+    (entry.state, entry.state_since_ns, entry.state_seen) = (Some(8), 70, true);
+    let mut table = SocketTable::default();
+    table.by_inode.insert(
+        INODE,
+        SocketInfo {
+            protocol: Protocol::Tcp,
+            inode: INODE,
+            state: "ESTABLISHED".into(),
+            local: "127.0.0.1:40000".into(),
+            remote: "127.0.0.1:6385".into(),
+            unix_type: None,
+            peer_inode: None,
+        },
+    );
+    let (fixes, _) = ledger.apply_sock_diag(&table, 65, 80);
+    assert_eq!((fixes.states_fixed, ledger.sockets[&INODE].state), (0, Some(8)));
+    // A record older than the dump: the dump knows better.
+    let (fixes, _) = ledger.apply_sock_diag(&table, 75, 80);
+    assert_eq!((fixes.states_fixed, ledger.sockets[&INODE].state), (1, Some(1)));
 }
 
 #[test]
