@@ -2,6 +2,24 @@
 
 use super::*;
 
+/// sock_diag's answer: INODE, a TCP connection to Ironic in `state`.
+fn diag_table(state: &'static str) -> SocketTable {
+    let mut table = SocketTable::default();
+    table.by_inode.insert(
+        INODE,
+        SocketInfo {
+            protocol: Protocol::Tcp,
+            inode: INODE,
+            state: state.into(),
+            local: "127.0.0.1:40000".into(),
+            remote: "127.0.0.1:6385".into(),
+            unix_type: None,
+            peer_inode: None,
+        },
+    );
+    table
+}
+
 #[test]
 fn sock_diag_fixes_states_and_names_connections_the_kernel_has_not_seen() {
     let mut ledger = ledger();
@@ -15,19 +33,7 @@ fn sock_diag_fixes_states_and_names_connections_the_kernel_has_not_seen() {
     ledger.apply_scan(PID, &scan, Origin::BeforeStart, 1, |_, _| {
         crate::fdkind::FdKind::SocketTcp
     });
-    let mut table = SocketTable::default();
-    table.by_inode.insert(
-        INODE,
-        SocketInfo {
-            protocol: Protocol::Tcp,
-            inode: INODE,
-            state: "CLOSE_WAIT".into(),
-            local: "127.0.0.1:40000".into(),
-            remote: "127.0.0.1:6385".into(),
-            unix_type: None,
-            peer_inode: None,
-        },
-    );
+    let mut table = diag_table("CLOSE_WAIT");
     let (fixes, unseen) = ledger.apply_sock_diag(&table, 50, 50);
     assert_eq!(fixes.states_fixed, 0, "a first state is not a fix");
     assert_eq!(unseen, vec![(INODE, tuple())]);
@@ -48,19 +54,7 @@ fn a_state_recorded_since_the_dump_began_is_kept() {
     let entry = ledger.socket_entry(INODE, PID, 10);
     // CLOSE_WAIT from a record at 70.
     (entry.state, entry.state_since_ns, entry.state_seen) = (Some(8), 70, true);
-    let mut table = SocketTable::default();
-    table.by_inode.insert(
-        INODE,
-        SocketInfo {
-            protocol: Protocol::Tcp,
-            inode: INODE,
-            state: "ESTABLISHED".into(),
-            local: "127.0.0.1:40000".into(),
-            remote: "127.0.0.1:6385".into(),
-            unix_type: None,
-            peer_inode: None,
-        },
-    );
+    let table = diag_table("ESTABLISHED");
     let (fixes, _) = ledger.apply_sock_diag(&table, 65, 80);
     assert_eq!((fixes.states_fixed, ledger.sockets[&INODE].state), (0, Some(8)));
     // A record older than the dump: the dump knows better.
