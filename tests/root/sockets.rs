@@ -421,28 +421,36 @@ fn copies_made_before_the_connect_keep_the_socket() {
     let (daemon, mut workload, _) = watched_workload("early-copies", "lmw-early", &["serve"]);
     let (server, addr) = listener();
 
-    // The dup connects; the peer hangs up; the dup is closed first.
-    let done = connect_reply(&mut workload, &addr, "dupfirst");
-    let (fd, dup) = (
-        done["fd"].as_u64().unwrap(),
-        done["extra"]["dup"].as_u64().unwrap(),
-    );
-    drop(server.accept().unwrap().0);
-    daemon.await_status("CLOSE_WAIT", Duration::from_secs(10), |_| {
-        socket_of(&daemon, workload.pid, dup).is_some_and(|s| s["state"] == "CLOSE_WAIT")
-    });
-    let socket = socket_of(&daemon, workload.pid, dup).unwrap();
-    assert_eq!(socket["fds"], serde_json::json!([fd, dup]), "{socket}");
-    workload.send(&format!("close {dup}"));
-    workload.expect("closed");
-    let left = socket_of(&daemon, workload.pid, fd).expect("the original fd still holds the socket");
-    assert_eq!(
-        (&left["inode"], &left["state"], left["state_seen"].as_bool()),
-        (&socket["inode"], &socket["state"], Some(true))
-    );
-    workload.send(&format!("close {fd}"));
-    workload.expect("closed");
-    assert!(holds_no_socket(&daemon, workload.pid));
+    // The dup connects; the peer hangs up; the dup is closed first. Moved:
+    // the dup and its connect reach the daemon before the socket's creation.
+    for how in ["dupfirst", "dupmoved"] {
+        let done = connect_reply(&mut workload, &addr, how);
+        if done["cpus"] == 1 {
+            eprintln!("copies_made_before_the_connect_keep_the_socket: {how} skipped, one CPU");
+            continue;
+        }
+        let (fd, dup) = (
+            done["fd"].as_u64().unwrap(),
+            done["extra"]["dup"].as_u64().unwrap(),
+        );
+        drop(server.accept().unwrap().0);
+        daemon.await_status(&format!("{how}: CLOSE_WAIT"), Duration::from_secs(10), |_| {
+            socket_of(&daemon, workload.pid, dup).is_some_and(|s| s["state"] == "CLOSE_WAIT")
+        });
+        let socket = socket_of(&daemon, workload.pid, dup).unwrap();
+        assert_eq!(socket["fds"], serde_json::json!([fd, dup]), "{how}: {socket}");
+        workload.send(&format!("close {dup}"));
+        workload.expect("closed");
+        let left = socket_of(&daemon, workload.pid, fd).expect("the original fd still holds the socket");
+        assert_eq!(
+            (&left["inode"], &left["state"], left["state_seen"].as_bool()),
+            (&socket["inode"], &socket["state"], Some(true)),
+            "{how}"
+        );
+        workload.send(&format!("close {fd}"));
+        workload.expect("closed");
+        assert!(holds_no_socket(&daemon, workload.pid), "{how}");
+    }
 
     // A child forked before the parent connects holds the socket too, also
     // when the fork's record overtook the socket's creation (held back on

@@ -12,6 +12,9 @@ use crate::{
     fdkind::{self, FdKind},
 };
 
+/// Dups with no known source kept per process (`Process::orphan_copies`).
+const ORPHANS_KEPT: usize = 16;
+
 impl Ledger {
     pub(super) fn fd_open(&mut self, event: &FdEvent) {
         let h = &event.header;
@@ -49,6 +52,13 @@ impl Ledger {
                 fd: event.source_fd,
                 born_ns: s.birth.ts_ns,
             });
+        if source.is_none() && event.source_fd != NO_FD && inode == 0 {
+            let copy = FdId {
+                fd: event.fd,
+                born_ns: h.ts_ns,
+            };
+            push_bounded(&mut process.orphan_copies, (event.source_fd, copy), ORPHANS_KEPT);
+        }
         let mut released = Vec::new();
         for fd in [event.fd, event.fd2] {
             if fd == NO_FD {
@@ -178,6 +188,11 @@ impl Ledger {
             FdEvent { fd, fd2, ..*event }
         };
         self.fd_open(&live);
+        if let Some(process) = self.processes.get_mut(&h.tgid) {
+            for fd in [fd, fd2].into_iter().filter(|fd| *fd != NO_FD) {
+                process.adopt_copies_that_overtook(fd, h.ts_ns);
+            }
+        }
         FollowUp::None
     }
 
@@ -306,6 +321,54 @@ impl Ledger {
 }
 
 impl Process {
+    /// A dup made on another CPU overtakes a held-back socket() creation:
+    /// it arrived naming a source the ledger did not hold, so nothing tied
+    /// the two. Every copy made from `fd`'s number after `born_ns` copies
+    /// this socket (the caller dropped the creation had the number been
+    /// released since). A copy whose connect came first gives its inode;
+    /// the others are noted, so that a later connect binds them all.
+    fn adopt_copies_that_overtook(&mut self, fd: u32, born_ns: u64) {
+        let original = FdId { fd, born_ns };
+        if self.orphan_copies.is_empty()
+            || !self.fds.is_unbound(original)
+            || self.fds[&fd].kind != FdKind::SocketTcp
+        {
+            return;
+        }
+        let (copies, others) = std::mem::take(&mut self.orphan_copies)
+            .into_iter()
+            .partition(|(source, copy)| *source == fd && copy.born_ns > born_ns);
+        self.orphan_copies = others;
+        let mut connected = None;
+        for (_, copy) in copies {
+            let Some(held) = self
+                .fds
+                .get_mut(&copy.fd)
+                .filter(|h| h.entry.birth.ts_ns == copy.born_ns)
+            else {
+                continue;
+            };
+            if held.entry.inode != 0 {
+                connected = Some(held.entry.inode);
+                continue;
+            }
+            held.entry.kind = FdKind::SocketTcp;
+            held.entry.provisional = false;
+            let fds = &self.fds;
+            self.unbound_copies.note(copy, original, |id| fds.is_unbound(id));
+        }
+        let Some(inode) = connected else {
+            return;
+        };
+        for id in std::iter::once(original).chain(self.unbound_copies.take_group(original)) {
+            if self.fds.is_unbound(id)
+                && let Some(mut held) = self.fds.get_mut(&id.fd)
+            {
+                held.bind_tcp(inode);
+            }
+        }
+    }
+
     /// What fd number `fd` held at `ts_ns`, for a dup made then: the live
     /// entry, unless the ledger saw it created after `ts_ns` (the number was
     /// closed and reused since a late dup's birth), else the entry a close

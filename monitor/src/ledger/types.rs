@@ -5,7 +5,10 @@ use std::{collections::VecDeque, net::SocketAddr};
 use serde::{Deserialize, Serialize};
 
 pub use super::fdtable::FdTable;
-use super::{copies::UnboundCopies, sockets::EndpointStats};
+use super::{
+    copies::{FdId, UnboundCopies},
+    sockets::EndpointStats,
+};
 use crate::{
     bounded::push_bounded,
     calls::{CallLog, CallRef},
@@ -160,6 +163,10 @@ pub struct Process {
     pub forked_ns: u64,
     /// dups of its TCP sockets made before they connected.
     pub unbound_copies: UnboundCopies,
+    /// (source fd, copy) of its last dups whose source the ledger did not
+    /// hold: that creation, held back on a CPU the thread has left since,
+    /// arrives after them (`adopt_copies_that_overtook`).
+    pub orphan_copies: VecDeque<(u32, FdId)>,
     /// fd -> (socket inode, when) for connects that arrived before their
     /// fd's creation: socket() held back on a CPU the thread has left since
     /// (bind_socket_fd). The creation, when it arrives, is bound to it.
@@ -235,6 +242,7 @@ impl Process {
             exec_ns: 0,
             forked_ns: 0,
             unbound_copies: UnboundCopies::default(),
+            orphan_copies: VecDeque::new(),
             early_binds: FastMap::default(),
             exited_threads: VecDeque::new(),
             closed_fds: VecDeque::new(),

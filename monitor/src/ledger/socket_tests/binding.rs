@@ -196,6 +196,55 @@ fn dups_made_before_the_connect_hold_the_socket_whichever_connects() {
     assert_eq!(ledger.processes[&PID].unbound_copies.len(), 0);
 }
 
+/// The thread moved to another CPU between socket() and dup(): the dup and
+/// its connect arrive before the held-back creation of fd 5, naming a
+/// source the ledger does not hold yet.
+#[test]
+fn a_dup_that_overtook_its_socket_creation_shares_the_socket() {
+    let mut ledger = ledger();
+    dup(&mut ledger, 5, 6, 2 * MS);
+    state_on(&mut ledger, 6, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
+    late_socket(&mut ledger, 5, MS);
+    let fds = &ledger.processes[&PID].fds;
+    assert_eq!([5, 6].map(|fd| fds[&fd].inode), [INODE; 2]);
+    close(&mut ledger, 6);
+    assert!(ledger.sockets.contains_key(&INODE), "fd 5 still holds it");
+    close(&mut ledger, 5);
+    assert!(!ledger.sockets.contains_key(&INODE));
+}
+
+/// As above, the creation arriving before the connect: whichever of the
+/// two connects binds both.
+#[test]
+fn a_dup_that_overtook_its_socket_creation_is_bound_by_either_connect() {
+    for connects in [5, 6] {
+        let mut ledger = ledger();
+        dup(&mut ledger, 5, 6, 2 * MS);
+        late_socket(&mut ledger, 5, MS);
+        assert_eq!(
+            ledger.processes[&PID].fds[&6].kind,
+            crate::fdkind::FdKind::SocketTcp
+        );
+        state_on(&mut ledger, connects, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
+        let fds = &ledger.processes[&PID].fds;
+        assert_eq!(
+            [5, 6].map(|fd| fds[&fd].inode),
+            [INODE; 2],
+            "fd {connects} connected"
+        );
+    }
+}
+
+/// A dup of what the number held before the socket is not its copy.
+#[test]
+fn a_dup_older_than_the_socket_creation_is_not_adopted() {
+    let mut ledger = ledger();
+    dup(&mut ledger, 5, 6, MS);
+    state_on(&mut ledger, 6, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
+    late_socket(&mut ledger, 5, 2 * MS);
+    assert_eq!(ledger.processes[&PID].fds[&5].inode, 0);
+}
+
 #[test]
 fn a_socket_forked_before_its_connect_is_looked_up_in_proc_by_both() {
     let mut ledger = ledger();

@@ -35,14 +35,15 @@ fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
 /// socket on one CPU and connects it from another (the creation, held back
 /// on the first CPU, reaches the daemon after the connect's records), and
 /// reports `{"cpus": 1}` instead where there is only one. `dupfirst` dups the socket before it connects and
-/// connects the dup (reported in `extra.dup`); `forkfirst` forks a child
+/// connects the dup (reported in `extra.dup`), `dupmoved` does that from
+/// another CPU (the dup and the connect overtake the creation); `forkfirst` forks a child
 /// that holds the socket before it connects (`extra.child`); `forkmoved`
 /// does that from another CPU than the socket's, as `migrate` does (the
 /// fork's record overtakes the held-back creation).
 pub fn connect_to(addr: &str, how: &str) {
     let addr: SocketAddr = addr.parse().expect("ip:port");
     let mut connect_cpu = None;
-    if how == "migrate" || how == "forkmoved" {
+    if matches!(how, "migrate" | "forkmoved" | "dupmoved") {
         let cpus = crate::held::allowed_cpus();
         if cpus.len() < 2 {
             crate::say(json!({"event": "connected", "cpus": cpus.len()}));
@@ -56,7 +57,7 @@ pub fn connect_to(addr: &str, how: &str) {
         crate::held::pin_to(cpu);
     }
     let mut extra = json!({});
-    let dup = (how == "dupfirst").then(|| nix::unistd::dup(&original).unwrap());
+    let dup = matches!(how, "dupfirst" | "dupmoved").then(|| nix::unistd::dup(&original).unwrap());
     if let Some(dup) = &dup {
         extra["dup"] = dup.as_raw_fd().into();
     }
