@@ -224,6 +224,10 @@ impl Ledger {
         let (Some(process), counters) = self.process_mut(h.tgid) else {
             return;
         };
+        if first > last {
+            // The kernel refused it (EINVAL): nothing was closed.
+            return;
+        }
         push_bounded(
             &mut process.released_ranges,
             ReleasedRange {
@@ -233,21 +237,33 @@ impl Ledger {
             },
             RANGES_KEPT,
         );
-        let closing: Vec<u32> = process
-            .fds
-            .keys()
-            .copied()
-            .filter(|fd| (first..=last).contains(fd))
-            .collect();
+        // Walked by number when the range is shorter than the table (a few
+        // fds closed at once), else by the table (close_range(3, ~0U) before
+        // an exec): a process that does many of either pays per fd closed,
+        // not per fd it holds.
+        let closing: Vec<u32> = if u64::from(last - first) < process.fds.len() as u64 {
+            (first..=last)
+                .filter(|fd| process.fds.get(fd).is_some())
+                .collect()
+        } else {
+            (process.fds.keys().copied())
+                .filter(|fd| (first..=last).contains(fd))
+                .collect()
+        };
+        // A scan under way may list fds of the range the ledger lacks.
+        process.touch_range(first, last);
+        let mut released = Vec::new();
         for fd in &closing {
-            process.touch(*fd);
-            process.streams_end(*fd, h.ts_ns);
-            if let Some(entry) = process.fds.get(fd).copied() {
+            let (old, let_go) = process.fds.remove(fd);
+            if let Some(entry) = old {
+                if entry.inode != 0 {
+                    process.streams_end(*fd, h.ts_ns);
+                }
                 process.fd_closed(*fd, h.ts_ns, entry);
             }
+            released.extend(let_go);
         }
         counters.fds_closed += closing.len() as u64;
-        let mut released = process.fds.retain(|fd, _| !(first..=last).contains(fd));
         process.early_binds.retain(|fd, (socket, _)| {
             let closed = (first..=last).contains(fd);
             if closed {

@@ -89,7 +89,7 @@ impl Ledger {
         let mut released = Vec::new();
         for link in &scan.fds {
             in_proc.insert(link.fd);
-            if touched.fds.contains(&link.fd) {
+            if touched.fd(link.fd) {
                 continue;
             }
             let inode = if link.target.starts_with("socket:[") {
@@ -131,7 +131,7 @@ impl Ledger {
         released.extend(
             process
                 .fds
-                .retain(|fd, _| in_proc.contains(fd) || touched.fds.contains(fd)),
+                .retain(|fd, _| in_proc.contains(fd) || touched.fd(*fd)),
         );
         fixes.fds_removed = (before - process.fds.len()) as u64;
         let held_sockets: Vec<u64> = process.fds.sockets().collect();

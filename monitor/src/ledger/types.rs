@@ -202,7 +202,19 @@ pub struct ReleasedRange {
 #[derive(Clone, Debug, Default)]
 pub struct Touched {
     pub fds: FastSet<u32>,
+    /// close_range()s, which may name more numbers than a set should hold.
+    pub fd_ranges: Vec<(u32, u32)>,
     pub threads: FastSet<u32>,
+}
+
+impl Touched {
+    pub fn fd(&self, fd: u32) -> bool {
+        self.fds.contains(&fd)
+            || self
+                .fd_ranges
+                .iter()
+                .any(|(first, last)| (*first..=*last).contains(&fd))
+    }
 }
 
 /// Exited threads whose names a process keeps: creations held back in the
@@ -252,6 +264,12 @@ impl Process {
     pub fn touch(&mut self, fd: u32) {
         if let Some(touched) = &mut self.touched {
             touched.fds.insert(fd);
+        }
+    }
+
+    pub fn touch_range(&mut self, first: u32, last: u32) {
+        if let Some(touched) = &mut self.touched {
+            touched.fd_ranges.push((first, last));
         }
     }
 

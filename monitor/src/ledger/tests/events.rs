@@ -41,6 +41,28 @@ fn pairs_dups_and_ranges() {
     assert_eq!(fds(&ledger), [3, 10]);
 }
 
+/// A range shorter than the table is walked by number, a longer one by the
+/// table: the same fds close either way. One the kernel refused (first
+/// after last) closes nothing.
+#[test]
+fn close_ranges_short_long_and_refused() {
+    let cases: [(u32, u32, &[u32]); 3] = [
+        (5, 7, &[3, 4, 8, 10]),
+        (4, u32::MAX, &[3]),
+        (9, 5, &[3, 4, 5, 7, 8, 10]),
+    ];
+    for (first, last, left) in cases {
+        let mut ledger = ledger_with_process();
+        for fd in [3, 4, 5, 7, 8, 10] {
+            open(&mut ledger, nr::OPENAT, fd);
+        }
+        let range = fd_event(EventKind::FdCloseRange, nr::CLOSE_RANGE, first, last, NO_FD, 0);
+        ledger.apply(&Event::Fd(EventKind::FdCloseRange, range));
+        assert_eq!(fds(&ledger), left, "close_range({first}, {last})");
+        assert_eq!(ledger.counters.fds_closed, 6 - left.len() as u64);
+    }
+}
+
 #[test]
 fn an_open_over_a_live_fd_counts_a_missed_release() {
     let mut ledger = ledger_with_process();

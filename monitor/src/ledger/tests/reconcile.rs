@@ -62,6 +62,28 @@ fn reconciliation_leaves_alone_what_changed_during_the_scan() {
     assert_eq!((fixes.fds_added, fixes.fds_removed), (1, 0));
 }
 
+/// The scan listed fd 7 (its creation lost) and 8 before a close_range
+/// took both: the range's record came during the scan, so neither is added.
+#[test]
+fn reconciliation_leaves_alone_what_a_close_range_during_the_scan_closed() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 8);
+    ledger.begin_scan(PID);
+    let scan = Scan {
+        fds: vec![
+            link(7, "/etc/hosts"),
+            link(8, "/etc/passwd"),
+            link(20, "/etc/group"),
+        ],
+        threads: vec![thread(PID)],
+    };
+    let range = fd_event(EventKind::FdCloseRange, nr::CLOSE_RANGE, 5, 9, NO_FD, 0);
+    ledger.apply(&Event::Fd(EventKind::FdCloseRange, range));
+    let fixes = ledger.apply_scan(PID, &scan, Origin::Reconciled, 50, |_, _| FdKind::File);
+    assert_eq!(fds(&ledger), [20]);
+    assert_eq!((fixes.fds_added, fixes.fds_removed), (1, 0));
+}
+
 #[test]
 fn reconciliation_replaces_an_entry_whose_number_was_reused_unseen() {
     let mut ledger = ledger_with_process();
