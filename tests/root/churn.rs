@@ -1,7 +1,9 @@
 //! Random churn on every CPU: fd numbers reused across threads and CPUs,
-//! creations held back and cancelled, closes by another thread, forks amid
-//! it all, TCP connections the peer closes or keeps. However the records
-//! interleave, are held back or lost, the ledgers end equal to /proc and ss.
+//! creations held back and cancelled, closes by another thread, dup3 onto
+//! numbers in use, close_range, copies received by SCM_RIGHTS, forks amid
+//! it all (half of the children exec), TCP connections the peer closes or
+//! keeps. However the records interleave, are held back or lost, the
+//! ledgers end equal to /proc and ss.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -299,6 +301,12 @@ fn random_socket_churn_with_forks_ends_with_the_states_ss_gives() {
         "{seen:?}"
     );
     let status = daemon.status();
+    assert_eq!(
+        counter(&status, &["kernel", "lost_total"]),
+        0,
+        "{}",
+        status["kernel"]
+    );
     assert_eq!(status["ledger"]["socket_states_fixed"], 0, "{}", status["ledger"]);
     workload.exit();
 }
