@@ -341,21 +341,22 @@ impl Process {
     /// it arrived naming a source the ledger did not hold, so nothing tied
     /// the two. Every copy made from `fd`'s number after `born_ns` copies
     /// this socket (the caller dropped the creation had the number been
-    /// released since). A copy whose connect came first gives its inode;
-    /// the others are noted, so that a later connect binds them all.
+    /// released since). If a connect came first (the copy's, or the
+    /// socket's own: `early_binds`), its inode binds them all; else the
+    /// copies are noted, so that a later connect binds them all.
     fn adopt_copies_that_overtook(&mut self, fd: u32, born_ns: u64) {
         let original = FdId { fd, born_ns };
-        if self.orphan_copies.is_empty()
-            || !self.fds.is_unbound(original)
-            || self.fds[&fd].kind != FdKind::SocketTcp
-        {
+        let Some(entry) = (self.fds.get(&fd))
+            .filter(|e| e.birth.ts_ns == born_ns && e.kind == FdKind::SocketTcp)
+            .filter(|_| !self.orphan_copies.is_empty())
+        else {
             return;
-        }
+        };
+        let mut connected = (entry.inode != 0).then_some(entry.inode);
         let (copies, others) = std::mem::take(&mut self.orphan_copies)
             .into_iter()
             .partition(|(source, copy)| *source == fd && copy.born_ns > born_ns);
         self.orphan_copies = others;
-        let mut connected = None;
         for (_, copy) in copies {
             let Some(held) = self
                 .fds

@@ -235,6 +235,18 @@ fn a_dup_that_overtook_its_socket_creation_is_bound_by_either_connect() {
     }
 }
 
+/// The socket's own connect came first too (fd 5 bound when its creation
+/// arrives): the dup learns the socket at the same time.
+#[test]
+fn a_dup_that_overtook_its_socket_creation_shares_the_original_connect() {
+    let mut ledger = ledger();
+    dup(&mut ledger, 5, 6, 2 * MS);
+    state_on(&mut ledger, 5, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
+    late_socket(&mut ledger, 5, MS);
+    let fds = &ledger.processes[&PID].fds;
+    assert_eq!([5, 6].map(|fd| fds[&fd].inode), [INODE; 2]);
+}
+
 /// A dup of what the number held before the socket is not its copy.
 #[test]
 fn a_dup_older_than_the_socket_creation_is_not_adopted() {
