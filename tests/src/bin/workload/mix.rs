@@ -167,7 +167,7 @@ fn churn(seed: u64, how_long: Duration, server: Option<String>, shared: &Shared)
     while started.elapsed() < how_long {
         // At a third and two thirds of the run, amid the other threads' churn;
         // and a thread that lives on, named.
-        if started.elapsed() > how_long * (forks + 1) / 3 {
+        if forks < 2 && started.elapsed() > how_long * (forks + 1) / 3 {
             fork_keeping(shared, forks == 1);
             forks += 1;
             let sleeper = thread::Builder::new().name(format!("mix-sleeper-{seed}-{forks}"));
