@@ -349,8 +349,12 @@ pub mod counter {
     pub const SHORT_LIVED: u32 = 66;
     /// Execs of watched processes that woke the reader at once.
     pub const EXEC_WAKEUPS: u32 = 67;
+    /// TCP sockets (or their fds) of watched processes the probes could not
+    /// track: `SOCKS` or `SOCK_FDS` was full. Their states or HTTP calls go
+    /// unseen until reconciliation (states) or ever (calls).
+    pub const TRACKING_FULL: u32 = 68;
     /// Number of slots.
-    pub const SLOTS: u32 = 68;
+    pub const SLOTS: u32 = 69;
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);

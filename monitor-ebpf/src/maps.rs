@@ -146,6 +146,17 @@ pub fn count(slot: u32) {
     }
 }
 
+/// Adds `key` to a map that tracks sockets; a map too full for a new key
+/// is counted (`counter::TRACKING_FULL`), not silent. True when it is in.
+#[inline(always)]
+pub fn track<K, V>(map: &HashMap<K, V>, key: K, value: V) -> bool {
+    let added = map.insert(key, value, 0).is_ok();
+    if !added {
+        count(counter::TRACKING_FULL);
+    }
+    added
+}
+
 /// Deletes `key` if it is there. Looked up first: a delete takes its bucket
 /// lock even when the key is absent, as it is for most calls on hot paths.
 #[inline(always)]

@@ -1,7 +1,8 @@
 //! A ring buffer far too small: every loss is counted and reconciliation
-//! brings the ledger back to /proc by itself.
+//! brings the ledger back to /proc by itself. Socket-tracking maps too
+//! small: what they miss is counted too.
 
-use std::time::Duration;
+use std::{net::TcpListener, time::Duration};
 
 use tests::{daemon::Daemon, require_root, scratch_dir, workload::Workload};
 
@@ -92,5 +93,48 @@ fn a_flood_the_daemon_cannot_keep_up_with_leaves_it_answering() {
         engine["drains_cut_short"].as_u64() > Some(0),
         "the daemon kept up with the loop, so this proved nothing: {engine}"
     );
+    workload.send("exit");
+}
+
+/// With room for two sockets in the probes' tracking maps (a test-only
+/// switch), a watched process's third and fourth connects cannot be
+/// tracked: each is counted, the daemon says so once, and the first two
+/// keep their states.
+#[test]
+fn a_full_socket_tracking_map_is_counted_and_said_once() {
+    if !require_root("a_full_socket_tracking_map_is_counted_and_said_once") {
+        return;
+    }
+    let dir = scratch_dir("tracking-full");
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &["--match-comm", "lmw-untracked"],
+        &[("LEAKMON_TEST_TRACKING_ENTRIES", "2")],
+    );
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    let mut workload = Workload::spawn(&dir, "lmw-untracked", &["serve"]);
+    workload.expect("ready");
+    daemon.sync();
+    let mut fds = Vec::new();
+    for _ in 0..4 {
+        workload.send(&format!("connect {addr} plain"));
+        fds.push(workload.expect("connected")["fd"].as_u64().unwrap());
+    }
+    // Counted in the kernel at once; said at the next housekeeping.
+    let said = "socket maps are full";
+    let status = daemon.await_status(
+        "the misses to be counted and said",
+        Duration::from_secs(10),
+        |s| s["kernel"]["tracking_full"] == 2 && daemon.log_text().contains(said),
+    );
+    let ledger = daemon.ledger(workload.pid);
+    let mut tracked: Vec<u64> = (ledger["sockets"].as_array().unwrap().iter())
+        .filter(|s| s["state_seen"] == true)
+        .flat_map(|s| s["fds"].as_array().unwrap().iter().map(|fd| fd.as_u64().unwrap()))
+        .collect();
+    tracked.sort_unstable();
+    assert_eq!(tracked, fds[..2], "{}", ledger["sockets"]);
+    assert_eq!(daemon.log_text().matches(said).count(), 1, "{}", status["kernel"]);
     workload.send("exit");
 }

@@ -227,6 +227,7 @@ fn prometheus_scrapes_the_fd_count_of_the_watched_process() {
         "process_anon_memory_bytes",
         "leakmon_alerts_firing",
         "leakmon_ring_events_lost_total",
+        "leakmon_tracking_full_total",
         "leakmon_hooks_attached",
     ] {
         assert!(

@@ -10,7 +10,7 @@ use monitor_common::SockOwner;
 
 use crate::{
     btf::{AF_INET, AF_INET6, follow, load},
-    maps::{SOCKS, sock_offsets},
+    maps::{SOCKS, sock_offsets, track},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -79,7 +79,7 @@ pub fn remember(tgid: u32, fd: u32) -> (u64, u8) {
             fd,
             inode: found.inode,
         };
-        let _ = SOCKS.insert(found.sk, owner, 0);
+        track(&SOCKS, found.sk, owner);
         super::http::track_socket_fd(tgid, fd);
     }
     (found.inode, state)

@@ -19,7 +19,7 @@ use monitor_common::{DATA_CAPTURE, DataEvent, EventKind, StreamState, data_flags
 
 use crate::{
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{SOCK_FDS, TLS_CALLS, forget, is_watched},
+    maps::{SOCK_FDS, TLS_CALLS, forget, is_watched, track},
     regs::syscall_args,
 };
 
@@ -240,7 +240,7 @@ pub fn track_socket_fd(tgid: u32, fd: u32) {
         writes: 0,
         fd,
     };
-    let _ = SOCK_FDS.insert(((tgid as u64) << 32) | fd as u64, state, 0);
+    track(&SOCK_FDS, ((tgid as u64) << 32) | fd as u64, state);
 }
 
 /// A closed fd, or one dup'ed over: forget its stream.
@@ -256,7 +256,7 @@ pub fn dup_fd(tgid: u32, source: u32, fd: u32, replaces: bool) -> bool {
     let base = (tgid as u64) << 32;
     // SAFETY: copied out at once.
     if let Some(state) = unsafe { SOCK_FDS.get(base | source as u64) }.copied() {
-        let _ = SOCK_FDS.insert(base | fd as u64, state, 0);
+        track(&SOCK_FDS, base | fd as u64, state);
         true
     } else {
         if replaces {

@@ -29,7 +29,7 @@ use crate::{
     btf::{AF_INET, AF_INET6, follow, load, read_inet_tuple},
     defer::{self, Born},
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{SOCKS, TUPLES, config, forget, is_watched, sock_offsets},
+    maps::{SOCKS, TUPLES, config, forget, is_watched, sock_offsets, track},
     regs,
 };
 
@@ -52,7 +52,7 @@ fn owner(sk: *const u8) -> Option<SockOwner> {
     // SAFETY: copied out at once.
     let owner = unsafe { TUPLES.get(tuple) }.copied()?;
     let _ = TUPLES.remove(tuple);
-    let _ = SOCKS.insert(sk as u64, owner, 0);
+    track(&SOCKS, sk as u64, owner);
     Some(owner)
 }
 
@@ -114,7 +114,9 @@ fn register_connecting(sk: *const u8) -> Option<SockOwner> {
         fd,
         inode,
     };
-    SOCKS.insert(sk as u64, owner, 0).ok()?;
+    if !track(&SOCKS, sk as u64, owner) {
+        return None;
+    }
     http::track_socket_fd(owner.tgid, owner.fd);
     Some(owner)
 }

@@ -327,6 +327,13 @@ impl Engine {
             kernel.short_lived_fds as f64,
         );
         x.add(
+            "leakmon_tracking_full_total",
+            "counter",
+            "TCP sockets or socket fds the probes could not track: their kernel map was full.",
+            &[],
+            kernel.tracking_full as f64,
+        );
+        x.add(
             "leakmon_ring_records_total",
             "counter",
             "Records read from the ring buffer.",

@@ -73,6 +73,9 @@ pub struct Engine {
     rechecks: Vec<(u32, u64)>,
     /// The last sock_diag dump failed (logged once until it works again).
     sock_diag_failing: bool,
+    /// The probes' socket-tracking maps were found full (logged once; each
+    /// socket they missed is counted in `kernel.tracking_full`).
+    tracking_full_logged: bool,
     /// Processes whose SCANNED bit is set, with when their scan's flush ran
     /// (boot ns): see `settle_scans`.
     scanned: Vec<(u32, u64)>,
@@ -142,6 +145,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         reconcile_soon: Default::default(),
         rechecks: Vec::new(),
         sock_diag_failing: false,
+        tracking_full_logged: false,
         scanned: Vec::new(),
         maybe_gone: Default::default(),
         refused: Default::default(),
@@ -291,7 +295,16 @@ impl Engine {
     /// Once a second: notice lost events, name provisional fds, and confirm exits.
     fn housekeeping(&mut self, ring: &mut RingBuf<MapData>) {
         self.drain(ring);
-        let lost = self.probes.counters().lost_total;
+        let kernel = self.probes.counters();
+        if kernel.tracking_full > 0 && !self.tracking_full_logged {
+            self.tracking_full_logged = true;
+            warn!(
+                untracked = kernel.tracking_full,
+                "the probes' socket maps are full: new TCP sockets of watched processes go untracked \
+                 (counted in kernel.tracking_full); their states wait for the periodic reconciliation"
+            );
+        }
+        let lost = kernel.lost_total;
         if lost > self.counters.lost_reconciled {
             warn!(
                 lost = lost - self.counters.lost_reconciled,

@@ -58,6 +58,9 @@ pub struct KernelCounters {
     /// fds closed on the CPU that created them before their creation was
     /// shipped: neither record was (see `DEFER_OPENS`).
     pub short_lived_fds: u64,
+    /// TCP sockets or socket fds the probes could not track (their map was
+    /// full): states, owners or HTTP calls of those go unseen.
+    pub tracking_full: u64,
     /// The flushes of held-back creations, when they are on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_back: Option<defer::FlushCounters>,
@@ -141,7 +144,13 @@ impl Probes {
                 (SockOffsets::default(), Some(format!("{e:#}")))
             }
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(entries) = tracking_entries_for_tests() {
+            loader
+                .map_max_entries(maps::SOCKS, entries)
+                .map_max_entries(maps::SOCK_FDS, entries);
+        }
+        let mut ebpf = loader
             .map_max_entries(maps::EVENTS, settings.ring_buffer_bytes)
             .override_global(TaskOffsets::GLOBAL, &offsets, true)
             .override_global(SockOffsets::GLOBAL, &sock_offsets, true)
@@ -367,9 +376,19 @@ impl Probes {
         counters.wakeups = read(counter::WAKEUPS);
         counters.exec_wakeups = read(counter::EXEC_WAKEUPS);
         counters.short_lived_fds = read(counter::SHORT_LIVED);
+        counters.tracking_full = read(counter::TRACKING_FULL);
         counters.held_back = self.deferral.as_ref().map(|d| d.counters.clone());
         counters
     }
+}
+
+/// Like `LEAKMON_TEST_REFUSE_HOOKS` (hooks.rs), a fault switch for tests
+/// only: room for this many sockets in the maps that track them, so that a
+/// test can fill them.
+const TRACKING_ENTRIES_ENV: &str = "LEAKMON_TEST_TRACKING_ENTRIES";
+
+fn tracking_entries_for_tests() -> Option<u32> {
+    std::env::var(TRACKING_ENTRIES_ENV).ok()?.parse().ok()
 }
 
 /// Removes the entries of `map` whose socket no watched fd holds.
