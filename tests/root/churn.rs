@@ -51,9 +51,10 @@ fn random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc() {
     // Four threads on two CPUs for 3 s: numbers reused across threads and
     // CPUs, creations held back and cancelled, closes by another thread.
     let (workload, before, mixed) = churn(&dir, &daemon, "lmw-mix", &[]);
-    // The workload's own ledger from the records alone: nothing was lost,
+    // The workload's own ledger from the records alone: nothing was lost
+    // (checked first: after a loss the rest may differ until reconciled),
     // and no fd in it was found by a reconciliation.
-    let fds = assert_ledger_is_proc(&daemon, workload.pid);
+    daemon.sync();
     let status = daemon.status();
     assert_eq!(
         counter(&status, &["kernel", "lost_total"]),
@@ -61,6 +62,7 @@ fn random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc() {
         "{}",
         status["kernel"]
     );
+    let fds = assert_ledger_is_proc(&daemon, workload.pid);
     let reconciled: Vec<&Value> = (fds.values())
         .filter(|fd| fd["birth"]["origin"] == "reconciled")
         .collect();

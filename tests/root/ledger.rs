@@ -45,8 +45,9 @@ pub(crate) fn assert_ledger_is_proc(daemon: &Daemon, pid: u32) -> BTreeMap<u32, 
         assert_eq!(
             entry["kind"],
             lsof[fd].as_str(),
-            "fd {fd}: ledger {entry} vs lsof {}",
-            lsof[fd]
+            "fd {fd}: ledger {entry} vs lsof {}; the ledger's counters: {}",
+            lsof[fd],
+            daemon.status()["ledger"]
         );
     }
     fds

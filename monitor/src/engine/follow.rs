@@ -512,28 +512,41 @@ impl Engine {
     }
 
     /// Names the kind of fds the syscall could not (open: file or dir?
-    /// accept: which protocol?) from /proc.
-    pub(super) fn resolve_provisional(&mut self) {
+    /// accept: which protocol?) from /proc. A link is applied after a
+    /// drain, and only to the entry it was read for: had that entry's close
+    /// still been in the ring, the link named what holds the number now,
+    /// and a late dup of the closed entry would have copied that kind too
+    /// (the random churn in a slow VM caught a pipe's copy named a socket).
+    pub(super) fn resolve_provisional(&mut self, ring: &mut RingBuf<MapData>) {
         let pids: Vec<u32> = self.ledger.processes.keys().copied().collect();
-        let mut new_sockets = HashSet::new();
+        let mut read = Vec::new();
         for pid in pids {
             let provisional = self.ledger.provisional_fds(pid);
             if provisional.is_empty() {
                 continue;
             }
             let Ok(dir) = FdDir::open(pid) else { continue };
-            for fd in provisional {
+            for (fd, born_ns) in provisional {
                 if let Some(target) = dir.link(fd) {
                     let inode = if target.starts_with("socket:[") {
                         proc::link_inode(&target).unwrap_or(0)
                     } else {
                         0
                     };
-                    let kind = dir.resolve_kind(fd, &target);
-                    if self.ledger.resolve_kind(pid, fd, kind, inode, time::boot_ns()) {
-                        new_sockets.insert(inode);
-                    }
+                    read.push((pid, fd, born_ns, dir.resolve_kind(fd, &target), inode));
                 }
+            }
+        }
+        // A drain cut short leaves records that may be such closes: next time.
+        if read.is_empty() || !self.drain(ring) {
+            return;
+        }
+        let mut new_sockets = HashSet::new();
+        for (pid, fd, born_ns, kind, inode) in read {
+            if self.ledger.birth_of(pid, fd) == Some(born_ns)
+                && self.ledger.resolve_kind(pid, fd, kind, inode, time::boot_ns())
+            {
+                new_sockets.insert(inode);
             }
         }
         // A socket first named here (a forked child's copy of a socket the

@@ -324,7 +324,7 @@ impl Engine {
         }
         self.recheck_due(ring);
         self.confirm_exits();
-        self.resolve_provisional();
+        self.resolve_provisional(ring);
         self.ledger
             .settle_connects(time::boot_ns(), CONNECT_VERDICT_GRACE_NS);
         self.follow_calls();
@@ -349,7 +349,7 @@ impl Engine {
             Request::Sync => Response::ok(serde_json::json!({ "records": self.counters.records })),
             Request::Status => Response::data(&self.status()),
             Request::Ledger { pid } => {
-                self.resolve_provisional();
+                self.resolve_provisional(ring);
                 match self.ledger.processes.get(&pid) {
                     Some(process) => Response::data(&crate::ledger::view::ProcessView::of(
                         &self.ledger,

@@ -171,14 +171,20 @@ impl Ledger {
     }
 
     /// Fds whose kind is still a guess, for the engine to look up in /proc.
-    pub fn provisional_fds(&self, pid: u32) -> Vec<u32> {
+    /// The fds of `pid` whose kind is a guess, with their births (ns).
+    pub fn provisional_fds(&self, pid: u32) -> Vec<(u32, u64)> {
         self.processes.get(&pid).map_or_else(Vec::new, |p| {
             p.fds
                 .iter()
                 .filter(|(_, e)| e.provisional)
-                .map(|(fd, _)| *fd)
+                .map(|(fd, e)| (*fd, e.birth.ts_ns))
                 .collect()
         })
+    }
+
+    /// When the entry `pid` holds under `fd` was born (ns).
+    pub fn birth_of(&self, pid: u32, fd: u32) -> Option<u64> {
+        Some(self.processes.get(&pid)?.fds.get(&fd)?.birth.ts_ns)
     }
 
     /// What /proc says an fd is: its kind, and for sockets the inode.

@@ -268,8 +268,10 @@ fn a_socket_forked_before_its_connect_is_looked_up_in_proc_by_both() {
         comm: comm_from("child"),
     };
     ledger.apply(&Event::Task(EventKind::TaskNew, fork));
-    assert_eq!(ledger.provisional_fds(PID), vec![5]);
-    assert_eq!(ledger.provisional_fds(PID + 1), vec![5]);
+    for pid in [PID, PID + 1] {
+        let born = ledger.birth_of(pid, 5).unwrap();
+        assert_eq!(ledger.provisional_fds(pid), vec![(5, born)]);
+    }
     // The parent connects; /proc names the child's copy.
     state(&mut ledger, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
     ledger.resolve_kind(PID + 1, 5, crate::fdkind::FdKind::SocketTcp, INODE, 6 * MS);
