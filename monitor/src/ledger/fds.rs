@@ -188,7 +188,11 @@ impl Ledger {
             FdEvent { fd, fd2, ..*event }
         };
         self.fd_open(&live);
-        if let Some(process) = self.processes.get_mut(&h.tgid) {
+        // Only a socket() can have copies that overtook it (and this is
+        // the path of most creations: no lookup for the others).
+        if h.syscall == nr::SOCKET
+            && let Some(process) = self.processes.get_mut(&h.tgid)
+        {
             for fd in [fd, fd2].into_iter().filter(|fd| *fd != NO_FD) {
                 process.adopt_copies_that_overtook(fd, h.ts_ns);
             }

@@ -197,20 +197,26 @@ fn dups_made_before_the_connect_hold_the_socket_whichever_connects() {
 }
 
 /// The thread moved to another CPU between socket() and dup(): the dup and
-/// its connect arrive before the held-back creation of fd 5, naming a
-/// source the ledger does not hold yet.
+/// a connect (the dup's, or fd 5's own) arrive before the held-back
+/// creation of fd 5, the dup naming a source the ledger does not hold yet.
 #[test]
 fn a_dup_that_overtook_its_socket_creation_shares_the_socket() {
-    let mut ledger = ledger();
-    dup(&mut ledger, 5, 6, 2 * MS);
-    state_on(&mut ledger, 6, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
-    late_socket(&mut ledger, 5, MS);
-    let fds = &ledger.processes[&PID].fds;
-    assert_eq!([5, 6].map(|fd| fds[&fd].inode), [INODE; 2]);
-    close(&mut ledger, 6);
-    assert!(ledger.sockets.contains_key(&INODE), "fd 5 still holds it");
-    close(&mut ledger, 5);
-    assert!(!ledger.sockets.contains_key(&INODE));
+    for connects in [6, 5] {
+        let mut ledger = ledger();
+        dup(&mut ledger, 5, 6, 2 * MS);
+        state_on(&mut ledger, connects, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
+        late_socket(&mut ledger, 5, MS);
+        let fds = &ledger.processes[&PID].fds;
+        assert_eq!(
+            [5, 6].map(|fd| fds[&fd].inode),
+            [INODE; 2],
+            "fd {connects} connected"
+        );
+        close(&mut ledger, 6);
+        assert!(ledger.sockets.contains_key(&INODE), "fd 5 still holds it");
+        close(&mut ledger, 5);
+        assert!(!ledger.sockets.contains_key(&INODE));
+    }
 }
 
 /// As above, the creation arriving before the connect: whichever of the
@@ -233,18 +239,6 @@ fn a_dup_that_overtook_its_socket_creation_is_bound_by_either_connect() {
             "fd {connects} connected"
         );
     }
-}
-
-/// The socket's own connect came first too (fd 5 bound when its creation
-/// arrives): the dup learns the socket at the same time.
-#[test]
-fn a_dup_that_overtook_its_socket_creation_shares_the_original_connect() {
-    let mut ledger = ledger();
-    dup(&mut ledger, 5, 6, 2 * MS);
-    state_on(&mut ledger, 5, TCP_CLOSE, TCP_SYN_SENT, 5 * MS);
-    late_socket(&mut ledger, 5, MS);
-    let fds = &ledger.processes[&PID].fds;
-    assert_eq!([5, 6].map(|fd| fds[&fd].inode), [INODE; 2]);
 }
 
 /// A dup of what the number held before the socket is not its copy.
