@@ -26,11 +26,17 @@ use crate::ledger::{assert_ledger_is_proc, counter};
 /// deadline for slow emulated VMs (`cargo xtask vm`), not a wait.
 const SETTLED_WITHIN: Duration = Duration::from_secs(20);
 
-/// Runs the `mix` workload as `comm` (4 threads, 3 s; `extra`: its server
-/// address) under `daemon`: the workload, the daemon's status just before
+/// Runs the workload in `mode` (`mix` or `mix-wide`) as `comm` (4 threads,
+/// 3 s; `extra`: its server address) under `daemon`: the workload, the daemon's status just before
 /// the churn, and the workload's `mixed` report.
-fn churn(dir: &std::path::Path, daemon: &Daemon, comm: &str, extra: &[&str]) -> (Workload, Value, Value) {
-    let mut args = vec!["mix", "4", "3000"];
+fn churn(
+    dir: &std::path::Path,
+    daemon: &Daemon,
+    comm: &str,
+    mode: &str,
+    extra: &[&str],
+) -> (Workload, Value, Value) {
+    let mut args = vec![mode, "4", "3000"];
     args.extend_from_slice(extra);
     let mut workload = Workload::spawn(dir, comm, &args);
     workload.expect("started");
@@ -50,7 +56,9 @@ fn random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc() {
     let daemon = Daemon::start(&dir, &["--match-comm", "lmw-mix"]);
     // Four threads on two CPUs for 3 s: numbers reused across threads and
     // CPUs, creations held back and cancelled, closes by another thread.
-    let (workload, before, mixed) = churn(&dir, &daemon, "lmw-mix", &[]);
+    // Not `mix-wide`: in the emulated VMs (which run this test) it failed
+    // twice in some twelve runs, not understood yet (see the README).
+    let (workload, before, mixed) = churn(&dir, &daemon, "lmw-mix", "mix", &[]);
     // The workload's own ledger from the records alone: nothing was lost
     // (checked first: after a loss the rest may differ until reconciled),
     // and no fd in it was found by a reconciliation.
@@ -149,7 +157,7 @@ fn random_fd_churn_through_a_full_ring_is_repaired_to_proc() {
         "[probes]\nring_buffer_bytes = 4096\nwakeup_bytes = 2048\n",
         &["--match-comm", "lmw-mixlost"],
     );
-    let (workload, _, _) = churn(&dir, &daemon, "lmw-mixlost", &[]);
+    let (workload, _, _) = churn(&dir, &daemon, "lmw-mixlost", "mix-wide", &[]);
     // Whatever the losses took (creations, closes, held-back ones), the
     // reconciliation after them, and the recheck it may schedule, end equal.
     daemon.await_ledger_is_proc(workload.pid, Duration::from_secs(10));
@@ -242,7 +250,7 @@ fn random_socket_churn_with_forks_ends_with_the_states_ss_gives() {
     let dir = scratch_dir("mix-sockets");
     let daemon = Daemon::start(&dir, &["--match-comm", "lmw-mixsock"]);
     let server = Server::start();
-    let (workload, _, mixed) = churn(&dir, &daemon, "lmw-mixsock", &[&server.addr]);
+    let (workload, _, mixed) = churn(&dir, &daemon, "lmw-mixsock", "mix-wide", &[&server.addr]);
     let _held = server.stop();
     let mut pids = vec![workload.pid];
     pids.extend(

@@ -215,10 +215,11 @@ fn main() {
             let kind = args.get(2).map(String::as_str).unwrap_or("open");
             loops::bench(kind, number(3, 100_000) as u64, &mut commands);
         }
-        Some("mix") => mix::run(
+        Some(mode @ ("mix" | "mix-wide")) => mix::run(
             number(2, 4),
             number(3, 1000) as u64,
             args.get(4).cloned(),
+            mode == "mix-wide",
             &mut commands,
         ),
         Some("leak") => loops::leak(),

@@ -1,6 +1,6 @@
 //! `mix THREADS MS [ADDR]`: after a `go` line, THREADS threads for MS ms each
 //! make a random mix of fd creations and closes (files, pipes, dups,
-//! eventfds, sockets, copies received by SCM_RIGHTS, dup3 onto numbers
+//! eventfds, sockets; `mix-wide` also copies received by SCM_RIGHTS, dup3 onto numbers
 //! in use and close_range over runs of them; with ADDR, TCP connections to
 //! it too, one every 2 ms per thread, the last 16 kept; some closed at once,
 //! some kept a while, some closed by another thread). Each also starts a
@@ -68,12 +68,22 @@ struct Shared {
     hold: [i32; 2],
     /// The number above the highest block.
     blocks_end: i32,
+    /// Whether the SCM_RIGHTS, dup3 and close_range arms and the exec run.
+    wide: bool,
     /// What an exec'ing child runs: this binary (argv[0], the test's
     /// symlink, so the comm stays) serving its stdin.
     exec_argv: [CString; 2],
 }
 
-pub fn run(threads: usize, ms: u64, server: Option<String>, commands: &mut impl Iterator<Item = String>) {
+/// `wide` (mode `mix-wide`): with the arms for SCM_RIGHTS, dup3 and
+/// close_range, and the exec'ing children.
+pub fn run(
+    threads: usize,
+    ms: u64,
+    server: Option<String>,
+    wide: bool,
+    commands: &mut impl Iterator<Item = String>,
+) {
     super::say(json!({"event": "started", "pid": std::process::id()}));
     commands.next();
     let mut hold = [0i32; 2];
@@ -92,6 +102,7 @@ pub fn run(threads: usize, ms: u64, server: Option<String>, commands: &mut impl 
         children: Mutex::default(),
         hold,
         blocks_end,
+        wide,
         exec_argv: [CString::new(argv0).unwrap(), CString::new("serve").unwrap()],
     });
     let handles: Vec<_> = (0..threads)
@@ -168,7 +179,7 @@ fn churn(seed: u64, how_long: Duration, server: Option<String>, shared: &Shared)
         // At a third and two thirds of the run, amid the other threads' churn;
         // and a thread that lives on, named.
         if forks < 2 && started.elapsed() > how_long * (forks + 1) / 3 {
-            fork_keeping(shared, forks == 1);
+            fork_keeping(shared, shared.wide && forks == 1);
             forks += 1;
             let sleeper = thread::Builder::new().name(format!("mix-sleeper-{seed}-{forks}"));
             sleeper
@@ -206,7 +217,7 @@ fn churn(seed: u64, how_long: Duration, server: Option<String>, shared: &Shared)
                 close(connections.pop_front().unwrap());
             }
         }
-        let new = match rng.below(11) {
+        let new = match rng.below(if shared.wide { 11 } else { 8 }) {
             // SAFETY (all arms): plain syscalls on fds this thread owns.
             0 | 1 => unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) },
             2 => {
