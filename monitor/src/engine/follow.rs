@@ -153,7 +153,7 @@ impl Engine {
             now,
         );
         self.ledger.watch(process);
-        self.ledger.begin_scan(pid);
+        self.ledger.begin_scan(pid, now);
         match self.scan_shipping_closes(pid) {
             Ok((scan, dir)) => {
                 self.leave_in_flight_to_records(&[pid]);
@@ -273,8 +273,9 @@ impl Engine {
     /// One reconciliation of `pids`; returns those with an fd in doubt.
     fn reconcile_once(&mut self, ring: &mut RingBuf<MapData>, pids: &[u32]) -> Vec<u32> {
         self.drain(ring);
+        let began = time::boot_ns();
         for pid in pids {
-            self.ledger.begin_scan(*pid);
+            self.ledger.begin_scan(*pid, began);
         }
         let scans: Vec<(u32, ScanResult)> = pids
             .iter()

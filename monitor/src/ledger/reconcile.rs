@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use monitor_common::{NO_FD, NO_SYSCALL};
 use serde::Serialize;
 
-use super::{Birth, FdEntry, Ledger, Origin, ThreadEntry, Touched, comm_from};
+use super::{Birth, FdEntry, Ledger, Origin, Process, ThreadEntry, Touched, comm_from};
 use crate::{
     fdkind::{self, FdKind},
     proc::{self, FdLink, ThreadInfo},
@@ -32,9 +32,12 @@ pub struct ScanFixes {
 impl Ledger {
     /// Call before reading /proc for `pid`: from now until [`Ledger::apply_scan`]
     /// the ledger remembers which fds and threads events changed.
-    pub fn begin_scan(&mut self, pid: u32) {
+    pub fn begin_scan(&mut self, pid: u32, now_ns: u64) {
         if let Some(process) = self.processes.get_mut(&pid) {
-            process.touched = Some(Touched::default());
+            process.touched = Some(Touched {
+                began_ns: now_ns,
+                ..Touched::default()
+            });
         }
     }
 
@@ -89,14 +92,15 @@ impl Ledger {
         let mut released = Vec::new();
         for link in &scan.fds {
             in_proc.insert(link.fd);
-            if touched.fd(link.fd) {
-                continue;
-            }
             let inode = if link.target.starts_with("socket:[") {
                 proc::link_inode(&link.target).unwrap_or(0)
             } else {
                 0
             };
+            if touched.fd(link.fd) {
+                bind_socket_born_before(process, &touched, link, inode);
+                continue;
+            }
             let known = process.fds.get(&link.fd).map(|e| (e.provisional, e.kind));
             match known {
                 Some((true, _)) => {
@@ -177,5 +181,30 @@ impl Ledger {
             c.reconcile_threads_removed += fixes.threads_removed;
         }
         fixes
+    }
+}
+
+/// A socket fd that events touched during the scan but that was created
+/// before the scan began, with no inode yet, takes the inode the scan read:
+/// its creation was held back in the kernel and shipped by the scan's own
+/// flush (the thread left that CPU), or a close of the same number that an
+/// earlier creation cancelled is still counted in flight. Any close of it
+/// since would have removed it and any reuse would be born later, so /proc
+/// showed this socket. Without this it stayed unbound, without state or
+/// endpoints, until the next reconciliation.
+fn bind_socket_born_before(process: &mut Process, touched: &Touched, link: &FdLink, inode: u64) {
+    if inode == 0 {
+        return;
+    }
+    let Some(mut held) = process.fds.get_mut(&link.fd) else {
+        return;
+    };
+    let entry = &held.entry;
+    if entry.inode == 0
+        && !entry.provisional
+        && entry.kind.is_socket()
+        && entry.birth.ts_ns < touched.began_ns
+    {
+        held.set_inode(inode);
     }
 }

@@ -201,6 +201,8 @@ pub struct ReleasedRange {
 /// of them may be older than the ledger's, so reconciliation leaves them be.
 #[derive(Clone, Debug, Default)]
 pub struct Touched {
+    /// When the scan began (before /proc was read).
+    pub began_ns: u64,
     pub fds: FastSet<u32>,
     /// close_range()s, which may name more numbers than a set should hold.
     pub fd_ranges: Vec<(u32, u32)>,

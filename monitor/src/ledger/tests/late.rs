@@ -119,7 +119,7 @@ fn a_late_creation_inside_a_later_close_range_is_dropped() {
 #[test]
 fn a_late_creation_replaces_what_reconciliation_found_for_it() {
     let mut ledger = ledger_with_process();
-    ledger.begin_scan(PID);
+    ledger.begin_scan(PID, 0);
     let scan = Scan {
         fds: vec![FdLink {
             fd: 9,
