@@ -52,13 +52,33 @@ fn random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc() {
     if !require_root("random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc") {
         return;
     }
-    let dir = scratch_dir("mix");
-    let daemon = Daemon::start(&dir, &["--match-comm", "lmw-mix"]);
-    // Four threads on two CPUs for 3 s: numbers reused across threads and
-    // CPUs, creations held back and cancelled, closes by another thread.
-    // Not `mix-wide`: in the emulated VMs (which run this test) it failed
-    // twice in some twelve runs, not understood yet (see the README).
-    let (workload, before, mixed) = churn(&dir, &daemon, "lmw-mix", "mix", &[]);
+    // The first mix: the emulated VMs run this test ("ledger" in its name).
+    churn_ends_with_the_ledger_equal_to_proc("mix");
+}
+
+/// The wide mix adds copies received by SCM_RIGHTS, dup3 onto numbers in
+/// use, close_range over runs of them and children that exec. On the host
+/// only (not named for the VM runs): under emulation it failed once in 54
+/// runs after the fixes it found (a child's ledger kept fds its exec had
+/// closed; cause not established, see the README).
+#[test]
+fn wide_random_fd_churn_on_every_cpu_ends_as_proc_from_records_alone() {
+    if !require_root("wide_random_fd_churn_on_every_cpu_ends_as_proc_from_records_alone") {
+        return;
+    }
+    churn_ends_with_the_ledger_equal_to_proc("mix-wide");
+}
+
+/// Four threads on two CPUs for 3 s (`mode`, see the workload's mix.rs):
+/// numbers reused across threads and CPUs, creations held back and
+/// cancelled, closes by another thread. The ledger ends equal to /proc
+/// from the records alone.
+fn churn_ends_with_the_ledger_equal_to_proc(mode: &str) {
+    let dir = scratch_dir(mode);
+    // The ledger's debug lines say which creation found its number held.
+    let env = [("RUST_LOG", "info,monitor::ledger=debug,monitor::engine=debug")];
+    let daemon = Daemon::start_with_env(&dir, &["--match-comm", "lmw-mix"], &env);
+    let (workload, before, mixed) = churn(&dir, &daemon, "lmw-mix", mode, &[]);
     // The workload's own ledger from the records alone: nothing was lost
     // (checked first: after a loss the rest may differ until reconciled),
     // and no fd in it was found by a reconciliation.
@@ -137,10 +157,12 @@ fn random_fd_churn_on_every_cpu_ends_with_the_ledger_equal_to_proc() {
     // (a ghost that a later reuse of the number would have hidden). A
     // creation that its close on another CPU overtook is dropped, not
     // applied (`late_opens_stale`; applying it fails this, in 59 of 616k).
+    let log = daemon.log_text();
+    let missed: Vec<&str> = log.lines().filter(|l| l.contains("still held")).collect();
     assert_eq!(
         counter(&status, &["ledger", "missed_releases"]),
         counter(&before, &["ledger", "missed_releases"]),
-        "{}",
+        "{}\n{missed:#?}",
         status["ledger"]
     );
     workload.exit();

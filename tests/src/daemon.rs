@@ -207,9 +207,10 @@ impl Daemon {
     /// The ledger of `pid` once it holds exactly the fds /proc holds (by
     /// number), after a `sync` each time; fails after `timeout`.
     pub fn await_ledger_is_proc(&self, pid: u32, timeout: Duration) -> Value {
-        let proc: Vec<u64> = crate::truth::proc_fds(pid).keys().map(|fd| *fd as u64).collect();
         let deadline = Instant::now() + timeout;
         loop {
+            // Read each time: the process may still be changing (an exec).
+            let proc: Vec<u64> = crate::truth::proc_fds(pid).keys().map(|fd| *fd as u64).collect();
             self.sync();
             let ledger = self.ledger(pid);
             let held: Vec<u64> = ledger["fds"]
@@ -223,10 +224,18 @@ impl Daemon {
             }
             let missing: Vec<&u64> = proc.iter().filter(|fd| !held.contains(fd)).collect();
             let extra: Vec<&u64> = held.iter().filter(|fd| !proc.contains(fd)).collect();
-            assert!(
-                Instant::now() < deadline,
-                "the ledger of {pid} still differs from /proc after {timeout:?}: missing {missing:?}, extra {extra:?}"
-            );
+            if Instant::now() >= deadline {
+                let says = format!("pid={pid}");
+                let log = self.log_text();
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains(&says)).collect();
+                let process = [("comm", &ledger["comm"]), ("reason", &ledger["reason"])];
+                panic!(
+                    "the ledger of {pid} ({process:?}, /proc cmdline {:?}) still differs from /proc \
+                     after {timeout:?}: missing {missing:?}, extra {extra:?}; its log lines:\n{lines:#?}",
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                );
+            }
             thread::sleep(Duration::from_millis(100));
         }
     }

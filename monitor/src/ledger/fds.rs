@@ -1,6 +1,7 @@
 //! fd events: creation, release, failures, fds received by SCM_RIGHTS.
 
 use monitor_common::{EventHeader, FdEvent, NO_FD, syscalls as nr};
+use tracing::debug;
 
 use super::{
     Birth, FAILURES_KEPT, FailedSyscall, FdEntry, FdId, FollowUp, Ledger, Origin, Process, RANGES_KEPT,
@@ -11,6 +12,9 @@ use crate::{
     engine::cmsg,
     fdkind::{self, FdKind},
 };
+
+/// close_ranges of at most this many numbers are remembered per number.
+const SHORT_RANGE: u32 = 64;
 
 /// Dups with no known source kept per process (`Process::orphan_copies`).
 const ORPHANS_KEPT: usize = 16;
@@ -90,7 +94,10 @@ impl Ledger {
                     // dup2 closed what the number held: a late dup may copy it.
                     process.fd_closed(fd, h.ts_ns, old);
                     counters.replaced_by_dup += 1;
+                } else if closed_by_exec(process.exec_ns, &old, h.ts_ns) {
+                    counters.exec_cloexec_closed += 1;
                 } else if !old.birth.origin.is_unseen() {
+                    missed_release(h.tgid, fd, &old, h.syscall, h.ts_ns);
                     counters.missed_releases += 1;
                 }
             }
@@ -232,15 +239,26 @@ impl Ledger {
             // The kernel refused it (EINVAL): nothing was closed.
             return;
         }
-        push_bounded(
-            &mut process.released_ranges,
-            ReleasedRange {
-                first,
-                last,
-                ts_ns: h.ts_ns,
-            },
-            RANGES_KEPT,
-        );
+        // A short range is remembered per number, as a close is: a process
+        // closing runs of numbers thousands of times a second would push a
+        // range out of the few kept before a creation it closed (held back
+        // on another CPU) arrives, and that creation would stay as a ghost.
+        if last - first < SHORT_RANGE {
+            for fd in first..=last {
+                let at = process.released_at.entry(fd).or_default();
+                *at = (*at).max(h.ts_ns);
+            }
+        } else {
+            push_bounded(
+                &mut process.released_ranges,
+                ReleasedRange {
+                    first,
+                    last,
+                    ts_ns: h.ts_ns,
+                },
+                RANGES_KEPT,
+            );
+        }
         // Walked by number when the range is shorter than the table (a few
         // fds closed at once), else by the table (close_range(3, ~0U) before
         // an exec): a process that does many of either pays per fd closed,
@@ -324,8 +342,13 @@ impl Ledger {
             };
             let (old, let_go) = process.fds.insert(fd, entry);
             released.extend(let_go);
-            if old.is_some_and(|old| !old.birth.origin.is_unseen()) {
-                counters.missed_releases += 1;
+            if let Some(old) = old.filter(|old| !old.birth.origin.is_unseen()) {
+                if closed_by_exec(process.exec_ns, &old, h.ts_ns) {
+                    counters.exec_cloexec_closed += 1;
+                } else {
+                    missed_release(h.tgid, fd, &old, h.syscall, h.ts_ns);
+                    counters.missed_releases += 1;
+                }
             }
             counters.fds_received += 1;
         }
@@ -338,6 +361,32 @@ impl Ledger {
             FollowUp::Reconcile(vec![h.tgid])
         }
     }
+}
+
+/// Whether `old`, found holding the number of a creation at `ts_ns`, was
+/// closed by the exec between them (close-on-exec, without a record). The
+/// fds kept at an exec are those /proc listed when the daemon handled it,
+/// by then maybe a number the new program had opened again (the dynamic
+/// loader's open of a library): its old entry stayed until this creation.
+fn closed_by_exec(exec_ns: u64, old: &FdEntry, ts_ns: u64) -> bool {
+    exec_ns != 0 && old.birth.ts_ns < exec_ns && exec_ns <= ts_ns
+}
+
+/// Says which creation found its number still held (`missed_releases`
+/// counts them): what held it and since when, to trace the lost release.
+fn missed_release(pid: u32, fd: u32, old: &FdEntry, syscall: u32, ts_ns: u64) {
+    debug!(
+        pid,
+        fd,
+        held_kind = ?old.kind,
+        held_syscall = old.birth.syscall,
+        held_origin = ?old.birth.origin,
+        held_since_ns = old.birth.ts_ns,
+        held_tid = old.birth.tid,
+        syscall,
+        ts_ns,
+        "a creation found its number still held: its release was missed"
+    );
 }
 
 impl Process {

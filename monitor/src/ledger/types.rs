@@ -129,7 +129,8 @@ pub struct FailedSyscall {
 
 /// How many recent failures a process keeps (the total is counted apart).
 pub const FAILURES_KEPT: usize = 64;
-/// close_ranges kept to judge late creations by (they are rare: a few per exec).
+/// Long close_ranges kept to judge late creations by (they are rare: a few
+/// per exec); short ones are kept per number (`released_at`).
 pub const RANGES_KEPT: usize = 16;
 
 #[derive(Debug)]

@@ -192,6 +192,29 @@ fn exec_keeps_only_the_fds_still_open_and_one_thread() {
     assert_eq!(ledger.counters.exec_cloexec_closed, 1);
 }
 
+/// The exec closed fd 5 (close-on-exec), but the new program had opened 5
+/// again when the daemon listed its fds: the old entry was kept, and the
+/// program's creation of 5 finds it. That is the exec's close, not a
+/// missed one (seen in the wide churn's exec'ing children).
+#[test]
+fn a_creation_after_an_exec_replaces_what_the_exec_closed() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5); // at 10
+    task(&mut ledger, EventKind::Exec, PID, task_flags::WAS_WATCHED, PID); // at 20
+    ledger.exec_happened(PID, PID, comm_from("nova-compute"), vec![], &HashSet::from([5]));
+    let mut again = fd_event(EventKind::FdOpen, nr::OPENAT, 5, NO_FD, NO_FD, 0);
+    again.header.ts_ns = 30;
+    ledger.apply(&Event::Fd(EventKind::FdOpen, again));
+    assert_eq!(ledger.processes[&PID].fds[&5].birth.ts_ns, 30);
+    let c = &ledger.counters;
+    assert_eq!((c.missed_releases, c.exec_cloexec_closed), (0, 1));
+    // Before the exec, the same finding is a missed release.
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5);
+    ledger.apply(&Event::Fd(EventKind::FdOpen, again));
+    assert_eq!(ledger.counters.missed_releases, 1);
+}
+
 #[test]
 fn received_rights_become_fds_and_a_cut_capture_asks_for_reconcile() {
     let mut ledger = ledger_with_process();

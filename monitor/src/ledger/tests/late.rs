@@ -217,3 +217,25 @@ fn a_late_dup_copies_its_source_as_it_was_though_closed_and_reused_since() {
     assert_eq!(fds[&11].kind, FdKind::File, "dup2 put a copy of the file there");
     assert_eq!((fds[&20].kind, fds[&21].kind), (FdKind::Epoll, FdKind::Pipe));
 }
+
+/// A thread made fd 40 (held back on its CPU), moved, and closed it with a
+/// close_range among many short ones (a process closing runs of its
+/// numbers): however many came after, the late creation is still stale.
+#[test]
+fn a_late_creation_closed_by_one_of_many_short_close_ranges_is_dropped() {
+    let mut ledger = ledger_with_process();
+    ledger.apply(&at(EventKind::FdCloseRange, nr::CLOSE_RANGE, 40, 47, 200));
+    for i in 0..100 {
+        let first = 100 + 8 * i;
+        ledger.apply(&at(
+            EventKind::FdCloseRange,
+            nr::CLOSE_RANGE,
+            first,
+            first + 7,
+            300 + u64::from(i),
+        ));
+    }
+    late(&mut ledger, nr::DUP3, 40, NO_FD, 100);
+    assert_eq!(fds(&ledger), [] as [u32; 0]);
+    assert_eq!(ledger.counters.late_opens_stale, 1);
+}
