@@ -4,8 +4,8 @@ use monitor_common::{EventHeader, FdEvent, NO_FD, syscalls as nr};
 use tracing::debug;
 
 use super::{
-    Birth, FAILURES_KEPT, FailedSyscall, FdEntry, FdId, FollowUp, Ledger, Origin, Process, RANGES_KEPT,
-    ReleasedRange, WatchReason,
+    Birth, FAILURES_KEPT, FailedSyscall, FdEntry, FdId, FollowUp, Ledger, LedgerCounters, Origin, Process,
+    RANGES_KEPT, ReleasedRange, WatchReason,
 };
 use crate::{
     bounded::push_bounded,
@@ -94,11 +94,8 @@ impl Ledger {
                     // dup2 closed what the number held: a late dup may copy it.
                     process.fd_closed(fd, h.ts_ns, old);
                     counters.replaced_by_dup += 1;
-                } else if closed_by_exec(process.exec_ns, &old, h.ts_ns) {
-                    counters.exec_cloexec_closed += 1;
-                } else if !old.birth.origin.is_unseen() {
-                    missed_release(h.tgid, fd, &old, h.syscall, h.ts_ns);
-                    counters.missed_releases += 1;
+                } else {
+                    found_held(counters, process.exec_ns, h, fd, &old);
                 }
             }
         }
@@ -342,13 +339,8 @@ impl Ledger {
             };
             let (old, let_go) = process.fds.insert(fd, entry);
             released.extend(let_go);
-            if let Some(old) = old.filter(|old| !old.birth.origin.is_unseen()) {
-                if closed_by_exec(process.exec_ns, &old, h.ts_ns) {
-                    counters.exec_cloexec_closed += 1;
-                } else {
-                    missed_release(h.tgid, fd, &old, h.syscall, h.ts_ns);
-                    counters.missed_releases += 1;
-                }
+            if let Some(old) = old {
+                found_held(counters, process.exec_ns, h, fd, &old);
             }
             counters.fds_received += 1;
         }
@@ -363,30 +355,30 @@ impl Ledger {
     }
 }
 
-/// Whether `old`, found holding the number of a creation at `ts_ns`, was
-/// closed by the exec between them (close-on-exec, without a record). The
+/// A creation (`h`) found `old` holding its number: the exec since closed
+/// it (close-on-exec, without a record), or its release was missed. The
 /// fds kept at an exec are those /proc listed when the daemon handled it,
 /// by then maybe a number the new program had opened again (the dynamic
 /// loader's open of a library): its old entry stayed until this creation.
-fn closed_by_exec(exec_ns: u64, old: &FdEntry, ts_ns: u64) -> bool {
-    exec_ns != 0 && old.birth.ts_ns < exec_ns && exec_ns <= ts_ns
-}
-
-/// Says which creation found its number still held (`missed_releases`
-/// counts them): what held it and since when, to trace the lost release.
-fn missed_release(pid: u32, fd: u32, old: &FdEntry, syscall: u32, ts_ns: u64) {
-    debug!(
-        pid,
-        fd,
-        held_kind = ?old.kind,
-        held_syscall = old.birth.syscall,
-        held_origin = ?old.birth.origin,
-        held_since_ns = old.birth.ts_ns,
-        held_tid = old.birth.tid,
-        syscall,
-        ts_ns,
-        "a creation found its number still held: its release was missed"
-    );
+/// A missed release is logged at debug: what held the number, since when.
+fn found_held(counters: &mut LedgerCounters, exec_ns: u64, h: &EventHeader, fd: u32, old: &FdEntry) {
+    if exec_ns != 0 && old.birth.ts_ns < exec_ns && exec_ns <= h.ts_ns {
+        counters.exec_cloexec_closed += 1;
+    } else if !old.birth.origin.is_unseen() {
+        counters.missed_releases += 1;
+        debug!(
+            pid = h.tgid,
+            fd,
+            held_kind = ?old.kind,
+            held_syscall = old.birth.syscall,
+            held_origin = ?old.birth.origin,
+            held_since_ns = old.birth.ts_ns,
+            held_tid = old.birth.tid,
+            syscall = h.syscall,
+            ts_ns = h.ts_ns,
+            "a creation found its number still held: its release was missed"
+        );
+    }
 }
 
 impl Process {

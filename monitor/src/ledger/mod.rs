@@ -170,8 +170,8 @@ impl Ledger {
             })
     }
 
-    /// Fds whose kind is still a guess, for the engine to look up in /proc.
-    /// The fds of `pid` whose kind is a guess, with their births (ns).
+    /// The fds of `pid` whose kind is still a guess, with their births (ns),
+    /// for the engine to look up in /proc.
     pub fn provisional_fds(&self, pid: u32) -> Vec<(u32, u64)> {
         self.processes.get(&pid).map_or_else(Vec::new, |p| {
             p.fds
