@@ -186,6 +186,48 @@ fn exec_drops_close_on_exec_fds() {
     workload.exit();
 }
 
+/// An exec while a reconciliation drains for its 50 ms hold: the scan read
+/// the old program's fds, and applied it would put back every fd the exec
+/// closed (as found by reconciliation, until the next periodic one). Rounds
+/// with varied delays until an exec lands in that window, which the
+/// daemon's debug line names.
+#[test]
+fn an_exec_during_a_reconciliation_leaves_the_ledger_as_proc() {
+    if !require_root("an_exec_during_a_reconciliation_leaves_the_ledger_as_proc") {
+        return;
+    }
+    let dir = scratch_dir("exec-reconcile");
+    let env = [("RUST_LOG", "info,monitor::engine=debug")];
+    let daemon = Daemon::start_with_env(&dir, &["--match-comm", "lmw-execrec"], &env);
+    let mut workload = Workload::spawn(&dir, "lmw-execrec", &["serve"]);
+    let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
+    let discarded = |log: &str| {
+        (log.lines())
+            .filter(|l| l.contains("exec'd before its scan was applied") && l.contains(&format!("pid={pid}")))
+            .count()
+    };
+    for round in 0..20 {
+        workload.send("cloexec 100");
+        workload.expect("cloexec");
+        assert_ledger_is_proc(&daemon, pid);
+        let before = discarded(&daemon.log_text());
+        workload.send(&format!("exec {}", 2 + (round * 7) % 40));
+        let fixes = daemon.request(serde_json::json!({"request": "reconcile"}));
+        workload.expect("execed");
+        assert_eq!(fixes["fds_added"], 0, "round {round}: {fixes}");
+        daemon.await_ledger_is_proc(pid, std::time::Duration::from_secs(5));
+        if discarded(&daemon.log_text()) > before {
+            eprintln!("the exec of round {round} landed during the reconciliation");
+            workload.exit();
+            return;
+        }
+    }
+    panic!(
+        "no exec landed during a reconciliation in 20 rounds\n{}",
+        daemon.log_text()
+    );
+}
+
 #[test]
 fn emfile_is_recorded_with_syscall_and_thread() {
     if !require_root("emfile_is_recorded_with_syscall_and_thread") {

@@ -213,6 +213,10 @@ impl Engine {
                     Err(_) => return self.stop_watching(pid, "exited after exec"),
                 };
                 self.ledger.exec_happened(pid, old_tid, comm, info.cmdline, &open);
+                // The new program may have reopened a number the exec closed
+                // before /proc was listed, and closed it again on one CPU (both
+                // records cancelled): the old entry would stay. Read it again.
+                self.reconcile_soon.insert(pid);
                 if let Some(process) = self.ledger.processes.get_mut(&pid) {
                     process.reason = reason;
                 }
@@ -291,8 +295,9 @@ impl Engine {
         for (pid, scan) in scans {
             if !self.ledger.scan_begun(pid) {
                 // It exited during the hold, and its pid may be another
-                // watched process's already: the scan is not that one's.
-                debug!(pid, "process gone before its scan was applied");
+                // watched process's already: the scan is not that one's. Or
+                // it exec'd: the scan is the old program's (read again soon).
+                debug!(pid, "process gone or exec'd before its scan was applied");
                 continue;
             }
             match scan {

@@ -128,7 +128,9 @@ impl Ledger {
     }
 
     /// After exec: the exec'ing thread is the only one left and owns the
-    /// tgid; fds not in `open_fds` were closed on exec.
+    /// tgid; fds not in `open_fds` were closed on exec. A scan of the process
+    /// begun before (a reconciliation draining while its hold passes) read
+    /// the old program's table: it is discarded, not applied.
     pub fn exec_happened(
         &mut self,
         pid: u32,
@@ -142,6 +144,9 @@ impl Ledger {
         };
         process.comm = comm_str(&comm);
         process.cmdline = cmdline;
+        // Applied, it would put back every fd the exec closed, as found by
+        // reconciliation, until the next one.
+        process.touched = None;
         let survivor = process
             .threads
             .get(&old_tid)

@@ -187,3 +187,19 @@ fn a_touched_socket_created_before_the_scan_takes_the_inode_it_listed() {
     assert!(ledger.sockets.contains_key(&41));
     assert!(!ledger.sockets.contains_key(&42));
 }
+
+/// A reconciliation read /proc (fds 5 and 6 open), then, while it waited
+/// for held-back records, the process exec'd and closed 5 on exec. Its scan
+/// is the old program's: applied, it would put 5 back as found by
+/// reconciliation (seen in the wide churn: an exec'ing child kept 581
+/// closed fds until the periodic reconciliation).
+#[test]
+fn an_exec_during_a_scan_discards_it() {
+    let mut ledger = ledger_with_process();
+    open(&mut ledger, nr::OPENAT, 5);
+    open(&mut ledger, nr::OPENAT, 6);
+    ledger.begin_scan(PID, 50);
+    ledger.exec_happened(PID, PID, comm_from("nova-compute"), vec![], &HashSet::from([6]));
+    assert!(!ledger.scan_begun(PID));
+    assert_eq!(fds(&ledger), [6]);
+}

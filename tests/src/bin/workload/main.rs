@@ -13,7 +13,8 @@
 //!   serve          nothing but the commands below
 //!   http-early A   connect to A at once, then serve (see http.rs)
 //! It prints one JSON line per event on stdout and then obeys commands on
-//! stdin: `exec`, `emfile`, `unhooked`, `exit`, and for sockets `connect ADDR
+//! stdin: `exec [MS]` (after MS ms), `cloexec N` (N close-on-exec fds kept),
+//! `emfile`, `unhooked`, `exit`, and for sockets `connect ADDR
 //! [plain|nonblock|syncnt1|dupfirst|forkfirst|forkmoved]`, `close FD`, `share FD`, `churn N KEEP`, and
 //! `http-call ADDR PATH` (resources born during an HTTP call, see http.rs);
 //! `short-lived N`, `overtaken-ready` and `overtaken-go` (fds the probes hold
@@ -69,18 +70,14 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             ),
             "http-send" => http::send(number(1), words.get(2).copied().unwrap_or("/")),
             "short-lived" => held::short_lived(number(1) as usize),
+            "cloexec" => open_cloexec(number(1) as usize),
+            "exec" => reexec(number(1) as u64),
             "overtaken-ready" => held::overtaken_ready(),
             "overtaken-go" => held::overtaken_go(),
             _ => {}
         }
         match command.trim() {
             "exit" => std::process::exit(0),
-            // Re-exec through argv[0] (the test's symlink) to keep the comm.
-            "exec" => {
-                let argv0 = std::env::args().next().unwrap();
-                let err = std::process::Command::new(&argv0).arg("after-exec").exec();
-                panic!("exec {argv0}: {err}");
-            }
             "emfile" => emfile(),
             "unhooked" => unhooked(),
             other
@@ -92,6 +89,7 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
                     "http-call",
                     "http-send",
                     "short-lived",
+                    "cloexec",
                     "overtaken-ready",
                     "overtaken-go",
                 ]
@@ -100,6 +98,23 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             other => panic!("unknown command {other:?}"),
         }
     }
+}
+
+/// Re-execs through argv[0] (the test's symlink, to keep the comm) after
+/// `delay_ms`.
+fn reexec(delay_ms: u64) -> ! {
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let argv0 = std::env::args().next().unwrap();
+    let err = std::process::Command::new(&argv0).arg("after-exec").exec();
+    panic!("exec {argv0}: {err}");
+}
+
+/// Opens `n` fds that an exec closes (std opens with O_CLOEXEC) and keeps them.
+fn open_cloexec(n: usize) {
+    let fds: Vec<i32> = (0..n)
+        .map(|_| std::fs::File::open("/dev/null").unwrap().into_raw_fd())
+        .collect();
+    say(json!({"event": "cloexec", "fds": fds}));
 }
 
 /// Lowers RLIMIT_NOFILE to just above what is open and opens until EMFILE.
