@@ -4,6 +4,7 @@
 
 mod alerts;
 mod calls;
+mod calls_early;
 mod churn;
 mod discovery;
 mod ledger;

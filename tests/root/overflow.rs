@@ -138,3 +138,31 @@ fn a_full_socket_tracking_map_is_counted_and_said_once() {
     assert_eq!(daemon.log_text().matches(said).count(), 1, "{}", status["kernel"]);
     workload.send("exit");
 }
+
+/// The same room, filled by user space: a process's five TCP sockets
+/// (a listener and two connected pairs), opened before the daemon started,
+/// go into the HTTP capture's map at every housekeeping. The three it
+/// cannot take are counted once each, however often they are offered again,
+/// and said once.
+#[test]
+fn socket_fds_older_than_the_daemon_that_do_not_fit_are_counted_once() {
+    let test = "socket_fds_older_than_the_daemon_that_do_not_fit_are_counted_once";
+    if !require_root(test) {
+        return;
+    }
+    let dir = scratch_dir("seeds-full");
+    let mut workload = Workload::spawn(&dir, "lmw-seeds", &["bulk", "0", "0", "2", "0", "0"]);
+    workload.expect("ready");
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &["--match-comm", "lmw-seeds"],
+        &[("LEAKMON_TEST_TRACKING_ENTRIES", "2")],
+    );
+    let since = daemon.status()["uptime_s"].as_f64().unwrap();
+    let status = daemon.await_status("three housekeeping passes", REPAIRED_WITHIN, |s| {
+        s["uptime_s"].as_f64().unwrap() > since + 3.5
+    });
+    assert_eq!(status["kernel"]["tracking_full"], 3, "{}", status["kernel"]);
+    assert_eq!(daemon.log_text().matches("socket maps are full").count(), 1);
+    workload.send("exit");
+}

@@ -508,13 +508,12 @@ impl Engine {
                 .is_some_and(|e| e.kind == FdKind::SocketTcp)
         };
         self.probes.collect_socket_fds(tcp_fd);
-        for (pid, process) in &self.ledger.processes {
-            for (fd, entry) in process.fds.iter() {
-                if entry.kind == FdKind::SocketTcp && entry.birth.origin.is_unseen() {
-                    self.probes.track_socket_fd(*pid, *fd);
-                }
-            }
-        }
+        let unseen = (self.ledger.processes.iter()).flat_map(|(pid, process)| {
+            (process.fds.iter())
+                .filter(|(_, entry)| entry.kind == FdKind::SocketTcp && entry.birth.origin.is_unseen())
+                .map(|(fd, _)| (*pid, *fd))
+        });
+        self.probes.seed_socket_fds(unseen);
     }
 
     /// Names the kind of fds the syscall could not (open: file or dir?

@@ -300,8 +300,9 @@ impl Engine {
             self.tracking_full_logged = true;
             warn!(
                 untracked = kernel.tracking_full,
-                "the probes' socket maps are full: new TCP sockets of watched processes go untracked \
-                 (counted in kernel.tracking_full); their states wait for the periodic reconciliation"
+                "the probes' socket maps are full: TCP sockets of watched processes go untracked \
+                 (counted in kernel.tracking_full): their states wait for the periodic reconciliation, \
+                 their HTTP calls go unseen"
             );
         }
         let lost = kernel.lost_total;

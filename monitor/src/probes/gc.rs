@@ -8,7 +8,7 @@
 //! period longer than any drain delay.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::Hash,
     time::{Duration, Instant},
 };
@@ -51,9 +51,53 @@ impl<K: Hash + Eq + Copy> Suspects<K> {
     }
 }
 
+/// Seeds (entries user space puts in a probes map for sockets the probes
+/// did not see being opened) that the map refused, full: each counted once
+/// (`kernel.tracking_full`) however often it is seeded again.
+#[derive(Debug)]
+pub struct Refused<K> {
+    keys: HashSet<K>,
+    pub total: u64,
+}
+
+impl<K> Default for Refused<K> {
+    fn default() -> Self {
+        Refused {
+            keys: HashSet::new(),
+            total: 0,
+        }
+    }
+}
+
+impl<K: Hash + Eq> Refused<K> {
+    /// Forgets the keys not seeded any more (their sockets went away).
+    pub fn keep_only(&mut self, seeded: &HashSet<K>) {
+        self.keys.retain(|key| seeded.contains(key));
+    }
+
+    /// The map refused `key`: true the first time.
+    pub fn note(&mut self, key: K) -> bool {
+        let new = self.keys.insert(key);
+        self.total += u64::from(new);
+        new
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_seed_counts_once_while_it_is_seeded() {
+        let mut refused = Refused::default();
+        assert!(refused.note(7));
+        assert!(!refused.note(7), "seeded again each housekeeping");
+        assert!(refused.note(8));
+        refused.keep_only(&HashSet::from([8]));
+        // Fd 7's socket went; a new one on that number is another refusal.
+        assert!(refused.note(7));
+        assert_eq!(refused.total, 3);
+    }
 
     #[test]
     fn only_keys_unaccounted_for_the_whole_grace_period_go() {

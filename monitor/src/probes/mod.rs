@@ -11,12 +11,12 @@ pub mod tls;
 pub mod tracefs;
 mod watched;
 
-use std::time::Instant;
+use std::{collections::HashSet, time::Instant};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use monitor_common::{
@@ -86,6 +86,8 @@ pub struct Probes {
     tuples: HashMap<MapData, Tuple, SockOwner>,
     /// Map entries user space cannot account for yet (gc.rs).
     suspects: MapSuspects,
+    /// Socket fds user space seeded that SOCK_FDS refused (gc.rs).
+    refused_socket_fds: gc::Refused<u64>,
     pub hooks: Vec<HookStatus>,
     pub tracefs_mounted_by_us: bool,
     /// Why the probes cannot walk from an fd to its socket, if they cannot
@@ -210,6 +212,7 @@ impl Probes {
             sock_fds: take(&mut ebpf, maps::SOCK_FDS)?,
             tls: tls::Tls::default(),
             suspects: MapSuspects::default(),
+            refused_socket_fds: gc::Refused::default(),
             deferral,
             config,
             kernel,
@@ -300,16 +303,33 @@ impl Probes {
         self.tls.detach(&mut self.ebpf, pid);
     }
 
-    /// Lets the HTTP capture see a TCP socket fd the probes did not see
-    /// being created (opened before the daemon watched the process).
-    pub fn track_socket_fd(&mut self, pid: u32, fd: u32) {
-        let state = StreamState {
-            last_dir: data_flags::READ,
-            fd,
-            ..StreamState::default()
-        };
-        if let Err(e) = self.sock_fds.insert(((pid as u64) << 32) | fd as u64, state, 0) {
-            debug!(error = %e, "SOCK_FDS is full");
+    /// Lets the HTTP capture see the TCP socket fds `(pid, fd)` the probes
+    /// did not see being created (opened before the daemon watched the
+    /// process): all of them, at every call. An fd the probes have keeps its
+    /// stream state: overwriting it (as every housekeeping did) in the middle
+    /// of a call made its answer look like more of the request, and the call
+    /// lost its status. One the map refuses is counted once in
+    /// `kernel.tracking_full`.
+    pub fn seed_socket_fds(&mut self, fds: impl IntoIterator<Item = (u32, u32)>) {
+        let keys: HashSet<u64> = (fds.into_iter())
+            .map(|(pid, fd)| ((pid as u64) << 32) | fd as u64)
+            .collect();
+        self.refused_socket_fds.keep_only(&keys);
+        for key in keys {
+            let state = StreamState {
+                last_dir: data_flags::READ,
+                fd: key as u32,
+                ..StreamState::default()
+            };
+            match self.sock_fds.insert(key, state, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    if self.refused_socket_fds.note(key) {
+                        debug!(pid = key >> 32, fd = key as u32, error = %e, "SOCK_FDS refused a socket fd");
+                    }
+                }
+            }
         }
     }
 
@@ -376,11 +396,14 @@ impl Probes {
         counters.wakeups = read(counter::WAKEUPS);
         counters.exec_wakeups = read(counter::EXEC_WAKEUPS);
         counters.short_lived_fds = read(counter::SHORT_LIVED);
-        counters.tracking_full = read(counter::TRACKING_FULL);
+        counters.tracking_full = read(counter::TRACKING_FULL) + self.refused_socket_fds.total;
         counters.held_back = self.deferral.as_ref().map(|d| d.counters.clone());
         counters
     }
 }
+
+/// bpf_map_update_elem's flag: only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// Like `LEAKMON_TEST_REFUSE_HOOKS` (hooks.rs), a fault switch for tests
 /// only: room for this many sockets in the maps that track them, so that a

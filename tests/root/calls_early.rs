@@ -1,0 +1,94 @@
+//! HTTP calls on connections the daemon did not see being opened: right
+//! after an exec it had not handled yet, or before it started.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tests::{daemon::Daemon, require_root, scratch_dir, workload::Workload};
+
+const NODE: &str = "5d8f0b6a-3c1e-4a2b-9c7d-1e2f3a4b5c6d";
+
+/// Answers every request on every connection with 200 after `delay`, until
+/// the test ends.
+fn answering_server(delay: Duration) -> SocketAddr {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in server.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut request = [0u8; 4096];
+                while conn.read(&mut request).is_ok_and(|n| n > 0) {
+                    std::thread::sleep(delay);
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    if conn.write_all(answer).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The daemon's completed calls of `pid`, each as (kind, status).
+fn recent_calls(daemon: &Daemon, pid: u32) -> Vec<(Value, Value)> {
+    daemon.sync();
+    let calls = daemon.request(json!({"request": "calls", "pid": pid}));
+    (calls["recent"].as_array().unwrap().iter())
+        .map(|call| (call["kind"].clone(), call["status"].clone()))
+        .collect()
+}
+
+#[test]
+fn a_connection_made_right_after_exec_is_captured() {
+    let test = "calls-early";
+    if !require_root(test) {
+        return;
+    }
+    // The workload connects before the daemon can have handled its exec:
+    // the probes track the socket at once, and the daemon must not mistake
+    // the entry for a stale one while the socket's events are still queued.
+    let addr = answering_server(Duration::ZERO);
+    let (daemon, mut workload, ready) =
+        tests::watched_workload(test, "lm-early", &["http-early", &addr.to_string()]);
+    // Past the daemon's housekeeping (which collects stale entries) twice.
+    let status = daemon.status();
+    let since = status["uptime_s"].as_f64().unwrap();
+    daemon.await_status("two housekeeping passes", Duration::from_secs(10), |s| {
+        s["uptime_s"].as_f64().unwrap() > since + 2.5
+    });
+    workload.send(&format!("http-send {} /v1/nodes/{NODE}", ready["fd"]));
+    workload.expect("sent");
+    assert_eq!(
+        recent_calls(&daemon, workload.pid),
+        [(json!("node_get"), json!(200))]
+    );
+}
+
+/// A keep-alive connection opened before the daemon started, like the pool
+/// nova-compute holds to Ironic when leakmon is (re)started: every call on
+/// it keeps its answer, also one that takes longer than the daemon's
+/// once-a-second housekeeping.
+#[test]
+fn calls_on_a_connection_older_than_the_daemon_keep_their_answers() {
+    let test = "calls-older";
+    if !require_root(test) {
+        return;
+    }
+    let addr = answering_server(Duration::from_millis(600));
+    let dir = scratch_dir(test);
+    let mut workload = Workload::spawn(&dir, "lm-older", &["http-early", &addr.to_string()]);
+    let fd = workload.expect("ready")["fd"].clone();
+    let daemon = Daemon::start(&dir, &["--match-comm", "lm-older"]);
+    for _ in 0..5 {
+        workload.send(&format!("http-send {fd} /v1/nodes/{NODE}"));
+        workload.expect("sent");
+    }
+    let called = recent_calls(&daemon, workload.pid);
+    assert_eq!(called, vec![(json!("node_get"), json!(200)); 5]);
+}
