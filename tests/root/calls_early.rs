@@ -1,5 +1,6 @@
-//! HTTP calls on connections the daemon did not see being opened: right
-//! after an exec it had not handled yet, or before it started.
+//! HTTP calls on connections the daemon did not see being opened (right
+//! after an exec it had not handled yet, or before it started), and on one
+//! where an answer could not be read.
 
 use std::{
     io::{Read, Write},
@@ -12,9 +13,17 @@ use tests::{daemon::Daemon, require_root, scratch_dir, workload::Workload};
 
 const NODE: &str = "5d8f0b6a-3c1e-4a2b-9c7d-1e2f3a4b5c6d";
 
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
 /// Answers every request on every connection with 200 after `delay`, until
 /// the test ends.
 fn answering_server(delay: Duration) -> SocketAddr {
+    answers_in_turn(delay, &[OK])
+}
+
+/// Answers the requests on each connection with `answers` in turn (the
+/// last one again once they run out), each after `delay`.
+fn answers_in_turn(delay: Duration, answers: &'static [&'static [u8]]) -> SocketAddr {
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = server.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -22,9 +31,11 @@ fn answering_server(delay: Duration) -> SocketAddr {
             std::thread::spawn(move || {
                 let mut conn = conn;
                 let mut request = [0u8; 4096];
+                let mut turn = 0;
                 while conn.read(&mut request).is_ok_and(|n| n > 0) {
                     std::thread::sleep(delay);
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    let answer = answers[turn.min(answers.len() - 1)];
+                    turn += 1;
                     if conn.write_all(answer).is_err() {
                         break;
                     }
@@ -91,4 +102,42 @@ fn calls_on_a_connection_older_than_the_daemon_keep_their_answers() {
     }
     let called = recent_calls(&daemon, workload.pid);
     assert_eq!(called, vec![(json!("node_get"), json!(200)); 5]);
+}
+
+/// The first answer on a keep-alive connection cannot be parsed (a status
+/// that is not a number): its call ends when the next request goes out, as
+/// answered unseen, and the next answer is the next call's. Before, that
+/// 200 went to the first call and the second stayed in flight.
+#[test]
+fn a_call_whose_answer_went_unread_ends_at_the_next_request() {
+    let test = "calls-unread";
+    if !require_root(test) {
+        return;
+    }
+    let addr = answers_in_turn(
+        Duration::ZERO,
+        &[b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n", OK],
+    );
+    let (daemon, mut workload, _) = tests::watched_workload(test, "lm-unread", &["serve"]);
+    workload.send(&format!("connect {addr} plain"));
+    let fd = workload.expect("connected")["fd"].clone();
+    for _ in 0..2 {
+        workload.send(&format!("http-send {fd} /v1/nodes/{NODE}"));
+        workload.expect("sent");
+    }
+    daemon.sync();
+    let calls = daemon.request(json!({"request": "calls", "pid": workload.pid}));
+    let ends: Vec<(&Value, &Value)> = (calls["recent"].as_array().unwrap().iter())
+        .map(|call| (&call["end"], &call["status"]))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            (&json!("answer_unseen"), &Value::Null),
+            (&json!("answered"), &json!(200))
+        ],
+        "{calls:#}"
+    );
+    assert!(calls["in_flight"].as_array().unwrap().is_empty(), "{calls:#}");
+    assert_eq!(calls["parse"]["answers_unseen"], 1);
 }

@@ -54,6 +54,9 @@ pub enum CallEnd {
     /// Dropped unanswered to keep the in-flight list bounded (counted in
     /// `parse.in_flight_dropped`): its answer was never seen.
     Dropped,
+    /// Its answer came but was not seen: a later request went out on the
+    /// same connection (counted in `parse.answers_unseen`).
+    AnswerUnseen,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +129,9 @@ pub struct ParseCounters {
     pub truncated_headers: u64,
     /// Unanswered calls dropped at the in-flight limit.
     pub in_flight_dropped: u64,
+    /// Calls ended by a later request on their connection, their answer unseen.
+    #[serde(default)]
+    pub answers_unseen: u64,
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +193,7 @@ impl CallLog {
                 return Vec::new();
             }
         };
+        self.answers_unseen(key, origin.ts_ns);
         let mut started = Vec::new();
         for (request, body) in complete {
             let has_body = request.headers.content_length.unwrap_or(0) > 0;
@@ -214,6 +221,21 @@ impl CallLog {
             started.push(call);
         }
         started
+    }
+
+    /// A new request on `key` at `ts_ns`: clients of OpenStack do not
+    /// pipeline, so the calls still waiting there were answered, unseen (a
+    /// record lost to a full ring, an answer the parser could not read).
+    /// Left waiting, each later answer would go to the call before it.
+    fn answers_unseen(&mut self, key: StreamKey, ts_ns: u64) {
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let unseen: Vec<u64> = stream.waiting.drain(..).collect();
+        for id in unseen {
+            self.parse.answers_unseen += 1;
+            self.finish(id, ts_ns, None, CallEnd::AnswerUnseen);
+        }
     }
 
     fn start(&mut self, key: StreamKey, request: Request, origin: Origin) -> CallRef {
@@ -296,9 +318,12 @@ impl CallLog {
         call.end = Some(end);
         let stats = self.stats.entry((call.kind, status)).or_default();
         stats.count += 1;
-        stats
-            .latency
-            .observe(ts_ns.saturating_sub(call.started_ns) as f64 / 1e6);
+        // The next request's time bounds an unseen answer's, no more.
+        if end != CallEnd::AnswerUnseen {
+            stats
+                .latency
+                .observe(ts_ns.saturating_sub(call.started_ns) as f64 / 1e6);
+        }
         push_bounded(&mut self.recent, call, RECENT);
     }
 

@@ -96,6 +96,28 @@ fn pipelined_requests_get_answers_in_order() {
     assert_eq!(log.parse.unmatched_responses, 1);
 }
 
+/// The answer to the first call was never seen (its record lost): the
+/// second request on the connection ends it, and the next answer is the
+/// second call's, not the first's.
+#[test]
+fn a_request_after_an_unseen_answer_ends_the_call_before_it() {
+    let mut log = CallLog::default();
+    let key = StreamKey::Fd(7);
+    let first = log.written(key, &request("GET", "/", ""), false, origin(1, S))[0];
+    let second = log.written(key, &request("GET", "/v1/", ""), false, origin(1, 2 * S))[0];
+    log.read(key, &response(404), 3 * S);
+    let ended = log.find(first.id).unwrap();
+    assert_eq!(
+        (ended.end, ended.finished_ns),
+        (Some(CallEnd::AnswerUnseen), Some(2 * S))
+    );
+    assert!(ended.response.is_none());
+    let answered = log.find(second.id).unwrap();
+    assert_eq!(answered.response.as_ref().unwrap().status, 404);
+    assert_eq!(log.in_flight().count(), 0);
+    assert_eq!(log.parse.answers_unseen, 1);
+}
+
 #[test]
 fn a_target_in_a_separate_body_write_is_found() {
     let mut log = CallLog::default();
@@ -265,9 +287,10 @@ fn concurrent_loops_claim_the_state_change_of_their_node() {
 #[test]
 fn the_in_flight_list_is_bounded_and_says_what_it_dropped() {
     let mut log = CallLog::default();
+    // A call waiting on each of as many connections.
     for i in 0..(MAX_IN_FLIGHT as u64 + 5) {
         log.written(
-            StreamKey::Fd(7),
+            StreamKey::Fd(i as u32),
             &request("GET", &format!("/v1/nodes/{NODE}"), ""),
             false,
             origin(1, i),
@@ -280,7 +303,9 @@ fn the_in_flight_list_is_bounded_and_says_what_it_dropped() {
         (dropped.len(), dropped[0].id, dropped[0].end),
         (5, 1, Some(CallEnd::Dropped))
     );
-    // The next answer on the stream goes to the oldest call still waiting.
-    log.read(StreamKey::Fd(7), &response(200), 10_000);
+    // An answer to a dropped call matches nothing; the others still wait.
+    log.read(StreamKey::Fd(0), &response(200), 10_000);
+    assert_eq!(log.parse.unmatched_responses, 1);
+    log.read(StreamKey::Fd(5), &response(200), 10_000);
     assert_eq!(log.recent().last().unwrap().id, 6);
 }

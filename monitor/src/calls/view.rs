@@ -145,7 +145,8 @@ impl LoopView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KindStats {
     pub kind: CallKind,
-    /// 0: no answer came (the connection closed).
+    /// 0: no answer was seen (the connection closed, the call was dropped at
+    /// the in-flight limit, or a later request showed its answer went unseen).
     pub status: u16,
     pub count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
