@@ -511,7 +511,7 @@ impl Engine {
         let unseen = (self.ledger.processes.iter()).flat_map(|(pid, process)| {
             (process.fds.iter())
                 .filter(|(_, entry)| entry.kind == FdKind::SocketTcp && entry.birth.origin.is_unseen())
-                .map(|(fd, _)| (*pid, *fd))
+                .map(|(fd, entry)| (*pid, *fd, entry.inode))
         });
         self.probes.seed_socket_fds(unseen);
     }
