@@ -59,6 +59,14 @@ impl Testbed {
         self.cache.join(venv).join("bin/python3")
     }
 
+    /// `tests/testbed/SCRIPT ARGS` run by the nova venv's Python (the
+    /// CPython and OpenSSL nova-compute runs on).
+    pub fn nova_python(&self, script: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(self.python("nova"));
+        command.arg(self.scripts.join(script)).args(args);
+        command
+    }
+
     /// A config template from tests/testbed with `@KEY@` placeholders filled.
     fn render(&self, template: &str, values: &[(&str, &str)]) -> String {
         let mut text = std::fs::read_to_string(self.scripts.join(template)).expect("read template");

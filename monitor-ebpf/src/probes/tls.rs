@@ -56,6 +56,25 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
     enter(&ctx, data_flags::READ, true)
 }
 
+/// SSL_do_handshake(ssl) (SSL_connect and SSL_accept go through it): a new
+/// connection on this SSL object, whose address may be a freed one's. The
+/// stream starts afresh: a request left unanswered on the old connection
+/// (a timeout) made the next connection's first request pass for its body.
+#[uprobe]
+pub fn ssl_handshake(ctx: ProbeContext) -> u32 {
+    if !is_watched((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return 0;
+    }
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let fresh = StreamState {
+            fd: NO_FD,
+            ..StreamState::default()
+        };
+        let _ = SSL_STATE.insert(ssl, fresh, 0);
+    }
+    0
+}
+
 /// Return of any of the four: the bytes moved are plaintext in the call's buffer.
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {

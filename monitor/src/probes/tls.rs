@@ -27,6 +27,9 @@ const SYMBOLS: [(&str, &str); 4] = [
     ("SSL_read_ex", "ssl_read_ex"),
 ];
 const RETURN_PROGRAM: &str = "ssl_return";
+/// (symbol, program) without a return probe: a new connection's handshake
+/// starts its stream afresh (the SSL object may reuse a freed one's address).
+const HANDSHAKE: (&str, &str) = ("SSL_do_handshake", "ssl_handshake");
 
 /// The libssl files a process maps (paths as the process sees them).
 pub fn libssl_of(pid: u32) -> Vec<PathBuf> {
@@ -81,7 +84,11 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe>
 impl Tls {
     fn load(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
         if !self.loaded {
-            for name in SYMBOLS.iter().map(|(_, p)| *p).chain([RETURN_PROGRAM]) {
+            for name in SYMBOLS
+                .iter()
+                .map(|(_, p)| *p)
+                .chain([RETURN_PROGRAM, HANDSHAKE.1])
+            {
                 program(ebpf, name)?
                     .load()
                     .with_context(|| format!("the verifier refused {name}"))?;
@@ -135,6 +142,16 @@ impl Tls {
         if symbols.is_empty() {
             warn!(pid, library = %library.display(), "no SSL read/write symbol could be probed: HTTPS calls will not be seen");
             return Ok(false);
+        }
+        let (symbol, name) = HANDSHAKE;
+        match program(ebpf, name)?.attach(symbol, &target, scope) {
+            Ok(link) => {
+                links.push((name, link));
+                symbols.push(symbol);
+            }
+            Err(e) => {
+                warn!(pid, symbol, error = %e, "not attached: after a connection is dropped unanswered, the next one's first call may be missed")
+            }
         }
         info!(pid, library = %library.display(), ?symbols, took_ms = started.elapsed().as_millis() as u64, "TLS plaintext probes attached");
         self.attach_count += 1;

@@ -1,0 +1,72 @@
+"""A call retried on a new TLS connection after a read timeout, as urllib3
+retries, for leakmon's root tests (tests/root/calls_early.rs). Speaks the
+workload's line protocol: JSON events on stdout, commands on stdin.
+
+    tls_retry.py server CERT KEY   says {"event": "listening", "port": N};
+                                   its first connection never answers
+    tls_retry.py client PORT CA    says {"event": "ready"}, and after a `go`
+                                   line calls, times out, calls again on a
+                                   new connection and says {"event": "called"}
+"""
+
+import http.client
+import json
+import socket
+import ssl
+import sys
+import threading
+import time
+
+PATH = "/v1/nodes/5d8f0b6a-3c1e-4a2b-9c7d-1e2f3a4b5c6d"
+
+
+def say(**event):
+    print(json.dumps(event), flush=True)
+
+
+def serve(cert, key):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    say(event="listening", port=listener.getsockname()[1])
+
+    def answer(conn, first):
+        with context.wrap_socket(conn, server_side=True) as tls:
+            while tls.recv(65536):
+                if first:
+                    time.sleep(30)
+                    return
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    first = True
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=answer, args=(conn, first), daemon=True).start()
+        first = False
+
+
+def call(port, context, timeout):
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+    try:
+        conn.request("GET", PATH)
+        return conn.getresponse().status
+    except TimeoutError:
+        return None
+    finally:
+        conn.close()
+
+
+def client(port, cafile):
+    context = ssl.create_default_context(cafile=cafile)
+    say(event="ready")
+    sys.stdin.readline()
+    statuses = [call(port, context, 0.5), call(port, context, 10)]
+    say(event="called", statuses=statuses)
+    sys.stdin.readline()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        serve(sys.argv[2], sys.argv[3])
+    else:
+        client(int(sys.argv[2]), sys.argv[3])
