@@ -157,6 +157,14 @@ impl Ledger {
             thread.name = comm;
             process.threads.insert(pid, thread);
         }
+        // Calls waiting on a socket the exec closed get no answer.
+        let closed: Vec<u32> = (process.fds.keys())
+            .filter(|fd| !open_fds.contains(fd))
+            .copied()
+            .collect();
+        for fd in closed {
+            process.streams_end(fd, process.exec_ns);
+        }
         let before = process.fds.len();
         let released = process.fds.retain(|fd, _| open_fds.contains(fd));
         self.counters.exec_cloexec_closed += (before - process.fds.len()) as u64;

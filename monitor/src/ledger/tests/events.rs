@@ -192,6 +192,32 @@ fn exec_keeps_only_the_fds_still_open_and_one_thread() {
     assert_eq!(ledger.counters.exec_cloexec_closed, 1);
 }
 
+/// A call waits on socket fd 7 when the process execs and fd 7 closes on
+/// exec: the call ends then, unanswered (it stayed in flight before).
+#[test]
+fn an_exec_ends_the_calls_on_the_sockets_it_closed() {
+    let mut ledger = ledger_with_process();
+    open_socket(&mut ledger, 7, 2);
+    let request = b"GET /v1/nodes HTTP/1.1\r\nHost: ironic\r\n\r\n";
+    let meta = DataMeta {
+        header: header(EventKind::Data, nr::WRITE, PID, 30),
+        ssl: 0,
+        fd: 7,
+        flags: 0,
+        len: request.len() as u32,
+    };
+    ledger.apply(&Event::Data(meta, request));
+    ledger.processes.get_mut(&PID).unwrap().exec_ns = 40; // its exec record's time
+    ledger.exec_happened(PID, PID, comm_from("nova-compute"), vec![], &HashSet::new());
+    let calls = &ledger.processes[&PID].calls;
+    assert_eq!(calls.in_flight().count(), 0);
+    let call = calls.recent().next().unwrap();
+    assert_eq!(
+        (call.end, call.finished_ns),
+        (Some(crate::calls::CallEnd::ConnectionClosed), Some(40))
+    );
+}
+
 /// The exec closed fd 5 (close-on-exec), but the new program had opened 5
 /// again when the daemon listed its fds: the old entry was kept, and the
 /// program's creation of 5 finds it. That is the exec's close, not a
