@@ -196,11 +196,10 @@ fn an_exec_during_a_reconciliation_leaves_the_ledger_as_proc() {
     if !require_root("an_exec_during_a_reconciliation_leaves_the_ledger_as_proc") {
         return;
     }
-    let dir = scratch_dir("exec-reconcile");
     let env = [("RUST_LOG", "info,monitor::engine=debug")];
-    let daemon = Daemon::start_with_env(&dir, &["--match-comm", "lmw-execrec"], &env);
-    let mut workload = Workload::spawn(&dir, "lmw-execrec", &["serve"]);
-    let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
+    let (daemon, mut workload, _) =
+        tests::watched_workload_with_env("exec-reconcile", "lmw-execrec", &["serve"], &env);
+    let pid = workload.pid;
     let discarded = |log: &str| {
         (log.lines())
             .filter(|l| l.contains("exec'd before its scan was applied") && l.contains(&format!("pid={pid}")))

@@ -87,11 +87,9 @@ fn without_the_state_hook_or_sock_diag_states_come_from_proc_net() {
     if !require_root("without_the_state_hook_or_sock_diag_states_come_from_proc_net") {
         return;
     }
-    let dir = scratch_dir("procnet-states");
     let env = [("LEAKMON_TEST_REFUSE_HOOKS", "sock_set_state,sock_diag")];
-    let daemon = Daemon::start_with_env(&dir, &["--match-comm", "lmw-procnet"], &env);
-    let mut workload = Workload::spawn(&dir, "lmw-procnet", &["serve"]);
-    workload.expect("ready");
+    let (daemon, mut workload, _) =
+        tests::watched_workload_with_env("procnet-states", "lmw-procnet", &["serve"], &env);
     let (server, addr) = listener();
     let mut done = connect_reply(&mut workload, &addr, "migrate");
     if done["cpus"] == 1 {
@@ -261,12 +259,8 @@ fn refused_timed_out_nonblocking_and_fast_open_connects_count_per_endpoint() {
 /// hooks the test fault switch refuses: the daemon's status, and the
 /// endpoint's record after the ledger took every record in.
 fn nonblocking_refusal(name: &str, comm: &str, refused: &str) -> (Value, Value) {
-    let dir = tests::scratch_dir(name);
     let env = [("LEAKMON_TEST_REFUSE_HOOKS", refused)];
-    let daemon = Daemon::start_with_env(&dir, &["--match-comm", comm], &env);
-    let mut workload = Workload::spawn(&dir, comm, &["serve"]);
-    workload.expect("ready");
-    daemon.sync();
+    let (daemon, mut workload, _) = tests::watched_workload_with_env(name, comm, &["serve"], &env);
     let closed = listener().1;
     let (_, errno) = connect(&mut workload, &closed, "nonblock");
     assert_eq!(errno, libc::ECONNREFUSED as i64);

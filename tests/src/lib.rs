@@ -112,8 +112,19 @@ pub fn watched_workload(
     comm: &str,
     args: &[&str],
 ) -> (daemon::Daemon, workload::Workload, serde_json::Value) {
+    watched_workload_with_env(test, comm, args, &[])
+}
+
+/// [`watched_workload`] with a daemon run with `env` added (a log level, a
+/// test fault switch).
+pub fn watched_workload_with_env(
+    test: &str,
+    comm: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (daemon::Daemon, workload::Workload, serde_json::Value) {
     let dir = scratch_dir(test);
-    let daemon = daemon::Daemon::start(&dir, &["--match-comm", comm]);
+    let daemon = daemon::Daemon::start_with_env(&dir, &["--match-comm", comm], env);
     let mut workload = workload::Workload::spawn(&dir, comm, args);
     let ready = workload.expect("ready");
     daemon.sync();

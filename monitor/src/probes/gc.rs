@@ -71,8 +71,8 @@ impl<K> Default for Refused<K> {
 
 impl<K: Hash + Eq> Refused<K> {
     /// Forgets the keys not seeded any more (their sockets went away).
-    pub fn keep_only(&mut self, seeded: &HashSet<K>) {
-        self.keys.retain(|key| seeded.contains(key));
+    pub fn keep_only(&mut self, seeded: impl Fn(&K) -> bool) {
+        self.keys.retain(|key| seeded(key));
     }
 
     /// The map refused `key`: true the first time.
@@ -93,7 +93,7 @@ mod tests {
         assert!(refused.note(7));
         assert!(!refused.note(7), "seeded again each housekeeping");
         assert!(refused.note(8));
-        refused.keep_only(&HashSet::from([8]));
+        refused.keep_only(|key| *key == 8);
         // Fd 7's socket went; a new one on that number is another refusal.
         assert!(refused.note(7));
         assert_eq!(refused.total, 3);

@@ -320,8 +320,7 @@ impl Probes {
             .collect();
         self.seeded_socket_fds
             .retain(|key, inode| wanted.get(key) == Some(inode));
-        self.refused_socket_fds
-            .keep_only(&wanted.keys().copied().collect());
+        self.refused_socket_fds.keep_only(|key| wanted.contains_key(key));
         for (&key, &inode) in &wanted {
             if inode != 0 && self.seeded_socket_fds.contains_key(&key) {
                 continue;
