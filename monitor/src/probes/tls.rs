@@ -167,8 +167,8 @@ impl Tls {
     }
 
     /// Detaches `pid`'s uprobes. Unregistering a uprobe waits for RCU
-    /// grace periods (about 100 ms each here, 0.8 s for a process's eight
-    /// one after another; links.rs drops them side by side). It runs on a
+    /// grace periods (about 100 ms each here: 0.8 s for eight one after
+    /// another, a process has nine; links.rs drops them side by side). It runs on a
     /// thread of its own: the engine goes on draining the ring buffer
     /// meanwhile instead of losing events.
     pub fn detach(&mut self, ebpf: &mut Ebpf, pid: u32) {
