@@ -2,7 +2,7 @@
 //! its evidence, and resolves when the process stops. The must-not-fire
 //! cases run for real too.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tests::{
     alerts::{FAST_RULES, Watched},
@@ -137,6 +137,69 @@ fn close_wait_sockets_beyond_the_pool_fire_but_a_pooled_one_does_not() {
     for fd in &fds {
         assert!(shown.contains(fd), "fd {fd} missing from {shown:?}");
     }
+    for fd in fds {
+        w.workload.send(&format!("close {fd}"));
+        w.workload.expect("closed");
+    }
+    w.await_alert("socket_close_wait_leak", "resolved", FIRE);
+}
+
+/// leakmon (re)started on a host where nova-compute already holds leaked
+/// CLOSE_WAIT sockets: they are in the ledger with their state and owner,
+/// the leak fires (their age counts from the daemon's start), and closing
+/// them resolves it.
+#[test]
+fn close_wait_sockets_older_than_the_daemon_fire_and_resolve() {
+    if !require_root("close_wait_sockets_older_than_the_daemon_fire_and_resolve") {
+        return;
+    }
+    let server = Server::start(Peer::CloseAtOnce);
+    let addr = server.addr.to_string();
+    let config = format!("{FAST_RULES}\n[endpoints]\n\"{addr}\" = \"ironic-api\"\n");
+    let mut fds = Vec::new();
+    let mut w = Watched::start_after(
+        "alert-old-close-wait",
+        "lm-oldcw",
+        &config,
+        &["serve"],
+        |workload| {
+            for _ in 0..4 {
+                workload.send(&format!("connect {addr}"));
+                fds.push(workload.expect("connected")["fd"].as_u64().unwrap());
+            }
+            // The peer's FINs arrive before the daemon starts.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while tests::truth::ss_tcp_states(workload.pid)
+                .values()
+                .filter(|s| *s == "CLOSE_WAIT")
+                .count()
+                < 4
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "no CLOSE_WAIT: {:?}",
+                    tests::truth::ss_tcp_states(workload.pid)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        },
+    );
+    w.daemon.sync();
+    let ledger = w.daemon.ledger(w.pid);
+    for fd in &fds {
+        let socket = (ledger["sockets"].as_array().unwrap().iter())
+            .find(|s| s["fds"].as_array().unwrap().contains(&(*fd).into()))
+            .unwrap_or_else(|| panic!("fd {fd} missing from {ledger:#}"));
+        assert_eq!(socket["state"], "CLOSE_WAIT", "{socket}");
+        assert_eq!(
+            socket["state_seen"], false,
+            "read from the kernel at start: {socket}"
+        );
+        assert_eq!(socket["remote"], addr.as_str());
+    }
+    let alert = w.await_alert("socket_close_wait_leak", "firing", FIRE);
+    assert_eq!(alert["key"], addr);
+    assert_eq!(alert["evidence"]["close_wait_over_min_age"], 4, "{alert:#}");
     for fd in fds {
         w.workload.send(&format!("close {fd}"));
         w.workload.expect("closed");

@@ -107,6 +107,43 @@ fn calls_on_a_connection_older_than_the_daemon_keep_their_answers() {
     assert_eq!(called, vec![(json!("node_get"), json!(200)); 5]);
 }
 
+/// A call in flight when the daemon starts (written before, its answer read
+/// after): the probes take a connection older than the daemon to have last
+/// read, so that answer passes for the rest of an earlier one and is not
+/// shipped; the calls after it on the connection keep their own answers.
+#[test]
+fn an_answer_to_a_request_written_before_the_daemon_goes_to_no_later_call() {
+    let test = "calls-inflight-at-start";
+    if !require_root(test) {
+        return;
+    }
+    let addr = answering_server(Duration::ZERO);
+    let dir = scratch_dir(test);
+    let mut workload = Workload::spawn(&dir, "lm-inflight", &["http-early", &addr.to_string()]);
+    let fd = workload.expect("ready")["fd"].clone();
+    workload.send(&format!("http-write {fd} /v1/nodes/{NODE}"));
+    workload.expect("written");
+    let daemon = Daemon::start(&dir, &["--match-comm", "lm-inflight"]);
+    daemon.sync();
+    workload.send(&format!("http-read {fd}"));
+    workload.expect("read");
+    for _ in 0..2 {
+        workload.send(&format!("http-send {fd} /v1/nodes/{NODE}/validate"));
+        workload.expect("sent");
+    }
+    let (called, calls) = recent_calls(&daemon, workload.pid, "kind");
+    assert_eq!(called, vec![(json!("validate"), json!(200)); 2], "{calls:#}");
+    assert!(calls["in_flight"].as_array().unwrap().is_empty(), "{calls:#}");
+    assert_eq!(
+        (
+            &calls["parse"]["responses"],
+            &calls["parse"]["unmatched_responses"]
+        ),
+        (&json!(2), &json!(0)),
+        "{calls:#}"
+    );
+}
+
 /// The first answer on a keep-alive connection cannot be parsed (a status
 /// that is not a number): its call ends when the next request goes out, as
 /// answered unseen, and the next answer is the next call's. Before, that
@@ -154,19 +191,13 @@ fn a_call_retried_on_a_new_tls_connection_after_a_timeout_is_captured() {
     }
     let bed = Testbed::install();
     let dir = scratch_dir(test);
-    let tls = bed.cache.join("tls");
-    let path = |file: &str| tls.join(file).to_string_lossy().into_owned();
-    let server_args = ["server", &path("server.pem"), &path("server.key")];
-    let mut server = Workload::start(bed.nova_python("tls_retry.py", &server_args));
-    let port = server.expect("listening")["port"].to_string();
+    let tls = TlsFiles::of(&bed);
+    let (_server, port) = tls.server(&bed, false);
     let daemon = Daemon::start(&dir, &["--match-cmdline", r"tls_retry\.py client"]);
-    let client_args = ["client", &port, &path("ca.pem")];
-    let mut client = Workload::start(bed.nova_python("tls_retry.py", &client_args));
+    let mut client = Workload::start(bed.nova_python("tls_retry.py", &["client", &port, &tls.ca()]));
     client.expect("ready");
     let pid = client.pid;
-    daemon.await_status("the client's TLS probes", Duration::from_secs(30), |s| {
-        (s["tls"].as_array().unwrap().iter()).any(|a| a["pid"] == pid)
-    });
+    await_tls_probes(&daemon, pid);
     client.send("go");
     assert_eq!(client.expect("called")["statuses"], json!([null, 200]));
     let (ends, calls) = recent_calls(&daemon, pid, "end");
@@ -178,4 +209,70 @@ fn a_call_retried_on_a_new_tls_connection_after_a_timeout_is_captured() {
         ],
         "{calls:#}"
     );
+}
+
+/// nova-compute's pooled HTTPS connection to Ironic when leakmon is
+/// (re)started: its SSL object and socket are older than the daemon, and
+/// every call on it after the probes attach is captured with its answer.
+#[test]
+fn calls_on_a_tls_connection_older_than_the_daemon_are_captured() {
+    let test = "calls-tls-older";
+    if !require_root(test) {
+        return;
+    }
+    let bed = Testbed::install();
+    let dir = scratch_dir(test);
+    let tls = TlsFiles::of(&bed);
+    let (_server, port) = tls.server(&bed, true);
+    let mut client = Workload::start(bed.nova_python("tls_retry.py", &["pooled", &port, &tls.ca()]));
+    client.expect("ready");
+    let daemon = Daemon::start(&dir, &["--match-cmdline", r"tls_retry\.py pooled"]);
+    await_tls_probes(&daemon, client.pid);
+    for _ in 0..3 {
+        client.send("go");
+        assert_eq!(client.expect("called")["status"], 200);
+    }
+    let (called, calls) = recent_calls(&daemon, client.pid, "kind");
+    assert_eq!(called, vec![(json!("node_get"), json!(200)); 3], "{calls:#}");
+    assert!(calls["in_flight"].as_array().unwrap().is_empty(), "{calls:#}");
+}
+
+/// The testbed's certificate files.
+struct TlsFiles(std::path::PathBuf);
+
+impl TlsFiles {
+    fn of(bed: &Testbed) -> TlsFiles {
+        TlsFiles(bed.cache.join("tls"))
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.0.join(file).to_string_lossy().into_owned()
+    }
+
+    fn ca(&self) -> String {
+        self.path("ca.pem")
+    }
+
+    /// tls_retry.py's server (answering every connection if `answer_all`)
+    /// and its port.
+    fn server(&self, bed: &Testbed, answer_all: bool) -> (Workload, String) {
+        let mut args = vec![
+            "server".to_string(),
+            self.path("server.pem"),
+            self.path("server.key"),
+        ];
+        if answer_all {
+            args.push("all".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Workload::start(bed.nova_python("tls_retry.py", &args));
+        let port = server.expect("listening")["port"].to_string();
+        (server, port)
+    }
+}
+
+fn await_tls_probes(daemon: &Daemon, pid: u32) {
+    daemon.await_status("the client's TLS probes", Duration::from_secs(30), |s| {
+        (s["tls"].as_array().unwrap().iter()).any(|a| a["pid"] == pid)
+    });
 }

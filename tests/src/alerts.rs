@@ -56,12 +56,7 @@ impl Watched {
     /// file, and the workload run under that name with `args`.
     pub fn start(test: &str, comm: &str, config: &str, args: &[&str]) -> Watched {
         let dir = scratch_dir(test);
-        let alerts = dir.join("alerts.ndjson");
-        let daemon = Daemon::start_with_config(
-            &dir,
-            config,
-            &["--match-comm", comm, "--alerts-file", alerts.to_str().unwrap()],
-        );
+        let daemon = Self::daemon(&dir, comm, config);
         let mut workload = Workload::spawn(&dir, comm, args);
         let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
         daemon.sync();
@@ -71,6 +66,38 @@ impl Watched {
             workload,
             pid,
         }
+    }
+
+    /// Like `start`, but the workload starts first and `before` drives it
+    /// before the daemon starts: leakmon (re)started on a busy host.
+    pub fn start_after(
+        test: &str,
+        comm: &str,
+        config: &str,
+        args: &[&str],
+        before: impl FnOnce(&mut Workload),
+    ) -> Watched {
+        let dir = scratch_dir(test);
+        let mut workload = Workload::spawn(&dir, comm, args);
+        let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
+        before(&mut workload);
+        let daemon = Self::daemon(&dir, comm, config);
+        daemon.sync();
+        Watched {
+            dir,
+            daemon,
+            workload,
+            pid,
+        }
+    }
+
+    fn daemon(dir: &Path, comm: &str, config: &str) -> Daemon {
+        let alerts = dir.join("alerts.ndjson");
+        Daemon::start_with_config(
+            dir,
+            config,
+            &["--match-comm", comm, "--alerts-file", alerts.to_str().unwrap()],
+        )
     }
 
     pub fn alerts(&self) -> Vec<Value> {

@@ -1,12 +1,20 @@
-"""A call retried on a new TLS connection after a read timeout, as urllib3
-retries, for leakmon's root tests (tests/root/calls_early.rs). Speaks the
-workload's line protocol: JSON events on stdout, commands on stdin.
+"""HTTPS calls for leakmon's root tests (tests/root/calls_early.rs): one
+retried on a new TLS connection after a read timeout, as urllib3 retries,
+and calls on one kept-alive connection, as nova-compute's pool makes them.
+Speaks the workload's line protocol: JSON events on stdout, commands on
+stdin.
 
-    tls_retry.py server CERT KEY   says {"event": "listening", "port": N};
-                                   its first connection never answers
-    tls_retry.py client PORT CA    says {"event": "ready"}, and after a `go`
-                                   line calls, times out, calls again on a
-                                   new connection and says {"event": "called"}
+    tls_retry.py server CERT KEY [all]  says {"event": "listening", "port": N};
+                                        its first connection never answers
+                                        (unless `all`)
+    tls_retry.py client PORT CA         says {"event": "ready"}, and after a
+                                        `go` line calls, times out, calls again
+                                        on a new connection and says
+                                        {"event": "called"}
+    tls_retry.py pooled PORT CA         calls once, says {"event": "ready"},
+                                        then for each `go` line calls on the
+                                        same connection and says
+                                        {"event": "called", "status": N}
 """
 
 import http.client
@@ -24,7 +32,7 @@ def say(**event):
     print(json.dumps(event), flush=True)
 
 
-def serve(cert, key):
+def serve(cert, key, answer_all):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     listener = socket.create_server(("127.0.0.1", 0))
@@ -38,7 +46,7 @@ def serve(cert, key):
                     return
                 tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
-    first = True
+    first = not answer_all
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=answer, args=(conn, first), daemon=True).start()
@@ -65,8 +73,26 @@ def client(port, cafile):
     sys.stdin.readline()
 
 
+def pooled(port, cafile):
+    context = ssl.create_default_context(cafile=cafile)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+
+    def call():
+        conn.request("GET", PATH)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    call()
+    say(event="ready")
+    for _ in sys.stdin:
+        say(event="called", status=call())
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        serve(sys.argv[2], sys.argv[3])
+        serve(sys.argv[2], sys.argv[3], sys.argv[4:] == ["all"])
+    elif sys.argv[1] == "pooled":
+        pooled(int(sys.argv[2]), sys.argv[3])
     else:
         client(int(sys.argv[2]), sys.argv[3])

@@ -2,7 +2,8 @@
 //! a socket and a thread created while it is in flight (between the request
 //! written and the response read) and a file created after it. Mode
 //! `http-early ADDR` connects right after exec; `http-send FD PATH` then
-//! sends a request on that connection and reads the answer.
+//! sends a request on that connection and reads the answer (or only one of
+//! the two: `http-write FD PATH`, `http-read FD`).
 
 use std::{
     io::{Read, Write},
@@ -49,14 +50,42 @@ pub fn connect_early(addr: &str) -> i32 {
 
 /// One request and its answer on an open connection.
 pub fn send(fd: i32, path: &str) {
+    write_request(fd, path);
+    read_answer(fd);
+    crate::say(json!({"event": "sent", "fd": fd}));
+}
+
+/// `http-write FD PATH`: a request on an open connection, its answer left
+/// unread.
+pub fn write(fd: i32, path: &str) {
+    write_request(fd, path);
+    crate::say(json!({"event": "written", "fd": fd}));
+}
+
+/// `http-read FD`: reads the answer to a request `http-write` sent.
+pub fn read(fd: i32) {
+    read_answer(fd);
+    crate::say(json!({"event": "read", "fd": fd}));
+}
+
+/// The connection `fd` this process opened and keeps open, for `with`.
+fn on_connection(fd: i32, with: impl FnOnce(&mut TcpStream)) {
     // SAFETY: the fd is a connection this process opened and keeps open; the
     // stream is turned back into a raw fd below, so it is not closed here.
     let mut stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: ironic\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = [0u8; 4096];
-    let read = stream.read(&mut response).unwrap();
-    assert!(response[..read].starts_with(b"HTTP/1.1 "), "no HTTP response");
+    with(&mut stream);
     let _ = stream.into_raw_fd();
-    crate::say(json!({"event": "sent", "fd": fd}));
+}
+
+fn write_request(fd: i32, path: &str) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: ironic\r\n\r\n");
+    on_connection(fd, |stream| stream.write_all(request.as_bytes()).unwrap());
+}
+
+fn read_answer(fd: i32) {
+    on_connection(fd, |stream| {
+        let mut response = [0u8; 4096];
+        let read = stream.read(&mut response).unwrap();
+        assert!(response[..read].starts_with(b"HTTP/1.1 "), "no HTTP response");
+    });
 }
