@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tests::{
     alerts::{FAST_RULES, Watched},
     require_root,
@@ -60,6 +61,57 @@ fn thread_leak_fires_but_a_burst_that_exits_does_not() {
     w.workload.send("free threads");
     w.workload.expect_within("freed", FIRE);
     w.await_alert("thread_leak", "resolved", FIRE);
+}
+
+/// leakmon (re)started while a process leaks threads: the threads from
+/// before are in the ledger, the growth after the start fires, and joining
+/// them all (those older than the daemon too) resolves it.
+#[test]
+fn a_thread_leak_under_way_when_the_daemon_starts_fires_and_resolves() {
+    if !require_root("a_thread_leak_under_way_when_the_daemon_starts_fires_and_resolves") {
+        return;
+    }
+    let mut w = Watched::start_after(
+        "alert-old-thread-leak",
+        "lm-oldthreads",
+        FAST_RULES,
+        &["serve"],
+        |workload| {
+            workload.send("drip threads 150 70");
+            let pid = workload.pid;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while tests::truth::proc_threads(pid).len() < 20 {
+                assert!(Instant::now() < deadline, "the drip did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        },
+    );
+    let ledger = w.daemon.ledger(w.pid);
+    let before: Vec<&Value> = (ledger["threads"].as_array().unwrap().iter())
+        .filter(|t| t["origin"] == "before_start")
+        .collect();
+    assert!(before.len() >= 20, "{ledger:#}");
+    let alert = w.await_alert("thread_leak", "firing", FIRE);
+    assert!(alert["evidence"]["growth"].as_u64().unwrap() >= 10, "{alert:#}");
+    w.workload.expect_within("dripped", FIRE);
+    w.workload.send("free threads");
+    w.workload.expect_within("freed", FIRE);
+    w.await_alert("thread_leak", "resolved", FIRE);
+    let threads = |ledger: &Value| -> Vec<u64> {
+        (ledger["threads"].as_array().unwrap().iter())
+            .map(|t| t["tid"].as_u64().unwrap())
+            .collect()
+    };
+    w.daemon.sync();
+    let left = threads(&w.daemon.ledger(w.pid));
+    let proc: Vec<u64> = tests::truth::proc_threads(w.pid)
+        .keys()
+        .map(|t| *t as u64)
+        .collect();
+    assert_eq!(
+        left, proc,
+        "every joined thread, older than the daemon or not, left the ledger"
+    );
 }
 
 #[test]
