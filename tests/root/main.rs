@@ -5,6 +5,7 @@
 mod alerts;
 mod calls;
 mod calls_early;
+mod calls_live;
 mod churn;
 mod discovery;
 mod ledger;
