@@ -15,3 +15,4 @@ mod scenarios;
 mod sinks;
 mod snapshot;
 mod sockets;
+mod systemd;

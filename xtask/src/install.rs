@@ -12,12 +12,20 @@ use crate::util::{cargo, exec, root_dir, step};
 /// names the README there.
 const DOC_DIR: &str = "usr/local/share/doc/leakmon";
 
-pub fn run(root: &Path) -> anyhow::Result<()> {
-    crate::setup::rust_build_tools()?;
-    step("release build");
-    exec(cargo().args(["build", "--release", "--bin", "leakmon"]))?;
+/// Installs `binary`, or a release build made now.
+pub fn run(root: &Path, binary: Option<&Path>) -> anyhow::Result<()> {
     let repo = root_dir();
-    place(&repo, &repo.join("target/release/leakmon"), root)?;
+    let built = repo.join("target/release/leakmon");
+    let binary = match binary {
+        Some(binary) => binary,
+        None => {
+            crate::setup::rust_build_tools()?;
+            step("release build");
+            exec(cargo().args(["build", "--release", "--bin", "leakmon"]))?;
+            &built
+        }
+    };
+    place(&repo, binary, root)?;
     if root == Path::new("/") && Path::new("/run/systemd/system").is_dir() {
         exec(std::process::Command::new("systemctl").arg("daemon-reload"))?;
         println!("    start it with: systemctl enable --now leakmon");

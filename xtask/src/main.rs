@@ -127,6 +127,9 @@ enum Task {
         /// Install under this directory instead of / (for packaging).
         #[arg(long, default_value = "/")]
         root: std::path::PathBuf,
+        /// Install this leakmon binary instead of building a release one.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
     },
 }
 
@@ -137,7 +140,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { seconds } => demo::run(seconds),
         Task::Testbed { ip, tls, nodes } => testbed::run(&ip, tls, nodes),
         Task::Bench { runs, ops, only } => bench::run(runs, ops, only.as_deref()),
-        Task::Install { root } => install::run(&root),
+        Task::Install { root, binary } => install::run(&root, binary.as_deref()),
         Task::Vm {
             kernel_package,
             filter,

@@ -28,6 +28,9 @@ const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "curl", "zstd",
 /// The guest's PID 1 after the switch to the shared root.
 const GUEST_SCRIPT: &str = include_str!("guest.sh");
 
+/// On the guest's command line: guest.sh hands PID 1 to systemd.
+const SYSTEMD_INIT: &str = "leakmon.init=systemd";
+
 /// Modules the initramfs loads, in dependency order: virtio-pci, 9p over
 /// virtio, overlayfs. Debian builds them as modules; any absent from a
 /// kernel package is skipped (it may be built in).
@@ -68,6 +71,7 @@ impl Options<'static> {
     /// the daemon must refuse to start and say why (a boot and one test).
     /// 5.15 runs the snapshot tests too: its iterator walks every process
     /// (only 6.1 can scope one to a process), a path no other kernel takes.
+    /// Last, 6.1 boots with systemd as PID 1 for the packaged unit's test.
     pub fn smokes() -> Vec<Self> {
         let smoke = |kernel_package, append| Options {
             kernel_package,
@@ -87,6 +91,10 @@ impl Options<'static> {
             Options {
                 filter: Some("operations::confidentiality_lockdown"),
                 ..smoke("ubuntu-24.04", Some("lockdown=confidentiality"))
+            },
+            Options {
+                filter: Some("systemd::"),
+                ..smoke("linux-image-amd64", Some(SYSTEMD_INIT))
             },
         ]
     }
