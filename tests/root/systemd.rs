@@ -1,7 +1,8 @@
 //! The packaged unit (packaging/leakmon.service) under a real systemd, as
 //! `cargo xtask install` puts it on a compute host: its sandbox and
 //! capabilities let the daemon load its probes and watch nova-compute,
-//! `Type=notify` and the watchdog work, and reload and stop are clean.
+//! `Type=notify` works, the watchdog restarts a hung daemon, and reload
+//! and stop are clean.
 //! It installs into / and needs systemd as PID 1, so it runs only in the
 //! VM booted for it (`leakmon.init=systemd`, see `cargo xtask vm`).
 
@@ -73,8 +74,8 @@ fn await_true(what: &str, timeout: Duration, check: impl Fn() -> bool) {
 }
 
 #[test]
-fn the_packaged_unit_watches_nova_compute_under_systemd() {
-    let test = "the_packaged_unit_watches_nova_compute_under_systemd";
+fn the_packaged_unit_runs_under_systemd_whose_watchdog_restarts_a_hung_daemon() {
+    let test = "the_packaged_unit_runs_under_systemd_whose_watchdog_restarts_a_hung_daemon";
     if !require_root(test) {
         return;
     }
@@ -135,12 +136,31 @@ fn the_packaged_unit_watches_nova_compute_under_systemd() {
     });
     assert_eq!(
         (property("ActiveState"), property("MainPID")),
-        ("active".into(), main_pid)
+        ("active".into(), main_pid.clone())
     );
+
+    // A hung engine loop (the daemon stopped): no watchdog ping for 30 s,
+    // so systemd aborts it and Restart=on-failure starts another, which
+    // watches nova-compute again, its fds older than it.
+    let stopped = Command::new("kill").args(["-STOP", &main_pid]).status().unwrap();
+    assert!(stopped.success());
+    await_true("the watchdog's restart", Duration::from_secs(90), || {
+        property("NRestarts") == "1" && property("ActiveState") == "active"
+    });
+    assert_ne!(property("MainPID"), main_pid);
+    assert!(journal().contains("Watchdog timeout"), "{}", journal());
+    await_true("nova-compute watched again", Duration::from_secs(30), || {
+        let status = cli(&["status", "--json"]);
+        (status["processes"].as_array().unwrap().iter()).any(|p| p["pid"] == pid)
+    });
+    let snapshot = cli(&["snapshot", "--json", "--pid", &pid.to_string()]);
+    let before_start = (snapshot["fds"].as_array().unwrap().iter())
+        .filter(|fd| fd["birth"]["origin"] == "before_start")
+        .count();
+    assert!(before_start >= 5, "{snapshot:#}");
 
     succeeds(&["stop", "leakmon"]);
     assert_eq!(property("Result"), "success");
-    assert_eq!(property("NRestarts"), "0");
     assert!(journal().contains("probes detached"), "{}", journal());
     let warnings: Vec<String> = (journal().lines())
         .filter(|line| line.contains(" WARN "))

@@ -88,7 +88,7 @@ pub fn fetch(package: &str) -> anyhow::Result<Kernel> {
     };
     let dir = root_dir().join(".cache/vm").join(&release);
     let vmlinuz = dir.join("vmlinuz");
-    if vmlinuz.exists() {
+    if vmlinuz.exists() && cached_for_these_modules(&dir) {
         println!("    {image} already cached in {}", dir.display());
     } else {
         let scratch = dir.with_file_name(format!("{release}.download"));
@@ -194,6 +194,7 @@ fn keep_boot_files(scratch: &Path, release: &str, dir: &Path) -> anyhow::Result<
             keep_module(&found, &dir.join(format!("{module}.ko")))?;
         }
     }
+    std::fs::write(dir.join(MODULES_LIST), MODULES.join("\n"))?;
     let boot = unpacked.join("boot").join(format!("vmlinuz-{release}"));
     if !boot.exists() {
         bail!("the packages have no /boot/vmlinuz-{release}");
@@ -202,6 +203,14 @@ fn keep_boot_files(scratch: &Path, release: &str, dir: &Path) -> anyhow::Result<
     std::fs::copy(&boot, dir.join("vmlinuz"))?;
     std::fs::remove_dir_all(scratch)?;
     Ok(())
+}
+
+/// Which modules a cache was unpacked for: one made for a shorter list is
+/// unpacked again (the packages are downloaded again too).
+const MODULES_LIST: &str = "modules.list";
+
+fn cached_for_these_modules(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(MODULES_LIST)).is_ok_and(|list| list == MODULES.join("\n"))
 }
 
 /// `name.ko` anywhere under `root`, or its compressed form (`.ko.zst`,

@@ -32,8 +32,12 @@ const GUEST_SCRIPT: &str = include_str!("guest.sh");
 const SYSTEMD_INIT: &str = "leakmon.init=systemd";
 
 /// Modules the initramfs loads, in dependency order: virtio-pci, 9p over
-/// virtio, overlayfs. Debian builds them as modules; any absent from a
-/// kernel package is skipped (it may be built in).
+/// virtio, overlayfs, and the socket-diag handlers (a host's kernel loads
+/// them at the first sock_diag request through modprobe, which the guest
+/// has none of for its kernel: without them the daemon reads socket states
+/// from /proc/PID/net, its fallback, not the path hosts take). Debian builds
+/// them as modules; any absent from a kernel package is skipped (it may be
+/// built in).
 const MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
@@ -46,6 +50,11 @@ const MODULES: &[&str] = &[
     "9pnet_virtio",
     "9p",
     "overlay",
+    "sock_diag",
+    "inet_diag",
+    "tcp_diag",
+    "udp_diag",
+    "unix_diag",
 ];
 
 pub struct Options<'a> {
