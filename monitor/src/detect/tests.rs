@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use monitor_common::{TCP_CLOSE_WAIT, TCP_ESTABLISHED, syscalls as nr};
+use monitor_common::{TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, syscalls as nr};
 
 use super::*;
 use crate::{
@@ -243,6 +243,26 @@ fn pooled_close_wait_sockets_up_to_the_pool_size_do_not_fire() {
         }
     }
     assert!(w.fired(Rule::SocketCloseWaitLeak).is_empty());
+}
+
+#[test]
+fn connections_accepted_on_a_listener_are_no_endpoint() {
+    let mut w = World::new();
+    let local = |w: &mut World, inode: u64, local: &str, remote: &str| {
+        w.ledger.sockets.get_mut(&inode).unwrap().tuple = sockets::tuple_of(local, remote);
+    };
+    w.socket(5, 500, "0.0.0.0:0", TCP_LISTEN);
+    local(&mut w, 500, "0.0.0.0:8080", "0.0.0.0:0");
+    for i in 0..50 {
+        let client = format!("127.0.0.1:{}", 50000 + i);
+        w.socket(10 + i, 600 + u64::from(i), &client, TCP_CLOSE_WAIT);
+        local(&mut w, 600 + u64::from(i), "127.0.0.1:8080", &client);
+    }
+    w.socket(70, 700, IRONIC, TCP_ESTABLISHED);
+    w.tick(0);
+    let endpoints = &w.history.latest().unwrap().endpoints;
+    let keys: Vec<String> = endpoints.keys().map(ToString::to_string).collect();
+    assert_eq!(keys, [IRONIC]);
 }
 
 #[test]

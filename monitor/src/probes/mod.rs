@@ -11,7 +11,7 @@ pub mod tls;
 pub mod tracefs;
 mod watched;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use aya::{
@@ -66,6 +66,12 @@ pub struct KernelCounters {
     pub held_back: Option<defer::FlushCounters>,
 }
 
+/// How often SOCK_FDS is walked for entries no watched fd holds. Each key
+/// costs a bpf() call: with 10k sockets watched, a walk every second was
+/// most of an idle daemon's CPU. Stale entries cost only map space, and a
+/// socket that takes a stale entry's number resets it (connect, accept).
+const SOCK_FDS_WALK_INTERVAL: Duration = Duration::from_secs(5);
+
 pub struct Probes {
     /// Owns the programs and the TLS uprobes' links.
     ebpf: Ebpf,
@@ -90,6 +96,8 @@ pub struct Probes {
     /// those it refused (gc.rs).
     seeded_socket_fds: std::collections::HashMap<u64, u64>,
     refused_socket_fds: gc::Refused<u64>,
+    /// When `collect_socket_fds` last walked SOCK_FDS.
+    sock_fds_walked: Option<Instant>,
     pub hooks: Vec<HookStatus>,
     pub tracefs_mounted_by_us: bool,
     /// Why the probes cannot walk from an fd to its socket, if they cannot
@@ -216,6 +224,7 @@ impl Probes {
             suspects: MapSuspects::default(),
             seeded_socket_fds: Default::default(),
             refused_socket_fds: gc::Refused::default(),
+            sock_fds_walked: None,
             deferral,
             config,
             kernel,
@@ -346,14 +355,23 @@ impl Probes {
 
     /// Forgets socket fds `held` says are gone (closed by close_range,
     /// exec, exit: paths the probes do not clean up after), once they have
-    /// been gone for the grace period (gc.rs).
+    /// been gone for the grace period (gc.rs). Walks the map at most every
+    /// [`SOCK_FDS_WALK_INTERVAL`]: a walk is a bpf() per key.
     pub fn collect_socket_fds(&mut self, held: impl Fn(u32, u32) -> bool) -> usize {
+        let now = Instant::now();
+        if self
+            .sock_fds_walked
+            .is_some_and(|at| now.duration_since(at) < SOCK_FDS_WALK_INTERVAL)
+        {
+            return 0;
+        }
+        self.sock_fds_walked = Some(now);
         let unheld = self
             .sock_fds
             .keys()
             .filter_map(Result::ok)
             .filter(|key| !held((key >> 32) as u32, *key as u32));
-        let stale = self.suspects.sock_fds.confirm(unheld, Instant::now());
+        let stale = self.suspects.sock_fds.confirm(unheld, now);
         for key in &stale {
             let _ = self.sock_fds.remove(key);
         }
