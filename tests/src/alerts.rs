@@ -55,17 +55,7 @@ impl Watched {
     /// A daemon with `config` (TOML) watching `comm`, writing alerts to a
     /// file, and the workload run under that name with `args`.
     pub fn start(test: &str, comm: &str, config: &str, args: &[&str]) -> Watched {
-        let dir = scratch_dir(test);
-        let daemon = Self::daemon(&dir, comm, config);
-        let mut workload = Workload::spawn(&dir, comm, args);
-        let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
-        daemon.sync();
-        Watched {
-            dir,
-            daemon,
-            workload,
-            pid,
-        }
+        Self::launch(test, comm, config, args, None::<fn(&mut Workload)>)
     }
 
     /// Like `start`, but the workload starts first and `before` drives it
@@ -77,11 +67,25 @@ impl Watched {
         args: &[&str],
         before: impl FnOnce(&mut Workload),
     ) -> Watched {
+        Self::launch(test, comm, config, args, Some(before))
+    }
+
+    /// The daemon starts before the workload unless there is a `before`.
+    fn launch(
+        test: &str,
+        comm: &str,
+        config: &str,
+        args: &[&str],
+        before: Option<impl FnOnce(&mut Workload)>,
+    ) -> Watched {
         let dir = scratch_dir(test);
+        let first = before.is_none().then(|| Self::daemon(&dir, comm, config));
         let mut workload = Workload::spawn(&dir, comm, args);
         let pid = workload.expect("ready")["pid"].as_u64().unwrap() as u32;
-        before(&mut workload);
-        let daemon = Self::daemon(&dir, comm, config);
+        if let Some(drive) = before {
+            drive(&mut workload);
+        }
+        let daemon = first.unwrap_or_else(|| Self::daemon(&dir, comm, config));
         daemon.sync();
         Watched {
             dir,
