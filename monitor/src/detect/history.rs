@@ -13,7 +13,7 @@ use crate::{
     fdkind::FdKind,
     ledger::{
         Ledger, Process,
-        sockets::{SocketEntry, local_of, remote_of},
+        sockets::{MAX_ENDPOINTS, SocketEntry, local_of, remote_of},
     },
     logscan::{SecretKind, Sighting},
 };
@@ -73,6 +73,7 @@ impl Sample {
                 _ => entry.open += 1,
             }
         }
+        keep_busiest(&mut endpoints, process);
         for (remote, stats) in &process.endpoints {
             let entry = endpoints.entry(*remote).or_default();
             entry.connects = stats.connects;
@@ -90,6 +91,26 @@ impl Sample {
             threads: process.threads.len() as u32,
             endpoints,
         }
+    }
+}
+
+/// Bounds what one sample holds for a process connected to many remotes
+/// (a sample per second over a 10-minute window, ~80 bytes per endpoint in
+/// each): besides the remotes with a health record in the ledger (at most
+/// [`MAX_ENDPOINTS`]), the [`MAX_ENDPOINTS`] with the most sockets in
+/// CLOSE_WAIT, then open. One left out has fewer than any kept, so it is
+/// not the one an endpoint rule would fire on first.
+fn keep_busiest(endpoints: &mut BTreeMap<SocketAddr, EndpointSample>, process: &Process) {
+    let mut others: Vec<(u32, u32, SocketAddr)> = (endpoints.iter())
+        .filter(|(remote, _)| !process.endpoints.contains_key(remote))
+        .map(|(remote, e)| (e.close_wait, e.open, *remote))
+        .collect();
+    if others.len() <= MAX_ENDPOINTS {
+        return;
+    }
+    others.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, _, remote) in &others[MAX_ENDPOINTS..] {
+        endpoints.remove(remote);
     }
 }
 

@@ -266,6 +266,29 @@ fn connections_accepted_on_a_listener_are_no_endpoint() {
 }
 
 #[test]
+fn a_sample_keeps_the_busiest_endpoints_and_every_one_with_a_health_record() {
+    let mut w = World::new();
+    let remotes = sockets::MAX_ENDPOINTS as u32 + 100;
+    for i in 0..remotes {
+        let remote = format!("127.0.{}.{}:80", 1 + i / 250, 1 + i % 250);
+        w.socket(10 + i, 1000 + u64::from(i), &remote, TCP_ESTABLISHED);
+    }
+    // The last remote is the busiest: three sockets, two in CLOSE_WAIT.
+    let busiest = format!("127.0.{}.{}:80", 1 + (remotes - 1) / 250, 1 + (remotes - 1) % 250);
+    w.socket(5000, 9000, &busiest, TCP_CLOSE_WAIT);
+    w.socket(5001, 9001, &busiest, TCP_CLOSE_WAIT);
+    // A refused endpoint has no socket open but a health record.
+    let refused: SocketAddr = "10.0.0.1:6385".parse().unwrap();
+    w.process().endpoints.entry(refused).or_default().refused = 3;
+    w.tick(0);
+    let endpoints = &w.history.latest().unwrap().endpoints;
+    assert_eq!(endpoints.len(), sockets::MAX_ENDPOINTS + 1);
+    let busiest = &endpoints[&busiest.parse().unwrap()];
+    assert_eq!((busiest.open, busiest.close_wait), (3, 2));
+    assert_eq!(endpoints[&refused].refused, 3);
+}
+
+#[test]
 fn close_wait_sockets_beyond_the_pool_or_growing_fire() {
     let mut w = World::new();
     w.rules.socket_close_wait_leak.window_s = 200;
