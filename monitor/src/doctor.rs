@@ -84,9 +84,37 @@ pub fn run(config_path: Option<&Path>) -> Vec<Check> {
         checks.extend(hooks());
     }
     if let Some(config) = &config {
+        checks.extend(journal(config));
         checks.extend(watched_now(config));
     }
     checks
+}
+
+/// Whether `secret_in_log` can follow the systemd journal here.
+fn journal(config: &Config) -> Option<Check> {
+    let rule = &config.rules.secret_in_log;
+    if !(rule.enabled && rule.journal) {
+        return None;
+    }
+    if !crate::logscan::journal::journald_listens() {
+        let detail = "no systemd-journald listens: secret_in_log reads log files only";
+        return Some(check("journal", Verdict::Ok, detail, None));
+    }
+    let version = std::process::Command::new("journalctl").arg("--version").output();
+    Some(match version {
+        Ok(out) if out.status.success() => {
+            let version = String::from_utf8_lossy(&out.stdout);
+            let first = version.lines().next().unwrap_or("").trim().to_string();
+            let detail = format!("secret_in_log follows the systemd journal with journalctl ({first})");
+            check("journal", Verdict::Ok, detail, None)
+        }
+        _ => check(
+            "journal",
+            Verdict::Degraded,
+            "journald listens but journalctl does not run: what processes send to the journal is not read",
+            Some("install journalctl (Debian: systemd), or set rules.secret_in_log.journal = false"),
+        ),
+    })
 }
 
 fn lockdown() -> Check {

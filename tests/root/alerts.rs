@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tests::{
-    alerts::{FAST_RULES, Watched},
+    alerts::{FAST_RULES, Watched, await_alert_in},
     require_root,
-    servers::{Peer, Server},
+    servers::{Journald, Peer, Server},
+    workload::Workload,
 };
 
 const NODE: &str = "1ea5a24b-6b22-4891-834f-e44fa7929a51";
@@ -376,6 +377,49 @@ fn a_token_over_plain_http_fires_and_its_value_is_nowhere() {
     w.await_alert("plaintext_token", "resolved", FIRE);
     let everything = std::fs::read_to_string(w.dir.join("alerts.ndjson")).unwrap() + &w.daemon.log_text();
     assert!(!everything.contains(tests::FAKE_TOKEN), "the token value leaked");
+}
+
+#[test]
+fn a_token_sent_to_the_journal_fires_and_its_value_is_nowhere() {
+    if !require_root("a_token_sent_to_the_journal_fires_and_its_value_is_nowhere") {
+        return;
+    }
+    let _journald = match Journald::ensure() {
+        Ok(journald) => journald,
+        Err(why) => {
+            println!("skipped a_token_sent_to_the_journal_fires_and_its_value_is_nowhere: {why}");
+            return;
+        }
+    };
+    let line = format!("request headers {{'X-Auth-Token': '{}'}}", tests::FAKE_TOKEN);
+    let config = format!("{FAST_RULES}[rules.secret_in_log]\nquiet_s = 3\n");
+    // An entry from before the daemon started is not read.
+    let mut w = Watched::start_after("alert-journal", "lm-journal", &config, &["serve"], |early| {
+        early.send(&format!("journal native {line}"));
+        early.expect("journaled");
+    });
+    w.workload.send(&format!("journal native {line}"));
+    w.workload.expect("journaled");
+    // A service's stdout: a journal stream, from a process watched later.
+    let mut stdout = Workload::spawn(&w.dir, "lm-journal", &["serve"]);
+    let stdout_pid = stdout.expect("ready")["pid"].as_u64().unwrap() as u32;
+    w.daemon.sync();
+    stdout.send(&format!("journal stream {line}"));
+    stdout.expect("journaled");
+    let alerts = w.dir.join("alerts.ndjson");
+    let log = || format!("daemon log:\n{}", w.daemon.log_text());
+    for (pid, how) in [(w.pid, "native"), (stdout_pid, "stream")] {
+        let alert = await_alert_in(&alerts, pid, "secret_in_log", "firing", FIRE, log);
+        let evidence = &alert["evidence"];
+        assert_eq!(alert["key"], "journal", "{how}");
+        assert_eq!(evidence["lines"], 1, "{how}: one entry since the daemon started");
+        assert_eq!(evidence["kinds"], json!(["auth_header"]), "{how}");
+        assert_eq!(evidence["last_offset"], Value::Null, "{how}");
+        await_alert_in(&alerts, pid, "secret_in_log", "resolved", FIRE, log);
+    }
+    let everything = std::fs::read_to_string(&alerts).unwrap() + &w.daemon.log_text();
+    assert!(!everything.contains(tests::FAKE_TOKEN), "the token value leaked");
+    stdout.exit();
 }
 
 #[test]

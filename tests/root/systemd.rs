@@ -1,8 +1,8 @@
 //! The packaged unit (packaging/leakmon.service) under a real systemd, as
 //! `cargo xtask install` puts it on a compute host: its sandbox and
 //! capabilities let the daemon load its probes and watch nova-compute,
-//! `Type=notify` works, the watchdog restarts a hung daemon, and reload
-//! and stop are clean.
+//! `Type=notify` works, the journal is read for secrets, the watchdog
+//! restarts a hung daemon, and reload and stop are clean.
 //! It installs into / and needs systemd as PID 1, so it runs only in the
 //! VM booted for it (`leakmon.init=systemd`, see `cargo xtask vm`).
 
@@ -122,6 +122,26 @@ fn the_packaged_unit_runs_under_systemd_whose_watchdog_restarts_a_hung_daemon() 
         .filter(|fd| fd["birth"]["origin"] == "syscall" && fd["birth"]["syscall"] == "openat")
         .count();
     assert!(opened >= 5, "{snapshot:#}");
+
+    // Its stdout as a journal stream with a token in a line: the daemon in
+    // its sandbox follows the journal (journalctl) and flags it.
+    nova.send(&format!("journal stream X-Auth-Token: {}", tests::FAKE_TOKEN));
+    nova.expect("journaled");
+    let alerts = "/var/log/leakmon/alerts.ndjson";
+    await_true("secret_in_log for the journal", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(alerts).unwrap_or_default();
+        (text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok()))
+        .any(|alert| {
+            alert["rule"] == "secret_in_log" && alert["process"]["pid"] == pid && alert["key"] == "journal"
+        })
+    });
+    let alerts_text = std::fs::read_to_string(alerts).unwrap();
+    assert!(
+        !(alerts_text + &journal()).contains(tests::FAKE_TOKEN),
+        "the token value leaked"
+    );
 
     // The watchdog hears from the engine's loop; the status line is set.
     await_true("a WATCHDOG=1", Duration::from_secs(40), || {

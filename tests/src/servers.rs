@@ -117,3 +117,66 @@ fn unchunk(mut body: &str) -> String {
     }
     out
 }
+
+/// A systemd-journald listening on its usual sockets: the host's own, or
+/// one started for the test (a machine without systemd as PID 1 has none)
+/// and stopped at drop.
+pub struct Journald {
+    started: Option<std::process::Child>,
+    /// The sockets' directory, removed at drop if the test's journald made it.
+    made_dir: bool,
+}
+
+const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
+const JOURNALD_DIR: &str = "/run/systemd/journal";
+
+fn journald_listens() -> bool {
+    std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(JOURNALD_SOCKET).is_ok())
+}
+
+impl Journald {
+    /// None, with the reason, when there is no journald to run.
+    pub fn ensure() -> Result<Journald, String> {
+        if journald_listens() {
+            return Ok(Journald {
+                started: None,
+                made_dir: false,
+            });
+        }
+        let binary = "/lib/systemd/systemd-journald";
+        if !std::path::Path::new(binary).exists() {
+            return Err(format!("no journald listens and {binary} is not installed"));
+        }
+        let made_dir = !std::path::Path::new(JOURNALD_DIR).exists();
+        let child = std::process::Command::new(binary)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {binary}: {e}"))?;
+        let journald = Journald {
+            started: Some(child),
+            made_dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !journald_listens() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "journald did not listen within 10 s"
+            );
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(journald)
+    }
+}
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.started.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            if self.made_dir {
+                let _ = std::fs::remove_dir_all(JOURNALD_DIR);
+            }
+        }
+    }
+}

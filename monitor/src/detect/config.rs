@@ -148,6 +148,9 @@ pub struct SecretInLog {
     /// together; more is jumped over (counted): a log flood costs the
     /// daemon a bounded CPU and never holds up the ring buffer's drain.
     pub scan_bytes_per_s: u64,
+    /// Also follow the systemd journal for the watched processes' entries
+    /// (with `journalctl`, where journald runs).
+    pub journal: bool,
 }
 
 impl Default for Rules {
@@ -306,6 +309,7 @@ impl Default for SecretInLog {
             enabled: true,
             quiet_s: 600,
             scan_bytes_per_s: 4 * 1024 * 1024,
+            journal: true,
         }
     }
 }

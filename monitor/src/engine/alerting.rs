@@ -16,7 +16,7 @@ use crate::{
     },
     fdkind::FdKind,
     ledger::Process,
-    logscan::LogTails,
+    logscan::{LogTails, Sighting, journal::Journal},
     proc, redact, time,
 };
 
@@ -29,6 +29,7 @@ pub struct Alerting {
     pub histories: detect::history::Histories,
     limits: HashMap<u32, (u64, Limits)>,
     logs: HashMap<u32, LogTails>,
+    journal: Journal,
     pub book: alerts::Book,
     pub sinks: Sinks,
 }
@@ -47,6 +48,7 @@ impl Alerting {
             histories: Default::default(),
             limits: HashMap::new(),
             logs: HashMap::new(),
+            journal: Journal::default(),
             book: alerts::Book::new(host_name(config), config.alerts.resend_interval_s),
             sinks: Sinks::new(&config.alerts)?,
         })
@@ -97,19 +99,44 @@ fn scan_logs(
         .filter(|(_, entry)| entry.kind == FdKind::File)
         .map(|(fd, entry)| (*fd, entry.birth.ts_ns));
     let scan = tails.scan(process.pid, files, left);
-    counters.log_bytes_scanned += scan.bytes_scanned;
-    if scan.bytes_skipped > 0 {
-        if counters.log_bytes_skipped == 0 {
-            warn!(
-                pid = process.pid,
-                bytes = scan.bytes_skipped,
-                "logs grow faster than rules.secret_in_log.scan_bytes_per_s: text jumped over unread \
-                 (counted in status as engine.log_bytes_skipped; logged once)"
-            );
-        }
-        counters.log_bytes_skipped += scan.bytes_skipped;
-    }
+    count_log_bytes(counters, scan.bytes_scanned, scan.bytes_skipped);
     history.record_log_secrets(&scan.sightings, now, (rule.quiet_s + 10) * NS);
+}
+
+fn count_log_bytes(counters: &mut EngineCounters, scanned: u64, skipped: u64) {
+    counters.log_bytes_scanned += scanned;
+    if skipped > 0 && counters.log_bytes_skipped == 0 {
+        warn!(
+            bytes = skipped,
+            "logs grow faster than rules.secret_in_log.scan_bytes_per_s: text jumped over unread \
+             (counted in status as engine.log_bytes_skipped; logged once)"
+        );
+    }
+    counters.log_bytes_skipped += skipped;
+}
+
+/// The journal entries of the watched processes since the last tick, with a
+/// secret in them, by pid.
+fn scan_journal(
+    journal: &mut Journal,
+    pids: Vec<u32>,
+    rules: &Rules,
+    now: u64,
+    counters: &mut EngineCounters,
+) -> HashMap<u32, Vec<Sighting>> {
+    let rule = &rules.secret_in_log;
+    let pids = if rule.enabled && rule.journal {
+        pids
+    } else {
+        Vec::new()
+    };
+    let found = journal.poll(&pids, now, rule.scan_bytes_per_s);
+    count_log_bytes(counters, found.bytes_scanned, found.bytes_skipped);
+    let mut by_pid: HashMap<u32, Vec<Sighting>> = HashMap::new();
+    for (pid, sighting) in found.sightings {
+        by_pid.entry(pid).or_default().push(sighting);
+    }
+    by_pid
 }
 
 impl Engine {
@@ -120,6 +147,10 @@ impl Engine {
         let mut out: Vec<Alert> = Vec::new();
         // The engine reads logs between drains: a bounded amount per tick.
         let mut log_bytes_left = self.config.rules.secret_in_log.scan_bytes_per_s;
+        let mut pids: Vec<u32> = self.ledger.processes.keys().copied().collect();
+        pids.sort_unstable();
+        let rules = &self.config.rules;
+        let mut journal = scan_journal(&mut alerting.journal, pids, rules, now, &mut self.counters);
         for (pid, process) in &self.ledger.processes {
             let history = alerting.histories.entry(*pid).or_default();
             history.push(Sample::of(&self.ledger, process, now), keep_ns);
@@ -134,6 +165,9 @@ impl Engine {
                 &mut log_bytes_left,
                 &mut self.counters,
             );
+            if let Some(sightings) = journal.remove(pid) {
+                history.record_log_secrets(&sightings, now, (rules.secret_in_log.quiet_s + 10) * NS);
+            }
             let limits = alerting
                 .limits
                 .entry(*pid)

@@ -6,6 +6,7 @@
 //! before is not scanned. Only where a secret is (file, byte offset of its
 //! line) and its kind are kept: the text is dropped as soon as it is scanned.
 
+pub mod journal;
 pub mod patterns;
 
 use std::{

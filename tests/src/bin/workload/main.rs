@@ -26,6 +26,7 @@ mod bulk;
 mod drip;
 mod held;
 mod http;
+mod journal;
 mod kinds;
 mod loops;
 mod mix;
@@ -76,6 +77,10 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             "exec" => reexec(number(1) as u64),
             "overtaken-ready" => held::overtaken_ready(),
             "overtaken-go" => held::overtaken_go(),
+            "journal" => {
+                let text = command.trim().splitn(3, ' ').nth(2).unwrap_or("");
+                journal::send(words.get(1).copied().unwrap_or(""), text)
+            }
             _ => {}
         }
         match command.trim() {
@@ -96,6 +101,7 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
                     "cloexec",
                     "overtaken-ready",
                     "overtaken-go",
+                    "journal",
                 ]
                 .iter()
                 .any(|c| other.starts_with(c)) => {}
