@@ -384,19 +384,26 @@ fn a_token_sent_to_the_journal_fires_and_its_value_is_nowhere() {
     if !require_root("a_token_sent_to_the_journal_fires_and_its_value_is_nowhere") {
         return;
     }
-    let _journald = match Journald::ensure() {
+    let journald = match Journald::ensure() {
         Ok(journald) => journald,
         Err(why) => {
             println!("skipped a_token_sent_to_the_journal_fires_and_its_value_is_nowhere: {why}");
             return;
         }
     };
-    let line = format!("request headers {{'X-Auth-Token': '{}'}}", tests::FAKE_TOKEN);
+    // Unique to this run: the journal keeps earlier runs' entries.
+    let since_epoch = std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos();
+    let marker = format!("run-{}-{since_epoch}", std::process::id());
+    let line = format!(
+        "request {marker} headers {{'X-Auth-Token': '{}'}}",
+        tests::FAKE_TOKEN
+    );
     let config = format!("{FAST_RULES}[rules.secret_in_log]\nquiet_s = 3\n");
-    // An entry from before the daemon started is not read.
+    // An entry from before the daemon started (in the journal before it) is not read.
     let mut w = Watched::start_after("alert-journal", "lm-journal", &config, &["serve"], |early| {
         early.send(&format!("journal native {line}"));
         early.expect("journaled");
+        journald.await_entry(early.pid, &marker);
     });
     w.workload.send(&format!("journal native {line}"));
     w.workload.expect("journaled");

@@ -169,6 +169,29 @@ impl Journald {
     }
 }
 
+impl Journald {
+    /// Waits until the journal holds an entry of `pid` containing `needle`:
+    /// journald stamps an entry when it takes it in, which can lag its
+    /// sending (by 0.2 s once on a loaded 2-core CI machine).
+    pub fn await_entry(&self, pid: u32, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = std::process::Command::new("journalctl")
+                .args(["--output=cat", "--no-pager", &format!("_PID={pid}")])
+                .output()
+                .expect("journalctl");
+            if String::from_utf8_lossy(&out.stdout).contains(needle) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "journald holds no entry of pid {pid} with {needle:?} after 10 s"
+            );
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Journald {
     fn drop(&mut self) {
         if let Some(mut child) = self.started.take() {

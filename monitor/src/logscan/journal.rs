@@ -9,7 +9,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread::JoinHandle,
     time::Instant,
@@ -188,7 +188,7 @@ pub fn journald_listens() -> bool {
 }
 
 /// Reads `journalctl`'s JSON lines until it ends.
-fn read_entries(stdout: ChildStdout, pids: &[u32], shared: &Mutex<Shared>, budget_per_s: u64) {
+fn read_entries(stdout: impl std::io::Read, pids: &[u32], shared: &Mutex<Shared>, budget_per_s: u64) {
     let mut budget = Budget::new(budget_per_s);
     let mut malformed = 0u64;
     for line in BufReader::new(stdout).split(b'\n') {
@@ -289,6 +289,38 @@ mod tests {
         assert_eq!(message_bytes(&json!([104, 105, 255])).unwrap(), [104, 105, 255]);
         assert_eq!(message_bytes(&json!(["a", [98]])).unwrap(), b"a\nb");
         assert_eq!(message_bytes(&Value::Null), None);
+    }
+
+    /// journalctl's output: entries of a watched and an unwatched pid, one
+    /// not JSON (the cut last line of an ended journalctl), one without a
+    /// token, one beyond the budget.
+    #[test]
+    fn only_watched_entries_within_the_budget_are_scanned_and_the_cursor_follows() {
+        let token = format!("X-Auth-Token: {}", crate::http::FAKE_TOKEN);
+        let entry = |pid: u32, cursor: &str, message: &str| {
+            json!({"__CURSOR": cursor, "_PID": pid.to_string(), "MESSAGE": message}).to_string()
+        };
+        let lines = [
+            entry(7, "c1", &token),
+            entry(8, "c2", &token),
+            "{\"__CURSOR\": \"c3\", \"MESS".to_string(),
+            entry(7, "c4", "GET /v1/nodes 200"),
+            entry(7, "c5", &"x".repeat(200)),
+            entry(7, "c6", &token),
+        ];
+        let output = lines.join("\n") + "\n";
+        let shared = Mutex::new(Shared::default());
+        read_entries(output.as_bytes(), &[7], &shared, 100);
+        let state = shared.into_inner().unwrap();
+        assert_eq!(state.cursor.as_deref(), Some("c6"));
+        let pids: Vec<u32> = state.found.sightings.iter().map(|(pid, _)| *pid).collect();
+        assert_eq!(pids, [7], "pid 8 is not watched; c6 is past the budget");
+        assert_eq!(state.found.sightings[0].1.path, JOURNAL);
+        assert_eq!(state.found.sightings[0].1.kind, patterns::SecretKind::AuthHeader);
+        let scanned = (token.len() + "GET /v1/nodes 200".len()) as u64;
+        assert_eq!(state.found.bytes_scanned, scanned);
+        // 100 bytes a second: the first token and the plain line fit, not the rest.
+        assert_eq!(state.found.bytes_skipped, 200 + token.len() as u64);
     }
 
     #[test]
