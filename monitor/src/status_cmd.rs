@@ -76,7 +76,14 @@ pub fn render(status: &Value) -> String {
         firing.join(", ")
     };
     let _ = writeln!(out, "alerts firing: {firing}");
-    for section in ["kernel", "engine", "ledger", "alert_sinks", "alertmanager"] {
+    for section in [
+        "kernel",
+        "engine",
+        "ledger",
+        "journal",
+        "alert_sinks",
+        "alertmanager",
+    ] {
         if status[section].is_null() {
             continue;
         }

@@ -424,6 +424,11 @@ fn a_token_sent_to_the_journal_fires_and_its_value_is_nowhere() {
         assert_eq!(evidence["last_offset"], Value::Null, "{how}");
         await_alert_in(&alerts, pid, "secret_in_log", "resolved", FIRE, log);
     }
+    let journal = &w.daemon.status()["journal"];
+    assert_eq!(
+        (journal["following"].as_bool(), journal["pids"].as_u64()),
+        (Some(true), Some(2))
+    );
     let everything = std::fs::read_to_string(&alerts).unwrap() + &w.daemon.log_text();
     assert!(!everything.contains(tests::FAKE_TOKEN), "the token value leaked");
     stdout.exit();

@@ -125,7 +125,7 @@ fn the_packaged_unit_runs_under_systemd_whose_watchdog_restarts_a_hung_daemon() 
 
     // Its stdout as a journal stream with a token in a line: the daemon in
     // its sandbox follows the journal (journalctl) and flags it.
-    nova.send(&format!("journal stream X-Auth-Token: {}", tests::FAKE_TOKEN));
+    nova.send("journal stream X-Auth-Token: FAKE-TOKEN-leakmon-test-not-a-credential");
     nova.expect("journaled");
     let alerts = "/var/log/leakmon/alerts.ndjson";
     await_true("secret_in_log for the journal", Duration::from_secs(30), || {

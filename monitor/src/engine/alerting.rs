@@ -29,7 +29,7 @@ pub struct Alerting {
     pub histories: detect::history::Histories,
     limits: HashMap<u32, (u64, Limits)>,
     logs: HashMap<u32, LogTails>,
-    journal: Journal,
+    pub journal: Journal,
     pub book: alerts::Book,
     pub sinks: Sinks,
 }

@@ -34,6 +34,8 @@ pub struct StatusView<'a> {
     pub probes: &'a crate::config::Probes,
     /// Alerts firing now by rule, and what the sinks did.
     pub alerts_firing: std::collections::BTreeMap<crate::detect::Rule, u64>,
+    /// The `journalctl` that `secret_in_log` follows the journal with.
+    pub journal: crate::logscan::journal::JournalStatus,
     pub alert_sinks: &'a crate::alerts::sinks::SinkCounters,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alertmanager: Option<crate::alerts::alertmanager::Counters>,
@@ -89,6 +91,7 @@ impl Engine {
             engine: &self.counters,
             probes: &self.config.probes,
             alerts_firing: self.alerting.book.firing_by_rule(),
+            journal: self.alerting.journal.status(),
             alert_sinks: &self.alerting.sinks.counters,
             alertmanager: self.alerting.sinks.alertmanager_counters(),
         }
@@ -170,6 +173,7 @@ pub(crate) fn example_json() -> serde_json::Value {
         engine: &EngineCounters::default(),
         probes: &crate::config::Probes::default(),
         alerts_firing: [(Rule::FdLeak, 1)].into(),
+        journal: Default::default(),
         alert_sinks: &crate::alerts::sinks::SinkCounters::default(),
         alertmanager: Some(alertmanager::Counters::default()),
     };

@@ -32,6 +32,18 @@ const RETRY_NS: u64 = 10_000_000_000;
 /// the last entry read, so waiting loses nothing.
 const RESTART_NS: u64 = 5_000_000_000;
 
+/// Whether the journal is being followed, for `leakmon status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JournalStatus {
+    /// A `journalctl` runs now.
+    pub following: bool,
+    /// The watched pids it filters on.
+    pub pids: usize,
+    /// `journalctl`s started since the daemon started (one per new set of
+    /// watched pids, at most every 5 s, and per retry).
+    pub starts: u64,
+}
+
 /// What the reader found since the last [`Journal::poll`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Found {
@@ -60,6 +72,7 @@ pub struct Journal {
     retry_at_ns: u64,
     /// Whether "journal not followed" was said (once).
     said_unavailable: bool,
+    starts: u64,
     /// `--since` of the first `journalctl`: the daemon's start (µs since
     /// the epoch); later ones resume after the last entry read.
     since_us: u128,
@@ -75,12 +88,21 @@ impl Default for Journal {
             started_ns: 0,
             retry_at_ns: 0,
             said_unavailable: false,
+            starts: 0,
             since_us: now.map_or(0, |d| d.as_micros()),
         }
     }
 }
 
 impl Journal {
+    pub fn status(&self) -> JournalStatus {
+        JournalStatus {
+            following: self.child.is_some(),
+            pids: self.pids.len(),
+            starts: self.starts,
+        }
+    }
+
     /// Keeps a `journalctl` following `pids` (sorted) and takes what it
     /// found; `budget_per_s` bounds the MESSAGE bytes scanned per second.
     pub fn poll(&mut self, pids: &[u32], now_ns: u64, budget_per_s: u64) -> Found {
@@ -95,6 +117,7 @@ impl Journal {
         }
         if self.child.is_none() && !pids.is_empty() && now_ns >= self.retry_at_ns && journald_listens() {
             self.started_ns = now_ns;
+            self.starts += 1;
             match self.start(pids, budget_per_s) {
                 Ok(()) => debug!(pids = pids.len(), "following the journal"),
                 Err(e) => {
@@ -296,7 +319,7 @@ mod tests {
     /// token, one beyond the budget.
     #[test]
     fn only_watched_entries_within_the_budget_are_scanned_and_the_cursor_follows() {
-        let token = format!("X-Auth-Token: {}", crate::http::FAKE_TOKEN);
+        let token = "X-Auth-Token: FAKE-TOKEN-leakmon-test-not-a-credential".to_string();
         let entry = |pid: u32, cursor: &str, message: &str| {
             json!({"__CURSOR": cursor, "_PID": pid.to_string(), "MESSAGE": message}).to_string()
         };
