@@ -394,10 +394,8 @@ fn a_token_sent_to_the_journal_fires_and_its_value_is_nowhere() {
     // Unique to this run: the journal keeps earlier runs' entries.
     let since_epoch = std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos();
     let marker = format!("run-{}-{since_epoch}", std::process::id());
-    let line = format!(
-        "request {marker} headers {{'X-Auth-Token': '{}'}}",
-        tests::FAKE_TOKEN
-    );
+    let line =
+        format!("request {marker} headers {{'X-Auth-Token': 'FAKE-TOKEN-leakmon-test-not-a-credential'}}");
     let config = format!("{FAST_RULES}[rules.secret_in_log]\nquiet_s = 3\n");
     // An entry from before the daemon started (in the journal before it) is not read.
     let mut w = Watched::start_after("alert-journal", "lm-journal", &config, &["serve"], |early| {
