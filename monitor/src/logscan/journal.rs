@@ -25,7 +25,8 @@ pub const JOURNAL: &str = "journal";
 /// journald's native socket: where it runs, it listens there (the file
 /// stays behind when it stops).
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
-/// A `journalctl` that could not start or ended is started again this late.
+/// A `journalctl` that could not start or ended, or a journald that did
+/// not listen, is tried again this late.
 const RETRY_NS: u64 = 10_000_000_000;
 /// A new set of watched pids restarts `journalctl` at most this often (a
 /// process that forks often would restart it each time): it resumes after
@@ -115,7 +116,11 @@ impl Journal {
         if pids.is_empty() || (pids != self.pids.as_slice() && restart_due) {
             self.stop();
         }
-        if self.child.is_none() && !pids.is_empty() && now_ns >= self.retry_at_ns && journald_listens() {
+        let due = self.child.is_none() && !pids.is_empty() && now_ns >= self.retry_at_ns;
+        if due && !journald_listens() {
+            // A host without journald is asked again after the retry delay.
+            self.retry_at_ns = now_ns + RETRY_NS;
+        } else if due {
             self.started_ns = now_ns;
             self.starts += 1;
             match self.start(pids, budget_per_s) {
