@@ -134,8 +134,17 @@ fn journald_listens() -> bool {
     std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(JOURNALD_SOCKET).is_ok())
 }
 
+/// Polls `check` every 20 ms; fails saying `what` after 10 s.
+fn within_10_s(what: impl Fn() -> String, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{} after 10 s", what());
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 impl Journald {
-    /// None, with the reason, when there is no journald to run.
+    /// The reason, when there is no journald to run.
     pub fn ensure() -> Result<Journald, String> {
         if journald_listens() {
             return Ok(Journald {
@@ -157,38 +166,25 @@ impl Journald {
             started: Some(child),
             made_dir,
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !journald_listens() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "journald did not listen within 10 s"
-            );
-            thread::sleep(std::time::Duration::from_millis(20));
-        }
+        within_10_s(|| "journald does not listen".into(), journald_listens);
         Ok(journald)
     }
-}
 
-impl Journald {
     /// Waits until the journal holds an entry of `pid` containing `needle`:
     /// journald stamps an entry when it takes it in, which can lag its
     /// sending (by 0.2 s once on a loaded 2-core CI machine).
     pub fn await_entry(&self, pid: u32, needle: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
+        let holds_it = || {
             let out = std::process::Command::new("journalctl")
                 .args(["--output=cat", "--no-pager", &format!("_PID={pid}")])
                 .output()
                 .expect("journalctl");
-            if String::from_utf8_lossy(&out.stdout).contains(needle) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "journald holds no entry of pid {pid} with {needle:?} after 10 s"
-            );
-            thread::sleep(std::time::Duration::from_millis(20));
-        }
+            String::from_utf8_lossy(&out.stdout).contains(needle)
+        };
+        within_10_s(
+            || format!("journald holds no entry of pid {pid} with {needle:?}"),
+            holds_it,
+        );
     }
 }
 
