@@ -12,14 +12,16 @@ pub const DATA_CAPTURE: usize = 2048;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataEvent {
     pub header: EventHeader,
-    /// The SSL object for TLS data, else 0.
+    /// The SSL object for TLS data, else 0. In a [`data_flags::LOG`] record:
+    /// where in the write its bytes start (a write is shipped in up to
+    /// [`LOG_CHUNKS`] records).
     pub ssl: u64,
     /// The socket's fd, or `NO_FD` when the probes could not tell (TLS data
     /// served from OpenSSL's buffer before the connection was seen).
     pub fd: u32,
     /// [`data_flags`] bits.
     pub flags: u32,
-    /// Bytes the call moved.
+    /// Bytes the call moved (a LOG record: those from its start on).
     pub len: u32,
     /// Bytes of them in `data` (at most [`DATA_CAPTURE`]).
     pub captured: u32,
@@ -34,7 +36,14 @@ pub mod data_flags {
     pub const TLS: u32 = 1 << 1;
     /// The second write of a message (a request body after its headers).
     pub const CONTINUATION: u32 = 1 << 2;
+    /// Written to a log stream (see [`stream_flags::LOG`]): every write is
+    /// shipped whole, up to `LOG_CHUNKS * DATA_CAPTURE` bytes.
+    pub const LOG: u32 = 1 << 3;
 }
+
+/// Records a write to a log stream is shipped in, at most: 8 KiB, past a
+/// long log line's headers. The rest is counted in `counter::LOG_BYTES_SKIPPED`.
+pub const LOG_CHUNKS: usize = 4;
 
 /// Per-stream state of the capture (SOCK_FDS, SSL_STATE values): which way
 /// data last went, and how many writes the current message has had.
@@ -55,6 +64,10 @@ pub mod stream_flags {
     /// The socket carries TLS: plaintext comes from the OpenSSL probes, the
     /// syscall probes leave its ciphertext alone.
     pub const TLS: u32 = 1 << 0;
+    /// Not a TCP socket but where the process writes its log (stdout or
+    /// stderr to a pipe or socket, a socket to a syslog daemon): user space
+    /// marks it, and the probes ship what is written to it for the secret scan.
+    pub const LOG: u32 = 1 << 1;
 }
 
 /// An SSL call in flight on a thread (TLS_CALLS), kept from the uprobe to

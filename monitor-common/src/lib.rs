@@ -264,6 +264,11 @@ pub struct KernelConfig {
     /// Wake the reader once this many bytes wait in the ring buffer; below
     /// it events are submitted without a wakeup and the reader's timer drains them.
     pub wakeup_bytes: u32,
+    /// Ring-buffer bytes the records of log-stream writes may take per CPU
+    /// per second (each record counts DATA_CAPTURE); writes past it are
+    /// counted in `counter::LOG_BYTES_SKIPPED`.
+    pub log_bytes_per_cpu_s: u32,
+    pub _pad: u32,
 }
 
 /// Field offsets of the non-syscall tracepoints, read by user space from
@@ -353,15 +358,18 @@ pub mod counter {
     /// track: `SOCKS` or `SOCK_FDS` was full. Their states or HTTP calls go
     /// unseen until reconciliation (states) or ever (calls).
     pub const TRACKING_FULL: u32 = 68;
+    /// Bytes written to log streams that were not shipped: past the per-CPU
+    /// budget, or past `LOG_CHUNKS` records in one write.
+    pub const LOG_BYTES_SKIPPED: u32 = 69;
     /// Number of slots.
-    pub const SLOTS: u32 = 69;
+    pub const SLOTS: u32 = 70;
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<FdEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<TaskEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<RecvFdsEvent>() == 32 + CMSG_CAPTURE);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
 const _: () = assert!(core::mem::size_of::<CancelledClose>() == 24);
 const _: () = assert!(core::mem::size_of::<DeferredOpen>() == 80);

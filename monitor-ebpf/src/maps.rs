@@ -31,9 +31,14 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::S
 #[map]
 pub static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(65536, 0);
 
-/// (tgid << 32 | fd) of TCP sockets of watched processes -> capture state.
+/// (tgid << 32 | fd) of TCP sockets and log streams of watched processes -> capture state.
 #[map]
 pub static SOCK_FDS: HashMap<u64, StreamState> = HashMap::with_max_entries(65536, 0);
+
+/// This CPU's log-stream budget: [start of its one-second window (boot
+/// ns), bytes shipped in it].
+#[map]
+pub static LOG_WINDOW: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// SSL* -> capture state. LRU: an SSL object is freed without the probes seeing it.
 #[map]
@@ -136,13 +141,18 @@ fn store_byte(bytes: *mut [u8; 8], tgid: u32, value: u8) {
 
 #[inline(always)]
 pub fn count(slot: u32) {
+    count_n(slot, 1);
+}
+
+#[inline(always)]
+pub fn count_n(slot: u32, n: u64) {
     if let Some(value) = COUNTERS.get_ptr_mut(slot) {
         // SAFETY: a live, aligned per-CPU u64. Tracepoint programs run with
         // preemption off and the kernel does not nest them on one CPU
         // (bpf_prog_active). A uprobe program (preemptible) or the flush (an
         // IPI, defer.rs) may rarely cost an increment: these are diagnostics,
         // and a loss they miss is still repaired by the periodic reconciliation.
-        unsafe { *value += 1 }
+        unsafe { *value += n }
     }
 }
 

@@ -85,6 +85,7 @@ pub fn run(config_path: Option<&Path>) -> Vec<Check> {
     }
     if let Some(config) = &config {
         checks.extend(journal(config));
+        checks.extend(syslog(config));
         checks.extend(watched_now(config));
     }
     checks
@@ -115,6 +116,31 @@ fn journal(config: &Config) -> Option<Check> {
             Some("install journalctl (Debian: systemd), or set rules.secret_in_log.journal = false"),
         ),
     })
+}
+
+/// Who listens at the syslog paths `secret_in_log` reads sockets to.
+fn syslog(config: &Config) -> Option<Check> {
+    let rule = &config.rules.secret_in_log;
+    if !(rule.enabled && rule.streams) || rule.syslog_paths.is_empty() {
+        return None;
+    }
+    let listens = |path: &str| {
+        std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(path).is_ok())
+            || std::os::unix::net::UnixStream::connect(path).is_ok()
+    };
+    let each: Vec<String> = (rule.syslog_paths.iter())
+        .map(|path| {
+            let target = std::fs::canonicalize(path).map(|p| p.display().to_string());
+            match target {
+                Ok(target) if target.starts_with("/run/systemd/journal/") => {
+                    format!("{path} is journald's (read through the journal)")
+                }
+                _ if listens(path) => format!("a syslog daemon listens at {path}: read as log streams"),
+                _ => format!("nothing listens at {path}"),
+            }
+        })
+        .collect();
+    Some(check("syslog", Verdict::Ok, each.join("; "), None))
 }
 
 fn lockdown() -> Check {

@@ -12,6 +12,7 @@ mod ledger;
 mod operations;
 mod overflow;
 mod scenarios;
+mod secrets;
 mod sinks;
 mod snapshot;
 mod sockets;

@@ -199,3 +199,61 @@ impl Drop for Journald {
         }
     }
 }
+
+/// A real rsyslogd listening on a socket of its own (not /dev/log: the
+/// host's logging is left alone) and writing what it gets to a file.
+pub struct Rsyslog {
+    child: std::process::Child,
+    pub socket: std::path::PathBuf,
+    pub file: std::path::PathBuf,
+}
+
+impl Rsyslog {
+    /// The reason, when rsyslogd is not installed.
+    pub fn start(dir: &std::path::Path) -> Result<Rsyslog, String> {
+        let binary = "/usr/sbin/rsyslogd";
+        if !std::path::Path::new(binary).exists() {
+            return Err(format!(
+                "{binary} is not installed (cargo xtask setup installs rsyslog)"
+            ));
+        }
+        let socket = dir.join("syslog.sock");
+        let file = dir.join("syslog.messages");
+        let conf = dir.join("rsyslog.conf");
+        let config = format!(
+            "global(workDirectory=\"{dir}\")\n\
+             module(load=\"imuxsock\" SysSock.Use=\"off\")\n\
+             input(type=\"imuxsock\" Socket=\"{socket}\")\n\
+             *.* action(type=\"omfile\" file=\"{file}\")\n",
+            dir = dir.display(),
+            socket = socket.display(),
+            file = file.display(),
+        );
+        std::fs::write(&conf, config).map_err(|e| e.to_string())?;
+        let child = std::process::Command::new(binary)
+            .args(["-n", "-iNONE", "-f"])
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {binary}: {e}"))?;
+        let rsyslog = Rsyslog { child, socket, file };
+        let listens =
+            || std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(&rsyslog.socket).is_ok());
+        within_10_s(|| "rsyslogd does not listen".into(), listens);
+        Ok(rsyslog)
+    }
+
+    /// Waits until rsyslogd wrote a line containing `needle` to its file.
+    pub fn await_line(&self, needle: &str) {
+        let holds_it = || std::fs::read_to_string(&self.file).is_ok_and(|text| text.contains(needle));
+        within_10_s(|| format!("rsyslogd wrote no line with {needle:?}"), holds_it);
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

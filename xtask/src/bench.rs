@@ -194,6 +194,9 @@ pub fn run_loop(bins: &Bins, dir: &Path, beside: &Beside, kind: &str, ops: u64) 
         if kind.starts_with("tls:") && watched {
             await_tls(daemon, workload.pid);
         }
+        if kind == "logline" && watched {
+            await_stream(daemon, workload.pid);
+        }
     }
     let cpu_before = daemon.map(|d| cpu_ns(d.pid()));
     workload.send("go");
@@ -215,6 +218,16 @@ pub fn await_tls(daemon: &tests::daemon::Daemon, pid: u32) {
         status["tls"]
             .as_array()
             .is_some_and(|a| a.iter().any(|t| t["pid"] == pid))
+    });
+}
+
+/// Waits until the daemon reads the loop's stderr pipe as a log stream.
+fn await_stream(daemon: &tests::daemon::Daemon, pid: u32) {
+    daemon.await_status("stderr read as a log stream", Duration::from_secs(10), |status| {
+        (status["processes"].as_array().into_iter().flatten())
+            .filter(|p| p["pid"] == pid)
+            .flat_map(|p| p["log_streams"].as_array().into_iter().flatten())
+            .any(|name| name.as_str().is_some_and(|n| n.starts_with("stderr (pipe:")))
     });
 }
 

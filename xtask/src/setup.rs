@@ -11,7 +11,8 @@ use crate::util::{exec, is_root, output, step};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Debian packages the tests and benchmarks use (openssl and python3-venv
-/// for the test bed).
+/// for the test bed; rsyslog for the log stream test, which starts its own
+/// rsyslogd on a socket of its own).
 pub const PACKAGES: &[&str] = &[
     "lsof",
     "iproute2",
@@ -21,6 +22,7 @@ pub const PACKAGES: &[&str] = &[
     "python3-venv",
     "prometheus",
     "prometheus-alertmanager",
+    "rsyslog",
 ];
 
 pub fn run_all() -> anyhow::Result<()> {

@@ -8,18 +8,26 @@
 //! and power targets). Everything else (bodies, later chunks) is skipped in
 //! the kernel: the capture costs a map lookup per data syscall and one
 //! record per message start.
+//!
+//! The same map holds the log streams user space marks (stdout or stderr
+//! that is a pipe or socket, a socket to syslog): every write to one is
+//! shipped, within a per-CPU budget, for the secret scan.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use monitor_common::{DATA_CAPTURE, DataEvent, EventKind, StreamState, data_flags, stream_flags};
+use monitor_common::{
+    DATA_CAPTURE, DataEvent, EventKind, LOG_CHUNKS, StreamState, counter, data_flags, stream_flags,
+};
 
 use crate::{
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{SOCK_FDS, TLS_CALLS, forget, is_watched, track},
+    maps::{LOG_WINDOW, SOCK_FDS, TLS_CALLS, config, count_n, forget, is_watched, track},
     regs::syscall_args,
 };
 
@@ -84,6 +92,49 @@ pub fn ship_data(fd: u32, ssl: u64, flags: u32, len: u64, buf: u64) {
     submit(entry);
 }
 
+/// A write to a log stream: shipped whole (up to LOG_CHUNKS records) if
+/// this CPU's budget for the second allows, else only counted. The budget
+/// is charged what the records take in the ring (DATA_CAPTURE each, short
+/// line or not), so that a process logging a flood cannot crowd fd events
+/// out of the ring.
+#[inline(always)]
+fn ship_log(fd: u32, len: u64, buf: u64) {
+    let shipped = len.min((LOG_CHUNKS * DATA_CAPTURE) as u64);
+    let records = shipped.div_ceil(DATA_CAPTURE as u64);
+    if !log_budget_allows(records * DATA_CAPTURE as u64) {
+        count_n(counter::LOG_BYTES_SKIPPED, len);
+        return;
+    }
+    count_n(counter::LOG_BYTES_SKIPPED, len - shipped);
+    for chunk in 0..LOG_CHUNKS {
+        let start = (chunk * DATA_CAPTURE) as u64;
+        if start >= shipped {
+            break;
+        }
+        ship_data(fd, start, data_flags::LOG, len - start, buf + start);
+    }
+}
+
+/// Takes `bytes` from this CPU's log budget for the current second.
+#[inline(always)]
+fn log_budget_allows(bytes: u64) -> bool {
+    let Some(window) = LOG_WINDOW.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: this CPU's value; syscall tracepoints do not nest on a CPU.
+    let window = unsafe { &mut *window };
+    if now.wrapping_sub(window[0]) >= 1_000_000_000 {
+        *window = [now, 0];
+    }
+    if window[1] + bytes > config().log_bytes_per_cpu_s as u64 {
+        return false;
+    }
+    window[1] += bytes;
+    true
+}
+
 /// TLS records start with a handshake (22) or application-data (23) type
 /// and version major 3: such a stream is left to the OpenSSL probes.
 #[inline(always)]
@@ -111,6 +162,12 @@ fn on_data(fd: u32, dir: u32, len: u64, buf: u64) {
     // SAFETY: a live map value; concurrent writers on one fd are rare and at
     // worst cost a capture.
     let state = unsafe { &mut *state };
+    if state.flags & stream_flags::LOG != 0 {
+        if dir == 0 {
+            ship_log(fd, len, buf);
+        }
+        return;
+    }
     if in_ssl_call {
         state.flags |= stream_flags::TLS;
     }

@@ -151,6 +151,13 @@ pub struct SecretInLog {
     /// Also follow the systemd journal for the watched processes' entries
     /// (with `journalctl`, where journald runs).
     pub journal: bool,
+    /// Also scan what the process writes to its log streams: stdout and
+    /// stderr when they are pipes or sockets (a container runtime's or a
+    /// supervisor's collector reads them), and sockets to a syslog daemon.
+    pub streams: bool,
+    /// Where syslog daemons listen: a unix socket connected to one of these
+    /// is a log stream (journald's own sockets are read through `journal`).
+    pub syslog_paths: Vec<String>,
 }
 
 impl Default for Rules {
@@ -310,6 +317,8 @@ impl Default for SecretInLog {
             quiet_s: 600,
             scan_bytes_per_s: 4 * 1024 * 1024,
             journal: true,
+            streams: true,
+            syslog_paths: vec!["/dev/log".into()],
         }
     }
 }
@@ -374,6 +383,12 @@ impl Rules {
             "rules.secret_in_log.scan_bytes_per_s",
             self.secret_in_log.scan_bytes_per_s,
         )?;
+        if let Some(path) = (self.secret_in_log.syslog_paths.iter()).find(|p| !p.starts_with(['/', '@'])) {
+            return Err(invalid(
+                "rules.secret_in_log.syslog_paths",
+                format!("{path:?} is not a socket path (absolute, or @ for an abstract name)"),
+            ));
+        }
         let ps = &self.connection_pool_saturation;
         positive("rules.connection_pool_saturation.window_s", ps.window_s)?;
         positive(

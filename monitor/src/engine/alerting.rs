@@ -15,7 +15,7 @@ use crate::{
         history::{MemorySample, Sample},
     },
     fdkind::FdKind,
-    ledger::Process,
+    ledger::{Ledger, Process},
     logscan::{LogTails, Sighting, journal::Journal},
     proc, redact, time,
 };
@@ -103,7 +103,7 @@ fn scan_logs(
     history.record_log_secrets(&scan.sightings, now, (rule.quiet_s + 10) * NS);
 }
 
-fn count_log_bytes(counters: &mut EngineCounters, scanned: u64, skipped: u64) {
+pub(super) fn count_log_bytes(counters: &mut EngineCounters, scanned: u64, skipped: u64) {
     counters.log_bytes_scanned += scanned;
     if skipped > 0 && counters.log_bytes_skipped == 0 {
         warn!(
@@ -139,6 +139,21 @@ fn scan_journal(
     by_pid
 }
 
+/// What the processes wrote to their log streams since the last tick, with
+/// a secret in it, by pid (scanned as the probes shipped it).
+fn take_stream_sightings(ledger: &mut Ledger, counters: &mut EngineCounters) -> HashMap<u32, Vec<Sighting>> {
+    let mut by_pid = HashMap::new();
+    for (pid, process) in &mut ledger.processes {
+        let (sightings, scanned, uncounted) = process.log_streams.take();
+        counters.log_bytes_scanned += scanned;
+        counters.log_lines_uncounted += uncounted;
+        if !sightings.is_empty() {
+            by_pid.insert(*pid, sightings);
+        }
+    }
+    by_pid
+}
+
 impl Engine {
     pub(super) fn detect(&mut self) {
         let now = time::boot_ns();
@@ -151,6 +166,7 @@ impl Engine {
         pids.sort_unstable();
         let rules = &self.config.rules;
         let mut journal = scan_journal(&mut alerting.journal, pids, rules, now, &mut self.counters);
+        let mut streamed = take_stream_sightings(&mut self.ledger, &mut self.counters);
         for (pid, process) in &self.ledger.processes {
             let history = alerting.histories.entry(*pid).or_default();
             history.push(Sample::of(&self.ledger, process, now), keep_ns);
@@ -165,7 +181,7 @@ impl Engine {
                 &mut log_bytes_left,
                 &mut self.counters,
             );
-            if let Some(sightings) = journal.remove(pid) {
+            for sightings in [journal.remove(pid), streamed.remove(pid)].into_iter().flatten() {
                 history.record_log_secrets(&sightings, now, (rules.secret_in_log.quiet_s + 10) * NS);
             }
             let limits = alerting
@@ -271,6 +287,7 @@ impl Engine {
         self.labels = labels;
         // Only what takes effect now; the rest waits for a restart (logged above).
         let metrics_listen = self.config.alerts.metrics_listen;
+        self.probes.set_log_budget(super::log_bytes_per_cpu_s(&new.rules));
         self.config.rules = new.rules;
         self.config.endpoints = new.endpoints;
         self.config.alerts = crate::config::Alerts {

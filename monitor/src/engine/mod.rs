@@ -7,6 +7,7 @@ mod alerting;
 pub mod cmsg;
 pub mod decode;
 mod follow;
+mod logstreams;
 mod metrics;
 mod status;
 #[cfg(test)]
@@ -57,6 +58,9 @@ pub struct EngineCounters {
     /// beyond `rules.secret_in_log.scan_bytes_per_s`.
     pub log_bytes_scanned: u64,
     pub log_bytes_skipped: u64,
+    /// Lines with a secret written to a process's log streams past 1024 in
+    /// one second: not counted in the alert's `lines`.
+    pub log_lines_uncounted: u64,
 }
 
 pub struct Engine {
@@ -73,6 +77,8 @@ pub struct Engine {
     rechecks: Vec<(u32, u64)>,
     /// The last sock_diag dump failed (logged once until it works again).
     sock_diag_failing: bool,
+    /// The probes' `log_bytes_skipped` as of the last housekeeping.
+    kernel_log_bytes_skipped: u64,
     /// The probes' socket-tracking maps were found full (logged once; each
     /// socket they missed is counted in `kernel.tracking_full`).
     tracking_full_logged: bool,
@@ -99,7 +105,16 @@ pub fn kernel_config(config: &Config, matcher: &Matcher) -> KernelConfig {
     KernelConfig {
         flags,
         wakeup_bytes: config.probes.wakeup_bytes,
+        log_bytes_per_cpu_s: log_bytes_per_cpu_s(&config.rules),
+        _pad: 0,
     }
+}
+
+/// The log streams' budget in the kernel: `scan_bytes_per_s` split between
+/// the CPUs that ship them.
+fn log_bytes_per_cpu_s(rules: &crate::detect::config::Rules) -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u64;
+    (rules.secret_in_log.scan_bytes_per_s / cpus).min(u32::MAX as u64) as u32
 }
 
 /// Reads the config file again (with the command line's overrides) on SIGHUP.
@@ -145,6 +160,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         reconcile_soon: Default::default(),
         rechecks: Vec::new(),
         sock_diag_failing: false,
+        kernel_log_bytes_skipped: 0,
         tracking_full_logged: false,
         scanned: Vec::new(),
         maybe_gone: Default::default(),
@@ -329,6 +345,12 @@ impl Engine {
         self.ledger
             .settle_connects(time::boot_ns(), CONNECT_VERDICT_GRACE_NS);
         self.follow_calls();
+        self.follow_log_streams();
+        let skipped = kernel
+            .log_bytes_skipped
+            .saturating_sub(self.kernel_log_bytes_skipped);
+        self.kernel_log_bytes_skipped = kernel.log_bytes_skipped;
+        alerting::count_log_bytes(&mut self.counters, 0, skipped);
         self.detect();
     }
 

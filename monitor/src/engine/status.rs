@@ -49,6 +49,10 @@ pub struct ProcessSummary {
     pub fds: usize,
     pub threads: usize,
     pub watched_since: String,
+    /// The log streams `secret_in_log` reads (stdout or stderr to a pipe or
+    /// socket, syslog sockets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_streams: Vec<String>,
     /// Its pid namespace and container, when it runs in one.
     #[serde(flatten)]
     pub placement: crate::container::Placement,
@@ -68,6 +72,7 @@ impl Engine {
                 fds: p.fds.len(),
                 threads: p.threads.len(),
                 watched_since: time::rfc3339_of_boot(p.watched_since_ns),
+                log_streams: p.log_streams.names(),
                 placement: crate::container::Placement::of(p.pid),
             })
             .collect();
@@ -163,6 +168,7 @@ pub(crate) fn example_json() -> serde_json::Value {
             fds: 1,
             threads: 1,
             watched_since: "t".into(),
+            log_streams: vec!["stdout (pipe:[7])".into()],
             placement: Placement {
                 ns_pid: Some(1),
                 container_id: Some("c".into()),

@@ -16,6 +16,11 @@ impl Ledger {
             self.counters.data_unplaced += 1;
             return;
         };
+        if meta.flags & data_flags::LOG != 0 {
+            // Written to a log stream: scanned for secrets, no HTTP call.
+            (process.log_streams).write(meta.fd, meta.ssl, meta.len, bytes);
+            return;
+        }
         let tls = meta.flags & data_flags::TLS != 0;
         let fd = (meta.fd != NO_FD).then_some(meta.fd);
         if let (true, Some(fd)) = (tls, fd) {

@@ -153,6 +153,8 @@ pub struct Process {
     pub calls: CallLog,
     /// SSL object -> the socket fd under it, as the probes saw it.
     pub ssl_fds: FastMap<u64, u32>,
+    /// Its log streams and the secrets written to them since the last tick.
+    pub log_streams: crate::logscan::streams::Streams,
     /// When each fd number was last released, and the last close_ranges:
     /// what tells a late creation (`FdOpenLate`) that it is stale.
     pub released_at: FastMap<u32, u64>,
@@ -252,6 +254,7 @@ impl Process {
             touched: None,
             calls: CallLog::default(),
             ssl_fds: FastMap::default(),
+            log_streams: Default::default(),
             released_at: FastMap::default(),
             released_ranges: VecDeque::new(),
             exec_ns: 0,

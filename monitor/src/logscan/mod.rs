@@ -5,9 +5,13 @@
 //! A file is read from where it ended when first seen: what was there
 //! before is not scanned. Only where a secret is (file, byte offset of its
 //! line) and its kind are kept: the text is dropped as soon as it is scanned.
+//! The other two sources: what a process writes to its log streams (pipes
+//! and sockets another process keeps the text of: `streams`) and what it
+//! sends to the systemd journal (`journal`).
 
 pub mod journal;
 pub mod patterns;
+pub mod streams;
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},

@@ -7,21 +7,22 @@ mod gc;
 pub mod hooks;
 mod links;
 pub mod lockdown;
+mod sockfds;
 pub mod tls;
 pub mod tracefs;
 mod watched;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use monitor_common::{
     EventKind, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, Tuple, config_flags, counter,
-    data_flags, maps, watch_flags,
+    maps, watch_flags,
 };
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
@@ -58,6 +59,9 @@ pub struct KernelCounters {
     /// fds closed on the CPU that created them before their creation was
     /// shipped: neither record was (see `DEFER_OPENS`).
     pub short_lived_fds: u64,
+    /// Bytes written to log streams the probes did not ship: past the
+    /// per-CPU budget, or past 8 KiB of one write.
+    pub log_bytes_skipped: u64,
     /// TCP sockets or socket fds the probes could not track (their map was
     /// full): states, owners or HTTP calls of those go unseen.
     pub tracking_full: u64,
@@ -65,12 +69,6 @@ pub struct KernelCounters {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_back: Option<defer::FlushCounters>,
 }
-
-/// How often SOCK_FDS is walked for entries no watched fd holds. Each key
-/// costs a bpf() call: with 10k sockets watched, a walk every second was
-/// most of an idle daemon's CPU. Stale entries cost only map space, and a
-/// socket that takes a stale entry's number resets it (connect, accept).
-const SOCK_FDS_WALK_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct Probes {
     /// Owns the programs and the TLS uprobes' links.
@@ -96,6 +94,8 @@ pub struct Probes {
     /// those it refused (gc.rs).
     seeded_socket_fds: std::collections::HashMap<u64, u64>,
     refused_socket_fds: gc::Refused<u64>,
+    /// Log streams user space marked in SOCK_FDS: key -> the fd's birth.
+    log_streams: std::collections::HashMap<u64, u64>,
     /// When `collect_socket_fds` last walked SOCK_FDS.
     sock_fds_walked: Option<Instant>,
     pub hooks: Vec<HookStatus>,
@@ -224,6 +224,7 @@ impl Probes {
             suspects: MapSuspects::default(),
             seeded_socket_fds: Default::default(),
             refused_socket_fds: gc::Refused::default(),
+            log_streams: Default::default(),
             sock_fds_walked: None,
             deferral,
             config,
@@ -315,69 +316,6 @@ impl Probes {
         self.tls.detach(&mut self.ebpf, pid);
     }
 
-    /// Lets the HTTP capture see the TCP socket fds `(pid, fd, inode)` the
-    /// probes did not see being created (opened before the daemon watched
-    /// the process); called with all of them at every housekeeping. Each
-    /// socket is offered to the map once (offering 10k of them every second
-    /// cost ~0.5 % of a core), and an fd the probes have keeps its stream
-    /// state: overwriting it (as each housekeeping did) in the middle of a
-    /// call made its answer look like more of the request, and the call lost
-    /// its status. One the map refuses is counted once in `kernel.tracking_full`.
-    pub fn seed_socket_fds(&mut self, fds: impl IntoIterator<Item = (u32, u32, u64)>) {
-        let wanted: std::collections::HashMap<u64, u64> = (fds.into_iter())
-            .map(|(pid, fd, inode)| (((pid as u64) << 32) | fd as u64, inode))
-            .collect();
-        self.seeded_socket_fds
-            .retain(|key, inode| wanted.get(key) == Some(inode));
-        self.refused_socket_fds.keep_only(|key| wanted.contains_key(key));
-        for (&key, &inode) in &wanted {
-            if inode != 0 && self.seeded_socket_fds.contains_key(&key) {
-                continue;
-            }
-            let state = StreamState {
-                last_dir: data_flags::READ,
-                fd: key as u32,
-                ..StreamState::default()
-            };
-            match self.sock_fds.insert(key, state, BPF_NOEXIST) {
-                Ok(()) => {}
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => {
-                    if self.refused_socket_fds.note(key) {
-                        debug!(pid = key >> 32, fd = key as u32, error = %e, "SOCK_FDS refused a socket fd");
-                    }
-                    continue;
-                }
-            }
-            self.seeded_socket_fds.insert(key, inode);
-        }
-    }
-
-    /// Forgets socket fds `held` says are gone (closed by close_range,
-    /// exec, exit: paths the probes do not clean up after), once they have
-    /// been gone for the grace period (gc.rs). Walks the map at most every
-    /// [`SOCK_FDS_WALK_INTERVAL`]: a walk is a bpf() per key.
-    pub fn collect_socket_fds(&mut self, held: impl Fn(u32, u32) -> bool) -> usize {
-        let now = Instant::now();
-        if self
-            .sock_fds_walked
-            .is_some_and(|at| now.duration_since(at) < SOCK_FDS_WALK_INTERVAL)
-        {
-            return 0;
-        }
-        self.sock_fds_walked = Some(now);
-        let unheld = self
-            .sock_fds
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| !held((key >> 32) as u32, *key as u32));
-        let stale = self.suspects.sock_fds.confirm(unheld, now);
-        for key in &stale {
-            let _ = self.sock_fds.remove(key);
-        }
-        stale.len()
-    }
-
     /// Turns a KernelConfig flag on or off (the probes read it on every event).
     fn set_flag(&mut self, flag: u32, on: bool) {
         let flags = if on {
@@ -387,9 +325,13 @@ impl Probes {
         };
         if flags != self.kernel.flags {
             self.kernel.flags = flags;
-            if let Err(e) = self.config.set(0, self.kernel, 0) {
-                warn!(error = %e, "cannot update the probe configuration");
-            }
+            self.write_config();
+        }
+    }
+
+    fn write_config(&mut self) {
+        if let Err(e) = self.config.set(0, self.kernel, 0) {
+            warn!(error = %e, "cannot update the probe configuration");
         }
     }
 
@@ -426,6 +368,7 @@ impl Probes {
         counters.exec_wakeups = read(counter::EXEC_WAKEUPS);
         counters.short_lived_fds = read(counter::SHORT_LIVED);
         counters.tracking_full = read(counter::TRACKING_FULL) + self.refused_socket_fds.total;
+        counters.log_bytes_skipped = read(counter::LOG_BYTES_SKIPPED);
         counters.held_back = self.deferral.as_ref().map(|d| d.counters.clone());
         counters
     }

@@ -119,10 +119,28 @@ enum Op {
     Http(TcpStream),
     /// One request and response through both ends of a TLS connection.
     Tls(crate::tls::TlsPair),
+    /// One log line written to stderr, a pipe a thread drains (a
+    /// collector's): a log stream when the daemon watches the loop.
+    LogLine,
+}
+
+/// A nova-compute debug line's length and shape (no token in it).
+const LOG_LINE: &[u8] = b"2026-12-05 23:50:01.123 4242 DEBUG nova.virt.ironic.driver [req-6e5a2b8a-3f1c-4d6e-9a0b - - - - -] Node 1ea5a24b-6b22-4891-834f-e44fa7929a51 power state is power on _wait\n";
+
+/// Makes stderr a pipe whose other end a thread reads and drops.
+fn stderr_to_a_drained_pipe() {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    nix::unistd::dup2_stderr(&write).unwrap();
+    drop(write);
+    thread::spawn(move || {
+        let mut read = std::fs::File::from(read);
+        let mut buffer = vec![0u8; 1 << 16];
+        while read.read(&mut buffer).is_ok_and(|n| n > 0) {}
+    });
 }
 
 impl Op {
-    /// `KIND`, `tcp:PORT`, `http:PORT` or `tls:CERT:KEY`.
+    /// `KIND`, `tcp:PORT`, `http:PORT`, `tls:CERT:KEY` or `logline`.
     fn parse(kind: &str) -> Op {
         let local = |port: &str| SocketAddr::from(([127, 0, 0, 1], port.parse().expect("PORT")));
         if let Some(port) = kind.strip_prefix("tcp:") {
@@ -131,6 +149,9 @@ impl Op {
             let stream = TcpStream::connect(local(port)).unwrap();
             stream.set_nodelay(true).unwrap();
             Op::Http(stream)
+        } else if kind == "logline" {
+            stderr_to_a_drained_pipe();
+            Op::LogLine
         } else if let Some(files) = kind.strip_prefix("tls:") {
             let (cert, key) = files.split_once(':').expect("tls:CERT:KEY");
             Op::Tls(crate::tls::TlsPair::new(cert, key))
@@ -149,6 +170,11 @@ impl Op {
                 stream.read_exact(&mut response[..RESPONSE.len()]).unwrap();
             }
             Op::Tls(pair) => pair.round(REQUEST, RESPONSE),
+            Op::LogLine => {
+                // SAFETY: a write of a static buffer to fd 2.
+                let written = unsafe { libc::write(2, LOG_LINE.as_ptr().cast(), LOG_LINE.len()) };
+                assert_eq!(written, LOG_LINE.len() as isize);
+            }
         }
     }
 }

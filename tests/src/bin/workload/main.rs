@@ -32,6 +32,7 @@ mod loops;
 mod mix;
 mod raw;
 mod sockets;
+mod syslog;
 mod tls;
 
 use std::{
@@ -77,6 +78,13 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             "exec" => reexec(number(1) as u64),
             "overtaken-ready" => held::overtaken_ready(),
             "overtaken-go" => held::overtaken_go(),
+            "syslog-open" => syslog::open(words.get(1).copied().unwrap_or("")),
+            "syslog" => syslog::send(command.trim().split_once(' ').map_or("", |(_, text)| text)),
+            // A line on stdout, which the test reads: a collector's pipe.
+            "print" => say(json!({
+                "event": "printed",
+                "text": command.trim().split_once(' ').map_or("", |(_, text)| text),
+            })),
             "journal" => {
                 let text = command.trim().splitn(3, ' ').nth(2).unwrap_or("");
                 journal::send(words.get(1).copied().unwrap_or(""), text)
@@ -102,6 +110,8 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
                     "overtaken-ready",
                     "overtaken-go",
                     "journal",
+                    "syslog",
+                    "print",
                 ]
                 .iter()
                 .any(|c| other.starts_with(c)) => {}

@@ -1,0 +1,107 @@
+//! Finding the watched processes' log streams (stdout and stderr to a pipe
+//! or socket, sockets to syslog) and marking them for the probes, which
+//! then ship what is written to them (`logscan::streams`).
+
+use std::collections::HashMap;
+
+use tracing::debug;
+
+use super::Engine;
+use crate::{
+    logscan::streams::{UnixPeer, is_candidate, name_of},
+    sockdiag::SocketTable,
+};
+
+impl Engine {
+    /// Once a second: looks at the candidate fds that are new or were born
+    /// again (a /proc readlink each, and one unix sock_diag dump when one
+    /// is a socket), then marks exactly the streams found.
+    pub(super) fn follow_log_streams(&mut self) {
+        let rule = &self.config.rules.secret_in_log;
+        let on = rule.enabled && rule.streams;
+        let syslog = !rule.syslog_paths.is_empty();
+        let mut peers: Option<HashMap<u64, UnixPeer>> = None;
+        let mut wanted = HashMap::new();
+        for (pid, process) in self.ledger.processes.iter_mut() {
+            let fds = &process.fds;
+            let streams = &mut process.log_streams;
+            streams.retain(|fd, born| {
+                on && fds
+                    .get(&fd)
+                    .is_some_and(|e| e.birth.ts_ns == born && is_candidate(fd, e.kind, syslog))
+            });
+            for (fd, entry) in fds.iter() {
+                if !on || !is_candidate(*fd, entry.kind, syslog) || streams.known.contains_key(fd) {
+                    continue;
+                }
+                // Gone already, or /proc unreadable: looked at again next time.
+                let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else {
+                    continue;
+                };
+                let link = link.to_string_lossy();
+                let (name, datagram) = if let Some(inode) = socket_inode(&link) {
+                    let peers = peers.get_or_insert_with(unix_peers);
+                    let peer = peers.get(&inode);
+                    let name = name_of(*fd, &link, peer, &rule.syslog_paths);
+                    (name, peer.is_some_and(|p| p.datagram))
+                } else if link.starts_with("pipe:") {
+                    (name_of(*fd, &link, None, &rule.syslog_paths), false)
+                } else {
+                    (None, false)
+                };
+                if let Some(name) = &name {
+                    debug!(pid, fd, stream = %name, "log stream found");
+                }
+                streams.classify(*fd, entry.birth.ts_ns, name, datagram);
+            }
+            for (fd, born) in streams.marked() {
+                wanted.insert(((*pid as u64) << 32) | fd as u64, born);
+            }
+        }
+        self.probes.mark_log_streams(wanted);
+    }
+}
+
+/// `socket:[N]` -> N.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Every unix socket with a peer -> that peer's name and type. A failed
+/// dump leaves sockets on stdout and stderr named by inode and finds no
+/// syslog socket (logged).
+fn unix_peers() -> HashMap<u64, UnixPeer> {
+    let table = match SocketTable::dump_unix() {
+        Ok(table) => table,
+        Err(e) => {
+            debug!(error = %e, "unix sock_diag dump failed: log streams on sockets go unnamed");
+            return HashMap::new();
+        }
+    };
+    let by_inode = &table.by_inode;
+    (by_inode.iter())
+        .filter_map(|(inode, socket)| {
+            let peer = by_inode.get(&socket.peer_inode?)?;
+            let datagram = socket.unix_type.as_deref() == Some("dgram");
+            Some((
+                *inode,
+                UnixPeer {
+                    name: peer.local.clone(),
+                    datagram,
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_links_give_their_inode() {
+        assert_eq!(socket_inode("socket:[4242]"), Some(4242));
+        assert_eq!(socket_inode("pipe:[4242]"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
+    }
+}

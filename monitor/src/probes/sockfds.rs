@@ -1,0 +1,132 @@
+//! SOCK_FDS from user space: the TCP socket fds the probes did not see
+//! created (seeded so that their HTTP calls are captured), the entries no
+//! watched fd holds any more (collected), and the log streams (marked: the
+//! probes then ship every write to them, `stream_flags::LOG`, for the
+//! secret scan in `logscan::streams`).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use aya::maps::MapError;
+use monitor_common::{StreamState, data_flags, stream_flags};
+use tracing::debug;
+
+use super::{BPF_NOEXIST, Probes};
+
+/// How often SOCK_FDS is walked for entries no watched fd holds. Each key
+/// costs a bpf() call: with 10k sockets watched, a walk every second was
+/// most of an idle daemon's CPU. Stale entries cost only map space, and a
+/// socket that takes a stale entry's number resets it (connect, accept).
+const SOCK_FDS_WALK_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Probes {
+    /// Lets the HTTP capture see the TCP socket fds `(pid, fd, inode)` the
+    /// probes did not see being created (opened before the daemon watched
+    /// the process); called with all of them at every housekeeping. Each
+    /// socket is offered to the map once (offering 10k of them every second
+    /// cost ~0.5 % of a core), and an fd the probes have keeps its stream
+    /// state: overwriting it (as each housekeeping did) in the middle of a
+    /// call made its answer look like more of the request, and the call lost
+    /// its status. One the map refuses is counted once in `kernel.tracking_full`.
+    pub fn seed_socket_fds(&mut self, fds: impl IntoIterator<Item = (u32, u32, u64)>) {
+        let wanted: std::collections::HashMap<u64, u64> = (fds.into_iter())
+            .map(|(pid, fd, inode)| (((pid as u64) << 32) | fd as u64, inode))
+            .collect();
+        self.seeded_socket_fds
+            .retain(|key, inode| wanted.get(key) == Some(inode));
+        self.refused_socket_fds.keep_only(|key| wanted.contains_key(key));
+        for (&key, &inode) in &wanted {
+            if inode != 0 && self.seeded_socket_fds.contains_key(&key) {
+                continue;
+            }
+            let state = StreamState {
+                last_dir: data_flags::READ,
+                fd: key as u32,
+                ..StreamState::default()
+            };
+            match self.sock_fds.insert(key, state, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    if self.refused_socket_fds.note(key) {
+                        debug!(pid = key >> 32, fd = key as u32, error = %e, "SOCK_FDS refused a socket fd");
+                    }
+                    continue;
+                }
+            }
+            self.seeded_socket_fds.insert(key, inode);
+        }
+    }
+
+    /// Forgets socket fds `held` says are gone (closed by close_range,
+    /// exec, exit: paths the probes do not clean up after), once they have
+    /// been gone for the grace period (gc.rs). Walks the map at most every
+    /// [`SOCK_FDS_WALK_INTERVAL`]: a walk is a bpf() per key.
+    pub fn collect_socket_fds(&mut self, held: impl Fn(u32, u32) -> bool) -> usize {
+        let now = Instant::now();
+        if self
+            .sock_fds_walked
+            .is_some_and(|at| now.duration_since(at) < SOCK_FDS_WALK_INTERVAL)
+        {
+            return 0;
+        }
+        self.sock_fds_walked = Some(now);
+        let unheld = self
+            .sock_fds
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !held((key >> 32) as u32, *key as u32) && !self.log_streams.contains_key(key));
+        let stale = self.suspects.sock_fds.confirm(unheld, now);
+        for key in &stale {
+            let _ = self.sock_fds.remove(key);
+        }
+        stale.len()
+    }
+
+    /// Makes the log streams exactly `wanted` ((tgid << 32 | fd) -> the
+    /// fd's birth): a new one, or one whose fd was born again, is (re)marked;
+    /// one no longer wanted is unmarked unless the fd is something else now
+    /// (a TCP socket the probes track: they replaced its state).
+    pub fn mark_log_streams(&mut self, wanted: HashMap<u64, u64>) {
+        for (key, born) in &wanted {
+            if self.log_streams.get(key) == Some(born) {
+                continue;
+            }
+            let state = StreamState {
+                flags: stream_flags::LOG,
+                last_dir: data_flags::READ,
+                writes: 0,
+                fd: *key as u32,
+            };
+            if let Err(e) = self.sock_fds.insert(key, state, 0) {
+                debug!(pid = key >> 32, fd = *key as u32, error = %e, "SOCK_FDS refused a log stream");
+                continue;
+            }
+            self.log_streams.insert(*key, *born);
+        }
+        let gone: Vec<u64> = (self.log_streams.keys())
+            .filter(|key| !wanted.contains_key(key))
+            .copied()
+            .collect();
+        for key in gone {
+            self.log_streams.remove(&key);
+            let still_log = self
+                .sock_fds
+                .get(&key, 0)
+                .is_ok_and(|state| state.flags & stream_flags::LOG != 0);
+            if still_log {
+                let _ = self.sock_fds.remove(&key);
+            }
+        }
+    }
+
+    /// Sets how many bytes of log streams each CPU may ship per second.
+    pub fn set_log_budget(&mut self, bytes_per_cpu_s: u32) {
+        if self.kernel.log_bytes_per_cpu_s != bytes_per_cpu_s {
+            self.kernel.log_bytes_per_cpu_s = bytes_per_cpu_s;
+            self.write_config();
+        }
+    }
+}
