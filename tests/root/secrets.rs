@@ -2,7 +2,10 @@
 //! keep it (the systemd journal, a collector's pipe, syslog), fires on a
 //! real watched process, and its value is in no alert or log.
 
-use std::time::{Duration, Instant};
+use std::{
+    os::unix::fs::OpenOptionsExt as _,
+    time::{Duration, Instant},
+};
 
 use serde_json::{Value, json};
 use tests::{
@@ -86,8 +89,8 @@ fn a_token_sent_to_the_journal_fires_and_its_value_is_nowhere() {
 }
 
 #[test]
-fn a_token_written_to_a_collectors_pipe_or_to_syslog_fires_for_the_writer() {
-    let name = "a_token_written_to_a_collectors_pipe_or_to_syslog_fires_for_the_writer";
+fn a_token_written_to_a_collectors_pipe_fifo_or_syslog_fires_for_the_writer() {
+    let name = "a_token_written_to_a_collectors_pipe_fifo_or_syslog_fires_for_the_writer";
     if !require_root(name) {
         return;
     }
@@ -102,10 +105,21 @@ fn a_token_written_to_a_collectors_pipe_or_to_syslog_fires_for_the_writer() {
     let socket = rsyslog.socket.display().to_string();
     let config = format!("{FAST_RULES}[rules.secret_in_log]\nquiet_s = 3\nsyslog_paths = [\"{socket}\"]\n");
     // The workload's stdout is a pipe this test reads, as a container
-    // runtime's shim or supervisord read a service's.
+    // runtime's shim or supervisord read a service's; its stderr a FIFO
+    // the test holds open for reading.
     let mut w = Watched::start("alert-streams", "lm-streams", &config, &["serve"]);
+    let fifo = w.dir.join("stderr.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    w.workload.send(&format!("stderr-to {}", fifo.display()));
+    w.workload.expect("stderr-to");
     w.workload.send(&format!("syslog-open {socket}"));
     w.workload.expect("syslog-open");
+    let stderr_name = format!("stderr ({})", fifo.display());
     let stdout_name = format!("stdout (pipe:[{}])", pipe_inode(w.pid, 1));
     let syslog_name = format!("syslog ({socket})");
     let streams = || {
@@ -117,12 +131,7 @@ fn a_token_written_to_a_collectors_pipe_or_to_syslog_fires_for_the_writer() {
             .find(|p| p["pid"] == w.pid);
         process.map(|p| p["log_streams"].clone()).unwrap_or_default()
     };
-    // stderr too when the test's own is a pipe.
-    let marked = || {
-        [&stdout_name, &syslog_name]
-            .iter()
-            .all(|n| streams().as_array().is_some_and(|s| s.contains(&json!(n))))
-    };
+    let marked = || streams() == json!([stderr_name, stdout_name, syslog_name]);
     let deadline = Instant::now() + FIRE;
     while !marked() {
         assert!(Instant::now() < deadline, "streams {} after {FIRE:?}", streams());
@@ -131,6 +140,8 @@ fn a_token_written_to_a_collectors_pipe_or_to_syslog_fires_for_the_writer() {
     let line = "GET /v1/nodes headers {'X-Auth-Token': 'FAKE-TOKEN-leakmon-test-not-a-credential'}";
     w.workload.send(&format!("print {line}"));
     w.workload.expect("printed");
+    w.workload.send(&format!("eprint {line}"));
+    w.workload.expect("eprinted");
     w.workload.send(&format!("syslog {line}"));
     w.workload.expect("syslogged");
     rsyslog.await_line("GET /v1/nodes headers");
@@ -144,7 +155,7 @@ fn a_token_written_to_a_collectors_pipe_or_to_syslog_fires_for_the_writer() {
         found
     };
     let deadline = Instant::now() + FIRE;
-    while firing().len() < 2 {
+    while firing().len() < 3 {
         let log = w.daemon.log_text();
         assert!(
             Instant::now() < deadline,
@@ -153,7 +164,7 @@ fn a_token_written_to_a_collectors_pipe_or_to_syslog_fires_for_the_writer() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    for (alert, key) in firing().iter().zip([&stdout_name, &syslog_name]) {
+    for (alert, key) in firing().iter().zip([&stderr_name, &stdout_name, &syslog_name]) {
         assert_eq!(
             (&alert["key"], &alert["process"]["pid"]),
             (&json!(key), &json!(w.pid))

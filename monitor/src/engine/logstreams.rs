@@ -8,6 +8,7 @@ use tracing::debug;
 
 use super::Engine;
 use crate::{
+    fdkind::FdKind,
     logscan::streams::{UnixPeer, is_candidate, name_of},
     sockdiag::SocketTable,
 };
@@ -44,7 +45,7 @@ impl Engine {
                     let peer = peers.get(&inode);
                     let name = name_of(*fd, &link, peer, &rule.syslog_paths);
                     (name, peer.is_some_and(|p| p.datagram))
-                } else if link.starts_with("pipe:") {
+                } else if entry.kind == FdKind::Pipe {
                     (name_of(*fd, &link, None, &rule.syslog_paths), false)
                 } else {
                     (None, false)

@@ -69,15 +69,17 @@ pub struct UnixPeer {
 /// arrives there is read from the journal instead.
 const JOURNALD_DIR: &str = "/run/systemd/journal/";
 
-/// The stream name of `fd` given what its /proc link says (`pipe:[N]`,
-/// `socket:[N]`) and the peer of a socket, or None when it is no log stream.
+/// The stream name of `fd` given what its /proc link says (`pipe:[N]`, a
+/// FIFO's path, `socket:[N]`) and the peer of a socket, or None when it is
+/// no log stream.
 pub fn name_of(fd: u32, link: &str, peer: Option<&UnixPeer>, syslog_paths: &[String]) -> Option<String> {
     let std = match fd {
         1 => Some("stdout"),
         2 => Some("stderr"),
         _ => None,
     };
-    if link.starts_with("pipe:") {
+    // A pipe (`pipe:[N]`), or a FIFO opened by its path.
+    if !link.starts_with("socket:") {
         return std.map(|std| format!("{std} ({link})"));
     }
     // No peer found: another network namespace's socket, or one the dump
@@ -216,6 +218,10 @@ mod tests {
         assert_eq!(name(1, "pipe:[7]", None).as_deref(), Some("stdout (pipe:[7])"));
         assert_eq!(name(2, "pipe:[7]", None).as_deref(), Some("stderr (pipe:[7])"));
         assert_eq!(name(5, "pipe:[7]", None), None, "a pipe elsewhere is not a log");
+        assert_eq!(
+            name(2, "/run/shim/err.fifo", None).as_deref(),
+            Some("stderr (/run/shim/err.fifo)")
+        );
         let stdout = Some(peer("/run/supervisor.sock", false));
         assert_eq!(
             name(1, "socket:[9]", stdout).as_deref(),

@@ -85,6 +85,16 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
                 "event": "printed",
                 "text": command.trim().split_once(' ').map_or("", |(_, text)| text),
             })),
+            "stderr-to" => {
+                let path = words.get(1).copied().unwrap_or("");
+                let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                nix::unistd::dup2_stderr(&file).unwrap();
+                say(json!({"event": "stderr-to"}))
+            }
+            "eprint" => {
+                eprintln!("{}", command.trim().split_once(' ').map_or("", |(_, text)| text));
+                say(json!({"event": "eprinted"}))
+            }
             "journal" => {
                 let text = command.trim().splitn(3, ' ').nth(2).unwrap_or("");
                 journal::send(words.get(1).copied().unwrap_or(""), text)
@@ -112,6 +122,8 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
                     "journal",
                     "syslog",
                     "print",
+                    "stderr-to",
+                    "eprint",
                 ]
                 .iter()
                 .any(|c| other.starts_with(c)) => {}
