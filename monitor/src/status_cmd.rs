@@ -39,12 +39,16 @@ pub fn render(status: &Value) -> String {
         let _ = writeln!(
             out,
             "  {:>7}  {:<16} fds {:<6} threads {:<4} since {}",
-            p["pid"],
+            // Numbers, not JSON values: those ignore the widths.
+            p["pid"].as_u64().unwrap_or(0),
             s(&p["comm"]),
-            p["fds"],
-            p["threads"],
+            p["fds"].as_u64().unwrap_or(0),
+            p["threads"].as_u64().unwrap_or(0),
             s(&p["watched_since"])
         );
+        for stream in p["log_streams"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "           log stream {}", s(stream));
+        }
     }
     let tls = status["tls"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(
@@ -117,6 +121,8 @@ mod tests {
                 {"program": "fd_iter", "attached": true, "tracepoint": "iter/task_file",
                  "mode": "host-wide: this kernel cannot scope it to one process"},
             ],
+            "processes": [{"pid": 7, "comm": "nova-compute", "fds": 30, "threads": 4,
+                           "watched_since": "t", "log_streams": ["stdout (pipe:[9])"]}],
         });
         let text = super::render(&status);
         assert!(text.starts_with("leakmon 0.1.0 (pid 42) up 3m since 2026-12-03T05:42:34.312Z\n"));
@@ -128,5 +134,8 @@ mod tests {
             )
         );
         assert!(!text.contains("close_enter"));
+        assert!(text.contains(
+            "\n        7  nova-compute     fds 30     threads 4    since t\n           log stream stdout (pipe:[9])\n"
+        ));
     }
 }
