@@ -11,6 +11,7 @@ use serde_json::Value;
 use tests::{
     require_root,
     scenario::{Options, Scenario},
+    servers::Rsyslog,
     truth,
 };
 
@@ -407,5 +408,66 @@ fn a_token_in_clear_on_the_wire_or_in_the_log_is_flagged_and_never_shown() {
     assert!(
         std::fs::read_to_string(&log).unwrap().contains(TOKEN),
         "the fault did log the token in clear"
+    );
+}
+
+#[test]
+fn nova_logging_a_token_to_syslog_is_flagged_on_that_stream() {
+    let name = "nova_logging_a_token_to_syslog_is_flagged_on_that_stream";
+    if !require_root(name) {
+        return;
+    }
+    // A real rsyslogd at /dev/log, where glibc's syslog() (oslo.log's
+    // use_syslog) sends; a host that has one already is left alone.
+    let syslog_dir = tests::scratch_dir("scenario-syslog-rsyslog");
+    let rsyslog = match Rsyslog::start_at(&syslog_dir, std::path::Path::new("/dev/log")) {
+        Ok(rsyslog) => rsyslog,
+        Err(why) => {
+            println!("skipped {name}: {why}");
+            return;
+        }
+    };
+    let options = Options {
+        fake_token: Some(tests::FAKE_TOKEN),
+        syslog: true,
+        ..Options::default()
+    };
+    let mut s = Scenario::start("scenario-syslog", "127.0.0.21", options);
+    // nova logs from its start, so its syslog socket is connected by now.
+    let pid = s.nova.pid;
+    s.daemon
+        .await_status("nova's syslog socket read as a log stream", DETECT, |status| {
+            (status["processes"].as_array().into_iter().flatten())
+                .filter(|p| p["pid"] == pid)
+                .flat_map(|p| p["log_streams"].as_array().into_iter().flatten())
+                .any(|stream| stream == "syslog (/dev/log)")
+        });
+    s.fault_starts();
+    s.nova.run("log-auth-headers", "logged");
+    let alerts = s.dir.join("alerts.ndjson");
+    let on_syslog = || {
+        (tests::alerts::alerts_in(&alerts).into_iter()).find(|a| {
+            a["rule"] == "secret_in_log" && a["status"] == "firing" && a["key"] == "syslog (/dev/log)"
+        })
+    };
+    let deadline = Instant::now() + DETECT;
+    let alert = loop {
+        if let Some(alert) = on_syslog() {
+            break alert;
+        }
+        let log = s.daemon.log_text();
+        assert!(
+            Instant::now() < deadline,
+            "no alert on the syslog stream; daemon log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(alert["process"]["pid"], pid, "{alert:#}");
+    assert_eq!(alert["evidence"]["lines"], 1, "{alert:#}");
+    rsyslog.await_line(tests::FAKE_TOKEN);
+    let everything = std::fs::read_to_string(&alerts).unwrap() + &s.daemon.log_text();
+    assert!(
+        !everything.contains(tests::FAKE_TOKEN),
+        "the token value reached an output"
     );
 }

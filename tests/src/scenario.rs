@@ -58,6 +58,9 @@ pub struct Options<'a> {
     /// nova in eventlet mode ([`NovaCompute::start_eventlet`]; with the
     /// default token and retries).
     pub eventlet: bool,
+    /// nova logs to syslog too (oslo.log's `use_syslog`: glibc's syslog()
+    /// to /dev/log), besides its log file.
+    pub syslog: bool,
 }
 
 impl Default for Options<'_> {
@@ -70,6 +73,7 @@ impl Default for Options<'_> {
             api_max_retries: 60,
             fake_token: None,
             eventlet: false,
+            syslog: false,
         }
     }
 }
@@ -93,6 +97,10 @@ impl Scenario {
             Ironic::start_with_delays(&bed, &dir, ip, options.tls, options.deploy_s, options.power_s);
         let nodes = ironic.enroll(&bed, options.nodes);
         let daemon = daemon_for_harness(&dir);
+        if options.syslog {
+            std::fs::create_dir_all(dir.join("nova")).unwrap();
+            std::fs::write(dir.join("nova/override.conf"), "[DEFAULT]\nuse_syslog = True\n").unwrap();
+        }
         let nova = if options.eventlet {
             assert!(options.fake_token.is_none() && options.api_max_retries == 60);
             NovaCompute::start_eventlet(&bed, &dir, &ironic)

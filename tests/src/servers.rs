@@ -211,13 +211,25 @@ pub struct Rsyslog {
 impl Rsyslog {
     /// The reason, when rsyslogd is not installed.
     pub fn start(dir: &std::path::Path) -> Result<Rsyslog, String> {
+        Rsyslog::start_at(dir, &dir.join("syslog.sock"))
+    }
+
+    /// As [`Rsyslog::start`], listening at `socket`, which must not exist
+    /// (it is removed at drop).
+    pub fn start_at(dir: &std::path::Path, socket: &std::path::Path) -> Result<Rsyslog, String> {
         let binary = "/usr/sbin/rsyslogd";
         if !std::path::Path::new(binary).exists() {
             return Err(format!(
                 "{binary} is not installed (cargo xtask setup installs rsyslog)"
             ));
         }
-        let socket = dir.join("syslog.sock");
+        if socket.exists() {
+            return Err(format!(
+                "{} exists: the host's logging is left alone",
+                socket.display()
+            ));
+        }
+        let socket = socket.to_path_buf();
         let file = dir.join("syslog.messages");
         let conf = dir.join("rsyslog.conf");
         let config = format!(
@@ -255,5 +267,6 @@ impl Drop for Rsyslog {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }

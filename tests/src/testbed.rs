@@ -320,7 +320,13 @@ impl NovaCompute {
             // otherwise ([`NovaCompute::start_eventlet`]), whatever the environment.
             .env("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1")
             .arg("--config-file")
-            .arg(dir.join("nova.conf"))
+            .arg(dir.join("nova.conf"));
+        // A test's overrides (oslo.config: a later file wins).
+        let overrides = dir.join("override.conf");
+        if overrides.exists() {
+            command.arg("--config-file").arg(overrides);
+        }
+        command
             .arg("--request-log")
             .arg(dir.join("requests.jsonl"))
             .stderr(

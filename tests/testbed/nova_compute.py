@@ -337,11 +337,13 @@ def serve(harness):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config-file", required=True)
+    # Several, as nova takes them (a later file wins).
+    parser.add_argument("--config-file", required=True, action="append")
     parser.add_argument("--request-log", required=True)
     parser.add_argument("--fake-token")
     args = parser.parse_args()
-    config.parse_args([sys.argv[0], "--config-file", args.config_file])
+    files = [arg for path in args.config_file for arg in ("--config-file", path)]
+    config.parse_args([sys.argv[0], *files])
     objects.register_all()
     # nova-compute's own logging (nova/cmd/compute.py), plus keystoneauth's
     # request lines, as when debugging the Ironic client: they carry the
