@@ -100,6 +100,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_kernel_budget_is_split_between_cpus_but_takes_a_whole_write() {
+        let mut rules = crate::detect::config::Rules::default();
+        let cpus = aya::util::nr_cpus().unwrap() as u64;
+        rules.secret_in_log.scan_bytes_per_s = 1 << 30;
+        assert_eq!(
+            crate::engine::log_bytes_per_cpu_s(&rules) as u64,
+            (1 << 30) / cpus
+        );
+        rules.secret_in_log.scan_bytes_per_s = 1024;
+        assert_eq!(crate::engine::log_bytes_per_cpu_s(&rules), 8192);
+        rules.secret_in_log.scan_bytes_per_s = u64::MAX;
+        assert_eq!(crate::engine::log_bytes_per_cpu_s(&rules), u32::MAX);
+    }
+
+    #[test]
     fn socket_links_give_their_inode() {
         assert_eq!(socket_inode("socket:[4242]"), Some(4242));
         assert_eq!(socket_inode("pipe:[4242]"), None);

@@ -111,10 +111,12 @@ pub fn kernel_config(config: &Config, matcher: &Matcher) -> KernelConfig {
 }
 
 /// The log streams' budget in the kernel: `scan_bytes_per_s` split between
-/// the CPUs that ship them.
+/// the CPUs that ship them, and at least one whole write's records each (a
+/// small budget on a large host would otherwise ship nothing at all).
 fn log_bytes_per_cpu_s(rules: &crate::detect::config::Rules) -> u32 {
     let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u64;
-    (rules.secret_in_log.scan_bytes_per_s / cpus).min(u32::MAX as u64) as u32
+    let one_write = (monitor_common::LOG_CHUNKS * monitor_common::DATA_CAPTURE) as u64;
+    (rules.secret_in_log.scan_bytes_per_s / cpus).clamp(one_write, u32::MAX as u64) as u32
 }
 
 /// Reads the config file again (with the command line's overrides) on SIGHUP.
