@@ -21,7 +21,7 @@ impl Engine {
         let rule = &self.config.rules.secret_in_log;
         let on = rule.enabled && rule.streams;
         let syslog = !rule.syslog_paths.is_empty();
-        let mut peers: Option<HashMap<u64, UnixPeer>> = None;
+        let mut peers: Option<Option<HashMap<u64, UnixPeer>>> = None;
         let mut wanted = HashMap::new();
         for (pid, process) in self.ledger.processes.iter_mut() {
             let fds = &process.fds;
@@ -41,7 +41,11 @@ impl Engine {
                 };
                 let link = link.to_string_lossy();
                 let (name, datagram) = if let Some(inode) = socket_inode(&link) {
-                    let peers = peers.get_or_insert_with(unix_peers);
+                    // Without the dump a socket cannot be told from
+                    // journald's: looked at again next time.
+                    let Some(peers) = peers.get_or_insert_with(unix_peers) else {
+                        continue;
+                    };
                     let peer = peers.get(&inode);
                     let name = name_of(*fd, &link, peer, &rule.syslog_paths);
                     (name, peer.is_some_and(|p| p.datagram))
@@ -68,15 +72,14 @@ fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Every unix socket with a peer -> that peer's name and type. A failed
-/// dump leaves sockets on stdout and stderr named by inode and finds no
-/// syslog socket (logged).
-fn unix_peers() -> HashMap<u64, UnixPeer> {
+/// Every unix socket with a peer -> that peer's name and whether it is a
+/// datagram socket; None when the dump failed.
+fn unix_peers() -> Option<HashMap<u64, UnixPeer>> {
     let table = match SocketTable::dump_unix() {
         Ok(table) => table,
         Err(e) => {
-            debug!(error = %e, "unix sock_diag dump failed: log streams on sockets go unnamed");
-            return HashMap::new();
+            debug!(error = %e, "unix sock_diag dump failed: sockets are looked at as log streams later");
+            return None;
         }
     };
     let by_inode = &table.by_inode;
@@ -92,7 +95,8 @@ fn unix_peers() -> HashMap<u64, UnixPeer> {
                 },
             ))
         })
-        .collect()
+        .collect::<HashMap<_, _>>()
+        .into()
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use monitor_common::{DATA_CAPTURE, LOG_CHUNKS};
+
 use super::{MAX_LINE, Sighting, patterns};
 use crate::fdkind::FdKind;
 
@@ -58,10 +60,11 @@ pub fn is_candidate(fd: u32, kind: FdKind, syslog: bool) -> bool {
     }
 }
 
-/// The unix socket at the other end of a watched one: the name it is bound
-/// to (empty for an unnamed one) and its type.
+/// What the socket at the other end of a watched unix socket tells.
 pub struct UnixPeer {
+    /// The name the peer is bound to (empty for an unnamed one).
     pub name: String,
+    /// The watched socket is a datagram one (each write a message).
     pub datagram: bool,
 }
 
@@ -150,11 +153,13 @@ impl Streams {
         text.extend_from_slice(bytes);
         tail.offset += bytes.len() as u64;
         self.bytes_scanned += bytes.len() as u64;
-        let cut = (left as usize) > bytes.len();
-        let message_ends = tail.datagram && !cut;
+        // The write ends in this piece; or the probes shipped no more of it
+        // (past LOG_CHUNKS records): what comes next is another write's.
+        let last_piece = left as usize <= bytes.len();
+        let cut = !last_piece && start + bytes.len() as u64 >= (LOG_CHUNKS * DATA_CAPTURE) as u64;
+        let message_ends = tail.datagram && last_piece;
         // Whole lines now; the rest waits for its end, unless it already is
-        // longer than any log line should be, or the write was cut (the next
-        // piece, if any, does not continue it).
+        // longer than any log line should be, or the write was cut.
         let whole = match text.iter().rposition(|&b| b == b'\n') {
             _ if message_ends || cut => text.len(),
             Some(end) => end + 1,
@@ -276,12 +281,33 @@ mod tests {
         streams.write(4, 0, message.len() as u32, message.as_bytes());
         assert_eq!(streams.take().0.len(), 1, "no newline needed");
         streams.classify(1, 10, Some("stdout (pipe:[7])".into()), false);
-        // The probes shipped the start of a longer write, cut inside the
-        // token: what follows is another write's, not this line's end.
+        // The probes' last piece of a longer write, cut inside the token:
+        // what follows is another write's, not this line's end.
         let (head, tail) = LINE.split_at(LINE.find("FAKE").unwrap() + 4);
-        streams.write(1, 0, 100, head.as_bytes());
+        let last = (LOG_CHUNKS - 1) * DATA_CAPTURE;
+        let mut piece = vec![b'.'; DATA_CAPTURE - head.len()];
+        piece.extend_from_slice(head.as_bytes());
+        streams.write(1, last as u64, 10_000, &piece);
         streams.write(1, 0, tail.len() as u32, tail.as_bytes());
         assert!(streams.take().0.is_empty(), "no token across a cut");
+    }
+
+    #[test]
+    fn a_token_across_two_pieces_of_one_write_is_found_once() {
+        let mut streams = Streams::default();
+        streams.classify(2, 10, Some("stderr (pipe:[7])".into()), true);
+        // One 3000-byte write (a datagram, to end the message with it), the
+        // token across the two records the probes ship.
+        let at = LINE.find("FAKE").unwrap();
+        let mut write = vec![b'.'; DATA_CAPTURE - at - 4];
+        write.extend_from_slice(LINE.trim_end().as_bytes());
+        write.resize(3000, b'.');
+        let (first, second) = write.split_at(DATA_CAPTURE);
+        streams.write(2, 0, 3000, first);
+        streams.write(2, DATA_CAPTURE as u64, (3000 - DATA_CAPTURE) as u32, second);
+        let (sightings, scanned, _) = streams.take();
+        assert_eq!(scanned, 3000);
+        assert_eq!(sightings.len(), 1, "{sightings:?}");
     }
 
     #[test]
