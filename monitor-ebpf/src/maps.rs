@@ -36,7 +36,7 @@ pub static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(65536, 0);
 pub static SOCK_FDS: HashMap<u64, StreamState> = HashMap::with_max_entries(65536, 0);
 
 /// This CPU's log-stream budget: [start of its one-second window (boot
-/// ns), bytes shipped in it].
+/// ns), ring-buffer bytes its records took in it].
 #[map]
 pub static LOG_WINDOW: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 

@@ -366,6 +366,10 @@ mod tests {
             ),
             ("[alerts]\nmetrics_listen = \"nowhere\"\n", "metrics_listen"),
             ("[rules]\npool_size = 0\n", "rules.pool_size"),
+            (
+                "[rules.secret_in_log]\nsyslog_paths = [\"dev/log\"]\n",
+                "rules.secret_in_log.syslog_paths",
+            ),
             ("[rules.fd_leak]\nwindow_s = 0\n", "rules.fd_leak.window_s"),
             (
                 "[rules.fd_exhaustion]\nwarning_ratio = 1.5\n",
