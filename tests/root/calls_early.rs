@@ -220,21 +220,72 @@ fn calls_on_a_tls_connection_older_than_the_daemon_are_captured() {
     if !require_root(test) {
         return;
     }
-    let bed = Testbed::install();
-    let dir = scratch_dir(test);
-    let tls = TlsFiles::of(&bed);
-    let (_server, port) = tls.server(&bed, true);
-    let mut client = Workload::start(bed.nova_python("tls_retry.py", &["pooled", &port, &tls.ca()]));
-    client.expect("ready");
-    let daemon = Daemon::start(&dir, &["--match-cmdline", r"tls_retry\.py pooled"]);
-    await_tls_probes(&daemon, client.pid);
+    let mut tls = PooledTls::start(test, |_| {});
     for _ in 0..3 {
-        client.send("go");
-        assert_eq!(client.expect("called")["status"], 200);
+        tls.client.send("go");
+        assert_eq!(tls.client.expect("called")["status"], 200);
     }
-    let (called, calls) = recent_calls(&daemon, client.pid, "kind");
+    let (called, calls) = recent_calls(&tls.daemon, tls.client.pid, "kind");
     assert_eq!(called, vec![(json!("node_get"), json!(200)); 3], "{calls:#}");
     assert!(calls["in_flight"].as_array().unwrap().is_empty(), "{calls:#}");
+}
+
+/// A TLS call in flight when the daemon starts (its request written before,
+/// its answer read after): as on a plain connection, an SSL object older
+/// than the daemon is taken to have last read, so that answer is not
+/// shipped and no response goes unmatched; the next call keeps its own.
+#[test]
+fn an_answer_on_a_tls_connection_older_than_the_daemon_goes_to_no_later_call() {
+    let test = "calls-tls-inflight-at-start";
+    if !require_root(test) {
+        return;
+    }
+    let mut tls = PooledTls::start(test, |client| {
+        client.send("write");
+        client.expect("written");
+    });
+    tls.client.send("read");
+    assert_eq!(tls.client.expect("read")["status"], 200);
+    tls.client.send("go");
+    assert_eq!(tls.client.expect("called")["status"], 200);
+    let (called, calls) = recent_calls(&tls.daemon, tls.client.pid, "kind");
+    assert_eq!(called, vec![(json!("node_get"), json!(200))], "{calls:#}");
+    let parse = &calls["parse"];
+    assert_eq!(
+        (&parse["responses"], &parse["unmatched_responses"]),
+        (&json!(1), &json!(0)),
+        "{calls:#}"
+    );
+}
+
+/// A `tls_retry.py pooled` client (its connection made, one call answered)
+/// that `before` drives before the daemon starts; the daemon once its TLS
+/// probes are on. Fields drop in order: the processes, then the directory.
+struct PooledTls {
+    client: Workload,
+    daemon: Daemon,
+    _server: Workload,
+    _dir: tests::ScratchDir,
+}
+
+impl PooledTls {
+    fn start(test: &str, before: impl FnOnce(&mut Workload)) -> PooledTls {
+        let bed = Testbed::install();
+        let dir = scratch_dir(test);
+        let tls = TlsFiles::of(&bed);
+        let (server, port) = tls.server(&bed, true);
+        let mut client = Workload::start(bed.nova_python("tls_retry.py", &["pooled", &port, &tls.ca()]));
+        client.expect("ready");
+        before(&mut client);
+        let daemon = Daemon::start(&dir, &["--match-cmdline", r"tls_retry\.py pooled"]);
+        await_tls_probes(&daemon, client.pid);
+        PooledTls {
+            client,
+            daemon,
+            _server: server,
+            _dir: dir,
+        }
+    }
 }
 
 /// The testbed's certificate files.

@@ -14,7 +14,11 @@ stdin.
     tls_retry.py pooled PORT CA         calls once, says {"event": "ready"},
                                         then for each `go` line calls on the
                                         same connection and says
-                                        {"event": "called", "status": N}
+                                        {"event": "called", "status": N};
+                                        `write` sends a request alone and
+                                        says {"event": "written"}, `read`
+                                        reads its answer and says
+                                        {"event": "read", "status": N}
 """
 
 import http.client
@@ -85,8 +89,16 @@ def pooled(port, cafile):
 
     call()
     say(event="ready")
-    for _ in sys.stdin:
-        say(event="called", status=call())
+    for line in sys.stdin:
+        if line.strip() == "write":
+            conn.request("GET", PATH)
+            say(event="written")
+        elif line.strip() == "read":
+            response = conn.getresponse()
+            response.read()
+            say(event="read", status=response.status)
+        else:
+            say(event="called", status=call())
 
 
 if __name__ == "__main__":

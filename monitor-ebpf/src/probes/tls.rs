@@ -101,11 +101,17 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     if SSL_STATE.get_ptr(call.ssl).is_none() {
-        let fresh = StreamState {
+        // An SSL object whose handshake the probes did not see (older than
+        // the daemon): taken to have last read, as a socket the daemon seeds
+        // is, so that the answer to a request sent before is not shipped
+        // (it would be a response with no request); its next write is a
+        // request.
+        let unseen = StreamState {
             fd: NO_FD,
+            last_dir: data_flags::READ,
             ..StreamState::default()
         };
-        let _ = SSL_STATE.insert(call.ssl, fresh, 0);
+        let _ = SSL_STATE.insert(call.ssl, unseen, 0);
     }
     let Some(state) = SSL_STATE.get_ptr_mut(call.ssl) else {
         return 0;
