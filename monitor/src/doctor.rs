@@ -125,14 +125,13 @@ fn syslog(config: &Config) -> Option<Check> {
         return None;
     }
     let listens = |path: &str| {
-        std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(path).is_ok())
-            || std::os::unix::net::UnixStream::connect(path).is_ok()
+        crate::logscan::datagram_listens(path) || std::os::unix::net::UnixStream::connect(path).is_ok()
     };
     let each: Vec<String> = (rule.syslog_paths.iter())
         .map(|path| {
             let target = std::fs::canonicalize(path).map(|p| p.display().to_string());
             match target {
-                Ok(target) if target.starts_with("/run/systemd/journal/") => {
+                Ok(target) if target.starts_with(crate::logscan::streams::JOURNALD_DIR) => {
                     format!("{path} is journald's (read through the journal)")
                 }
                 _ if listens(path) => format!("a syslog daemon listens at {path}: read as log streams"),

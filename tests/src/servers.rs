@@ -131,7 +131,12 @@ const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 const JOURNALD_DIR: &str = "/run/systemd/journal";
 
 fn journald_listens() -> bool {
-    std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(JOURNALD_SOCKET).is_ok())
+    datagram_listens(std::path::Path::new(JOURNALD_SOCKET))
+}
+
+/// Whether a datagram socket listens at `path` (a connect to it works).
+fn datagram_listens(path: &std::path::Path) -> bool {
+    std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(path).is_ok())
 }
 
 /// Polls `check` every 20 ms; fails saying `what` after 10 s.
@@ -250,9 +255,10 @@ impl Rsyslog {
             .spawn()
             .map_err(|e| format!("starting {binary}: {e}"))?;
         let rsyslog = Rsyslog { child, socket, file };
-        let listens =
-            || std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(&rsyslog.socket).is_ok());
-        within_10_s(|| "rsyslogd does not listen".into(), listens);
+        within_10_s(
+            || "rsyslogd does not listen".into(),
+            || datagram_listens(&rsyslog.socket),
+        );
         Ok(rsyslog)
     }
 

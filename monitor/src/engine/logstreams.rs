@@ -26,13 +26,15 @@ impl Engine {
         for (pid, process) in self.ledger.processes.iter_mut() {
             let fds = &process.fds;
             let streams = &mut process.log_streams;
+            if !on {
+                streams.retain(|_, _| false);
+                continue;
+            }
             streams.retain(|fd, born| {
-                on && fds
-                    .get(&fd)
-                    .is_some_and(|e| e.birth.ts_ns == born && is_candidate(fd, e.kind, syslog))
+                (fds.get(&fd)).is_some_and(|e| e.birth.ts_ns == born && is_candidate(fd, e.kind, syslog))
             });
             for (fd, entry) in fds.iter() {
-                if !on || !is_candidate(*fd, entry.kind, syslog) || streams.known.contains_key(fd) {
+                if !is_candidate(*fd, entry.kind, syslog) || streams.known.contains_key(fd) {
                     continue;
                 }
                 // Gone already, or /proc unreadable: looked at again next time.
@@ -67,9 +69,11 @@ impl Engine {
     }
 }
 
-/// `socket:[N]` -> N.
+/// `socket:[N]` -> N (a pipe's link has an inode too: not a socket).
 fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.starts_with("socket:[")
+        .then(|| crate::proc::link_inode(link))
+        .flatten()
 }
 
 /// Every unix socket with a peer -> that peer's name and whether it is a

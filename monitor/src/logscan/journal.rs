@@ -212,7 +212,7 @@ impl Drop for Journal {
 }
 
 pub fn journald_listens() -> bool {
-    std::os::unix::net::UnixDatagram::unbound().is_ok_and(|socket| socket.connect(JOURNALD_SOCKET).is_ok())
+    super::datagram_listens(JOURNALD_SOCKET)
 }
 
 /// Reads `journalctl`'s JSON lines until it ends.

@@ -197,6 +197,11 @@ impl Tail {
     }
 }
 
+/// Whether a datagram socket listens at `path` (a connect to it works).
+pub fn datagram_listens(path: impl AsRef<std::path::Path>) -> bool {
+    std::os::unix::net::UnixDatagram::unbound().is_ok_and(|socket| socket.connect(path).is_ok())
+}
+
 /// The open flags of `fd` (`flags:` in /proc/PID/fdinfo/FD, octal).
 fn fd_flags(pid: u32, fd: u32) -> Option<u32> {
     let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;

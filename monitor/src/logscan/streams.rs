@@ -70,7 +70,7 @@ pub struct UnixPeer {
 
 /// journald's sockets (stdout streams, native entries, its /dev/log): what
 /// arrives there is read from the journal instead.
-const JOURNALD_DIR: &str = "/run/systemd/journal/";
+pub const JOURNALD_DIR: &str = "/run/systemd/journal/";
 
 /// The stream name of `fd` given what its /proc link says (`pipe:[N]`, a
 /// FIFO's path, `socket:[N]`) and the peer of a socket, or None when it is
