@@ -39,6 +39,11 @@ pub mod data_flags {
     /// Written to a log stream (see [`stream_flags::LOG`]): every write is
     /// shipped whole, up to `LOG_CHUNKS * DATA_CAPTURE` bytes.
     pub const LOG: u32 = 1 << 3;
+    /// A LOG record of a stream the probes marked themselves, when the
+    /// process connected it to a syslog path (see [`super::stream_flags::SYSLOG`]):
+    /// bits from [`SYSLOG_PATH_SHIFT`] on hold that path's index.
+    pub const SYSLOG: u32 = 1 << 4;
+    pub const SYSLOG_PATH_SHIFT: u32 = 16;
 }
 
 /// Records a write to a log stream is shipped in, at most: 8 KiB, past a
@@ -68,6 +73,27 @@ pub mod stream_flags {
     /// stderr to a pipe or socket, a socket to a syslog daemon): user space
     /// marks it, and the probes ship what is written to it for the secret scan.
     pub const LOG: u32 = 1 << 1;
+    /// A LOG stream the probes marked at the process's connect() to one of
+    /// the syslog paths in `maps::SYSLOG_PATHS` (its index in `writes`), so
+    /// that the first message is read too: user space finds streams once a
+    /// second, and glibc's `syslog()` connects right before its first send.
+    pub const SYSLOG: u32 = 1 << 2;
+}
+
+/// Bytes of a `sockaddr_un` (family and `sun_path`): the key of
+/// `maps::SYSLOG_PATHS`, zero after the path.
+pub const SOCKADDR_UN_LEN: usize = 110;
+
+/// The `maps::SYSLOG_PATHS` key of a filesystem path: `AF_UNIX` and the
+/// path, zero-padded; None for a path too long for a unix socket address.
+pub fn syslog_key(path: &[u8]) -> Option<[u8; SOCKADDR_UN_LEN]> {
+    if path.is_empty() || path.len() >= SOCKADDR_UN_LEN - 2 || path.contains(&0) {
+        return None;
+    }
+    let mut key = [0u8; SOCKADDR_UN_LEN];
+    key[..2].copy_from_slice(&1u16.to_ne_bytes());
+    key[2..2 + path.len()].copy_from_slice(path);
+    Some(key)
 }
 
 /// An SSL call in flight on a thread (TLS_CALLS), kept from the uprobe to

@@ -48,6 +48,10 @@ pub mod maps {
     /// Per-CPU [`crate::DeferredOpen`]: the last fd creation, held back so
     /// that a close right after it cancels both (see the probes' `defer` module).
     pub const DEFERRED: &str = "DEFERRED";
+    /// `sockaddr_un` bytes ([`crate::syslog_key`]) -> index in the syslog
+    /// paths: where a connect() makes a log stream (`stream_flags::SYSLOG`).
+    /// journald's sockets are left out (read through the journal).
+    pub const SYSLOG_PATHS: &str = "SYSLOG_PATHS";
 }
 
 /// Names of the programs user space runs itself rather than attaching.
@@ -303,6 +307,12 @@ pub mod config_flags {
     /// Hold back each fd creation in a per-CPU slot: a close of it on the
     /// same CPU before anything else is shipped cancels both records.
     pub const DEFER_OPENS: u32 = 1 << 2;
+    /// `maps::SYSLOG_PATHS` holds paths: a watched process's connect() to
+    /// one marks the socket a log stream (`stream_flags::SYSLOG`).
+    pub const SYSLOG_CONNECTS: u32 = 1 << 3;
+    /// One of those paths' addresses may be as long as an IPv4 or IPv6
+    /// one (16 or 28 bytes): connects of those lengths are read too.
+    pub const SYSLOG_INET_LENGTHS: u32 = 1 << 4;
 }
 
 /// The per-CPU slot of a held-back fd creation (DEFERRED map). Only programs

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    DeferredOpen, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall, Tuple, counter,
-    watch_flags,
+    DeferredOpen, KernelConfig, SOCKADDR_UN_LEN, SockOffsets, SockOwner, StreamState, TaskOffsets, TlsCall,
+    Tuple, counter, watch_flags,
 };
 
 #[map]
@@ -34,6 +34,10 @@ pub static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(65536, 0);
 /// (tgid << 32 | fd) of TCP sockets and log streams of watched processes -> capture state.
 #[map]
 pub static SOCK_FDS: HashMap<u64, StreamState> = HashMap::with_max_entries(65536, 0);
+
+/// `sockaddr_un` bytes -> index of the syslog path (see `monitor_common::maps::SYSLOG_PATHS`).
+#[map]
+pub static SYSLOG_PATHS: HashMap<[u8; SOCKADDR_UN_LEN], u32> = HashMap::with_max_entries(16, 0);
 
 /// This CPU's log-stream budget: [start of its one-second window (boot
 /// ns), ring-buffer bytes its records took in it].

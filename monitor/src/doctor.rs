@@ -129,13 +129,12 @@ fn syslog(config: &Config) -> Option<Check> {
     };
     let each: Vec<String> = (rule.syslog_paths.iter())
         .map(|path| {
-            let target = std::fs::canonicalize(path).map(|p| p.display().to_string());
-            match target {
-                Ok(target) if target.starts_with(crate::logscan::streams::JOURNALD_DIR) => {
-                    format!("{path} is journald's (read through the journal)")
-                }
-                _ if listens(path) => format!("a syslog daemon listens at {path}: read as log streams"),
-                _ => format!("nothing listens at {path}"),
+            if crate::logscan::streams::is_journald_path(path) {
+                format!("{path} is journald's (read through the journal)")
+            } else if listens(path) {
+                format!("a syslog daemon listens at {path}: read as log streams")
+            } else {
+                format!("nothing listens at {path}")
             }
         })
         .collect();

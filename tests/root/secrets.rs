@@ -91,23 +91,14 @@ fn a_token_sent_to_the_journal_fires_and_its_value_is_nowhere() {
 #[test]
 fn a_token_written_to_a_collectors_pipe_fifo_or_syslog_fires_for_the_writer() {
     let name = "a_token_written_to_a_collectors_pipe_fifo_or_syslog_fires_for_the_writer";
-    if !require_root(name) {
+    let Some(bed) = syslog_bed(name, "alert-streams-rsyslog") else {
         return;
-    }
-    let syslog_dir = tests::scratch_dir("alert-streams-rsyslog");
-    let rsyslog = match Rsyslog::start(&syslog_dir) {
-        Ok(rsyslog) => rsyslog,
-        Err(why) => {
-            println!("skipped {name}: {why}");
-            return;
-        }
     };
-    let socket = rsyslog.socket.display().to_string();
-    let config = format!("{FAST_RULES}[rules.secret_in_log]\nquiet_s = 3\nsyslog_paths = [\"{socket}\"]\n");
+    let (rsyslog, socket, config) = (&bed.rsyslog, &bed.socket, &bed.config);
     // The workload's stdout is a pipe this test reads, as a container
     // runtime's shim or supervisord read a service's; its stderr a FIFO
     // the test holds open for reading.
-    let mut w = Watched::start("alert-streams", "lm-streams", &config, &["serve"]);
+    let mut w = Watched::start("alert-streams", "lm-streams", config, &["serve"]);
     let fifo = w.dir.join("stderr.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let _reader = std::fs::OpenOptions::new()
@@ -199,6 +190,63 @@ fn a_token_written_to_a_collectors_pipe_fifo_or_syslog_fires_for_the_writer() {
             "a syslog daemon listens at {socket}: read as log streams; nothing listens at /nonexistent/log"
         )
     );
+}
+
+#[test]
+fn a_token_in_the_only_message_of_a_new_syslog_connection_fires() {
+    let name = "a_token_in_the_only_message_of_a_new_syslog_connection_fires";
+    let Some(bed) = syslog_bed(name, "alert-syslog-once-rsyslog") else {
+        return;
+    };
+    let (rsyslog, socket, config) = (&bed.rsyslog, &bed.socket, &bed.config);
+    let mut w = Watched::start("alert-syslog-once", "lm-syslog-once", config, &["serve"]);
+    // The socket is connected, used and closed within microseconds: only
+    // the probes' mark at connect can have its message read.
+    let line = "GET /v1/nodes headers {'X-Auth-Token': 'FAKE-TOKEN-leakmon-test-not-a-credential'}";
+    w.workload.send(&format!("syslog-once {socket} {line}"));
+    w.workload.expect("syslogged-once");
+    rsyslog.await_line("GET /v1/nodes headers");
+    let log = || w.daemon.log_text();
+    let alert = await_alert_in(
+        &w.dir.join("alerts.ndjson"),
+        w.pid,
+        "secret_in_log",
+        "firing",
+        FIRE,
+        log,
+    );
+    assert_eq!(alert["key"], format!("syslog ({socket})"), "{alert}");
+    assert_eq!(alert["evidence"]["lines"], 1, "{alert}");
+    let everything = std::fs::read_to_string(w.dir.join("alerts.ndjson")).unwrap() + &w.daemon.log_text();
+    assert!(!everything.contains(tests::FAKE_TOKEN), "the token value leaked");
+}
+
+/// A real rsyslogd on a socket of the test's, in a directory of its own,
+/// and daemon rules that read syslog streams to that socket.
+struct SyslogBed {
+    rsyslog: Rsyslog,
+    socket: String,
+    config: String,
+    _dir: tests::ScratchDir,
+}
+
+/// None, saying why, where the test cannot run.
+fn syslog_bed(name: &str, scratch: &str) -> Option<SyslogBed> {
+    if !require_root(name) {
+        return None;
+    }
+    let dir = tests::scratch_dir(scratch);
+    let rsyslog = Rsyslog::start(&dir)
+        .map_err(|why| println!("skipped {name}: {why}"))
+        .ok()?;
+    let socket = rsyslog.socket.display().to_string();
+    let config = format!("{FAST_RULES}[rules.secret_in_log]\nquiet_s = 3\nsyslog_paths = [\"{socket}\"]\n");
+    Some(SyslogBed {
+        rsyslog,
+        socket,
+        config,
+        _dir: dir,
+    })
 }
 
 /// The inode of the pipe `fd` of `pid` is.

@@ -18,14 +18,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    CMSG_CAPTURE, EventKind, RecvFdsEvent, counter, socket_detail, syscalls as nr, watch_flags,
+    CMSG_CAPTURE, EventKind, RecvFdsEvent, config_flags, counter, socket_detail, syscalls as nr, watch_flags,
 };
 
 use super::{fdtable, http, sock};
 use crate::{
     defer,
     emit::{FdExtra, current, fd_created, fd_event, fd_result, header, reserve, submit},
-    maps::{count, is_watched, watch_state},
+    maps::{config, count, is_watched, watch_state},
     regs::syscall_args,
 };
 
@@ -132,7 +132,14 @@ pub fn listen_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
     let ret = ret(&ctx);
-    // The return value first: most connects succeed, and then say nothing.
+    // The return value first: most connects succeed, and then say nothing
+    // (but one to a syslog path makes a log stream).
+    if ret == 0 {
+        if config().flags & config_flags::SYSLOG_CONNECTS != 0 && is_watched_current() {
+            http::syslog_connected(syscall_args());
+        }
+        return 0;
+    }
     if !sock::connect_reportable(ret) || !is_watched_current() {
         return 0;
     }

@@ -22,12 +22,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    DATA_CAPTURE, DataEvent, EventKind, LOG_CHUNKS, StreamState, counter, data_flags, stream_flags,
+    DATA_CAPTURE, DataEvent, EventKind, LOG_CHUNKS, SOCKADDR_UN_LEN, StreamState, config_flags, counter,
+    data_flags, stream_flags,
 };
 
 use crate::{
     emit::{header, reserve, reserve_unordered, submit},
-    maps::{LOG_WINDOW, SOCK_FDS, TLS_CALLS, config, count_n, forget, is_watched, track},
+    maps::{LOG_WINDOW, SOCK_FDS, SYSLOG_PATHS, TLS_CALLS, config, count_n, forget, is_watched, track},
     regs::syscall_args,
 };
 
@@ -98,7 +99,12 @@ pub fn ship_data(fd: u32, ssl: u64, flags: u32, len: u64, buf: u64) {
 /// line or not), so that a process logging a flood cannot crowd fd events
 /// out of the ring.
 #[inline(always)]
-fn ship_log(fd: u32, len: u64, buf: u64) {
+fn ship_log(fd: u32, state: &StreamState, len: u64, buf: u64) {
+    let flags = if state.flags & stream_flags::SYSLOG != 0 {
+        data_flags::LOG | data_flags::SYSLOG | (state.writes << data_flags::SYSLOG_PATH_SHIFT)
+    } else {
+        data_flags::LOG
+    };
     let shipped = len.min((LOG_CHUNKS * DATA_CAPTURE) as u64);
     let records = shipped.div_ceil(DATA_CAPTURE as u64);
     if !log_budget_allows(records * DATA_CAPTURE as u64) {
@@ -111,7 +117,7 @@ fn ship_log(fd: u32, len: u64, buf: u64) {
         if start >= shipped {
             break;
         }
-        ship_data(fd, start, data_flags::LOG, len - start, buf + start);
+        ship_data(fd, start, flags, len - start, buf + start);
     }
 }
 
@@ -164,7 +170,7 @@ fn on_data(fd: u32, dir: u32, len: u64, buf: u64) {
     let state = unsafe { &mut *state };
     if state.flags & stream_flags::LOG != 0 {
         if dir == 0 {
-            ship_log(fd, len, buf);
+            ship_log(fd, state, len, buf);
         }
         return;
     }
@@ -286,6 +292,56 @@ pub fn received_data(fd: u64, msghdr: u64, ret: i64) {
     if let Some((base, len)) = first_iovec(iov) {
         on_data(fd as u32, data_flags::READ, (ret as u64).min(len), base);
     }
+}
+
+/// The address length of a unix socket path (family and at least one byte).
+const MIN_UNIX_ADDR: u64 = 3;
+const AF_UNIX: u16 = 1;
+
+/// sys_exit of a connect(fd, addr, addrlen) of a watched thread that
+/// succeeded: a unix socket connected to one of the syslog paths is marked a
+/// log stream at once (`stream_flags::SYSLOG`), ahead of user space's
+/// once-a-second look, which would miss the message right after a connect.
+#[inline(always)]
+pub fn syslog_connected([fd, user_addr, addr_len, _]: [u64; 4]) {
+    if !(MIN_UNIX_ADDR..=SOCKADDR_UN_LEN as u64).contains(&addr_len) {
+        return;
+    }
+    // An inet address (nearly every connect) is not read, unless a syslog
+    // path's address could be as long.
+    if (addr_len == 16 || addr_len == 28) && config().flags & config_flags::SYSLOG_INET_LENGTHS == 0 {
+        return;
+    }
+    let mut key = [0u8; SOCKADDR_UN_LEN];
+    let len = addr_len as usize;
+    // SAFETY: user memory the kernel just read; a fault makes the read fail.
+    if unsafe { bpf_probe_read_user_buf(user_addr as *const u8, &mut key[..len]) }.is_err() {
+        return;
+    }
+    if u16::from_ne_bytes([key[0], key[1]]) != AF_UNIX {
+        return;
+    }
+    // The path ends at its first NUL; what a caller left after it (the
+    // length may be the whole struct) is not part of it.
+    let mut ended = false;
+    for byte in key.iter_mut().skip(2) {
+        ended |= *byte == 0;
+        if ended {
+            *byte = 0;
+        }
+    }
+    // SAFETY: copied out at once.
+    let Some(index) = (unsafe { SYSLOG_PATHS.get(key) }).copied() else {
+        return;
+    };
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    let state = StreamState {
+        flags: stream_flags::LOG | stream_flags::SYSLOG,
+        last_dir: data_flags::READ,
+        writes: index,
+        fd: fd as u32,
+    };
+    track(&SOCK_FDS, (tgid << 32) | (fd & 0xffff_ffff), state);
 }
 
 /// A new TCP socket fd of a watched process: its data is now looked at.

@@ -21,6 +21,11 @@ impl Engine {
         let rule = &self.config.rules.secret_in_log;
         let on = rule.enabled && rule.streams;
         let syslog = !rule.syslog_paths.is_empty();
+        let connect_paths = if on { rule.syslog_paths.as_slice() } else { &[] };
+        self.probes.set_syslog_paths(connect_paths);
+        if self.ledger.syslog_paths != connect_paths {
+            self.ledger.syslog_paths = connect_paths.to_vec();
+        }
         let mut peers: Option<Option<HashMap<u64, UnixPeer>>> = None;
         let mut wanted = HashMap::new();
         for (pid, process) in self.ledger.processes.iter_mut() {

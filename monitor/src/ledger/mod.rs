@@ -56,6 +56,9 @@ pub struct Ledger {
     pub counters: LedgerCounters,
     /// The most processes it follows ([`DEFAULT_MAX_PROCESSES`] by default).
     pub max_processes: usize,
+    /// The syslog paths the probes' marks at connect refer to by index
+    /// (`rules.secret_in_log.syslog_paths`).
+    pub syslog_paths: Vec<String>,
 }
 
 impl Default for Ledger {
@@ -65,6 +68,7 @@ impl Default for Ledger {
             sockets: FastMap::default(),
             counters: LedgerCounters::default(),
             max_processes: DEFAULT_MAX_PROCESSES,
+            syslog_paths: Vec::new(),
         }
     }
 }

@@ -72,6 +72,18 @@ pub struct UnixPeer {
 /// arrives there is read from the journal instead.
 pub const JOURNALD_DIR: &str = "/run/systemd/journal/";
 
+/// Whether `path` is journald's socket or leads to it (on a systemd host
+/// /dev/log is a link into [`JOURNALD_DIR`]).
+pub fn is_journald_path(path: &str) -> bool {
+    let target = std::fs::canonicalize(path).map(|p| p.to_string_lossy().into_owned());
+    target.as_deref().unwrap_or(path).starts_with(JOURNALD_DIR)
+}
+
+/// The stream name of a socket connected to the syslog path `path`.
+pub fn syslog_name(path: &str) -> String {
+    format!("syslog ({path})")
+}
+
 /// The stream name of `fd` given what its /proc link says (`pipe:[N]`, a
 /// FIFO's path, `socket:[N]`) and the peer of a socket, or None when it is
 /// no log stream.
@@ -92,7 +104,7 @@ pub fn name_of(fd: u32, link: &str, peer: Option<&UnixPeer>, syslog_paths: &[Str
         return None;
     }
     if !peer_name.is_empty() && syslog_paths.iter().any(|p| p == peer_name) {
-        return Some(format!("syslog ({peer_name})"));
+        return Some(syslog_name(peer_name));
     }
     let to = if peer_name.is_empty() { link } else { peer_name };
     std.map(|std| format!("{std} (socket to {to})"))
@@ -117,6 +129,18 @@ impl Streams {
             }
         }
         self.known.insert(fd, Classified { born, name });
+    }
+
+    /// `fd` (born at `born`) was connected to the syslog path `path`, as
+    /// the probes saw (they marked it then: `stream_flags::SYSLOG`). Named
+    /// now, before the once-a-second look would, unless it already was: its
+    /// first message may be in this record. A syslog socket is read as
+    /// datagrams (glibc sends each message whole).
+    pub fn connected_to_syslog(&mut self, fd: u32, born: u64, path: &str) {
+        if self.tails.contains_key(&fd) {
+            return;
+        }
+        self.classify(fd, born, Some(syslog_name(path)), true);
     }
 
     /// Forgets the fds `keep` says are gone or changed.
@@ -322,6 +346,25 @@ mod tests {
         streams.retain(|fd, born| fd == 1 && born == 11);
         assert_eq!(streams.marked().count(), 0);
         assert!(streams.known.is_empty());
+    }
+
+    #[test]
+    fn a_socket_the_probes_saw_connect_to_syslog_is_read_from_its_first_message() {
+        let mut streams = Streams::default();
+        streams.connected_to_syslog(6, 10, "/dev/log");
+        let message = LINE.trim_end();
+        streams.write(6, 0, message.len() as u32, message.as_bytes());
+        let (sightings, _, _) = streams.take();
+        assert_eq!(sightings.len(), 1, "a datagram: no newline needed");
+        assert_eq!(sightings[0].path, "syslog (/dev/log)");
+        assert_eq!(streams.marked().collect::<Vec<_>>(), vec![(6, 10)], "kept marked");
+        // Records marked at connect keep coming until user space marks the
+        // stream itself: the stream and its offsets go on.
+        streams.connected_to_syslog(6, 10, "/dev/log");
+        streams.write(6, 0, message.len() as u32, message.as_bytes());
+        assert_eq!(streams.take().0[0].offset, message.len() as u64);
+        assert!(is_journald_path("/run/systemd/journal/dev-log"));
+        assert!(!is_journald_path("/nonexistent/log"));
     }
 
     #[test]

@@ -21,8 +21,8 @@ use aya::{
     programs::TracePoint,
 };
 use monitor_common::{
-    EventKind, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, Tuple, config_flags, counter,
-    maps, watch_flags,
+    EventKind, KernelConfig, SOCKADDR_UN_LEN, SockOffsets, SockOwner, StreamState, TaskOffsets, Tuple,
+    config_flags, counter, maps, watch_flags,
 };
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
@@ -96,6 +96,9 @@ pub struct Probes {
     refused_socket_fds: gc::Refused<u64>,
     /// Log streams user space marked in SOCK_FDS: key -> the fd's birth.
     log_streams: std::collections::HashMap<u64, u64>,
+    /// Where a connect() makes a log stream in the kernel, and what it holds.
+    syslog_paths: HashMap<MapData, [u8; SOCKADDR_UN_LEN], u32>,
+    syslog_keys: Vec<([u8; SOCKADDR_UN_LEN], u32)>,
     /// When `collect_socket_fds` last walked SOCK_FDS.
     sock_fds_walked: Option<Instant>,
     pub hooks: Vec<HookStatus>,
@@ -225,6 +228,8 @@ impl Probes {
             seeded_socket_fds: Default::default(),
             refused_socket_fds: gc::Refused::default(),
             log_streams: Default::default(),
+            syslog_paths: take(&mut ebpf, maps::SYSLOG_PATHS)?,
+            syslog_keys: Vec::new(),
             sock_fds_walked: None,
             deferral,
             config,
@@ -317,7 +322,7 @@ impl Probes {
     }
 
     /// Turns a KernelConfig flag on or off (the probes read it on every event).
-    fn set_flag(&mut self, flag: u32, on: bool) {
+    pub(crate) fn set_flag(&mut self, flag: u32, on: bool) {
         let flags = if on {
             self.kernel.flags | flag
         } else {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::MapError;
-use monitor_common::{StreamState, data_flags, stream_flags};
+use monitor_common::{SOCKADDR_UN_LEN, StreamState, config_flags, data_flags, stream_flags};
 use tracing::debug;
 
 use super::{BPF_NOEXIST, Probes};
@@ -122,11 +122,85 @@ impl Probes {
         }
     }
 
+    /// Puts the syslog paths (by their index in `paths`) where a watched
+    /// process's connect() makes a log stream in the kernel; `paths` empty:
+    /// none. A path that leads into journald's directory (/dev/log on a
+    /// systemd host) is left out: the journal is read instead. Checked each
+    /// time (a path's target changes when a syslog daemon starts or stops);
+    /// the map is written only when what it should hold changed.
+    pub fn set_syslog_paths(&mut self, paths: &[String]) {
+        let wanted: Vec<([u8; SOCKADDR_UN_LEN], u32)> = (paths.iter().enumerate())
+            // Abstract addresses ('@') are left to the once-a-second look.
+            .filter(|(_, path)| path.starts_with('/') && !crate::logscan::streams::is_journald_path(path))
+            .filter_map(|(index, path)| Some((monitor_common::syslog_key(path.as_bytes())?, index as u32)))
+            .collect();
+        if wanted != self.syslog_keys {
+            for (key, _) in &self.syslog_keys {
+                let _ = self.syslog_paths.remove(key);
+            }
+            self.syslog_keys.clear();
+            for (key, index) in wanted {
+                match self.syslog_paths.insert(key, index, 0) {
+                    Ok(()) => self.syslog_keys.push((key, index)),
+                    Err(e) => debug!(index, error = %e, "SYSLOG_PATHS refused a path"),
+                }
+            }
+        }
+        let inet_length = (self.syslog_keys.iter()).any(|(key, _)| address_may_look_inet(key));
+        self.set_flag(config_flags::SYSLOG_CONNECTS, !self.syslog_keys.is_empty());
+        self.set_flag(config_flags::SYSLOG_INET_LENGTHS, inet_length);
+    }
+
     /// Sets how many bytes of log streams each CPU may ship per second.
     pub fn set_log_budget(&mut self, bytes_per_cpu_s: u32) {
         if self.kernel.log_bytes_per_cpu_s != bytes_per_cpu_s {
             self.kernel.log_bytes_per_cpu_s = bytes_per_cpu_s;
             self.write_config();
         }
+    }
+}
+
+/// Whether a connect() to the path in `key` may pass an address as long as
+/// an IPv4 or IPv6 one (16 or 28 bytes), which the probes otherwise skip: a
+/// unix address is the family (2 bytes) and the path, with or without its
+/// NUL, or the whole struct.
+fn address_may_look_inet(key: &[u8; SOCKADDR_UN_LEN]) -> bool {
+    let len = 2 + key[2..]
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(SOCKADDR_UN_LEN - 2);
+    [len, len + 1].iter().any(|len| *len == 16 || *len == 28)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_whose_address_could_be_an_inet_ones_length_need_every_connect_read() {
+        let key = |path: &str| monitor_common::syslog_key(path.as_bytes()).unwrap();
+        assert!(!address_may_look_inet(&key("/dev/log")));
+        assert!(
+            address_may_look_inet(&key("/run/syslog.s")),
+            "13 bytes and a NUL: 16"
+        );
+        assert!(address_may_look_inet(&key("/run/syslog.so")), "14 bytes: 16");
+        assert!(!address_may_look_inet(&key("/run/syslog.soc")));
+        assert!(
+            address_may_look_inet(&key("/var/run/rsyslog/syslog.so")),
+            "26 bytes: 28"
+        );
+        assert!(
+            address_may_look_inet(&key("/var/run/rsyslog/syslog.s")),
+            "25 and a NUL: 28"
+        );
+        assert!(!address_may_look_inet(&key("/var/run/rsyslog/syslog.soc")));
+        assert_eq!(monitor_common::syslog_key(b""), None);
+        assert_eq!(
+            monitor_common::syslog_key(&[b'a'; 108]),
+            None,
+            "no room for the NUL"
+        );
+        assert!(monitor_common::syslog_key(&[b'a'; 107]).is_some());
     }
 }

@@ -279,3 +279,27 @@ fn events_of_unknown_processes_are_counted_not_applied() {
     open(&mut ledger, nr::OPENAT, 5);
     assert_eq!(ledger.counters.events_unowned, 1);
 }
+
+/// A write to a socket the probes marked when the process connected it to
+/// a syslog path (the record says which): scanned under that stream's name
+/// though the once-a-second look never saw the fd.
+#[test]
+fn a_write_the_probes_marked_at_a_syslog_connect_is_scanned_under_its_path() {
+    let mut ledger = ledger_with_process();
+    ledger.syslog_paths = vec!["/run/other".into(), "/dev/log".into()];
+    open_socket(&mut ledger, 7, 2);
+    let message = b"<14>nova: {'X-Auth-Token': 'FAKE-TOKEN-leakmon-test-not-a-credential'}";
+    let meta = DataMeta {
+        header: header(EventKind::Data, nr::WRITE, PID, 30),
+        ssl: 0,
+        fd: 7,
+        flags: data_flags::LOG | data_flags::SYSLOG | (1 << data_flags::SYSLOG_PATH_SHIFT),
+        len: message.len() as u32,
+    };
+    ledger.apply(&Event::Data(meta, message));
+    let streams = &mut ledger.processes.get_mut(&PID).unwrap().log_streams;
+    assert_eq!(streams.names(), ["syslog (/dev/log)"]);
+    let (sightings, _, _) = streams.take();
+    assert_eq!(sightings.len(), 1);
+    assert_eq!(sightings[0].path, "syslog (/dev/log)");
+}

@@ -8,7 +8,7 @@ mod reconcile;
 use std::collections::HashSet;
 
 use monitor_common::{
-    EventHeader, EventKind, FdEvent, NO_FD, TaskEvent, socket_detail, syscalls as nr, task_flags,
+    EventHeader, EventKind, FdEvent, NO_FD, TaskEvent, data_flags, socket_detail, syscalls as nr, task_flags,
 };
 
 use super::*;

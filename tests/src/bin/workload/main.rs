@@ -80,6 +80,13 @@ fn serve(commands: &mut impl Iterator<Item = String>) {
             "overtaken-go" => held::overtaken_go(),
             "syslog-open" => syslog::open(words.get(1).copied().unwrap_or("")),
             "syslog" => syslog::send(command.trim().split_once(' ').map_or("", |(_, text)| text)),
+            "syslog-once" => {
+                let rest = command.trim().splitn(3, ' ').collect::<Vec<_>>();
+                syslog::once(
+                    rest.get(1).copied().unwrap_or(""),
+                    rest.get(2).copied().unwrap_or(""),
+                )
+            }
             // A line on stdout, which the test reads: a collector's pipe.
             "print" => say(json!({
                 "event": "printed",
