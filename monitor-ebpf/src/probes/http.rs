@@ -17,6 +17,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -312,26 +313,27 @@ pub fn syslog_connected([fd, user_addr, addr_len, _]: [u64; 4]) {
     if (addr_len == 16 || addr_len == 28) && config().flags & config_flags::SYSLOG_INET_LENGTHS == 0 {
         return;
     }
-    let mut key = [0u8; SOCKADDR_UN_LEN];
-    let len = addr_len as usize;
     // SAFETY: user memory the kernel just read; a fault makes the read fail.
-    if unsafe { bpf_probe_read_user_buf(user_addr as *const u8, &mut key[..len]) }.is_err() {
+    if unsafe { bpf_probe_read_user(user_addr as *const u16) } != Ok(AF_UNIX) {
         return;
     }
-    if u16::from_ne_bytes([key[0], key[1]]) != AF_UNIX {
+    // The path up to its NUL, into a zeroed key: whether the caller passed
+    // the path's length, with or without the NUL, or the whole struct, and
+    // whatever it left past the NUL. (Reading `addr_len` bytes would need
+    // the length bounded on the register the 5.15 verifier checks, and
+    // clearing what follows the NUL a loop it refuses.) An address without a
+    // NUL, followed by other bytes, does not match: the once-a-second look
+    // finds that stream.
+    let mut key = [0u8; SOCKADDR_UN_LEN];
+    key[..2].copy_from_slice(&AF_UNIX.to_ne_bytes());
+    // SAFETY: as above; the copy is bounded by the key.
+    if unsafe { bpf_probe_read_user_str_bytes((user_addr + 2) as *const u8, &mut key[2..]) }.is_err() {
         return;
     }
-    // The path ends at its first NUL; what a caller left after it (the
-    // length may be the whole struct) is not part of it.
-    let mut ended = false;
-    for byte in key.iter_mut().skip(2) {
-        ended |= *byte == 0;
-        if ended {
-            *byte = 0;
-        }
-    }
+    // By reference: the key is 110 bytes.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     // SAFETY: copied out at once.
-    let Some(index) = (unsafe { SYSLOG_PATHS.get(key) }).copied() else {
+    let Some(index) = (unsafe { SYSLOG_PATHS.get(&key) }).copied() else {
         return;
     };
     let tgid = bpf_get_current_pid_tgid() >> 32;
