@@ -322,7 +322,7 @@ impl Probes {
     }
 
     /// Turns a KernelConfig flag on or off (the probes read it on every event).
-    pub(crate) fn set_flag(&mut self, flag: u32, on: bool) {
+    fn set_flag(&mut self, flag: u32, on: bool) {
         let flags = if on {
             self.kernel.flags | flag
         } else {
