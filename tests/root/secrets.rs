@@ -128,6 +128,9 @@ fn a_token_written_to_a_collectors_pipe_fifo_or_syslog_fires_for_the_writer() {
         assert!(Instant::now() < deadline, "streams {} after {FIRE:?}", streams());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The syslog socket was made and connected after the probes began
+    // marking connects: telling it took no unix sock_diag dump.
+    assert_eq!(w.daemon.status()["engine"]["log_stream_dumps"], 0);
     let line = "GET /v1/nodes headers {'X-Auth-Token': 'FAKE-TOKEN-leakmon-test-not-a-credential'}";
     w.workload.send(&format!("print {line}"));
     w.workload.expect("printed");

@@ -9,14 +9,15 @@ use tracing::debug;
 use super::Engine;
 use crate::{
     fdkind::FdKind,
-    logscan::streams::{UnixPeer, is_candidate, name_of},
+    logscan::streams::{UnixPeer, is_candidate, name_of, settled_by_connect_marks, syslog_name},
     sockdiag::SocketTable,
 };
 
 impl Engine {
     /// Once a second: looks at the candidate fds that are new or were born
     /// again (a /proc readlink each, and one unix sock_diag dump when one
-    /// is a socket), then marks exactly the streams found.
+    /// is a socket the probes' marks at connect do not settle), then marks
+    /// exactly the streams found.
     pub(super) fn follow_log_streams(&mut self) {
         let rule = &self.config.rules.secret_in_log;
         let on = rule.enabled && rule.streams;
@@ -26,6 +27,7 @@ impl Engine {
         if self.ledger.syslog_paths != connect_paths {
             self.ledger.syslog_paths = connect_paths.to_vec();
         }
+        let marks_since = self.probes.syslog_marks_since();
         let mut peers: Option<Option<HashMap<u64, UnixPeer>>> = None;
         let mut wanted = HashMap::new();
         for (pid, process) in self.ledger.processes.iter_mut() {
@@ -42,6 +44,14 @@ impl Engine {
                 if !is_candidate(*fd, entry.kind, syslog) || streams.known.contains_key(fd) {
                     continue;
                 }
+                let birth = &entry.birth;
+                if settled_by_connect_marks(*fd, birth.syscall, birth.ts_ns, marks_since) {
+                    // The probes marked it if it connected to a syslog path
+                    // (a connect after this look names it at its first message).
+                    let path = (self.probes.syslog_mark(*pid, *fd)).and_then(|i| rule.syslog_paths.get(i));
+                    streams.classify(*fd, birth.ts_ns, path.map(|p| syslog_name(p)), true);
+                    continue;
+                }
                 // Gone already, or /proc unreadable: looked at again next time.
                 let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else {
                     continue;
@@ -50,7 +60,10 @@ impl Engine {
                 let (name, datagram) = if let Some(inode) = socket_inode(&link) {
                     // Without the dump a socket cannot be told from
                     // journald's: looked at again next time.
-                    let Some(peers) = peers.get_or_insert_with(unix_peers) else {
+                    let Some(peers) = peers.get_or_insert_with(|| {
+                        self.counters.log_stream_dumps += 1;
+                        unix_peers()
+                    }) else {
                         continue;
                     };
                     let peer = peers.get(&inode);

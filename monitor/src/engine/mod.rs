@@ -61,6 +61,9 @@ pub struct EngineCounters {
     /// Lines with a secret written to a process's log streams past 1024 in
     /// one second: not counted in the alert's `lines`.
     pub log_lines_uncounted: u64,
+    /// Unix sock_diag dumps made to tell which sockets are log streams (at
+    /// most one a second; sockets the probes' connect marks settle need none).
+    pub log_stream_dumps: u64,
 }
 
 pub struct Engine {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use monitor_common::{DATA_CAPTURE, LOG_CHUNKS};
+use monitor_common::{DATA_CAPTURE, LOG_CHUNKS, syscalls as nr};
 
 use super::{MAX_LINE, Sighting, patterns};
 use crate::fdkind::FdKind;
@@ -58,6 +58,18 @@ pub fn is_candidate(fd: u32, kind: FdKind, syslog: bool) -> bool {
         FdKind::SocketUnix => fd == 1 || fd == 2 || syslog,
         _ => false,
     }
+}
+
+/// Whether the probes' marks at connect settle what the unix socket `fd`
+/// (made by `syscall` at `born_ns`) is, without a sock_diag dump: the
+/// process made it itself (socket, socketpair, accept) after the probes
+/// began marking connects to the syslog paths (`marks_since`), so a connect
+/// of it to one was marked. stdout and stderr are looked at whatever they
+/// are (a socket to a collector is a stream too), and so are the sockets a
+/// process inherited or received.
+pub fn settled_by_connect_marks(fd: u32, syscall: u32, born_ns: u64, marks_since: Option<u64>) -> bool {
+    let made_here = matches!(syscall, nr::SOCKET | nr::SOCKETPAIR | nr::ACCEPT | nr::ACCEPT4);
+    fd > 2 && made_here && marks_since.is_some_and(|since| born_ns > since)
 }
 
 /// What the socket at the other end of a watched unix socket tells.
@@ -365,6 +377,24 @@ mod tests {
         assert_eq!(streams.take().0[0].offset, message.len() as u64);
         assert!(is_journald_path("/run/systemd/journal/dev-log"));
         assert!(!is_journald_path("/nonexistent/log"));
+    }
+
+    #[test]
+    fn only_sockets_made_after_the_marks_began_are_settled_by_them() {
+        let since = Some(100);
+        assert!(settled_by_connect_marks(5, nr::SOCKET, 101, since));
+        assert!(settled_by_connect_marks(5, nr::ACCEPT4, 101, since));
+        assert!(
+            !settled_by_connect_marks(5, nr::SOCKET, 99, since),
+            "before the marks"
+        );
+        assert!(!settled_by_connect_marks(5, nr::SOCKET, 101, None), "no marks");
+        assert!(!settled_by_connect_marks(1, nr::SOCKET, 101, since), "stdout");
+        assert!(!settled_by_connect_marks(5, nr::RECVMSG, 101, since), "received");
+        assert!(
+            !settled_by_connect_marks(5, monitor_common::NO_SYSCALL, 101, since),
+            "inherited"
+        );
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct Probes {
     /// Where a connect() makes a log stream in the kernel, and what it holds.
     syslog_paths: HashMap<MapData, [u8; SOCKADDR_UN_LEN], u32>,
     syslog_keys: Vec<([u8; SOCKADDR_UN_LEN], u32)>,
+    /// Since when every syslog path's connects are marked (sockfds.rs).
+    syslog_marks_since: Option<u64>,
     /// When `collect_socket_fds` last walked SOCK_FDS.
     sock_fds_walked: Option<Instant>,
     pub hooks: Vec<HookStatus>,
@@ -230,6 +232,7 @@ impl Probes {
             log_streams: Default::default(),
             syslog_paths: take(&mut ebpf, maps::SYSLOG_PATHS)?,
             syslog_keys: Vec::new(),
+            syslog_marks_since: None,
             sock_fds_walked: None,
             deferral,
             config,

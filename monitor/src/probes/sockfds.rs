@@ -129,12 +129,15 @@ impl Probes {
     /// time (a path's target changes when a syslog daemon starts or stops);
     /// the map is written only when what it should hold changed.
     pub fn set_syslog_paths(&mut self, paths: &[String]) {
-        let wanted: Vec<([u8; SOCKADDR_UN_LEN], u32)> = (paths.iter().enumerate())
-            // Abstract addresses ('@') are left to the once-a-second look.
-            .filter(|(_, path)| path.starts_with('/') && !crate::logscan::streams::is_journald_path(path))
-            .filter_map(|(index, path)| Some((monitor_common::syslog_key(path.as_bytes())?, index as u32)))
+        let journald: Vec<bool> = (paths.iter())
+            .map(|path| crate::logscan::streams::is_journald_path(path))
             .collect();
-        if wanted != self.syslog_keys {
+        let wanted: Vec<([u8; SOCKADDR_UN_LEN], u32)> = (paths.iter().enumerate())
+            .filter(|(index, _)| !journald[*index])
+            .filter_map(|(index, path)| Some((syslog_key_of(path)?, index as u32)))
+            .collect();
+        let changed = wanted != self.syslog_keys;
+        if changed {
             for (key, _) in &self.syslog_keys {
                 let _ = self.syslog_paths.remove(key);
             }
@@ -149,6 +152,33 @@ impl Probes {
         let inet_length = (self.syslog_keys.iter()).any(|(key, _)| address_may_look_inet(key));
         self.set_flag(config_flags::SYSLOG_CONNECTS, !self.syslog_keys.is_empty());
         self.set_flag(config_flags::SYSLOG_INET_LENGTHS, inet_length);
+        // Every path not journald's is marked at connect (none abstract, no
+        // key refused, connect() hooked; journald's are read through the
+        // journal): from now on, sockets a process makes need no dump to be
+        // told (`syslog_marks_since`).
+        let in_map = |index: usize| self.syslog_keys.iter().any(|(_, i)| *i as usize == index);
+        let connect_hooked = (self.hooks.iter()).any(|h| h.program == "connect_exit" && h.attached);
+        let all_marked = connect_hooked && (0..paths.len()).all(|index| journald[index] || in_map(index));
+        if changed || !all_marked {
+            self.syslog_marks_since = None;
+        }
+        if all_marked && self.syslog_marks_since.is_none() {
+            self.syslog_marks_since = Some(crate::time::boot_ns());
+        }
+    }
+
+    /// Since when (boot ns) a watched process's connect() to any of the
+    /// syslog paths is marked by the probes; None when one of them cannot be
+    /// (an abstract address, a refused key, connect() not hooked).
+    pub fn syslog_marks_since(&self) -> Option<u64> {
+        self.syslog_marks_since
+    }
+
+    /// The index of the syslog path the probes saw `fd` of `pid` connected
+    /// to, if they marked it.
+    pub fn syslog_mark(&self, pid: u32, fd: u32) -> Option<usize> {
+        let state = self.sock_fds.get(&(((pid as u64) << 32) | fd as u64), 0).ok()?;
+        (state.flags & stream_flags::SYSLOG != 0).then_some(state.writes as usize)
     }
 
     /// Sets how many bytes of log streams each CPU may ship per second.
@@ -158,6 +188,14 @@ impl Probes {
             self.write_config();
         }
     }
+}
+
+/// The SYSLOG_PATHS key of a configured path; None for an abstract address
+/// ('@', left to the once-a-second look) or one too long.
+fn syslog_key_of(path: &str) -> Option<[u8; SOCKADDR_UN_LEN]> {
+    path.starts_with('/')
+        .then(|| monitor_common::syslog_key(path.as_bytes()))
+        .flatten()
 }
 
 /// Whether a connect() to the path in `key` may pass an address as long as
