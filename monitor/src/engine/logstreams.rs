@@ -77,7 +77,7 @@ impl Engine {
                 if let Some(name) = &name {
                     debug!(pid, fd, stream = %name, "log stream found");
                 }
-                streams.classify(*fd, entry.birth.ts_ns, name, datagram);
+                streams.classify(*fd, birth.ts_ns, name, datagram);
             }
             for (fd, born) in streams.marked() {
                 wanted.insert(((*pid as u64) << 32) | fd as u64, born);

@@ -18,11 +18,13 @@ impl Ledger {
         };
         if meta.flags & data_flags::LOG != 0 {
             // Written to a log stream: scanned for secrets, no HTTP call.
-            let index = meta.flags >> data_flags::SYSLOG_PATH_SHIFT;
-            let path = self.syslog_paths.get(index as usize);
-            if let (true, Some(path)) = (meta.flags & data_flags::SYSLOG != 0, path) {
-                let born = process.fds.get(&meta.fd).map_or(0, |entry| entry.birth.ts_ns);
-                (process.log_streams).connected_to_syslog(meta.fd, born, path);
+            // Marked by the probes at its connect(): the record says to which path.
+            if meta.flags & data_flags::SYSLOG != 0 {
+                let index = (meta.flags >> data_flags::SYSLOG_PATH_SHIFT) as usize;
+                if let Some(path) = self.syslog_paths.get(index) {
+                    let born = process.fds.get(&meta.fd).map_or(0, |entry| entry.birth.ts_ns);
+                    (process.log_streams).connected_to_syslog(meta.fd, born, path);
+                }
             }
             (process.log_streams).write(meta.fd, meta.ssl, meta.len, bytes);
             return;

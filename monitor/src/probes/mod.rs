@@ -21,8 +21,8 @@ use aya::{
     programs::TracePoint,
 };
 use monitor_common::{
-    EventKind, KernelConfig, SOCKADDR_UN_LEN, SockOffsets, SockOwner, StreamState, TaskOffsets, Tuple,
-    config_flags, counter, maps, watch_flags,
+    EventKind, KernelConfig, SockOffsets, SockOwner, StreamState, TaskOffsets, Tuple, config_flags, counter,
+    maps, watch_flags,
 };
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
@@ -96,11 +96,8 @@ pub struct Probes {
     refused_socket_fds: gc::Refused<u64>,
     /// Log streams user space marked in SOCK_FDS: key -> the fd's birth.
     log_streams: std::collections::HashMap<u64, u64>,
-    /// Where a connect() makes a log stream in the kernel, and what it holds.
-    syslog_paths: HashMap<MapData, [u8; SOCKADDR_UN_LEN], u32>,
-    syslog_keys: Vec<([u8; SOCKADDR_UN_LEN], u32)>,
-    /// Since when every syslog path's connects are marked (sockfds.rs).
-    syslog_marks_since: Option<u64>,
+    /// Where a connect() makes a log stream in the kernel (sockfds.rs).
+    syslog: sockfds::SyslogMarks,
     /// When `collect_socket_fds` last walked SOCK_FDS.
     sock_fds_walked: Option<Instant>,
     pub hooks: Vec<HookStatus>,
@@ -230,9 +227,7 @@ impl Probes {
             seeded_socket_fds: Default::default(),
             refused_socket_fds: gc::Refused::default(),
             log_streams: Default::default(),
-            syslog_paths: take(&mut ebpf, maps::SYSLOG_PATHS)?,
-            syslog_keys: Vec::new(),
-            syslog_marks_since: None,
+            syslog: sockfds::SyslogMarks::new(take(&mut ebpf, maps::SYSLOG_PATHS)?),
             sock_fds_walked: None,
             deferral,
             config,

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::MapError;
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use monitor_common::{SOCKADDR_UN_LEN, StreamState, config_flags, data_flags, stream_flags};
 use tracing::debug;
 
@@ -20,6 +20,26 @@ use super::{BPF_NOEXIST, Probes};
 /// most of an idle daemon's CPU. Stale entries cost only map space, and a
 /// socket that takes a stale entry's number resets it (connect, accept).
 const SOCK_FDS_WALK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The syslog paths in SYSLOG_PATHS, where a watched process's connect()
+/// makes a log stream in the kernel.
+pub(super) struct SyslogMarks {
+    map: BpfHashMap<MapData, [u8; SOCKADDR_UN_LEN], u32>,
+    /// What the map holds: key -> index in the configured paths.
+    keys: Vec<([u8; SOCKADDR_UN_LEN], u32)>,
+    /// Since when every path's connects are marked (boot ns).
+    since: Option<u64>,
+}
+
+impl SyslogMarks {
+    pub(super) fn new(map: BpfHashMap<MapData, [u8; SOCKADDR_UN_LEN], u32>) -> SyslogMarks {
+        SyslogMarks {
+            map,
+            keys: Vec::new(),
+            since: None,
+        }
+    }
+}
 
 impl Probes {
     /// Lets the HTTP capture see the TCP socket fds `(pid, fd, inode)` the
@@ -136,34 +156,34 @@ impl Probes {
             .filter(|(index, _)| !journald[*index])
             .filter_map(|(index, path)| Some((syslog_key_of(path)?, index as u32)))
             .collect();
-        let changed = wanted != self.syslog_keys;
+        let changed = wanted != self.syslog.keys;
         if changed {
-            for (key, _) in &self.syslog_keys {
-                let _ = self.syslog_paths.remove(key);
+            for (key, _) in &self.syslog.keys {
+                let _ = self.syslog.map.remove(key);
             }
-            self.syslog_keys.clear();
+            self.syslog.keys.clear();
             for (key, index) in wanted {
-                match self.syslog_paths.insert(key, index, 0) {
-                    Ok(()) => self.syslog_keys.push((key, index)),
+                match self.syslog.map.insert(key, index, 0) {
+                    Ok(()) => self.syslog.keys.push((key, index)),
                     Err(e) => debug!(index, error = %e, "SYSLOG_PATHS refused a path"),
                 }
             }
         }
-        let inet_length = (self.syslog_keys.iter()).any(|(key, _)| address_may_look_inet(key));
-        self.set_flag(config_flags::SYSLOG_CONNECTS, !self.syslog_keys.is_empty());
+        let inet_length = (self.syslog.keys.iter()).any(|(key, _)| address_may_look_inet(key));
+        self.set_flag(config_flags::SYSLOG_CONNECTS, !self.syslog.keys.is_empty());
         self.set_flag(config_flags::SYSLOG_INET_LENGTHS, inet_length);
         // Every path not journald's is marked at connect (none abstract, no
         // key refused, connect() hooked; journald's are read through the
         // journal): from now on, sockets a process makes need no dump to be
         // told (`syslog_marks_since`).
-        let in_map = |index: usize| self.syslog_keys.iter().any(|(_, i)| *i as usize == index);
+        let in_map = |index: usize| self.syslog.keys.iter().any(|(_, i)| *i as usize == index);
         let connect_hooked = (self.hooks.iter()).any(|h| h.program == "connect_exit" && h.attached);
         let all_marked = connect_hooked && (0..paths.len()).all(|index| journald[index] || in_map(index));
         if changed || !all_marked {
-            self.syslog_marks_since = None;
+            self.syslog.since = None;
         }
-        if all_marked && self.syslog_marks_since.is_none() {
-            self.syslog_marks_since = Some(crate::time::boot_ns());
+        if all_marked && self.syslog.since.is_none() {
+            self.syslog.since = Some(crate::time::boot_ns());
         }
     }
 
@@ -171,7 +191,7 @@ impl Probes {
     /// syslog paths is marked by the probes; None when one of them cannot be
     /// (an abstract address, a refused key, connect() not hooked).
     pub fn syslog_marks_since(&self) -> Option<u64> {
-        self.syslog_marks_since
+        self.syslog.since
     }
 
     /// The index of the syslog path the probes saw `fd` of `pid` connected

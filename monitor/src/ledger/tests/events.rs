@@ -199,14 +199,7 @@ fn an_exec_ends_the_calls_on_the_sockets_it_closed() {
     let mut ledger = ledger_with_process();
     open_socket(&mut ledger, 7, 2);
     let request = b"GET /v1/nodes HTTP/1.1\r\nHost: ironic\r\n\r\n";
-    let meta = DataMeta {
-        header: header(EventKind::Data, nr::WRITE, PID, 30),
-        ssl: 0,
-        fd: 7,
-        flags: 0,
-        len: request.len() as u32,
-    };
-    ledger.apply(&Event::Data(meta, request));
+    data(&mut ledger, 7, 0, 30, request);
     ledger.processes.get_mut(&PID).unwrap().exec_ns = 40; // its exec record's time
     ledger.exec_happened(PID, PID, comm_from("nova-compute"), vec![], &HashSet::new());
     let calls = &ledger.processes[&PID].calls;
@@ -289,14 +282,14 @@ fn a_write_the_probes_marked_at_a_syslog_connect_is_scanned_under_its_path() {
     ledger.syslog_paths = vec!["/run/other".into(), "/dev/log".into()];
     open_socket(&mut ledger, 7, 2);
     let message = b"<14>nova: {'X-Auth-Token': 'FAKE-TOKEN-leakmon-test-not-a-credential'}";
-    let meta = DataMeta {
-        header: header(EventKind::Data, nr::WRITE, PID, 30),
-        ssl: 0,
-        fd: 7,
-        flags: data_flags::LOG | data_flags::SYSLOG | (1 << data_flags::SYSLOG_PATH_SHIFT),
-        len: message.len() as u32,
-    };
-    ledger.apply(&Event::Data(meta, message));
+    let second_path = 1 << data_flags::SYSLOG_PATH_SHIFT;
+    data(
+        &mut ledger,
+        7,
+        data_flags::LOG | data_flags::SYSLOG | second_path,
+        30,
+        message,
+    );
     let streams = &mut ledger.processes.get_mut(&PID).unwrap().log_streams;
     assert_eq!(streams.names(), ["syslog (/dev/log)"]);
     let (sightings, _, _) = streams.take();

@@ -160,24 +160,10 @@ fn a_late_creation_from_before_an_exec_sends_the_ledger_to_proc() {
 fn a_late_creation_names_the_call_in_flight_at_its_birth_though_it_has_ended() {
     let mut ledger = ledger_with_process();
     open(&mut ledger, nr::SOCKET, 7);
-    let data = |flags, ts_ns, bytes: &str| {
-        let meta = DataMeta {
-            header: header(EventKind::Data, nr::WRITE, PID, ts_ns),
-            ssl: 0,
-            fd: 7,
-            flags,
-            len: bytes.len() as u32,
-        };
-        (meta, bytes.as_bytes().to_vec())
-    };
     let request = "GET /v1/nodes HTTP/1.1\r\nX-Auth-Token: FAKE-TOKEN-leakmon-test-not-a-credential\r\n\r\n";
     let response = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-    for (meta, bytes) in [
-        data(0, 100, request),
-        data(monitor_common::data_flags::READ, 300, response),
-    ] {
-        ledger.apply(&Event::Data(meta, &bytes));
-    }
+    data(&mut ledger, 7, 0, 100, request.as_bytes());
+    data(&mut ledger, 7, data_flags::READ, 300, response.as_bytes());
     let call = ledger.processes[&PID]
         .calls
         .recent()

@@ -49,6 +49,18 @@ fn header(kind: EventKind, syscall: u32, tid: u32, ts_ns: u64) -> EventHeader {
     }
 }
 
+/// Applies a data record of `bytes` on fd `fd` of the process, taken at `ts_ns`.
+fn data(ledger: &mut Ledger, fd: u32, flags: u32, ts_ns: u64, bytes: &[u8]) {
+    let meta = DataMeta {
+        header: header(EventKind::Data, nr::WRITE, PID, ts_ns),
+        ssl: 0,
+        fd,
+        flags,
+        len: bytes.len() as u32,
+    };
+    ledger.apply(&Event::Data(meta, bytes));
+}
+
 fn fd_event(kind: EventKind, syscall: u32, fd: u32, fd2: u32, source_fd: u32, detail: u32) -> FdEvent {
     FdEvent {
         header: header(kind, syscall, PID, 10),
